@@ -1,0 +1,10 @@
+// ESM TypeScript through ts-jest, transpile-only (`npm test` type-checks with tsc first).
+export default {
+  testEnvironment: "node",
+  extensionsToTreatAsEsm: [".ts"],
+  moduleNameMapper: { "^(\\.{1,2}/.*)\\.js$": "$1" },
+  transform: { "^.+\\.ts$": ["ts-jest", { useESM: true, isolatedModules: true }] },
+  testMatch: ["<rootDir>/test/**/*.test.ts"],
+  testPathIgnorePatterns: ["\\.gpu\\.test\\.ts$"],
+  testTimeout: 120000,
+};
