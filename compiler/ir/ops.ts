@@ -1,0 +1,572 @@
+// Every op of the IR, declared once: operand count, attribute kinds, the shape/dtype rule
+// (used by the tracer, the verifier and the parser's checks) and the reference implementation
+// (used by the interpreter). An op without an entry here does not exist.
+
+import type { Dim } from "./dim.js";
+import { canonDim, dimAdd, dimEq, dimProduct, dimSub, formatShape } from "./dim.js";
+import type { DType } from "./dtype.js";
+import { isDType, isFloat } from "./dtype.js";
+import type { AttrValue, Attrs, TensorType } from "./graph.js";
+import type { Tensor } from "./tensor.js";
+import { alloc, numel, roundToDType, stridesOf } from "./tensor.js";
+
+export type AttrKind = "int" | "float" | "bool" | "string" | "dtype" | "dim" | "dims" | "ints" | "floats";
+export interface AttrSpec {
+  kind: AttrKind;
+  optional?: boolean;
+}
+
+export interface OpDef {
+  name: string;
+  /** operand count: exact, or [min, max] (max Infinity for variadic) */
+  arity: number | [number, number];
+  attrs: Record<string, AttrSpec>;
+  /** result type from operand types and attributes; throws ShapeError when they do not fit */
+  infer(ts: TensorType[], a: Attrs): TensorType;
+  /** reference implementation; `out` is the result type with every dim evaluated */
+  eval(xs: Tensor[], a: Attrs, out: { dtype: DType; shape: number[] }): Tensor;
+}
+
+/** A shape or dtype rule was broken; the caller adds which op and where. */
+export class ShapeError extends Error {}
+
+const fail = (msg: string): never => {
+  throw new ShapeError(msg);
+};
+
+export const OPS = new Map<string, OpDef>();
+const def = (d: OpDef): void => void OPS.set(d.name, d);
+
+// ---------------------------------------------------------------- attribute kinds
+
+export function checkAttrKind(kind: AttrKind, v: AttrValue): boolean {
+  const isDim = (x: AttrValue): boolean =>
+    (typeof x === "number" && Number.isInteger(x)) ||
+    (typeof x === "string" && /^[A-Za-z0-9_*+\- ]+$/.test(x) && (() => { try { canonDim(x); return true; } catch { return false; } })());
+  switch (kind) {
+    case "int": return typeof v === "number" && Number.isInteger(v);
+    case "float": return typeof v === "number";
+    case "bool": return typeof v === "boolean";
+    case "string": return typeof v === "string";
+    case "dtype": return typeof v === "string" && isDType(v);
+    case "dim": return isDim(v);
+    case "dims": return Array.isArray(v) && v.every(isDim);
+    case "ints": return Array.isArray(v) && v.every((x) => typeof x === "number" && Number.isInteger(x));
+    case "floats": return Array.isArray(v) && v.every((x) => typeof x === "number");
+  }
+}
+
+// ---------------------------------------------------------------- shape helpers
+
+/** numpy broadcasting of several shapes */
+export function broadcastShapes(shapes: Dim[][]): Dim[] {
+  const rank = Math.max(...shapes.map((s) => s.length));
+  const out: Dim[] = [];
+  for (let i = 0; i < rank; i++) {
+    let d: Dim = 1;
+    for (const s of shapes) {
+      const e = s[s.length - rank + i] ?? 1;
+      if (e === 1) continue;
+      if (d === 1) d = e;
+      else if (!dimEq(d, e)) fail(`shapes ${shapes.map(formatShape).join(" and ")} do not broadcast (dim ${i}: ${d} vs ${e})`);
+    }
+    out.push(d);
+  }
+  return out;
+}
+
+const normAxis = (axis: number, rank: number): number => {
+  const a = axis < 0 ? axis + rank : axis;
+  if (!(a >= 0 && a < rank)) fail(`axis ${axis} is out of range for rank ${rank}`);
+  return a;
+};
+
+const sameDType = (ts: TensorType[]): DType => {
+  for (const t of ts) if (t.dtype !== ts[0].dtype) fail(`dtypes differ: ${ts.map((x) => x.dtype).join(", ")}`);
+  return ts[0].dtype;
+};
+
+const needFloat = (t: TensorType): void => {
+  if (!isFloat(t.dtype)) fail(`needs a float operand, got ${t.dtype}`);
+};
+
+/** Maps each flat index of `out` to the flat index of a tensor of shape `inShape` broadcast to it. */
+function broadcastIndex(inShape: number[], outShape: number[]): Int32Array | null {
+  if (inShape.length === outShape.length && inShape.every((d, i) => d === outShape[i])) return null;
+  const n = numel(outShape);
+  const idx = new Int32Array(n);
+  const r = outShape.length;
+  const inStr = stridesOf(inShape);
+  const str = outShape.map((d, i) => {
+    const j = i - (r - inShape.length);
+    return j < 0 || inShape[j] === 1 ? 0 : inStr[j];
+  });
+  const counter = new Array<number>(r).fill(0);
+  let off = 0;
+  for (let k = 0; k < n; k++) {
+    idx[k] = off;
+    for (let i = r - 1; i >= 0; i--) {
+      counter[i]++;
+      off += str[i];
+      if (counter[i] < outShape[i]) break;
+      off -= str[i] * counter[i];
+      counter[i] = 0;
+    }
+  }
+  return idx;
+}
+
+// ---------------------------------------------------------------- elementwise
+
+function erf(x: number): number {
+  // Maclaurin series below 4 (enough terms for ~1e-9), then the asymptotic tail of erfc.
+  const ax = Math.abs(x);
+  if (ax < 4) {
+    let term = ax, sum = ax;
+    for (let n = 1; n < 120; n++) {
+      term *= (-ax * ax) / n;
+      const t = term / (2 * n + 1);
+      sum += t;
+      if (Math.abs(t) < 1e-17 * Math.abs(sum)) break;
+    }
+    return Math.sign(x) * Math.min(1, (2 / Math.sqrt(Math.PI)) * sum);
+  }
+  const x2 = ax * ax;
+  const erfc = (Math.exp(-x2) / (ax * Math.sqrt(Math.PI))) * (1 - 1 / (2 * x2) + 3 / (4 * x2 * x2));
+  return Math.sign(x) * (1 - erfc);
+}
+
+const UNARY: Record<string, (x: number) => number> = {
+  neg: (x) => -x,
+  abs: Math.abs,
+  exp: Math.exp,
+  log: Math.log,
+  sqrt: Math.sqrt,
+  rsqrt: (x) => 1 / Math.sqrt(x),
+  reciprocal: (x) => 1 / x,
+  tanh: Math.tanh,
+  sigmoid: (x) => 1 / (1 + Math.exp(-x)),
+  silu: (x) => x / (1 + Math.exp(-x)),
+  relu: (x) => (x > 0 ? x : 0),
+  gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+  // GELU, tanh approximation (Hendrycks & Gimpel, 2016), as "gelu_new"/"gelu_pytorch_tanh"
+  gelu_tanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+  cos: Math.cos,
+  sin: Math.sin,
+};
+
+for (const [name, f] of Object.entries(UNARY))
+  def({
+    name,
+    arity: 1,
+    attrs: {},
+    infer: ([t]) => (name === "neg" || name === "abs" ? t : (needFloat(t), t)),
+    eval: ([x], _a, out) => {
+      const y = alloc(out.dtype, out.shape);
+      for (let i = 0; i < x.data.length; i++) y.data[i] = f(x.data[i]);
+      return roundToDType(y);
+    },
+  });
+
+const BINARY: Record<string, (a: number, b: number) => number> = {
+  add: (a, b) => a + b,
+  sub: (a, b) => a - b,
+  mul: (a, b) => a * b,
+  div: (a, b) => a / b,
+  pow: Math.pow,
+  maximum: Math.max,
+  minimum: Math.min,
+};
+const COMPARE: Record<string, (a: number, b: number) => boolean> = {
+  less: (a, b) => a < b,
+  less_equal: (a, b) => a <= b,
+  greater: (a, b) => a > b,
+  greater_equal: (a, b) => a >= b,
+  equal: (a, b) => a === b,
+  not_equal: (a, b) => a !== b,
+};
+
+function elementwise(xs: Tensor[], out: { dtype: DType; shape: number[] }, f: (v: number[]) => number): Tensor {
+  const y = alloc(out.dtype, out.shape);
+  const maps = xs.map((x) => broadcastIndex(x.shape, out.shape));
+  const v = new Array<number>(xs.length);
+  for (let k = 0; k < y.data.length; k++) {
+    for (let j = 0; j < xs.length; j++) v[j] = xs[j].data[maps[j] ? maps[j]![k] : k];
+    y.data[k] = f(v);
+  }
+  return roundToDType(y);
+}
+
+for (const [name, f] of Object.entries(BINARY))
+  def({
+    name,
+    arity: 2,
+    attrs: {},
+    infer: (ts) => ({ dtype: sameDType(ts), shape: broadcastShapes(ts.map((t) => t.shape)) }),
+    eval: (xs, _a, out) =>
+      elementwise(xs, out, isFloat(out.dtype) || name !== "div" ? ([a, b]) => f(a, b) : ([a, b]) => Math.trunc(a / b)),
+  });
+
+for (const [name, f] of Object.entries(COMPARE))
+  def({
+    name,
+    arity: 2,
+    attrs: {},
+    infer: (ts) => (sameDType(ts), { dtype: "bool", shape: broadcastShapes(ts.map((t) => t.shape)) }),
+    eval: (xs, _a, out) => elementwise(xs, out, ([a, b]) => (f(a, b) ? 1 : 0)),
+  });
+
+def({
+  name: "where",
+  arity: 3,
+  attrs: {},
+  infer: ([c, a, b]) => {
+    if (c.dtype !== "bool") fail(`condition must be bool, got ${c.dtype}`);
+    return { dtype: sameDType([a, b]), shape: broadcastShapes([c.shape, a.shape, b.shape]) };
+  },
+  eval: (xs, _a, out) => elementwise(xs, out, ([c, a, b]) => (c ? a : b)),
+});
+
+def({
+  name: "cast",
+  arity: 1,
+  attrs: { to: { kind: "dtype" } },
+  infer: ([t], a) => ({ dtype: a.to as DType, shape: t.shape }),
+  eval: ([x], _a, out) => {
+    const y = alloc(out.dtype, out.shape);
+    const toInt = !isFloat(out.dtype) && out.dtype !== "bool";
+    for (let i = 0; i < x.data.length; i++) y.data[i] = toInt ? Math.trunc(x.data[i]) : x.data[i];
+    return roundToDType(y);
+  },
+});
+
+// ---------------------------------------------------------------- constants
+
+def({
+  name: "full",
+  arity: 0,
+  attrs: { value: { kind: "float" }, shape: { kind: "dims" }, dtype: { kind: "dtype" } },
+  infer: (_ts, a) => ({ dtype: a.dtype as DType, shape: (a.shape as Dim[]).map(canonDim) }),
+  eval: (_xs, a, out) => {
+    const y = alloc(out.dtype, out.shape);
+    y.data.fill(a.value as number);
+    return roundToDType(y);
+  },
+});
+
+def({
+  name: "constant",
+  arity: 0,
+  attrs: { values: { kind: "floats" }, shape: { kind: "ints" }, dtype: { kind: "dtype" } },
+  infer: (_ts, a) => {
+    const shape = a.shape as number[];
+    if ((a.values as number[]).length !== numel(shape))
+      fail(`${(a.values as number[]).length} values for shape ${formatShape(shape)}`);
+    return { dtype: a.dtype as DType, shape };
+  },
+  eval: (_xs, a, out) => {
+    const y = alloc(out.dtype, out.shape);
+    (a.values as number[]).forEach((v, i) => (y.data[i] = v));
+    return roundToDType(y);
+  },
+});
+
+def({
+  name: "arange",
+  arity: 0,
+  attrs: { start: { kind: "dim" }, end: { kind: "dim" }, dtype: { kind: "dtype" } },
+  infer: (_ts, a) => {
+    const len = dimSub(a.end as Dim, a.start as Dim);
+    if (typeof len === "number" && len < 0) fail(`arange end ${a.end} is before start ${a.start}`);
+    return { dtype: a.dtype as DType, shape: [len] };
+  },
+  // the start is recovered from the evaluated length: start = end - len needs bindings, so
+  // the interpreter passes `start` evaluated through the attrs (see interpreter.ts)
+  eval: (_xs, a, out) => {
+    const y = alloc(out.dtype, out.shape);
+    const start = a.start as number;
+    for (let i = 0; i < y.data.length; i++) y.data[i] = start + i;
+    return roundToDType(y);
+  },
+});
+
+// ---------------------------------------------------------------- contractions
+
+def({
+  name: "matmul",
+  arity: 2,
+  attrs: {},
+  infer: ([x, w]) => {
+    const dtype = sameDType([x, w]);
+    if (x.shape.length < 2 || w.shape.length < 2) fail(`matmul needs rank >= 2 operands, got ${formatShape(x.shape)} and ${formatShape(w.shape)}`);
+    const [m, k] = x.shape.slice(-2);
+    const [k2, n] = w.shape.slice(-2);
+    if (!dimEq(k, k2)) fail(`contraction dims differ: ${formatShape(x.shape)} · ${formatShape(w.shape)} (${k} vs ${k2})`);
+    const batch = broadcastShapes([x.shape.slice(0, -2), w.shape.slice(0, -2)]);
+    return { dtype, shape: [...batch, m, n] };
+  },
+  eval: ([x, w], _a, out) => {
+    const y = alloc(out.dtype, out.shape);
+    const r = out.shape.length;
+    const [M, N] = out.shape.slice(-2);
+    const K = x.shape[x.shape.length - 1];
+    const batch = out.shape.slice(0, r - 2);
+    const xm = broadcastIndex([...x.shape.slice(0, -2), 1], [...batch, 1]);
+    const wm = broadcastIndex([...w.shape.slice(0, -2), 1], [...batch, 1]);
+    const acc = new Float64Array(N);
+    for (let b = 0; b < numel(batch); b++) {
+      const xo = (xm ? xm[b] : b) * M * K;
+      const wo = (wm ? wm[b] : b) * K * N;
+      for (let i = 0; i < M; i++) {
+        acc.fill(0);
+        for (let k = 0; k < K; k++) {
+          const xv = x.data[xo + i * K + k];
+          if (xv === 0) continue;
+          const row = wo + k * N;
+          for (let j = 0; j < N; j++) acc[j] += xv * w.data[row + j];
+        }
+        y.data.set(acc, (b * M + i) * N);
+      }
+    }
+    return roundToDType(y);
+  },
+});
+
+def({
+  name: "linear",
+  arity: [2, 3],
+  attrs: {},
+  infer: (ts) => {
+    const [x, w, bias] = ts;
+    const dtype = sameDType(ts);
+    if (w.shape.length !== 2) fail(`linear weight must be [out, in], got ${formatShape(w.shape)}`);
+    if (x.shape.length < 1 || !dimEq(x.shape[x.shape.length - 1], w.shape[1]))
+      fail(`linear input ${formatShape(x.shape)} does not end in the weight's in_features ${w.shape[1]} (weight ${formatShape(w.shape)})`);
+    if (bias && !(bias.shape.length === 1 && dimEq(bias.shape[0], w.shape[0])))
+      fail(`linear bias ${formatShape(bias.shape)} must be [${w.shape[0]}]`);
+    return { dtype, shape: [...x.shape.slice(0, -1), w.shape[0]] };
+  },
+  eval: ([x, w, bias], _a, out) => {
+    const y = alloc(out.dtype, out.shape);
+    const [N, K] = w.shape;
+    const rows = x.data.length / K;
+    for (let r = 0; r < rows; r++)
+      for (let n = 0; n < N; n++) {
+        let s = bias ? bias.data[n] : 0;
+        for (let k = 0; k < K; k++) s += x.data[r * K + k] * w.data[n * K + k];
+        y.data[r * N + n] = s;
+      }
+    return roundToDType(y);
+  },
+});
+
+// ---------------------------------------------------------------- reductions
+
+def({
+  name: "softmax",
+  arity: 1,
+  attrs: { axis: { kind: "int" } },
+  infer: ([t], a) => (needFloat(t), normAxis(a.axis as number, t.shape.length), t),
+  eval: ([x], a, out) => {
+    const y = alloc(out.dtype, out.shape);
+    alongAxis(x.shape, a.axis as number, (base, n, stride) => {
+      let m = -Infinity;
+      for (let i = 0; i < n; i++) m = Math.max(m, x.data[base + i * stride]);
+      let s = 0;
+      for (let i = 0; i < n; i++) s += Math.exp(x.data[base + i * stride] - m);
+      for (let i = 0; i < n; i++) y.data[base + i * stride] = Math.exp(x.data[base + i * stride] - m) / s;
+    });
+    return roundToDType(y);
+  },
+});
+
+/** Calls f(offset of element 0, length, stride) for every line along `axis`. */
+function alongAxis(shape: number[], axis: number, f: (base: number, n: number, stride: number) => void): void {
+  const ax = axis < 0 ? axis + shape.length : axis;
+  const n = shape[ax];
+  const stride = stridesOf(shape)[ax];
+  const outer = numel(shape.slice(0, ax));
+  for (let o = 0; o < outer; o++) for (let i = 0; i < stride; i++) f(o * n * stride + i, n, stride);
+}
+
+const REDUCE: Record<string, { init: number; step: (acc: number, x: number) => number; fin?: (acc: number, n: number) => number }> = {
+  reduce_sum: { init: 0, step: (s, x) => s + x },
+  reduce_mean: { init: 0, step: (s, x) => s + x, fin: (s, n) => s / n },
+  reduce_max: { init: -Infinity, step: Math.max },
+};
+for (const [name, r] of Object.entries(REDUCE))
+  def({
+    name,
+    arity: 1,
+    attrs: { axis: { kind: "int" }, keepdim: { kind: "bool" } },
+    infer: ([t], a) => {
+      const ax = normAxis(a.axis as number, t.shape.length);
+      const shape = a.keepdim ? t.shape.map((d, i) => (i === ax ? 1 : d)) : t.shape.filter((_d, i) => i !== ax);
+      return { dtype: t.dtype, shape };
+    },
+    eval: ([x], a, out) => {
+      const y = alloc(out.dtype, out.shape);
+      let k = 0;
+      const ax = normAxis(a.axis as number, x.shape.length);
+      // lines along the axis come in the same order as the output elements
+      const n = x.shape[ax];
+      const stride = stridesOf(x.shape)[ax];
+      const outer = numel(x.shape.slice(0, ax));
+      for (let o = 0; o < outer; o++)
+        for (let i = 0; i < stride; i++) {
+          let acc = r.init;
+          for (let j = 0; j < n; j++) acc = r.step(acc, x.data[o * n * stride + i + j * stride]);
+          y.data[k++] = r.fin ? r.fin(acc, n) : acc;
+        }
+      return roundToDType(y);
+    },
+  });
+
+// ---------------------------------------------------------------- data movement
+
+def({
+  name: "reshape",
+  arity: 1,
+  attrs: { shape: { kind: "dims" } },
+  infer: ([t], a) => {
+    const shape = (a.shape as Dim[]).map(canonDim);
+    if (!dimEq(dimProduct(shape), dimProduct(t.shape)))
+      fail(`cannot reshape ${formatShape(t.shape)} to ${formatShape(shape)}: element counts differ`);
+    return { dtype: t.dtype, shape };
+  },
+  eval: ([x], _a, out) => ({ dtype: out.dtype, shape: out.shape, data: x.data.slice() }),
+});
+
+def({
+  name: "transpose",
+  arity: 1,
+  attrs: { perm: { kind: "ints" } },
+  infer: ([t], a) => {
+    const p = a.perm as number[];
+    if (p.length !== t.shape.length || [...p].sort((x, y) => x - y).some((v, i) => v !== i))
+      fail(`perm [${p.join(", ")}] is not a permutation of ${t.shape.length} axes`);
+    return { dtype: t.dtype, shape: p.map((i) => t.shape[i]) };
+  },
+  eval: ([x], a, out) => {
+    const p = a.perm as number[];
+    const y = alloc(out.dtype, out.shape);
+    const xs = stridesOf(x.shape);
+    const src = p.map((i) => xs[i]); // stride in x of each output axis
+    const counter = new Array<number>(p.length).fill(0);
+    let off = 0;
+    for (let k = 0; k < y.data.length; k++) {
+      y.data[k] = x.data[off];
+      for (let i = p.length - 1; i >= 0; i--) {
+        counter[i]++;
+        off += src[i];
+        if (counter[i] < out.shape[i]) break;
+        off -= src[i] * counter[i];
+        counter[i] = 0;
+      }
+    }
+    return y;
+  },
+});
+
+def({
+  name: "expand",
+  arity: 1,
+  attrs: { shape: { kind: "dims" } },
+  infer: ([t], a) => {
+    const shape = (a.shape as Dim[]).map(canonDim);
+    if (shape.length < t.shape.length) fail(`cannot expand ${formatShape(t.shape)} to fewer dims ${formatShape(shape)}`);
+    const off = shape.length - t.shape.length;
+    t.shape.forEach((d, i) => {
+      if (d !== 1 && !dimEq(d, shape[off + i])) fail(`cannot expand ${formatShape(t.shape)} to ${formatShape(shape)} (dim ${off + i})`);
+    });
+    return { dtype: t.dtype, shape };
+  },
+  eval: (xs, _a, out) => elementwise(xs, out, ([v]) => v),
+});
+
+def({
+  name: "slice",
+  arity: 1,
+  attrs: { axis: { kind: "int" }, start: { kind: "dim" }, end: { kind: "dim" } },
+  infer: ([t], a) => {
+    const ax = normAxis(a.axis as number, t.shape.length);
+    const len = dimSub(a.end as Dim, a.start as Dim);
+    const d = t.shape[ax];
+    if (typeof len === "number" && len < 0) fail(`slice [${a.start}, ${a.end}) is empty-reversed`);
+    if (typeof a.start === "number" && a.start < 0) fail(`slice start ${a.start} is negative`);
+    if (typeof d === "number" && typeof a.end === "number" && a.end > d) fail(`slice end ${a.end} is past dim ${ax} of ${formatShape(t.shape)}`);
+    return { dtype: t.dtype, shape: t.shape.map((x, i) => (i === ax ? len : x)) };
+  },
+  eval: ([x], a, out) => {
+    const ax = normAxis(a.axis as number, x.shape.length);
+    const start = a.start as number; // evaluated by the interpreter
+    const y = alloc(out.dtype, out.shape);
+    const inner = numel(x.shape.slice(ax + 1));
+    const outer = numel(x.shape.slice(0, ax));
+    const n = out.shape[ax];
+    if (start + n > x.shape[ax]) throw new ShapeError(`slice [${start}, ${start + n}) is past dim ${ax} (${x.shape[ax]})`);
+    for (let o = 0; o < outer; o++)
+      y.data.set(x.data.subarray((o * x.shape[ax] + start) * inner, (o * x.shape[ax] + start + n) * inner), o * n * inner);
+    return y;
+  },
+});
+
+def({
+  name: "concat",
+  arity: [1, Infinity],
+  attrs: { axis: { kind: "int" } },
+  infer: (ts, a) => {
+    const dtype = sameDType(ts);
+    const r = ts[0].shape.length;
+    const ax = normAxis(a.axis as number, r);
+    let len: Dim = 0;
+    for (const t of ts) {
+      if (t.shape.length !== r || t.shape.some((d, i) => i !== ax && !dimEq(d, ts[0].shape[i])))
+        fail(`cannot concat ${ts.map((x) => formatShape(x.shape)).join(", ")} along axis ${ax}`);
+      len = dimAdd(len, t.shape[ax]);
+    }
+    return { dtype, shape: ts[0].shape.map((d, i) => (i === ax ? len : d)) };
+  },
+  eval: (xs, a, out) => {
+    const ax = normAxis(a.axis as number, out.shape.length);
+    const y = alloc(out.dtype, out.shape);
+    const inner = numel(out.shape.slice(ax + 1));
+    const outer = numel(out.shape.slice(0, ax));
+    let at = 0;
+    for (const x of xs) {
+      const n = x.shape[ax];
+      for (let o = 0; o < outer; o++) y.data.set(x.data.subarray(o * n * inner, (o + 1) * n * inner), (o * out.shape[ax] + at) * inner);
+      at += n;
+    }
+    return y;
+  },
+});
+
+def({
+  name: "gather",
+  arity: 2,
+  attrs: { axis: { kind: "int" } },
+  infer: ([x, idx], a) => {
+    if (isFloat(idx.dtype) || idx.dtype === "bool") fail(`gather indices must be integers, got ${idx.dtype}`);
+    const ax = normAxis(a.axis as number, x.shape.length);
+    return { dtype: x.dtype, shape: [...x.shape.slice(0, ax), ...idx.shape, ...x.shape.slice(ax + 1)] };
+  },
+  eval: ([x, idx], a, out) => {
+    const ax = normAxis(a.axis as number, x.shape.length);
+    const y = alloc(out.dtype, out.shape);
+    const inner = numel(x.shape.slice(ax + 1));
+    const outer = numel(x.shape.slice(0, ax));
+    const n = x.shape[ax];
+    const m = idx.data.length;
+    for (let o = 0; o < outer; o++)
+      for (let j = 0; j < m; j++) {
+        const i = idx.data[j];
+        if (!(i >= 0 && i < n)) throw new ShapeError(`index ${i} is out of range [0, ${n}) (at position ${j} of the indices)`);
+        y.data.set(x.data.subarray((o * n + i) * inner, (o * n + i + 1) * inner), (o * m + j) * inner);
+      }
+    return y;
+  },
+});
+
+/** Attributes whose values are dims, to be evaluated before `eval` runs. */
+export const DIM_ATTRS = (d: OpDef): string[] => Object.entries(d.attrs).filter(([, s]) => s.kind === "dim").map(([k]) => k);
