@@ -1,0 +1,45 @@
+// Free functions of the DSL: activations, combinators, masks and rotary helpers, each written
+// with primitive ops so that passes see the plain math.
+
+import type { Dim } from "../ir/dim.js";
+import type { DType } from "../ir/dtype.js";
+import { arange, emit, full, Tensor } from "./tensor.js";
+
+export const matmul = (a: Tensor, b: Tensor): Tensor => a.matmul(b);
+export const softmax = (x: Tensor, axis: number): Tensor => x.softmax(axis);
+export const silu = (x: Tensor): Tensor => emit("silu", [x]);
+export const gelu = (x: Tensor): Tensor => emit("gelu", [x]);
+export const geluTanh = (x: Tensor): Tensor => emit("gelu_tanh", [x]);
+export const relu = (x: Tensor): Tensor => emit("relu", [x]);
+export const exp = (x: Tensor): Tensor => x.exp();
+export const concat = (xs: Tensor[], axis: number): Tensor => emit("concat", xs, { axis });
+export const where = (cond: Tensor, a: Tensor, b: Tensor): Tensor => emit("where", [cond, a, b]);
+export const gather = (x: Tensor, idx: Tensor, axis: number): Tensor => emit("gather", [x, idx], { axis });
+
+/** [S, S] additive mask: 0 where key j ≤ query i, −inf after (the causal mask of a decoder). */
+export function causalMask(S: Dim, dtype: DType = "f32"): Tensor {
+  const i = arange(0, S).reshape(S, 1);
+  const j = arange(0, S).reshape(1, S);
+  return where(j.gt(i), full([], -Infinity, dtype), full([], 0, dtype));
+}
+
+/** rotate_half of RoPE (Su et al., 2021), the "half-split" layout Llama checkpoints use: [x1, x2] -> [−x2, x1]. */
+export function rotateHalf(x: Tensor): Tensor {
+  const d = x.size(-1) as number;
+  const x1 = x.slice(-1, 0, d / 2);
+  const x2 = x.slice(-1, d / 2, d);
+  return concat([x2.neg(), x1], -1);
+}
+
+export function applyRotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  return x.mul(cos).add(rotateHalf(x).mul(sin));
+}
+
+/** [B, Hkv, S, D] -> [B, Hkv·n, S, D], each kv head repeated n times (GQA/MQA as plain data movement). */
+export function repeatKv(x: Tensor, n: number): Tensor {
+  if (n === 1) return x;
+  const [B, H, S, D] = x.shape;
+  return x.unsqueeze(2).expand(B, H, n, S, D).reshape(B, (H as number) * n, S, D);
+}
+
+export { Tensor };

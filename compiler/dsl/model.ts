@@ -1,0 +1,97 @@
+// A model definition: a config read from a Hugging Face config.json plus a module tree with a
+// forward. Tracing runs the forward once on symbolic inputs and returns the IR graph.
+
+import type { DType } from "../ir/dtype.js";
+import { KilnError } from "../ir/errors.js";
+import type { Graph, TensorType } from "../ir/graph.js";
+import { GraphBuilder } from "../ir/graph.js";
+import { verify } from "../ir/verify.js";
+import type { Module } from "./module.js";
+import { withParamDType } from "./module.js";
+import { Tensor, withTrace } from "./tensor.js";
+
+export interface Model extends Module {
+  forward(inputs: Record<string, Tensor>): Record<string, Tensor>;
+}
+
+export interface ModelDef<C> {
+  /** family name, e.g. "llama" */
+  family: string;
+  /** the Hugging Face `model_type` values this definition reads */
+  modelTypes: string[];
+  /** reads a parsed config.json; unsupported or missing fields are E_CONFIG errors naming them */
+  fromHF(json: Record<string, unknown>): C;
+  /** the graph's inputs, with symbolic dims (B = batch, S = sequence) */
+  inputs(config: C): Record<string, TensorType>;
+  create(config: C): Model;
+}
+
+export const defineModel = <C>(d: ModelDef<C>): ModelDef<C> => d;
+
+export interface TraceOptions {
+  /** dtype of parameters and activations (default f32) */
+  dtype?: DType;
+  name?: string;
+}
+
+export function traceModel<C>(def: ModelDef<C>, config: C, opts: TraceOptions = {}): Graph {
+  const model = def.create(config);
+  model.nameParameters();
+  const b = new GraphBuilder(opts.name ?? def.family);
+  const g = withParamDType(opts.dtype ?? "f32", () =>
+    withTrace({ builder: b, params: new Map() }, () => {
+      const inputs: Record<string, Tensor> = {};
+      for (const [name, t] of Object.entries(def.inputs(config))) inputs[name] = new Tensor(b.input(name, t));
+      const outputs = model.forward(inputs);
+      for (const [name, t] of Object.entries(outputs)) b.output(name, t.value);
+      return b.graph;
+    }),
+  );
+  verify(g);
+  return g;
+}
+
+/** A loosely typed view of config.json with errors that name the field. */
+export class HFConfig {
+  constructor(readonly json: Record<string, unknown>, readonly source = "config.json") {}
+
+  private err(key: string, msg: string): KilnError {
+    return new KilnError("E_CONFIG", `'${key}' ${msg}`, { where: this.source });
+  }
+  has(key: string): boolean {
+    return this.json[key] !== undefined && this.json[key] !== null;
+  }
+  num(key: string, fallback?: number): number {
+    const v = this.json[key] ?? fallback;
+    if (v === undefined) throw this.err(key, "is missing");
+    if (typeof v !== "number" || !Number.isFinite(v)) throw this.err(key, `must be a number, got ${JSON.stringify(v)}`);
+    return v;
+  }
+  int(key: string, fallback?: number): number {
+    const v = this.num(key, fallback);
+    if (!Number.isInteger(v) || v < 0) throw this.err(key, `must be a non-negative integer, got ${v}`);
+    return v;
+  }
+  bool(key: string, fallback?: boolean): boolean {
+    const v = this.json[key] ?? fallback;
+    if (typeof v !== "boolean") throw this.err(key, v === undefined ? "is missing" : `must be true or false, got ${JSON.stringify(v)}`);
+    return v;
+  }
+  str(key: string, fallback?: string): string {
+    const v = this.json[key] ?? fallback;
+    if (typeof v !== "string") throw this.err(key, v === undefined ? "is missing" : `must be a string, got ${JSON.stringify(v)}`);
+    return v;
+  }
+  obj(key: string): HFConfig | undefined {
+    const v = this.json[key];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "object" || Array.isArray(v)) throw this.err(key, `must be an object, got ${JSON.stringify(v)}`);
+    return new HFConfig(v as Record<string, unknown>, `${this.source} (${key})`);
+  }
+  /** a value that must be one of `allowed` */
+  oneOf<T extends string>(key: string, allowed: readonly T[], fallback?: T): T {
+    const v = this.str(key, fallback);
+    if (!(allowed as readonly string[]).includes(v)) throw this.err(key, `is '${v}', which Kiln does not support (supported: ${allowed.join(", ")})`);
+    return v as T;
+  }
+}
