@@ -19,8 +19,8 @@ export interface ModelDef<C> {
   family: string;
   /** the Hugging Face `model_type` values this definition reads */
   modelTypes: string[];
-  /** reads a parsed config.json; unsupported or missing fields are E_CONFIG errors naming them */
-  fromHF(json: Record<string, unknown>): C;
+  /** reads a parsed config.json (`source`: its path, for errors); unsupported or missing fields are E_CONFIG errors naming them */
+  fromHF(json: Record<string, unknown>, source?: string): C;
   /** the graph's inputs, with symbolic dims (B = batch, S = sequence) */
   inputs(config: C): Record<string, TensorType>;
   create(config: C): Model;

@@ -1,0 +1,57 @@
+// `kiln` command line. Each command is a thin shell over the public API; failures Kiln reports
+// on purpose (KilnError) print as `kiln: error[CODE] where: message` and exit 1.
+
+import { Command, CommanderError, Option } from "commander";
+import { traceModel } from "../dsl/model.js";
+import type { DType } from "../ir/dtype.js";
+import { KilnError } from "../ir/errors.js";
+import { print, toJSON } from "../ir/print.js";
+import { loadModelFile, readHFConfig } from "./load-model.js";
+
+export interface IO {
+  out: (s: string) => void;
+  err: (s: string) => void;
+}
+const stdio: IO = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
+
+const dtypeOption = () => new Option("--dtype <dtype>", "dtype of weights and activations").choices(["f32", "bf16", "f16"]).default("f32");
+
+export function program(io: IO = stdio): Command {
+  const p = new Command("kiln")
+    .description("a compiler for transformer inference")
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .exitOverride();
+
+  p.command("ir")
+    .description("trace a model file with a Hugging Face config and print its IR")
+    .argument("<model>", "model file (TypeScript; its default export is a defineModel(...) value)")
+    .requiredOption("--config <path>", "config.json, or the checkpoint folder holding it")
+    .option("--json", "print the graph as JSON instead of the text form")
+    .option("--no-typecheck", "skip type-checking the model file")
+    .addOption(dtypeOption())
+    .action(async (model: string, o: { config: string; json?: boolean; typecheck: boolean; dtype: DType }) => {
+      const def = await loadModelFile(model, { typecheck: o.typecheck, color: process.stderr.isTTY });
+      const { json, file } = readHFConfig(o.config);
+      const g = traceModel(def, def.fromHF(json, file), { dtype: o.dtype });
+      io.out(o.json ? `${JSON.stringify(toJSON(g), null, 2)}\n` : print(g));
+    });
+
+  return p;
+}
+
+/** Runs the CLI; resolves to the process exit code. */
+export async function main(argv: string[], io: IO = stdio): Promise<number> {
+  try {
+    await program(io).parseAsync(argv, { from: "user" });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    if (e instanceof KilnError) {
+      io.err(`kiln: error[${e.code}] ${e.message}\n`);
+      return 1;
+    }
+    io.err(`kiln: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
+    return 2;
+  }
+}
+
