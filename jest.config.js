@@ -3,7 +3,7 @@ export default {
   testEnvironment: "node",
   extensionsToTreatAsEsm: [".ts"],
   moduleNameMapper: { "^(\\.{1,2}/.*)\\.js$": "$1" },
-  transform: { "^.+\\.ts$": ["ts-jest", { useESM: true, isolatedModules: true }] },
+  transform: { "^.+\\.ts$": ["ts-jest", { useESM: true }] },
   testMatch: ["<rootDir>/test/**/*.test.ts"],
   testPathIgnorePatterns: ["\\.gpu\\.test\\.ts$"],
   testTimeout: 120000,

@@ -6,6 +6,7 @@ import { traceModel } from "../dsl/model.js";
 import type { DType } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import { print, toJSON } from "../ir/print.js";
+import { modelFor } from "../../models/index.js";
 import { loadModelFile, readHFConfig } from "./load-model.js";
 
 export interface IO {
@@ -24,19 +25,31 @@ export function program(io: IO = stdio): Command {
 
   p.command("ir")
     .description("trace a model file with a Hugging Face config and print its IR")
-    .argument("<model>", "model file (TypeScript; its default export is a defineModel(...) value)")
-    .requiredOption("--config <path>", "config.json, or the checkpoint folder holding it")
+    .argument("<model>", "model file (TypeScript; its default export is a defineModel(...) value), or a Hugging Face checkpoint folder or config.json (the model is picked by model_type)")
+    .option("--config <path>", "config.json, or the checkpoint folder holding it (required with a model file)")
     .option("--json", "print the graph as JSON instead of the text form")
     .option("--no-typecheck", "skip type-checking the model file")
     .addOption(dtypeOption())
-    .action(async (model: string, o: { config: string; json?: boolean; typecheck: boolean; dtype: DType }) => {
-      const def = await loadModelFile(model, { typecheck: o.typecheck, color: process.stderr.isTTY });
-      const { json, file } = readHFConfig(o.config);
-      const g = traceModel(def, def.fromHF(json, file), { dtype: o.dtype });
+    .action(async (model: string, o: { config?: string; json?: boolean; typecheck: boolean; dtype: DType }) => {
+      const { def, config } = await resolveModel(model, o);
+      const g = traceModel(def, config, { dtype: o.dtype });
       io.out(o.json ? `${JSON.stringify(toJSON(g), null, 2)}\n` : print(g));
     });
 
   return p;
+}
+
+/** A model file plus --config, or a checkpoint folder / config.json whose model_type picks the model. */
+async function resolveModel(model: string, o: { config?: string; typecheck: boolean }) {
+  if (/\.[cm]?tsx?$/.test(model)) {
+    if (!o.config) throw new KilnError("E_USAGE", "--config <config.json> is required with a model file", { where: model });
+    const def = await loadModelFile(model, { typecheck: o.typecheck, color: process.stderr.isTTY });
+    const { json, file } = readHFConfig(o.config);
+    return { def, config: def.fromHF(json, file) };
+  }
+  const { json, file } = readHFConfig(o.config ?? model);
+  const def = modelFor(json, file);
+  return { def, config: def.fromHF(json, file) };
 }
 
 /** Runs the CLI; resolves to the process exit code. */

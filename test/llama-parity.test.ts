@@ -1,0 +1,69 @@
+// The oracle: Hugging Face transformers' own logits and greedy tokens for tiny random Llama
+// checkpoints (test/fixtures, made by scripts/hf-fixtures.py on the GPU machine) must come out of
+// the reference interpreter running models/llama.ts.
+
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, test } from "@jest/globals";
+import { traceModel } from "../compiler/dsl/index.js";
+import { greedyGenerate, run } from "../compiler/ir/index.js";
+import llama from "../models/llama.js";
+import { openCheckpoint, SafetensorsFile, toInterpreterTensor } from "../runtime/safetensors.js";
+import { bindWeights } from "../runtime/weights.js";
+
+const FIXTURES = join(import.meta.dirname, "fixtures");
+const manifest = JSON.parse(readFileSync(join(FIXTURES, "manifest.json"), "utf8")) as { fixtures: { name: string; family: string; dir: string }[] };
+const llamas = manifest.fixtures.filter((f) => f.family === "llama");
+
+test("the fixtures cover MHA, GQA, MQA with tied embeddings, and Llama-3 rope scaling", () => {
+  expect(llamas.map((f) => f.name).sort()).toEqual(["llama-gqa", "llama-mha", "llama-mqa-tied", "llama3-rope"]);
+});
+
+describe.each(llamas)("$name", ({ dir }) => {
+  const root = join(FIXTURES, dir);
+  const config = llama.fromHF(JSON.parse(readFileSync(join(root, "config.json"), "utf8")), join(root, "config.json"));
+  const graph = traceModel(llama, config);
+  const ckpt = openCheckpoint(root);
+  const { weights, unused } = bindWeights(graph.params, ckpt, { where: root });
+  const ref = SafetensorsFile.open(join(root, "reference.safetensors"));
+  const inputIds = toInterpreterTensor(ref, "input_ids");
+  const hfLogits = ref.toFloat32("logits");
+
+  test("every checkpoint tensor is used by the graph", () => {
+    expect(unused).toEqual([]);
+  });
+
+  test("logits match Hugging Face within 1e-4", () => {
+    const { logits } = run(graph, { input_ids: inputIds }, weights);
+    expect(logits.shape).toEqual(ref.info("logits").shape);
+    let maxErr = 0;
+    for (let i = 0; i < hfLogits.length; i++) maxErr = Math.max(maxErr, Math.abs(logits.data[i] - hfLogits[i]));
+    expect(maxErr).toBeLessThanOrEqual(1e-4);
+    if (process.env.KILN_PRINT_ERRORS) console.log(`${dir}: max |logits - HF| = ${maxErr.toExponential(2)}`);
+    // and the logits are not degenerate (a test on near-constant logits would prove little)
+    const spread = Math.max(...hfLogits) - Math.min(...hfLogits);
+    expect(spread).toBeGreaterThan(1);
+  });
+
+  test("greedy generation gives Hugging Face's tokens", () => {
+    const want = Array.from(ref.toFloat64("greedy_ids"));
+    const prompt = want.slice(0, inputIds.shape[1]);
+    expect(prompt).toEqual(Array.from(inputIds.data.subarray(0, inputIds.shape[1])));
+    const got = greedyGenerate(graph, weights, prompt, { maxNewTokens: want.length - prompt.length });
+    expect(got).toEqual(want);
+  });
+});
+
+test("the parity check is sensitive: Llama-3 rope scaling left out gives different logits", () => {
+  const root = join(FIXTURES, "llama3-rope");
+  const json = JSON.parse(readFileSync(join(root, "config.json"), "utf8"));
+  const plain = llama.fromHF({ ...json, rope_parameters: { rope_type: "default", rope_theta: json.rope_parameters.rope_theta } });
+  const graph = traceModel(llama, plain);
+  const ref = SafetensorsFile.open(join(root, "reference.safetensors"));
+  const { weights } = bindWeights(graph.params, openCheckpoint(root));
+  const { logits } = run(graph, { input_ids: toInterpreterTensor(ref, "input_ids") }, weights);
+  const hf = ref.toFloat32("logits");
+  let maxErr = 0;
+  for (let i = 0; i < hf.length; i++) maxErr = Math.max(maxErr, Math.abs(logits.data[i] - hf[i]));
+  expect(maxErr).toBeGreaterThan(1e-3);
+});
