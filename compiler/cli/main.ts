@@ -7,6 +7,7 @@ import type { DType } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import { print, toJSON } from "../ir/print.js";
 import { modelFor } from "../../models/index.js";
+import { demo } from "./demo.js";
 import { loadModelFile, readHFConfig } from "./load-model.js";
 
 export interface IO {
@@ -36,7 +37,22 @@ export function program(io: IO = stdio): Command {
       io.out(o.json ? `${JSON.stringify(toJSON(g), null, 2)}\n` : print(g));
     });
 
+  p.command("demo")
+    .description("write a tiny random Llama checkpoint, trace it, load it and generate")
+    .option("--out <dir>", "where to write the checkpoint (default: <tmp>/kiln-demo)")
+    .option("--tokens <n>", "new tokens to generate", (v) => positiveInt(v, "--tokens"), 16)
+    .option("--seed <n>", "seed of the random weights", (v) => positiveInt(v, "--seed"), 0)
+    .action(async (o: { out?: string; tokens: number; seed: number }) => {
+      await demo({ ...o, log: io.out });
+    });
+
   return p;
+}
+
+function positiveInt(v: string, what: string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new KilnError("E_USAGE", `${what} must be a non-negative integer, got '${v}'`);
+  return n;
 }
 
 /** A model file plus --config, or a checkpoint folder / config.json whose model_type picks the model. */
