@@ -4,7 +4,7 @@
 // parameters are the checkpoint's tensor names. Passes, not this file, decide how it runs.
 
 import {
-  applyRotary, causalMask, concat, constant, defineModel, Embedding, HFConfig, Linear, Module, RMSNorm, repeatKv, silu, arange,
+  applyRotary, arange, cacheUpdate, causalMask, concat, constant, defineModel, Embedding, HFConfig, Linear, Module, positions, RMSNorm, repeatKv, silu,
 } from "../compiler/dsl/index.js";
 import type { Tensor } from "../compiler/dsl/index.js";
 import { KilnError } from "../compiler/ir/errors.js";
@@ -39,7 +39,7 @@ export function ropeInvFreq(c: HFConfig, headDim: number): number[] {
 
 class Attention extends Module {
   q_proj: Linear; k_proj: Linear; v_proj: Linear; o_proj: Linear;
-  constructor(readonly c: LlamaConfig) {
+  constructor(readonly c: LlamaConfig, readonly layer: number) {
     super();
     const bias = { bias: c.attentionBias };
     this.q_proj = new Linear(c.hidden, c.heads * c.headDim, bias);
@@ -52,8 +52,10 @@ class Attention extends Module {
     const [B, S] = x.shape;
     const split = (t: Tensor, h: number) => t.reshape(B, S, h, headDim).transpose(1, 2); // [B, h, S, D]
     const q = applyRotary(split(this.q_proj.forward(x), heads), cos, sin);
-    const k = repeatKv(applyRotary(split(this.k_proj.forward(x), kvHeads), cos, sin), heads / kvHeads);
-    const v = repeatKv(split(this.v_proj.forward(x), kvHeads), heads / kvHeads);
+    let k = applyRotary(split(this.k_proj.forward(x), kvHeads), cos, sin);
+    let v = split(this.v_proj.forward(x), kvHeads);
+    [k, v] = cacheUpdate(this.layer, k, v); // with a KV cache: past ++ new, [B, kvHeads, P+S, D]
+    [k, v] = [repeatKv(k, heads / kvHeads), repeatKv(v, heads / kvHeads)];
     const scores = q.matmul(k.transpose(-2, -1)).mul(headDim ** -0.5).add(causalMask(S, q.dtype));
     const probs = scores.float().softmax(-1).to(q.dtype);
     const out = probs.matmul(v).transpose(1, 2).reshape(B, S, heads * headDim);
@@ -77,10 +79,10 @@ class MLP extends Module {
 
 class DecoderLayer extends Module {
   input_layernorm: RMSNorm; self_attn: Attention; post_attention_layernorm: RMSNorm; mlp: MLP;
-  constructor(c: LlamaConfig) {
+  constructor(c: LlamaConfig, layer: number) {
     super();
     this.input_layernorm = new RMSNorm(c.hidden, c.eps);
-    this.self_attn = new Attention(c);
+    this.self_attn = new Attention(c, layer);
     this.post_attention_layernorm = new RMSNorm(c.hidden, c.eps);
     this.mlp = new MLP(c);
   }
@@ -95,14 +97,14 @@ class LlamaModel extends Module {
   constructor(readonly c: LlamaConfig) {
     super();
     this.embed_tokens = new Embedding(c.vocab, c.hidden);
-    this.layers = [...Array(c.layers)].map(() => new DecoderLayer(c));
+    this.layers = [...Array(c.layers).keys()].map((i) => new DecoderLayer(c, i));
     this.norm = new RMSNorm(c.hidden, c.eps);
   }
   forward(ids: Tensor): Tensor {
     let h = this.embed_tokens.forward(ids);
-    // angles[s, i] = s · θ_i, in f32; each head dim pair (i, i + D/2) shares an angle
-    const S = ids.size(1);
-    const angles = arange(0, S).float().reshape(S, 1).mul(constant(this.c.invFreq, [1, this.c.headDim / 2]));
+    // angles[s, i] = position(s) · θ_i, in f32; each head dim pair (i, i + D/2) shares an angle
+    const S = ids.size(1), pos = positions(S);
+    const angles = arange(pos.start, pos.end).float().reshape(S, 1).mul(constant(this.c.invFreq, [1, this.c.headDim / 2]));
     const freqs = concat([angles, angles], -1); // [S, D], broadcasts over [B, H, S, D]
     const [cos, sin] = [freqs.cos().to(h.dtype), freqs.sin().to(h.dtype)];
     for (const layer of this.layers) h = layer.forward(h, cos, sin);

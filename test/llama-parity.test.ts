@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, test } from "@jest/globals";
 import { traceModel } from "../compiler/dsl/index.js";
-import { greedyGenerate, run } from "../compiler/ir/index.js";
+import { alloc, greedyGenerate, run, tensor } from "../compiler/ir/index.js";
 import llama from "../models/llama.js";
 import { openCheckpoint, SafetensorsFile, toInterpreterTensor } from "../runtime/safetensors.js";
 import { bindWeights } from "../runtime/weights.js";
@@ -51,6 +51,29 @@ describe.each(llamas)("$name", ({ dir }) => {
     expect(prompt).toEqual(Array.from(inputIds.data.subarray(0, inputIds.shape[1])));
     const got = greedyGenerate(graph, weights, prompt, { maxNewTokens: want.length - prompt.length });
     expect(got).toEqual(want);
+  });
+
+  test("with a KV cache (prefill, then one token a step) the logits and tokens are the same", () => {
+    const cached = traceModel(llama, config, { kvCache: true });
+    expect(cached.inputs.map((v) => v.name)).toContain("past.1.value");
+    expect(cached.outputs.map((o) => o.name)).toContain("present.1.value");
+    const want = Array.from(ref.toFloat64("greedy_ids"));
+    const prompt = want.slice(0, inputIds.shape[1]);
+    expect(greedyGenerate(cached, weights, prompt, { maxNewTokens: want.length - prompt.length })).toEqual(want);
+    // logits of a split prefill (4 tokens, then 3 more against the cache) equal the one-shot logits
+    const row = (b: number, from: number, to: number) => tensor("i64", [1, to - from], Array.from(inputIds.data.subarray(b * 7 + from, b * 7 + to)));
+    const empty = Object.fromEntries(cached.inputs.filter((v) => v.name.startsWith("past.")).map((v) => [v.name, alloc("f32", [1, config.kvHeads, 0, config.headDim])]));
+    const first = run(cached, { input_ids: row(1, 0, 4), ...empty }, weights);
+    const past = Object.fromEntries(Object.keys(empty).map((k) => [k, first[k.replace("past.", "present.")]]));
+    const second = run(cached, { input_ids: row(1, 4, 7), ...past }, weights);
+    const V = 256;
+    let maxErr = 0;
+    for (let s = 0; s < 7; s++)
+      for (let v = 0; v < V; v++) {
+        const got = s < 4 ? first.logits.data[s * V + v] : second.logits.data[(s - 4) * V + v];
+        maxErr = Math.max(maxErr, Math.abs(got - hfLogits[(7 + s) * V + v]));
+      }
+    expect(maxErr).toBeLessThanOrEqual(1e-4);
   });
 });
 

@@ -3,6 +3,7 @@
 
 import type { Dim } from "../ir/dim.js";
 import type { DType } from "../ir/dtype.js";
+import { positions } from "./cache.js";
 import { arange, emit, full, Tensor } from "./tensor.js";
 
 export const matmul = (a: Tensor, b: Tensor): Tensor => a.matmul(b);
@@ -16,10 +17,14 @@ export const concat = (xs: Tensor[], axis: number): Tensor => emit("concat", xs,
 export const where = (cond: Tensor, a: Tensor, b: Tensor): Tensor => emit("where", [cond, a, b]);
 export const gather = (x: Tensor, idx: Tensor, axis: number): Tensor => emit("gather", [x, idx], { axis });
 
-/** [S, S] additive mask: 0 where key j ≤ query i, −inf after (the causal mask of a decoder). */
+/**
+ * [S, P+S] additive mask of a decoder: query i (at position P+i) sees key j iff j ≤ P+i; 0 there,
+ * −inf elsewhere. P is the KV cache's length (0 without a cache).
+ */
 export function causalMask(S: Dim, dtype: DType = "f32"): Tensor {
-  const i = arange(0, S).reshape(S, 1);
-  const j = arange(0, S).reshape(1, S);
+  const { start, end } = positions(S);
+  const i = arange(start, end).reshape(S, 1);
+  const j = arange(0, end).reshape(1, end);
   return where(j.gt(i), full([], -Infinity, dtype), full([], 0, dtype));
 }
 

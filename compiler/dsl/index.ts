@@ -1,3 +1,4 @@
+export * from "./cache.js";
 export * from "./functional.js";
 export * from "./layers.js";
 export * from "./model.js";

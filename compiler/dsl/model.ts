@@ -8,6 +8,7 @@ import { GraphBuilder } from "../ir/graph.js";
 import { verify } from "../ir/verify.js";
 import type { Module } from "./module.js";
 import { withParamDType } from "./module.js";
+import type { TraceContext } from "./tensor.js";
 import { Tensor, withTrace } from "./tensor.js";
 
 export interface Model extends Module {
@@ -32,18 +33,22 @@ export interface TraceOptions {
   /** dtype of parameters and activations (default f32) */
   dtype?: DType;
   name?: string;
+  /** add KV-cache inputs and outputs (past.<i>.key|value, present.<i>.key|value; see cache.ts) */
+  kvCache?: boolean;
 }
 
 export function traceModel<C>(def: ModelDef<C>, config: C, opts: TraceOptions = {}): Graph {
   const model = def.create(config);
   model.nameParameters();
   const b = new GraphBuilder(opts.name ?? def.family);
+  const ctx: TraceContext = { builder: b, params: new Map(), cache: opts.kvCache ? { past: "P", outputs: [] } : undefined };
   const g = withParamDType(opts.dtype ?? "f32", () =>
-    withTrace({ builder: b, params: new Map() }, () => {
+    withTrace(ctx, () => {
       const inputs: Record<string, Tensor> = {};
       for (const [name, t] of Object.entries(def.inputs(config))) inputs[name] = new Tensor(b.input(name, t));
       const outputs = model.forward(inputs);
       for (const [name, t] of Object.entries(outputs)) b.output(name, t.value);
+      for (const [name, v] of ctx.cache?.outputs ?? []) b.output(name, v);
       return b.graph;
     }),
   );

@@ -16,6 +16,8 @@ export interface TraceContext {
   builder: GraphBuilder;
   /** parameter values already added, by Hugging Face name */
   params: Map<string, Value>;
+  /** set when tracing with a KV cache (see cache.ts) */
+  cache?: { past: Dim; outputs: [string, Value][] };
 }
 
 let current: TraceContext | undefined;

@@ -1,11 +1,15 @@
 // Greedy decoding on the reference interpreter: the oracle the compiled targets' generate() is
-// checked against. No KV cache: each step re-runs the whole prefix (slow, and obviously right).
+// checked against. A graph traced without a KV cache re-runs the whole prefix each step (slow,
+// and obviously right); one traced with a cache (inputs past.<i>.key|value, outputs
+// present.<i>.key|value) runs the prompt once, then one token a step.
 
 import { KilnError } from "./errors.js";
 import type { Graph } from "./graph.js";
 import type { ParamSource } from "./interpreter.js";
 import { run } from "./interpreter.js";
-import { tensor } from "./tensor.js";
+import type { Tensor } from "./tensor.js";
+import { alloc, tensor } from "./tensor.js";
+import { typeString } from "./graph.js";
 
 export interface GreedyOptions {
   maxNewTokens: number;
@@ -21,10 +25,21 @@ export function greedyGenerate(g: Graph, params: ParamSource, prompt: number[], 
     throw new KilnError("E_USAGE", "greedyGenerate needs a graph with input 'input_ids' and output 'logits'", { where: g.name });
   if (prompt.length === 0) throw new KilnError("E_USAGE", "the prompt is empty");
   const ids = [...prompt];
+  const pasts = g.inputs.filter((v) => v.name.startsWith("past."));
+  // an empty cache: every past is [B, H, 0, D]
+  let cache: Record<string, Tensor> = {};
+  for (const v of pasts) {
+    const shape = v.shape.map((d) => (d === "B" ? 1 : d === "P" ? 0 : d));
+    if (shape.some((d) => typeof d !== "number")) throw new KilnError("E_USAGE", `cannot make an empty cache for '${v.name}' ${typeString(v)}`);
+    cache[v.name] = alloc(v.dtype, shape as number[]);
+  }
   for (let step = 0; step < opts.maxNewTokens; step++) {
-    const { logits } = run(g, { input_ids: tensor("i64", [1, ids.length], ids) }, params, { verified: step > 0 });
+    const fresh = pasts.length && step > 0 ? ids.slice(-1) : ids;
+    const out = run(g, { input_ids: tensor("i64", [1, fresh.length], fresh), ...cache }, params, { verified: step > 0 });
+    if (pasts.length) cache = Object.fromEntries(pasts.map((v) => [v.name, out[v.name.replace(/^past\./, "present.")]]));
+    const logits = out.logits;
     const V = logits.shape[2];
-    const row = logits.data.subarray((ids.length - 1) * V, ids.length * V);
+    const row = logits.data.subarray((fresh.length - 1) * V, fresh.length * V);
     let best = 0;
     for (let v = 1; v < V; v++) if (row[v] > row[best]) best = v;
     ids.push(best);
