@@ -14,6 +14,9 @@ export type KilnErrorCode =
   | "E_WEIGHTS" // weights missing, unexpected or mis-shaped against a graph
   | "E_MODEL" // a model file could not be loaded or type-checked
   | "E_PASS" // a pass failed or broke the graph
+  | "E_BUILD" // generating or compiling an artifact failed (the C++/CUDA compiler's message is included)
+  | "E_ARTIFACT" // an artifact folder is missing, incomplete, or from another Kiln / ABI version
+  | "E_RUNTIME" // a model run failed (bad values, out of memory, device errors)
   | "E_USAGE"; // bad command line / API arguments
 
 export class KilnError extends Error {

@@ -9,3 +9,4 @@ export * from "./parse.js";
 export * from "./print.js";
 export * from "./tensor.js";
 export * from "./verify.js";
+export * from "./generate.js";

@@ -317,11 +317,14 @@ def({
     for (let b = 0; b < numel(batch); b++) {
       const xo = (xm ? xm[b] : b) * M * K;
       const wo = (wm ? wm[b] : b) * K * N;
+      // skipping x's zeros is exact only where w is finite (0 · inf and 0 · NaN are NaN)
+      let wFinite = true;
+      for (let q = wo; q < wo + K * N && wFinite; q++) wFinite = Number.isFinite(w.data[q]);
       for (let i = 0; i < M; i++) {
         acc.fill(0);
         for (let k = 0; k < K; k++) {
           const xv = x.data[xo + i * K + k];
-          if (xv === 0) continue;
+          if (xv === 0 && wFinite) continue;
           const row = wo + k * N;
           for (let j = 0; j < N; j++) acc[j] += xv * w.data[row + j];
         }

@@ -18,7 +18,9 @@ import type { AttrKind } from "./ops.js";
 import { OPS } from "./ops.js";
 
 const BARE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const name = (s: string): string => (BARE_NAME.test(s) ? s : JSON.stringify(s));
+// the parser's keywords lex as keywords, not names, so a name spelled like one is quoted
+const KEYWORDS = new Set(["graph", "input", "param", "output", "loc", "true", "false", "inf", "nan"]);
+const name = (s: string): string => (BARE_NAME.test(s) && !KEYWORDS.has(s) ? s : JSON.stringify(s));
 
 export function formatNumber(x: number): string {
   if (Number.isNaN(x)) return "nan";

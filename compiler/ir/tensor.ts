@@ -49,11 +49,13 @@ export function roundToDType(t: Tensor): Tensor {
       for (let i = 0; i < d.length; i++) d[i] = roundF16(d[i]);
       break;
     case "bool":
-      for (let i = 0; i < d.length; i++) d[i] = d[i] ? 1 : 0;
+      for (let i = 0; i < d.length; i++) d[i] = d[i] === 0 ? 0 : 1; // NaN is true, as in C and PyTorch
       break;
     case "i64":
+      for (let i = 0; i < d.length; i++) d[i] = Math.trunc(d[i]) + 0; // + 0: integers have no -0
+      break;
     case "i32":
-      for (let i = 0; i < d.length; i++) d[i] = Math.trunc(d[i]);
+      for (let i = 0; i < d.length; i++) d[i] = wrap(Math.trunc(d[i]), 32, true);
       break;
     case "i8":
       for (let i = 0; i < d.length; i++) d[i] = wrap(Math.trunc(d[i]), 8, true);

@@ -43,11 +43,17 @@ export function inferNode(n: Pick<Node, "op" | "operands" | "attrs" | "loc">, co
   }
 }
 
+/** A numeric dim that no tensor can have (negative or fractional), if the type has one. */
+const badDim = (t: TensorType): number | undefined =>
+  t.shape.find((d): d is number => typeof d === "number" && !(Number.isInteger(d) && d >= 0)) as number | undefined;
+
 export function verify(g: Graph): void {
   const defined = new Set<number>();
   const names = new Set<string>();
   const checkValue = (v: Value, what: string): void => {
     if (!isDType(v.dtype)) throw new KilnError("E_VERIFY", `${what} '${v.name}' has unknown dtype '${v.dtype}'`);
+    const bad = badDim(v);
+    if (bad !== undefined) throw new KilnError("E_VERIFY", `${what} '${v.name}' has type ${typeString(v)}: dim ${bad} is not a non-negative integer`);
     if (defined.has(v.id)) throw new KilnError("E_VERIFY", `${what} '${v.name || v.id}' is defined twice`);
     defined.add(v.id);
   };
@@ -91,6 +97,8 @@ export function verify(g: Graph): void {
     }
     if (t.dtype !== n.result.dtype || !shapeEq(t.shape, n.result.shape))
       throw verifyError(n, `result is declared ${typeString(n.result)} but the op gives ${typeString(t)}`, g);
+    const bad = badDim(n.result);
+    if (bad !== undefined) throw verifyError(n, `result type ${typeString(n.result)} has dim ${bad}, which is not a non-negative integer`, g);
     checkSymbols(n.result.shape, () => `op '${n.op}' (${describeNode(n, g)})`);
     checkValue(n.result, "result");
   }

@@ -1,0 +1,12 @@
+// The passes Kiln ships, registered by name for pipeline strings ("cse,dce").
+
+import { csePass } from "./cse.js";
+import { dcePass } from "./dce.js";
+import { registerPass } from "./manager.js";
+
+export * from "./manager.js";
+export { dce, dcePass } from "./dce.js";
+export { cse, csePass } from "./cse.js";
+
+registerPass(dcePass);
+registerPass(csePass);
