@@ -23,8 +23,8 @@ export interface BindOptions {
   strict?: boolean;
 }
 
-/** Checks `source` against `expected` and returns interpreter tensors in the expected dtypes. */
-export function bindWeights(expected: readonly ExpectedWeight[], source: TensorSource, opts: BindOptions = {}): { weights: Record<string, Tensor>; unused: string[] } {
+/** Checks `source` against `expected` (one error listing every problem); returns the checkpoint tensors nobody asked for. */
+export function checkWeights(expected: readonly ExpectedWeight[], source: TensorSource, opts: BindOptions = {}): string[] {
   const problems: string[] = [];
   for (const w of expected) {
     if (!source.has(w.name)) {
@@ -41,7 +41,12 @@ export function bindWeights(expected: readonly ExpectedWeight[], source: TensorS
   if (opts.strict) for (const n of unused) problems.push(`unexpected: ${n} (the model has no such weight)`);
   if (problems.length)
     throw new KilnError("E_WEIGHTS", `the checkpoint does not fit the model (${problems.length} problem${problems.length > 1 ? "s" : ""}):\n  ${problems.join("\n  ")}`, { where: opts.where });
+  return unused;
+}
 
+/** Checks `source` against `expected` and returns interpreter tensors in the expected dtypes. */
+export function bindWeights(expected: readonly ExpectedWeight[], source: TensorSource, opts: BindOptions = {}): { weights: Record<string, Tensor>; unused: string[] } {
+  const unused = checkWeights(expected, source, opts);
   const weights: Record<string, Tensor> = {};
   for (const w of expected) {
     const t = toInterpreterTensor(source, w.name);

@@ -1,0 +1,62 @@
+// The C ABI of a Kiln artifact (libkiln_model.so), shared by the cpu and cuda targets. The
+// runtime (runtime/native) dlopens an artifact and talks to it only through these functions,
+// so it links neither CUDA nor the model. Memory handed across is the target's memory: host
+// memory for cpu, device memory for cuda; kiln_upload / kiln_download move bytes across.
+#pragma once
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KILN_ABI_VERSION 1
+#define KILN_MAX_RANK 8
+
+enum kiln_dtype { KILN_F32 = 0, KILN_F16 = 1, KILN_BF16 = 2, KILN_I64 = 3, KILN_I32 = 4, KILN_I8 = 5, KILN_U8 = 6, KILN_BOOL = 7 };
+
+typedef struct kiln_tensor {
+  int32_t dtype; /* enum kiln_dtype */
+  int32_t rank;
+  int64_t shape[KILN_MAX_RANK];
+  void* data; /* target memory, contiguous row-major */
+} kiln_tensor;
+
+/* Every function returning int returns 0 on success, else an error whose message kiln_last_error gives. */
+#define KILN_OK 0
+#define KILN_ERR_INVALID 1 /* bad arguments: shapes, dtypes, counts */
+#define KILN_ERR_OOM 2     /* out of memory on the target */
+#define KILN_ERR_DEVICE 3  /* a CUDA error */
+#define KILN_ERR_NUMERIC 4 /* reserved */
+
+int kiln_abi_version(void);
+/* "cpu" or "cuda" */
+const char* kiln_target(void);
+/* the content hash the artifact was built with (also in manifest.json) */
+const char* kiln_artifact_hash(void);
+/* the message of the last failed call on this thread */
+const char* kiln_last_error(void);
+
+/* Selects and initializes the device (cuda: cudaSetDevice + streams + libraries; cpu: no-op). */
+int kiln_init(int device);
+int kiln_memory_info(int64_t* free_bytes, int64_t* total_bytes);
+int kiln_malloc(void** ptr, int64_t bytes);
+int kiln_free(void* ptr);
+int kiln_upload(void* dst, const void* src, int64_t bytes);
+int kiln_download(void* dst, const void* src, int64_t bytes);
+int kiln_synchronize(void);
+
+/* The graph's inputs, weights and outputs, in manifest order. */
+int kiln_num_inputs(void);
+int kiln_num_weights(void);
+int kiln_num_outputs(void);
+
+/*
+ * Runs the graph. `weights` holds kiln_num_weights() pointers to target memory (in the dtypes and
+ * shapes of the manifest); `inputs` kiln_num_inputs() tensors. On success each outputs[i] is filled
+ * with its dtype, shape and a buffer from kiln_malloc that the caller owns (kiln_free it).
+ */
+int kiln_forward(void* const* weights, const kiln_tensor* inputs, kiln_tensor* outputs);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,127 @@
+// Element types and scalar math shared by the host and device kernels. bf16 and f16 are stored
+// as raw 16-bit patterns and computed in f32, rounding to nearest even on store: bit-for-bit
+// what compiler/ir/numeric.ts does, so the targets and the reference interpreter agree.
+#pragma once
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#ifdef __CUDACC__
+#define KILN_HD __host__ __device__ __forceinline__
+#else
+#define KILN_HD inline
+#endif
+
+namespace kiln {
+
+struct bf16 { uint16_t bits; };
+struct f16 { uint16_t bits; };
+
+KILN_HD uint32_t f32_bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
+KILN_HD float bits_f32(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
+
+KILN_HD uint16_t f32_to_bf16_bits(float x) {
+  uint32_t b = f32_bits(x);
+  if ((b & 0x7f800000u) == 0x7f800000u && (b & 0x007fffffu)) return (uint16_t)(((b >> 16) | 0x40) & 0xffff);
+  return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+KILN_HD float bf16_bits_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+KILN_HD uint16_t f32_to_f16_bits(float x) {
+  uint32_t b = f32_bits(x);
+  uint32_t sign = (b >> 16) & 0x8000u;
+  int32_t exp = (int32_t)((b >> 23) & 0xff);
+  uint32_t mant = b & 0x7fffffu;
+  if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0u));
+  int32_t e = exp - 127 + 15;
+  if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);
+  if (e <= 0) {
+    if (e < -10) return (uint16_t)sign;
+    mant |= 0x800000u;
+    uint32_t shift = (uint32_t)(14 - e), half = 1u << (shift - 1), rest = mant & ((1u << shift) - 1);
+    uint32_t m = mant >> shift;
+    if (rest > half || (rest == half && (m & 1u))) m += 1;
+    return (uint16_t)(sign | m);
+  }
+  uint32_t rest = mant & 0x1fffu, m = mant >> 13;
+  if (rest > 0x1000u || (rest == 0x1000u && (m & 1u))) {
+    m += 1;
+    if (m == 0x400u) { m = 0; e += 1; if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u); }
+  }
+  return (uint16_t)(sign | ((uint32_t)e << 10) | m);
+}
+KILN_HD float f16_bits_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  if (e == 0) { float v = (float)m * 5.9604644775390625e-8f; return sign ? -v : v; }
+  if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m << 13));
+  return bits_f32(sign | ((e - 15 + 127) << 23) | (m << 13));
+}
+
+// Compute type: floats in f32; integers and bool in double (exact below 2^53, as the interpreter holds them).
+template <typename T> struct Num;
+template <> struct Num<float> { typedef float C; KILN_HD static float load(float x) { return x; } KILN_HD static float store(float x) { return x; } };
+template <> struct Num<bf16> { typedef float C; KILN_HD static float load(bf16 x) { return bf16_bits_to_f32(x.bits); } KILN_HD static bf16 store(float x) { bf16 r; r.bits = f32_to_bf16_bits(x); return r; } };
+template <> struct Num<f16> { typedef float C; KILN_HD static float load(f16 x) { return f16_bits_to_f32(x.bits); } KILN_HD static f16 store(float x) { f16 r; r.bits = f32_to_f16_bits(x); return r; } };
+template <typename I> struct IntNum {
+  typedef double C;
+  KILN_HD static double load(I x) { return (double)x; }
+  // truncation toward zero, then the integer type's own wrap-around (as the interpreter's roundToDType)
+  KILN_HD static I store(double x) { return (x != x) ? (I)0 : (I)(int64_t)x; }
+};
+template <> struct Num<int64_t> : IntNum<int64_t> {};
+template <> struct Num<int32_t> : IntNum<int32_t> {};
+template <> struct Num<int8_t> : IntNum<int8_t> {};
+template <> struct Num<uint8_t> : IntNum<uint8_t> {};
+struct boolean { uint8_t v; };
+template <> struct Num<boolean> {
+  typedef double C;
+  KILN_HD static double load(boolean x) { return x.v ? 1.0 : 0.0; }
+  KILN_HD static boolean store(double x) { boolean r; r.v = (x != 0.0) ? 1 : 0; return r; }  // NaN is true
+};
+
+// ---- scalar ops (functors usable on host and device); C is the compute type
+#define KILN_UNARY(NAME, EXPR) struct NAME { template <typename C> KILN_HD C operator()(C x) const { return EXPR; } };
+KILN_UNARY(OpNeg, -x)
+KILN_UNARY(OpAbs, x < 0 ? -x : x)
+KILN_UNARY(OpExp, (C)exp(x))
+KILN_UNARY(OpLog, (C)log(x))
+KILN_UNARY(OpSqrt, (C)sqrt(x))
+KILN_UNARY(OpRsqrt, (C)1 / (C)sqrt(x))
+KILN_UNARY(OpReciprocal, (C)1 / x)
+KILN_UNARY(OpTanh, (C)tanh(x))
+KILN_UNARY(OpSigmoid, (C)1 / ((C)1 + (C)exp(-x)))
+KILN_UNARY(OpSilu, x / ((C)1 + (C)exp(-x)))
+KILN_UNARY(OpRelu, x > 0 ? x : (C)0)
+KILN_UNARY(OpGelu, (C)0.5 * x * ((C)1 + (C)erf(x * (C)0.70710678118654752440)))
+KILN_UNARY(OpGeluTanh, (C)0.5 * x * ((C)1 + (C)tanh((C)0.79788456080286535588 * (x + (C)0.044715 * x * x * x))))
+KILN_UNARY(OpCos, (C)cos(x))
+KILN_UNARY(OpSin, (C)sin(x))
+#undef KILN_UNARY
+
+#define KILN_BINARY(NAME, EXPR) struct NAME { template <typename C> KILN_HD C operator()(C a, C b) const { return EXPR; } };
+KILN_BINARY(OpAdd, a + b)
+KILN_BINARY(OpSub, a - b)
+KILN_BINARY(OpMul, a * b)
+KILN_BINARY(OpDiv, a / b)
+KILN_BINARY(OpIntDiv, (C)(int64_t)(a / b))
+KILN_BINARY(OpPow, (C)pow(a, b))
+KILN_BINARY(OpMaximum, (a != a || b != b) ? a + b : (a > b ? a : b))
+KILN_BINARY(OpMinimum, (a != a || b != b) ? a + b : (a < b ? a : b))
+KILN_BINARY(OpLess, (C)(a < b))
+KILN_BINARY(OpLessEqual, (C)(a <= b))
+KILN_BINARY(OpGreater, (C)(a > b))
+KILN_BINARY(OpGreaterEqual, (C)(a >= b))
+KILN_BINARY(OpEqual, (C)(a == b))
+KILN_BINARY(OpNotEqual, (C)(a != b))
+#undef KILN_BINARY
+
+// Shapes and strides of up to KILN_MAX_RANK dims, passed by value to kernels.
+struct Shape {
+  int32_t rank;
+  int64_t d[8];
+};
+struct Strides {
+  int64_t s[8];
+};
+
+}  // namespace kiln

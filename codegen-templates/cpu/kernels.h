@@ -1,0 +1,183 @@
+// Host C++ kernels of the cpu target: one function per IR op family, on contiguous row-major
+// buffers (strided views only where an op reads with broadcast/permuted strides). Parallel over
+// the outermost independent loop with OpenMP. Semantics are the interpreter's (ops.ts), in f32
+// for floats (f64 accumulation where a sum is long: matmul, linear, reductions).
+#pragma once
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include "../common/kiln_types.h"
+
+namespace kiln {
+namespace cpu {
+
+// Offset in a strided tensor of the k-th element of `shape` (row-major order).
+static inline int64_t strided_offset(int64_t k, const Shape& shape, const Strides& st) {
+  int64_t off = 0;
+  for (int i = shape.rank - 1; i >= 0; i--) {
+    int64_t d = shape.d[i];
+    int64_t c = k % d;
+    k /= d;
+    off += c * st.s[i];
+  }
+  return off;
+}
+
+static inline int64_t numel(const Shape& s) {
+  int64_t n = 1;
+  for (int i = 0; i < s.rank; i++) n *= s.d[i];
+  return n;
+}
+
+template <typename Op, typename T>
+void unary(const T* x, T* y, int64_t n) {
+  typedef Num<T> N;
+  Op op;
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; i++) y[i] = N::store(op((typename N::C)N::load(x[i])));
+}
+
+// y = a ∘ b with broadcasting: `out` is y's shape, sa/sb the operands' strides over it (0 = broadcast).
+template <typename Op, typename T, typename U>
+void binary(const T* a, const T* b, U* y, Shape out, Strides sa, Strides sb, bool a_contig, bool b_contig) {
+  typedef Num<T> N;
+  Op op;
+  int64_t n = numel(out);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; i++) {
+    typename N::C av = N::load(a[a_contig ? i : strided_offset(i, out, sa)]);
+    typename N::C bv = N::load(b[b_contig ? i : strided_offset(i, out, sb)]);
+    y[i] = Num<U>::store((typename Num<U>::C)op(av, bv));
+  }
+}
+
+template <typename T>
+void where(const boolean* c, const T* a, const T* b, T* y, Shape out, Strides sc, Strides sa, Strides sb) {
+  int64_t n = numel(out);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; i++)
+    y[i] = c[strided_offset(i, out, sc)].v ? a[strided_offset(i, out, sa)] : b[strided_offset(i, out, sb)];
+}
+
+template <typename T, typename U>
+void cast(const T* x, U* y, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; i++) {
+    double v = (double)Num<T>::load(x[i]);
+    y[i] = Num<U>::store((typename Num<U>::C)v);
+  }
+}
+
+template <typename T>
+void fill(T* y, double v, int64_t n) {
+  T t = Num<T>::store((typename Num<T>::C)v);
+  for (int64_t i = 0; i < n; i++) y[i] = t;
+}
+
+template <typename T>
+void arange(T* y, int64_t start, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = Num<T>::store((typename Num<T>::C)(start + i));
+}
+
+// y (strides sy) = x (strides sx) over `shape`: transpose, expand, slice and concat are all this.
+template <typename T>
+void copy_strided(const T* x, T* y, Shape shape, Strides sx, Strides sy) {
+  int64_t n = numel(shape);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; i++) y[strided_offset(i, shape, sy)] = x[strided_offset(i, shape, sx)];
+}
+
+// y[b] = a[b] · w[b] for every batch index b of `batch` (sa/sb: each operand's matrix strides over it).
+template <typename T>
+void matmul(const T* a, const T* w, T* y, Shape batch, Strides sa, Strides sb, int64_t M, int64_t N, int64_t K) {
+  typedef Num<T> Nm;
+  int64_t nb = numel(batch);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t bi = 0; bi < nb; bi++)
+    for (int64_t i = 0; i < M; i++) {
+      const T* ar = a + strided_offset(bi, batch, sa) + i * K;
+      const T* wb = w + strided_offset(bi, batch, sb);
+      double acc_stack[256];
+      double* acc = N <= 256 ? acc_stack : new double[N];
+      for (int64_t j = 0; j < N; j++) acc[j] = 0;
+      for (int64_t k = 0; k < K; k++) {
+        double av = Nm::load(ar[k]);
+        const T* wr = wb + k * N;
+        for (int64_t j = 0; j < N; j++) acc[j] += av * (double)Nm::load(wr[j]);
+      }
+      T* yr = y + (bi * M + i) * N;
+      for (int64_t j = 0; j < N; j++) yr[j] = Nm::store((float)acc[j]);
+      if (acc != acc_stack) delete[] acc;
+    }
+}
+
+// y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]): torch.nn.Linear with W [out, in].
+template <typename T>
+void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+  typedef Num<T> Nm;
+#pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 65536)
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      const T* xr = x + m * K;
+      const T* wr = w + n * K;
+      double s = bias ? (double)Nm::load(bias[n]) : 0.0;
+      for (int64_t k = 0; k < K; k++) s += (double)Nm::load(xr[k]) * (double)Nm::load(wr[k]);
+      y[m * N + n] = Nm::store((float)s);
+    }
+}
+
+// softmax along an axis of length n; `inner` elements separate neighbours along it.
+template <typename T>
+void softmax(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
+  typedef Num<T> Nm;
+#pragma omp parallel for collapse(2) schedule(static) if (outer * inner > 64)
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      const T* xl = x + o * n * inner + i;
+      T* yl = y + o * n * inner + i;
+      double m = -INFINITY;
+      for (int64_t j = 0; j < n; j++) { double v = Nm::load(xl[j * inner]); m = v > m || v != v ? v : m; }
+      double s = 0;
+      for (int64_t j = 0; j < n; j++) s += exp((double)Nm::load(xl[j * inner]) - m);
+      for (int64_t j = 0; j < n; j++) yl[j * inner] = Nm::store((float)(exp((double)Nm::load(xl[j * inner]) - m) / s));
+    }
+}
+
+enum { REDUCE_SUM = 0, REDUCE_MEAN = 1, REDUCE_MAX = 2 };
+
+template <int KIND, typename T>
+void reduce(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
+  typedef Num<T> Nm;
+#pragma omp parallel for collapse(2) schedule(static) if (outer * inner > 64)
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      const T* xl = x + o * n * inner + i;
+      double acc = KIND == REDUCE_MAX ? -INFINITY : 0.0;
+      for (int64_t j = 0; j < n; j++) {
+        double v = Nm::load(xl[j * inner]);
+        if (KIND == REDUCE_MAX) acc = (v != v || acc != acc) ? acc + v : (v > acc ? v : acc);
+        else acc += v;
+      }
+      if (KIND == REDUCE_MEAN) acc /= (double)n;
+      y[o * inner + i] = Nm::store((typename Nm::C)acc);
+    }
+}
+
+// y[o, j, :] = x[o, idx[j], :]; returns the position of the first out-of-range index, or -1.
+template <typename T, typename I>
+int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t inner, int64_t m) {
+  for (int64_t j = 0; j < m; j++) {
+    int64_t i = (int64_t)Num<I>::load(idx[j]);
+    if (i < 0 || i >= n) return j;
+  }
+#pragma omp parallel for collapse(2) schedule(static) if (outer * m * inner > 32768)
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t j = 0; j < m; j++) {
+      int64_t i = (int64_t)Num<I>::load(idx[j]);
+      memcpy(y + (o * m + j) * inner, x + (o * n + i) * inner, (size_t)inner * sizeof(T));
+    }
+  return -1;
+}
+
+}  // namespace cpu
+}  // namespace kiln

@@ -1,0 +1,44 @@
+// The cpu target's side of the artifact ABI: host memory (64-byte aligned) and plain copies.
+#pragma once
+#include <stdlib.h>
+#include <new>
+#include "../common/rt_common.h"
+
+namespace kiln {
+namespace rt {
+
+// Buffers of at least 64 bytes, so a 0-element tensor still gets a distinct pointer.
+static void* alloc(int64_t bytes, const char* what) {
+  size_t n = (size_t)(bytes < 64 ? 64 : (bytes + 63) / 64 * 64);
+  void* p = aligned_alloc(64, n);
+  if (!p) fail(KILN_ERR_OOM, "out of memory: %lld bytes for %s", (long long)bytes, what);
+  return p;
+}
+static void release(void* p) { free(p); }
+// Constants live in the artifact's own data section on the host.
+static void* constant(int id, const void* data, int64_t bytes) {
+  (void)id; (void)bytes;
+  return const_cast<void*>(data);
+}
+static void finish(const char* what) { (void)what; }
+static void copy(void* dst, const void* src, int64_t bytes) { memcpy(dst, src, (size_t)bytes); }
+template <typename I>
+static int64_t read_index(const I* p, int64_t j) { return (int64_t)Num<I>::load(p[j]); }
+
+}  // namespace rt
+}  // namespace kiln
+
+extern "C" const char* kiln_target(void) { return "cpu"; }
+extern "C" int kiln_init(int device) { (void)device; return KILN_OK; }
+extern "C" int kiln_memory_info(int64_t* free_bytes, int64_t* total_bytes) {
+  *free_bytes = -1;
+  *total_bytes = -1;
+  return KILN_OK;
+}
+extern "C" int kiln_malloc(void** ptr, int64_t bytes) {
+  return kiln::rt::guard([&] { *ptr = kiln::rt::alloc(bytes, "kiln_malloc"); });
+}
+extern "C" int kiln_free(void* ptr) { free(ptr); return KILN_OK; }
+extern "C" int kiln_upload(void* dst, const void* src, int64_t bytes) { memcpy(dst, src, (size_t)bytes); return KILN_OK; }
+extern "C" int kiln_download(void* dst, const void* src, int64_t bytes) { memcpy(dst, src, (size_t)bytes); return KILN_OK; }
+extern "C" int kiln_synchronize(void) { return KILN_OK; }

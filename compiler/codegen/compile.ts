@@ -1,0 +1,88 @@
+// compile(): a model (a model file with a config, or a Hugging Face checkpoint folder whose
+// config.json names the family) → traced IR with a KV cache → passes → a cached artifact.
+
+import { existsSync, statSync } from "node:fs";
+import { loadModelFile, readHFConfig } from "../cli/load-model.js";
+import type { ModelDef } from "../dsl/model.js";
+import { traceModel } from "../dsl/model.js";
+import type { DType } from "../ir/dtype.js";
+import { KilnError } from "../ir/errors.js";
+import type { Graph } from "../ir/graph.js";
+import { parsePipeline, runPipeline } from "../passes/index.js";
+import { modelFor } from "../../models/index.js";
+import type { Arch, Manifest } from "./build.js";
+import { buildArtifact, copyArtifact } from "./build.js";
+import type { Target } from "./emit.js";
+
+export interface CompileOptions {
+  /** config.json or the folder holding it; required with a model file, optional with a checkpoint folder */
+  config?: string | Record<string, unknown>;
+  target?: Target;
+  arch?: Arch;
+  dtype?: Extract<DType, "f32" | "bf16" | "f16">;
+  /** also copy the artifact here (atomically) */
+  out?: string;
+  cacheDir?: string;
+  /** bounds of the symbolic dims: batch, and tokens per sequence (prompt + generated) */
+  maxBatch?: number;
+  maxSeq?: number;
+  /** pass pipeline (default "cse,dce") */
+  passes?: string;
+  typecheck?: boolean;
+  /** stage callbacks for progress display */
+  onProgress?: (stage: "trace" | "passes" | "cache-hit" | "emit" | "compile" | "done", info?: string) => void;
+}
+
+export interface CompiledArtifact {
+  dir: string;
+  manifest: Manifest;
+  cached: boolean;
+  graph: Graph;
+}
+
+export const DEFAULT_PASSES = "cse,dce";
+
+export async function compile(model: string | ModelDef<unknown>, o: CompileOptions = {}): Promise<CompiledArtifact> {
+  const target = o.target ?? "cpu";
+  if (target !== "cpu" && target !== "cuda") throw new KilnError("E_USAGE", `target '${target as string}' is not one of cpu, cuda`);
+  const dtype = o.dtype ?? (target === "cuda" ? "bf16" : "f32");
+  let def: ModelDef<unknown>;
+  let json: Record<string, unknown>;
+  let source = "config.json";
+  const cfg = (path: string | Record<string, unknown>) => (typeof path === "string" ? readHFConfig(path) : { json: path, file: "config" });
+  if (typeof model === "string" && /\.[cm]?tsx?$/.test(model)) {
+    if (!o.config) throw new KilnError("E_USAGE", "a config (config.json or its folder) is required with a model file", { where: model });
+    def = await loadModelFile(model, { typecheck: o.typecheck ?? true });
+    ({ json, file: source } = cfg(o.config));
+  } else if (typeof model === "string") {
+    if (!existsSync(model)) throw new KilnError("E_IO", "no such model file or checkpoint folder", { where: model });
+    ({ json, file: source } = cfg(o.config ?? (statSync(model).isDirectory() ? model : model)));
+    def = modelFor(json, source);
+  } else {
+    if (!o.config) throw new KilnError("E_USAGE", "a config is required with a model definition");
+    def = model;
+    ({ json, file: source } = cfg(o.config));
+  }
+  const config = def.fromHF(json, source);
+  o.onProgress?.("trace", def.family);
+  let graph = traceModel(def, config, { dtype, kvCache: true });
+  o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
+  graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES));
+
+  const maxSeq = o.maxSeq ?? (typeof json.max_position_embeddings === "number" ? json.max_position_embeddings : 4096);
+  const maxBatch = o.maxBatch ?? 8;
+  for (const [k, v] of Object.entries({ maxSeq, maxBatch }))
+    if (!Number.isSafeInteger(v) || v < 1) throw new KilnError("E_USAGE", `${k} must be a positive integer, got ${v}`);
+  const built = await buildArtifact(graph, {
+    target,
+    arch: o.arch,
+    family: def.family,
+    dtype,
+    config: json,
+    bounds: { B: maxBatch, S: maxSeq, P: maxSeq },
+    cacheDir: o.cacheDir,
+    onProgress: o.onProgress,
+  });
+  if (o.out) copyArtifact(built.dir, o.out);
+  return { ...built, dir: o.out ?? built.dir, graph };
+}

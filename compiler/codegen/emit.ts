@@ -1,0 +1,301 @@
+// IR → C++ for an artifact. The generated translation unit is the same for both targets: one
+// block per op calling a kernel of namespace K (kiln::cpu for host C++, kiln::cuda for CUDA), on
+// buffers from the target's allocator. Symbolic dims become int64 variables bound from the input
+// shapes; a reshape is an alias; every other op writes a fresh buffer, freed after its last use.
+// The skeleton and the kernels are files in codegen-templates/; this file only fills them in.
+
+import type { Dim } from "../ir/dim.js";
+import { dimSymbols } from "../ir/dim.js";
+import type { DType } from "../ir/dtype.js";
+import { KilnError } from "../ir/errors.js";
+import type { Graph, Node, Value } from "../ir/graph.js";
+import { locString, typeString } from "../ir/graph.js";
+import { printNode } from "../ir/print.js";
+
+export type Target = "cpu" | "cuda";
+
+export const CTYPE: Record<DType, string> = {
+  f32: "float", f16: "kiln::f16", bf16: "kiln::bf16", i64: "int64_t", i32: "int32_t", i8: "int8_t", u8: "uint8_t", bool: "kiln::boolean",
+};
+export const ABI_DTYPE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2, i64: 3, i32: 4, i8: 5, u8: 6, bool: 7 };
+const MAX_RANK = 8;
+
+const UNARY: Record<string, string> = {
+  neg: "OpNeg", abs: "OpAbs", exp: "OpExp", log: "OpLog", sqrt: "OpSqrt", rsqrt: "OpRsqrt", reciprocal: "OpReciprocal", tanh: "OpTanh",
+  sigmoid: "OpSigmoid", silu: "OpSilu", relu: "OpRelu", gelu: "OpGelu", gelu_tanh: "OpGeluTanh", cos: "OpCos", sin: "OpSin",
+};
+const BINARY: Record<string, string> = {
+  add: "OpAdd", sub: "OpSub", mul: "OpMul", div: "OpDiv", pow: "OpPow", maximum: "OpMaximum", minimum: "OpMinimum",
+  less: "OpLess", less_equal: "OpLessEqual", greater: "OpGreater", greater_equal: "OpGreaterEqual", equal: "OpEqual", not_equal: "OpNotEqual",
+};
+const REDUCE: Record<string, string> = { reduce_sum: "REDUCE_SUM", reduce_mean: "REDUCE_MEAN", reduce_max: "REDUCE_MAX" };
+
+/** A dim as a C++ int64 expression over the bound symbols (`d_B`, `d_S`, …). */
+export function cdim(d: Dim): string {
+  if (typeof d === "number") return `(int64_t)${d}`;
+  return `(${d.replace(/[A-Za-z_][A-Za-z0-9_]*/g, (s) => `d_${s}`)})`;
+}
+const cprod = (ds: readonly Dim[]): string => (ds.length ? ds.map(cdim).join(" * ") : "(int64_t)1");
+/** Row-major strides of a shape, as expressions. */
+const cstrides = (ds: readonly Dim[]): string[] => ds.map((_d, i) => cprod(ds.slice(i + 1)));
+const shapeLit = (ds: readonly string[]): string => `kiln::Shape{${ds.length}, {${ds.join(", ")}}}`;
+const stridesLit = (ss: readonly string[]): string => `kiln::Strides{{${ss.length ? ss.join(", ") : "0"}}}`;
+const cstr = (s: string): string => JSON.stringify(s).replace(/%/g, "%%");
+
+function fmtDouble(x: number): string {
+  if (Number.isNaN(x)) return "NAN";
+  if (x === Infinity) return "INFINITY";
+  if (x === -Infinity) return "-INFINITY";
+  if (Object.is(x, -0)) return "-0.0";
+  const s = String(x);
+  return /[.eE]/.test(s) ? s : `${s}.0`;
+}
+
+/** Strides (as expressions) of `s` broadcast to `out` (numpy rules: 0 where s has 1 or no dim). */
+function broadcastStrides(s: readonly Dim[], out: readonly Dim[]): string[] {
+  const own = cstrides(s);
+  const off = out.length - s.length;
+  return out.map((_d, i) => (i < off || s[i - off] === 1 ? "0" : own[i - off]));
+}
+
+export interface EmitOptions {
+  target: Target;
+  hash: string;
+  kilnVersion: string;
+  /** the skeleton, codegen-templates/model.cpp.tpl */
+  template: string;
+}
+
+export function emitSource(g: Graph, o: EmitOptions): string {
+  for (const v of [...g.inputs, ...g.params, ...g.nodes.map((n) => n.result)])
+    if (v.shape.length > MAX_RANK) throw new KilnError("E_BUILD", `${typeString(v)} has rank ${v.shape.length}; kernels take at most ${MAX_RANK}`);
+
+  const name = new Map<number, string>();
+  const root = new Map<number, number>(); // value id -> id of the value owning its buffer
+  const bind: string[] = [];
+  const weights: string[] = [];
+  const consts: string[] = [];
+  const body: string[] = [];
+
+  // inputs: check dtype and rank, bind bare symbols, then check every dim
+  const bound = new Set<string>();
+  g.inputs.forEach((v, i) => {
+    bind.push(`  if (in[${i}].dtype != ${ABI_DTYPE[v.dtype]} || in[${i}].rank != ${v.shape.length})`);
+    bind.push(`    rt::fail(KILN_ERR_INVALID, "input '%s' is %s with rank %d; the model wants ${typeString(v)}", ${cstr(v.name)}, rt::dtype_name(in[${i}].dtype), (int)in[${i}].rank);`);
+    v.shape.forEach((d, k) => {
+      if (typeof d === "string" && /^[A-Za-z_]\w*$/.test(d) && !bound.has(d)) {
+        bound.add(d);
+        bind.push(`  const int64_t d_${d} = in[${i}].shape[${k}];`);
+      }
+    });
+  });
+  g.inputs.forEach((v, i) => {
+    v.shape.forEach((d, k) => {
+      for (const s of dimSymbols(d)) if (!bound.has(s)) throw new KilnError("E_BUILD", `symbol ${s} of input '${v.name}' ${typeString(v)} is not bound by any input on its own`);
+      bind.push(`  if (in[${i}].shape[${k}] != ${cdim(d)}) rt::fail(KILN_ERR_INVALID, "input '%s' dim ${k} is %lld, but the model wants ${d} = %lld (from the other inputs)", ${cstr(v.name)}, (long long)in[${i}].shape[${k}], (long long)${cdim(d)});`);
+    });
+    name.set(v.id, `x${v.id}`);
+    root.set(v.id, v.id);
+    bind.push(`  ${CTYPE[v.dtype]}* x${v.id} = (${CTYPE[v.dtype]}*)in[${i}].data;`);
+  });
+  for (const s of bound) bind.push(`  (void)d_${s};`);
+  g.params.forEach((v, i) => {
+    name.set(v.id, `w${v.id}`);
+    root.set(v.id, v.id);
+    weights.push(`  ${CTYPE[v.dtype]}* w${v.id} = (${CTYPE[v.dtype]}*)w[${i}]; // ${v.name}`);
+  });
+
+  // last use of each buffer (through aliases); outputs are never freed
+  const lastUse = new Map<number, number>();
+  const kept = new Set(g.outputs.map((x) => x.value.id));
+  const opRoots = new Set<number>();
+  g.nodes.forEach((n, i) => {
+    root.set(n.result.id, n.op === "reshape" ? root.get(n.operands[0].id)! : n.result.id);
+    if (n.op !== "reshape" && n.op !== "constant") opRoots.add(n.result.id); // constants live in the library
+    for (const x of n.operands) lastUse.set(root.get(x.id)!, i);
+  });
+  for (const x of g.outputs) kept.add(root.get(x.value.id)!);
+
+  const ref = (v: Value): string => `%${v.kind === "op" ? String(v.id) : v.name}`;
+  g.nodes.forEach((n, i) => {
+    const y = `v${n.result.id}`;
+    name.set(n.result.id, y);
+    const T = CTYPE[n.result.dtype];
+    const where = `${printNode(n, ref).split(" loc(")[0]}${n.loc ? ` at ${locString(n.loc)}` : ""}`;
+    body.push(`  // ${printNode(n, ref)}`);
+    if (n.op === "reshape") {
+      body.push(`  ${T}* ${y} = ${name.get(n.operands[0].id)};`);
+      return;
+    }
+    if (n.op === "constant") {
+      if (!["f32", "i64", "i32", "i8", "u8"].includes(n.result.dtype))
+        throw new KilnError("E_BUILD", `constant of dtype ${n.result.dtype} is not supported by codegen yet (${where})`);
+      const vals = (n.attrs.values as number[]).map(fmtDouble);
+      consts.push(`static const ${T} c${n.result.id}[] = {${n.result.dtype === "f32" ? vals.map((v) => (/^-?(NAN|INFINITY)$/.test(v) ? v : `${v}f`)).join(", ") : vals.join(", ")}};`);
+      body.push(`  ${T}* ${y} = (${T}*)rt::constant(${n.result.id}, c${n.result.id}, sizeof(c${n.result.id}));`);
+      return;
+    }
+    body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
+    body.push(...emitOp(n, name, where).map((l) => `  ${l}`));
+    // free operands whose buffers die here
+    const freed = new Set<number>();
+    for (const x of n.operands) {
+      const r = root.get(x.id)!;
+      if (lastUse.get(r) === i && opRoots.has(r) && !kept.has(r) && !freed.has(r)) {
+        freed.add(r);
+        body.push(`  rt::release(${name.get(r)});`);
+      }
+    }
+    // a result nobody reads (dead code that survived) is freed at once
+    if (!lastUse.has(n.result.id) && !kept.has(n.result.id) && opRoots.has(n.result.id)) body.push(`  rt::release(${y});`);
+  });
+
+  const outputs: string[] = [`  rt::finish("forward");`];
+  const handed = new Set<number>();
+  g.outputs.forEach((x, j) => {
+    const v = x.value;
+    const r = root.get(v.id)!;
+    const T = CTYPE[v.dtype];
+    let ptr = name.get(v.id)!;
+    // an output must own its buffer: copy when it is an input, weight, constant, or already handed out
+    if (!opRoots.has(r) || handed.has(r)) {
+      const bytes = `(int64_t)sizeof(${T}) * ${cprod(v.shape)}`;
+      outputs.push(`  ${T}* o${j} = (${T}*)rt::alloc(${bytes}, "output ${x.name}");`);
+      outputs.push(`  rt::copy(o${j}, ${ptr}, ${bytes});`);
+      ptr = `o${j}`;
+    } else handed.add(r);
+    outputs.push(`  out[${j}].dtype = ${ABI_DTYPE[v.dtype]}; out[${j}].rank = ${v.shape.length}; out[${j}].data = ${ptr}; // ${x.name}`);
+    v.shape.forEach((d, k) => outputs.push(`  out[${j}].shape[${k}] = ${cdim(d)};`));
+  });
+
+  const includes =
+    o.target === "cpu"
+      ? ["#include \"common/kiln_types.h\"", "#include \"cpu/kernels.h\"", "#include \"cpu/runtime.h\"", "namespace K = kiln::cpu;"]
+      : ["#include \"common/kiln_types.h\"", "#include \"cuda/kernels.cuh\"", "#include \"cuda/runtime.cuh\"", "namespace K = kiln::cuda;"];
+  const fill: Record<string, string> = {
+    KILN_VERSION: o.kilnVersion,
+    GRAPH: g.name,
+    TARGET: o.target,
+    INCLUDES: includes.join("\n"),
+    CONSTANTS: consts.join("\n"),
+    BIND: bind.join("\n"),
+    WEIGHTS: weights.join("\n") || "  (void)w;",
+    BODY: body.join("\n"),
+    OUTPUTS: outputs.join("\n"),
+    NUM_INPUTS: String(g.inputs.length),
+    NUM_WEIGHTS: String(g.params.length),
+    NUM_OUTPUTS: String(g.outputs.length),
+    HASH: o.hash,
+  };
+  return o.template.replace(/\{\{([A-Z_]+)\}\}/g, (m, k: string) => {
+    if (!(k in fill)) throw new KilnError("E_BUILD", `model template has an unknown parameter ${m}`);
+    return fill[k];
+  });
+}
+
+/** The kernel call(s) of one op writing into its fresh buffer `v<id>`. */
+function emitOp(n: Node, name: Map<number, string>, where: string): string[] {
+  const y = `v${n.result.id}`;
+  const out = n.result.shape;
+  const xs = n.operands.map((v) => name.get(v.id)!);
+  const [x0] = n.operands;
+  const T = CTYPE[n.result.dtype];
+  const axisOf = (rank: number): number => {
+    const a = n.attrs.axis as number;
+    return a < 0 ? a + rank : a;
+  };
+  if (n.op in UNARY) return [`K::unary<kiln::${UNARY[n.op]}, ${T}>(${xs[0]}, ${y}, ${cprod(out)});`];
+  if (n.op in BINARY) {
+    const op = n.op === "div" && !["f32", "f16", "bf16"].includes(x0.dtype) ? "OpIntDiv" : BINARY[n.op];
+    const [a, b] = n.operands;
+    const contig = (v: Value) => (v.shape.length === out.length && v.shape.every((d, i) => d === out[i]) ? "true" : "false");
+    return [
+      `K::binary<kiln::${op}, ${CTYPE[a.dtype]}, ${T}>(${xs[0]}, ${xs[1]}, ${y}, ${shapeLit(out.map(cdim))}, ` +
+        `${stridesLit(broadcastStrides(a.shape, out))}, ${stridesLit(broadcastStrides(b.shape, out))}, ${contig(a)}, ${contig(b)});`,
+    ];
+  }
+  switch (n.op) {
+    case "where": {
+      const [c, a, b] = n.operands;
+      return [
+        `K::where<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${shapeLit(out.map(cdim))}, ${stridesLit(broadcastStrides(c.shape, out))}, ` +
+          `${stridesLit(broadcastStrides(a.shape, out))}, ${stridesLit(broadcastStrides(b.shape, out))});`,
+      ];
+    }
+    case "cast":
+      return [`K::cast<${CTYPE[x0.dtype]}, ${T}>(${xs[0]}, ${y}, ${cprod(out)});`];
+    case "full":
+      return [`K::fill<${T}>(${y}, ${fmtDouble(n.attrs.value as number)}, ${cprod(out)});`];
+    case "arange":
+      return [`K::arange<${T}>(${y}, ${cdim(n.attrs.start as Dim)}, ${cprod(out)});`];
+    case "matmul": {
+      const [a, b] = n.operands;
+      const r = out.length;
+      const batch = out.slice(0, r - 2);
+      const [M, N] = out.slice(-2);
+      const K = a.shape[a.shape.length - 1];
+      // each operand's matrix stride over the broadcast batch dims
+      const bstr = (v: Value): string[] => {
+        const vb = v.shape.slice(0, -2);
+        const mat = cprod(v.shape.slice(-2));
+        const own = vb.map((_d, i) => `${cprod(vb.slice(i + 1))} * ${mat}`);
+        const off = batch.length - vb.length;
+        return batch.map((_d, i) => (i < off || vb[i - off] === 1 ? "0" : own[i - off]));
+      };
+      return [
+        `K::matmul<${T}>(${xs[0]}, ${xs[1]}, ${y}, ${shapeLit(batch.map(cdim))}, ${stridesLit(bstr(a))}, ${stridesLit(bstr(b))}, ` +
+          `${cdim(M)}, ${cdim(N)}, ${cdim(K)});`,
+      ];
+    }
+    case "linear": {
+      const [x, w] = n.operands;
+      const K = w.shape[1];
+      return [`K::linear<${T}>(${xs[0]}, ${xs[1]}, ${xs[2] ?? "nullptr"}, ${y}, ${cprod(x.shape.slice(0, -1))}, ${cdim(w.shape[0])}, ${cdim(K)});`];
+    }
+    case "softmax":
+    case "reduce_sum":
+    case "reduce_mean":
+    case "reduce_max": {
+      const s = x0.shape;
+      const ax = axisOf(s.length);
+      const dims = `${cprod(s.slice(0, ax))}, ${cdim(s[ax])}, ${cprod(s.slice(ax + 1))}`;
+      return n.op === "softmax" ? [`K::softmax<${T}>(${xs[0]}, ${y}, ${dims});`] : [`K::reduce<K::${REDUCE[n.op]}, ${T}>(${xs[0]}, ${y}, ${dims});`];
+    }
+    case "transpose": {
+      const perm = n.attrs.perm as number[];
+      const own = cstrides(x0.shape);
+      return [`K::copy_strided<${T}>(${xs[0]}, ${y}, ${shapeLit(out.map(cdim))}, ${stridesLit(perm.map((p) => own[p]))}, ${stridesLit(cstrides(out))});`];
+    }
+    case "expand":
+      return [`K::copy_strided<${T}>(${xs[0]}, ${y}, ${shapeLit(out.map(cdim))}, ${stridesLit(broadcastStrides(x0.shape, out))}, ${stridesLit(cstrides(out))});`];
+    case "slice": {
+      const ax = axisOf(x0.shape.length);
+      const own = cstrides(x0.shape);
+      return [
+        `K::copy_strided<${T}>(${xs[0]} + ${cdim(n.attrs.start as Dim)} * ${own[ax]}, ${y}, ${shapeLit(out.map(cdim))}, ${stridesLit(own)}, ${stridesLit(cstrides(out))});`,
+      ];
+    }
+    case "concat": {
+      const ax = axisOf(out.length);
+      const outStr = cstrides(out);
+      const lines: string[] = [];
+      let offset: string[] = [];
+      n.operands.forEach((v, j) => {
+        const at = offset.length ? `(${offset.join(" + ")}) * ${outStr[ax]}` : "0";
+        lines.push(`K::copy_strided<${T}>(${xs[j]}, ${y} + ${at}, ${shapeLit(v.shape.map(cdim))}, ${stridesLit(cstrides(v.shape))}, ${stridesLit(outStr)});`);
+        offset = [...offset, cdim(v.shape[ax])];
+      });
+      return lines;
+    }
+    case "gather": {
+      const [x, idx] = n.operands;
+      const ax = axisOf(x.shape.length);
+      const n0 = cdim(x.shape[ax]);
+      return [
+        `{ int64_t bad = K::gather<${T}, ${CTYPE[idx.dtype]}>(${xs[0]}, ${xs[1]}, ${y}, ${cprod(x.shape.slice(0, ax))}, ${n0}, ${cprod(x.shape.slice(ax + 1))}, ${cprod(idx.shape)});`,
+        `  if (bad >= 0) rt::fail(KILN_ERR_INVALID, "%s: index %lld at position %lld is out of range [0, %lld)", ${cstr(where)}, (long long)rt::read_index(${xs[1]}, bad), (long long)bad, (long long)${n0}); }`,
+      ];
+    }
+  }
+  throw new KilnError("E_BUILD", `op '${n.op}' has no code generator (${where})`);
+}

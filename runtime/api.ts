@@ -1,0 +1,312 @@
+// The Node API over a compiled artifact: loadModel(artifact, { checkpoint }) → Model with
+// forward() and generate(). The native binding (runtime/native/addon.cc) does the work off the
+// JS thread; this file checks inputs, keeps the KV cache between decode steps on the target, and
+// turns token ids into text when the checkpoint has a tokenizer.
+
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Manifest, TensorSpec } from "../compiler/codegen/build.js";
+import { readManifest } from "../compiler/codegen/build.js";
+import { ABI_DTYPE } from "../compiler/codegen/emit.js";
+import type { DType } from "../compiler/ir/dtype.js";
+import { KilnError } from "../compiler/ir/errors.js";
+import { bf16BitsToF32, f16BitsToF32 } from "../compiler/ir/numeric.js";
+import type { SamplingOptions } from "./sampling.js";
+import { generateTokens, validateSamplingOptions } from "./sampling.js";
+import { openCheckpoint } from "./safetensors.js";
+import { checkWeights } from "./weights.js";
+
+// ---------------------------------------------------------------- the native binding
+
+interface DeviceTensor {
+  readonly dtype: number;
+  readonly shape: number[];
+  readonly bytes: number;
+  readonly freed: boolean;
+  free(): void;
+}
+interface HostTensor {
+  dtype: number;
+  shape: number[];
+  data: ArrayBuffer;
+}
+interface NativeArtifact {
+  readonly target: string;
+  readonly hash: string;
+  readonly counts: { inputs: number; weights: number; outputs: number };
+  init(device: number): Promise<void>;
+  loadWeights(jobs: { file: string; offset: number; count: number; src: number; dst: number; name: string }[], onProgress?: (done: number, total: number) => void): Promise<DeviceTensor[]>;
+  forward(weights: DeviceTensor[], inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[], toHost: boolean[]): Promise<(HostTensor | DeviceTensor)[]>;
+  memoryInfo(): { free: number; total: number };
+}
+interface Binding {
+  Artifact: new (lib: string) => NativeArtifact;
+  DeviceTensor: new () => DeviceTensor;
+  abiVersion: number;
+}
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+let binding: Binding | undefined;
+/** The compiled node-addon-api binding (built by `npm install` / `npm run build:native`). */
+export function nativeBinding(): Binding {
+  if (binding) return binding;
+  const file = join(ROOT, "build", "Release", "kiln.node");
+  if (!existsSync(file)) throw new KilnError("E_ARTIFACT", "the native binding is not built: run `npm run build:native` (npm install does it)", { where: file });
+  binding = createRequire(import.meta.url)(file) as Binding;
+  return binding;
+}
+
+/** Errors from the binding carry a code; make them KilnErrors. */
+function native<T>(p: Promise<T>, where?: string): Promise<T> {
+  return p.catch((e: unknown) => {
+    if (e instanceof KilnError) throw e;
+    const err = e as Error & { code?: string };
+    const code = (err.code === "E_OOM" ? "E_RUNTIME" : err.code) as KilnError["code"] | undefined;
+    throw new KilnError(code && code.startsWith("E_") ? code : "E_RUNTIME", `${err.code === "E_OOM" ? "out of memory: " : ""}${err.message}`, { where, cause: e });
+  });
+}
+
+// ---------------------------------------------------------------- tokenizer (optional)
+
+export interface TokenizerLike {
+  encode(text: string): number[];
+  decode(ids: number[]): string;
+  eosTokenIds: number[];
+}
+
+async function loadTokenizer(dir: string): Promise<TokenizerLike | undefined> {
+  if (!existsSync(join(dir, "tokenizer.json"))) return undefined;
+  const { Tokenizer } = await import("./tokenizer.js");
+  return (await Tokenizer.fromCheckpoint(dir)) as TokenizerLike | undefined;
+}
+
+// ---------------------------------------------------------------- Model
+
+export interface LoadOptions {
+  /** Hugging Face checkpoint folder (config.json + model.safetensors or sharded) */
+  checkpoint: string;
+  /** GPU ordinal for the cuda target (default 0) */
+  device?: number;
+  /** progress of the weight upload, in bytes */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ForwardResult {
+  /** [B, S, V] logits in f32 */
+  logits: Float32Array;
+  shape: number[];
+}
+
+export interface GeneratedToken {
+  id: number;
+  /** the text this token adds (when the checkpoint has a tokenizer) */
+  text?: string;
+  index: number;
+}
+
+const DTYPE_OF = Object.fromEntries(Object.entries(ABI_DTYPE).map(([k, v]) => [v, k])) as Record<number, DType>;
+
+function toF32(t: HostTensor): Float32Array {
+  const d = DTYPE_OF[t.dtype];
+  if (d === "f32") return new Float32Array(t.data);
+  if (d === "bf16" || d === "f16") {
+    const u = new Uint16Array(t.data);
+    const out = new Float32Array(u.length);
+    const f = d === "bf16" ? bf16BitsToF32 : f16BitsToF32;
+    for (let i = 0; i < u.length; i++) out[i] = f(u[i]);
+    return out;
+  }
+  throw new KilnError("E_RUNTIME", `logits came back as ${d}`);
+}
+
+export class Model implements AsyncDisposable {
+  private queue: Promise<unknown> = Promise.resolve();
+  private disposed = false;
+
+  private constructor(
+    readonly dir: string,
+    readonly manifest: Manifest,
+    private readonly art: NativeArtifact,
+    private readonly weights: DeviceTensor[],
+    readonly tokenizer: TokenizerLike | undefined,
+  ) {}
+
+  /** Loads an artifact and the weights of a Hugging Face checkpoint onto its target. */
+  static async load(dir: string, o: LoadOptions): Promise<Model> {
+    const manifest = readManifest(dir);
+    const b = nativeBinding();
+    let art: NativeArtifact;
+    try {
+      art = new b.Artifact(join(dir, manifest.library));
+    } catch (e) {
+      throw new KilnError("E_ARTIFACT", (e as Error).message, { where: dir, cause: e });
+    }
+    if (art.hash !== manifest.hash) throw new KilnError("E_ARTIFACT", `the library's hash ${art.hash} is not the manifest's ${manifest.hash}`, { where: dir });
+    await native(art.init(o.device ?? 0), dir);
+    const ckpt = openCheckpoint(o.checkpoint);
+    try {
+      checkWeights(manifest.weights.map((w) => ({ ...w, dtype: w.dtype as DType })), ckpt, { where: o.checkpoint });
+      const jobs = manifest.weights.map((w) => {
+        const info = ckpt.info(w.name);
+        return { file: ckpt.fileOf(w.name), offset: info.byteOffset, count: info.shape.reduce((a, c) => a * c, 1), src: ABI_DTYPE[info.dtype], dst: ABI_DTYPE[w.dtype as DType], name: w.name };
+      });
+      const weights = await native(art.loadWeights(jobs, o.onProgress), o.checkpoint);
+      const tokenizer = await loadTokenizer(o.checkpoint);
+      return new Model(dir, manifest, art, weights, tokenizer);
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  get target(): string {
+    return this.manifest.target;
+  }
+
+  /** Runs calls one at a time (the artifact has one stream); rejects after dispose(). */
+  private serial<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(() => {
+      if (this.disposed) throw new KilnError("E_USAGE", "the model was disposed");
+      return f();
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private spec(name: string): TensorSpec {
+    const s = this.manifest.inputs.find((i) => i.name === name);
+    if (!s) throw new KilnError("E_ARTIFACT", `the artifact has no input '${name}'`, { where: this.dir });
+    return s;
+  }
+
+  private checkIds(rows: readonly (readonly number[])[], past: number): BigInt64Array {
+    const S = rows[0]?.length ?? 0;
+    if (rows.length === 0 || S === 0) throw new KilnError("E_USAGE", "forward needs at least one token");
+    if (rows.some((r) => r.length !== S)) throw new KilnError("E_USAGE", "every row of input ids must have the same length (padded batches come with the unpad pass)");
+    const { dims } = this.manifest;
+    if (dims.B && rows.length > dims.B.max) throw new KilnError("E_USAGE", `batch of ${rows.length} is over the artifact's bound B ≤ ${dims.B.max} (compile with a larger maxBatch)`);
+    if (dims.S && past + S > dims.S.max) throw new KilnError("E_USAGE", `${past + S} tokens are over the artifact's bound ${dims.S.max} (compile with a larger maxSeq)`);
+    const vocab = Number((this.manifest.model.config as { vocab_size?: number } | null)?.vocab_size ?? Infinity);
+    const ids = new BigInt64Array(rows.length * S);
+    rows.forEach((r, b) =>
+      r.forEach((id, s) => {
+        if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new KilnError("E_USAGE", `token id ${id} (row ${b}, position ${s}) is not in [0, ${vocab})`);
+        ids[b * S + s] = BigInt(id);
+      }),
+    );
+    return ids;
+  }
+
+  /** An empty KV cache for a batch of B: every past.* is [B, H, 0, D]. */
+  private emptyCache(B: number): Map<string, { dtype: number; shape: number[]; data: Uint8Array }> {
+    const m = new Map<string, { dtype: number; shape: number[]; data: Uint8Array }>();
+    for (const name of this.manifest.kvCache?.inputs ?? []) {
+      const s = this.spec(name);
+      m.set(name, { dtype: ABI_DTYPE[s.dtype as DType], shape: s.shape.map((d) => (d === "B" ? B : d === "P" ? 0 : (d as number))), data: new Uint8Array(0) });
+    }
+    return m;
+  }
+
+  /** One pass over `inputs` (input_ids plus the cache); returns the outputs, logits on the host. */
+  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>): Promise<{ logits: HostTensor; present: Map<string, DeviceTensor> }> {
+    const inputs = this.manifest.inputs.map((i) => {
+      if (i.name === "input_ids") return { dtype: ABI_DTYPE.i64, shape: [B, S], data: ids };
+      const c = cache.get(i.name);
+      if (!c) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
+      return c as DeviceTensor;
+    });
+    const outs = await native(this.art.forward(this.weights, inputs, this.manifest.outputs.map((o) => o.name === "logits")), this.dir);
+    const present = new Map<string, DeviceTensor>();
+    let logits: HostTensor | undefined;
+    this.manifest.outputs.forEach((o, j) => {
+      if (o.name === "logits") logits = outs[j] as HostTensor;
+      else present.set(o.name, outs[j] as DeviceTensor);
+    });
+    if (!logits) throw new KilnError("E_ARTIFACT", "the artifact has no 'logits' output", { where: this.dir });
+    return { logits, present };
+  }
+
+  /** Logits for a batch of token-id rows of equal length (no cache kept). */
+  forward(inputIds: readonly number[] | readonly (readonly number[])[]): Promise<ForwardResult> {
+    return this.serial(async () => {
+      const rows = (typeof inputIds[0] === "number" ? [inputIds as number[]] : inputIds) as number[][];
+      const ids = this.checkIds(rows, 0);
+      const { logits, present } = await this.run(ids, rows.length, rows[0].length, this.emptyCache(rows.length));
+      for (const t of present.values()) t.free();
+      return { logits: toF32(logits), shape: logits.shape };
+    });
+  }
+
+  /**
+   * Generates from a prompt (text, with a tokenizer; or token ids), yielding tokens as they come.
+   * The prompt runs once (prefill); then each step feeds one token against the KV cache, which
+   * stays on the target.
+   */
+  async *generate(prompt: string | readonly number[], options: SamplingOptions = {}): AsyncGenerator<GeneratedToken, { reason: string; tokens: number[] }> {
+    let ids: number[];
+    if (typeof prompt === "string") {
+      if (!this.tokenizer) throw new KilnError("E_USAGE", "this checkpoint has no tokenizer.json: pass token ids instead of text", { where: this.dir });
+      ids = this.tokenizer.encode(prompt);
+    } else ids = [...prompt];
+    const opts = { ...options, stopTokens: options.stopTokens ?? this.tokenizer?.eosTokenIds };
+    validateSamplingOptions(opts);
+    let cache: Map<string, unknown> = this.emptyCache(1);
+    let past = 0;
+    const freeCache = () => {
+      for (const t of cache.values()) if (typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
+    };
+    const step = (fresh: number[]): Promise<Float32Array> =>
+      this.serial(async () => {
+        const t = this.checkIds([fresh], past);
+        const { logits, present } = await this.run(t, 1, fresh.length, cache);
+        freeCache();
+        cache = new Map([...present].map(([k, v]) => [k.replace(/^present\./, "past."), v]));
+        past += fresh.length;
+        const all = toF32(logits);
+        const V = logits.shape[2];
+        return all.subarray((fresh.length - 1) * V, fresh.length * V);
+      });
+    const decoder = this.tokenizer ? new IncrementalText(this.tokenizer) : undefined;
+    const gen = generateTokens((fresh) => step(fresh), ids, opts);
+    try {
+      for (;;) {
+        const r = await gen.next();
+        if (r.done) return r.value;
+        yield { id: r.value.id, index: r.value.index, text: decoder?.push(r.value.id) };
+      }
+    } finally {
+      await this.queue;
+      freeCache();
+    }
+  }
+
+  /** Frees the weights and the device state. Idempotent. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    await this.queue;
+    this.disposed = true;
+    for (const w of this.weights) w.free();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
+}
+
+/** Text deltas from a stream of ids: decode everything so far, emit the new suffix once it is not a partial character. */
+class IncrementalText {
+  private ids: number[] = [];
+  private emitted = "";
+  constructor(private readonly tok: TokenizerLike) {}
+  push(id: number): string {
+    this.ids.push(id);
+    const text = this.tok.decode(this.ids);
+    if (text.endsWith("\uFFFD") || !text.startsWith(this.emitted)) return "";
+    const delta = text.slice(this.emitted.length);
+    this.emitted = text;
+    return delta;
+  }
+}
+
+export const loadModel = (artifactDir: string, o: LoadOptions): Promise<Model> => Model.load(artifactDir, o);

@@ -1,0 +1,537 @@
+// Kiln's native binding (node-addon-api). It dlopens an artifact's library and drives it through
+// the C ABI of codegen-templates/common/kiln_abi.h: it links neither CUDA nor any model, so the
+// same binding serves the cpu and cuda targets. Everything slow (opening the device, reading and
+// converting weights, forward passes, downloads) runs on the libuv pool through AsyncWorkers;
+// errors come back as JS Errors with a `code` (E_ARTIFACT, E_IO, E_RUNTIME, E_USAGE).
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <napi.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../../codegen-templates/common/kiln_abi.h"
+#include "../../codegen-templates/common/kiln_types.h"
+
+namespace {
+
+struct Abi {
+  int (*abi_version)();
+  const char* (*target)();
+  const char* (*artifact_hash)();
+  const char* (*last_error)();
+  int (*init)(int);
+  int (*memory_info)(int64_t*, int64_t*);
+  int (*malloc_)(void**, int64_t);
+  int (*free_)(void*);
+  int (*upload)(void*, const void*, int64_t);
+  int (*download)(void*, const void*, int64_t);
+  int (*synchronize)();
+  int (*num_inputs)();
+  int (*num_weights)();
+  int (*num_outputs)();
+  int (*forward)(void* const*, const kiln_tensor*, kiln_tensor*);
+};
+
+const int kDtypeBytes[] = {4, 2, 2, 8, 4, 1, 1, 1};
+
+Napi::Error MakeError(Napi::Env env, const std::string& code, const std::string& msg) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+// One loaded artifact library. Shared (shared_ptr) by the JS object and by every buffer it made,
+// so the library stays loaded until the last device buffer is freed.
+struct Library {
+  void* handle = nullptr;
+  Abi abi{};
+  std::string path;
+  std::mutex mu;  // one call into the artifact at a time (a model's stream is not reentrant)
+  ~Library() {
+    if (handle) dlclose(handle);
+  }
+  std::string Error(const char* what, int rc) {
+    return std::string(what) + " failed (" + std::to_string(rc) + "): " + abi.last_error();
+  }
+};
+
+struct Buffer {
+  std::shared_ptr<Library> lib;
+  void* ptr = nullptr;
+  int64_t bytes = 0;
+  ~Buffer() {
+    if (ptr) lib->abi.free_(ptr);
+  }
+};
+
+// ------------------------------------------------------------------------------------ DeviceTensor
+
+// A tensor in the artifact's memory (host for cpu, device for cuda): the KV cache between steps.
+class DeviceTensor : public Napi::ObjectWrap<DeviceTensor> {
+ public:
+  static Napi::FunctionReference ctor;
+  static Napi::Function Init(Napi::Env env) {
+    Napi::Function f = DefineClass(env, "DeviceTensor",
+                                   {InstanceMethod("free", &DeviceTensor::Free), InstanceAccessor("dtype", &DeviceTensor::Dtype, nullptr),
+                                    InstanceAccessor("shape", &DeviceTensor::Shape, nullptr), InstanceAccessor("bytes", &DeviceTensor::Bytes, nullptr),
+                                    InstanceAccessor("freed", &DeviceTensor::Freed, nullptr)});
+    ctor = Napi::Persistent(f);
+    ctor.SuppressDestruct();
+    return f;
+  }
+  DeviceTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DeviceTensor>(info) {}
+  std::shared_ptr<Buffer> buf;
+  int32_t dtype = 0;
+  std::vector<int64_t> shape;
+
+ private:
+  Napi::Value Free(const Napi::CallbackInfo& info) {
+    buf.reset();
+    return info.Env().Undefined();
+  }
+  Napi::Value Dtype(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), dtype); }
+  Napi::Value Shape(const Napi::CallbackInfo& info) {
+    Napi::Array a = Napi::Array::New(info.Env(), shape.size());
+    for (size_t i = 0; i < shape.size(); i++) a[i] = Napi::Number::New(info.Env(), (double)shape[i]);
+    return a;
+  }
+  Napi::Value Bytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), buf ? (double)buf->bytes : 0); }
+  Napi::Value Freed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !buf); }
+};
+Napi::FunctionReference DeviceTensor::ctor;
+
+Napi::Object WrapTensor(Napi::Env env, std::shared_ptr<Buffer> buf, int32_t dtype, std::vector<int64_t> shape) {
+  Napi::Object o = DeviceTensor::ctor.New({});
+  DeviceTensor* t = DeviceTensor::Unwrap(o);
+  t->buf = std::move(buf);
+  t->dtype = dtype;
+  t->shape = std::move(shape);
+  return o;
+}
+
+// ------------------------------------------------------------------------------------ workers
+
+class Worker : public Napi::AsyncWorker {
+ public:
+  Worker(Napi::Env env) : Napi::AsyncWorker(env), deferred(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred.Promise(); }
+
+ protected:
+  void Fail(const std::string& code, const std::string& msg) {
+    code_ = code;
+    SetError(msg);
+  }
+  void OnError(const Napi::Error& e) override {
+    Napi::Error err = MakeError(Env(), code_.empty() ? "E_RUNTIME" : code_, e.Message());
+    deferred.Reject(err.Value());
+  }
+  Napi::Promise::Deferred deferred;
+  std::string code_;
+};
+
+class InitWorker : public Worker {
+ public:
+  InitWorker(Napi::Env env, std::shared_ptr<Library> lib, int device) : Worker(env), lib(std::move(lib)), device(device) {}
+  void Execute() override {
+    std::lock_guard<std::mutex> g(lib->mu);
+    int rc = lib->abi.init(device);
+    if (rc) Fail("E_RUNTIME", lib->Error("kiln_init", rc));
+  }
+  void OnOK() override { deferred.Resolve(Env().Undefined()); }
+
+ private:
+  std::shared_ptr<Library> lib;
+  int device;
+};
+
+// A weight to load: bytes [offset, offset + count·size(src)) of a file, converted to dst.
+struct WeightJob {
+  std::string file;
+  int64_t offset, count;
+  int32_t src, dst;
+  std::string name;
+};
+
+// Reads each weight through a read-only mmap of its file, converts it on the host when the
+// dtypes differ, and copies it to the target. Peak host memory: one converted tensor.
+class LoadWorker : public Worker {
+ public:
+  LoadWorker(Napi::Env env, std::shared_ptr<Library> lib, std::vector<WeightJob> jobs, Napi::Function progress)
+      : Worker(env), lib(std::move(lib)), jobs(std::move(jobs)) {
+    if (!progress.IsEmpty())
+      tsfn = Napi::ThreadSafeFunction::New(env, progress, "kiln-load-progress", 0, 1);
+  }
+  ~LoadWorker() override {
+    if (tsfn) tsfn.Release();
+  }
+  void Execute() override {
+    std::string mapped_path;
+    void* map = nullptr;
+    size_t map_size = 0;
+    auto unmap = [&] {
+      if (map) munmap(map, map_size);
+      map = nullptr;
+    };
+    std::vector<uint8_t> staging;
+    int64_t done = 0, total = 0;
+    for (auto& j : jobs) total += j.count * kDtypeBytes[j.dst];
+    for (auto& j : jobs) {
+      if (j.file != mapped_path) {
+        unmap();
+        int fd = open(j.file.c_str(), O_RDONLY);
+        if (fd < 0) return Fail("E_IO", j.file + ": cannot open: " + strerror(errno));
+        struct stat st;
+        fstat(fd, &st);
+        map_size = (size_t)st.st_size;
+        map = map_size ? mmap(nullptr, map_size, PROT_READ, MAP_PRIVATE, fd, 0) : nullptr;
+        close(fd);
+        if (map == MAP_FAILED) {
+          map = nullptr;
+          return Fail("E_IO", j.file + ": mmap failed: " + strerror(errno));
+        }
+        mapped_path = j.file;
+      }
+      int64_t src_bytes = j.count * kDtypeBytes[j.src];
+      if (j.offset < 0 || (size_t)(j.offset + src_bytes) > map_size) {
+        unmap();
+        return Fail("E_SAFETENSORS", j.file + " (" + j.name + "): tensor data is past the end of the file (truncated?)");
+      }
+      const uint8_t* src = (const uint8_t*)map + j.offset;
+      const void* host = src;
+      int64_t bytes = j.count * kDtypeBytes[j.dst];
+      if (j.src != j.dst) {
+        staging.resize((size_t)bytes);
+        if (!Convert(src, j.src, staging.data(), j.dst, j.count)) {
+          unmap();
+          return Fail("E_USAGE", j.name + ": cannot convert " + std::to_string(j.src) + " to " + std::to_string(j.dst));
+        }
+        host = staging.data();
+      }
+      auto buf = std::make_shared<Buffer>();
+      buf->lib = lib;
+      std::lock_guard<std::mutex> g(lib->mu);
+      int rc = lib->abi.malloc_(&buf->ptr, bytes);
+      if (rc) {
+        unmap();
+        return Fail(rc == KILN_ERR_OOM ? "E_OOM" : "E_RUNTIME", j.name + ": " + lib->Error("kiln_malloc", rc));
+      }
+      buf->bytes = bytes;
+      rc = lib->abi.upload(buf->ptr, host, bytes);
+      if (rc) {
+        unmap();
+        return Fail("E_RUNTIME", j.name + ": " + lib->Error("kiln_upload", rc));
+      }
+      buffers.push_back(buf);
+      done += bytes;
+      if (tsfn) {
+        int64_t* p = new int64_t[2]{done, total};
+        tsfn.NonBlockingCall(p, [](Napi::Env env, Napi::Function cb, int64_t* p) {
+          cb.Call({Napi::Number::New(env, (double)p[0]), Napi::Number::New(env, (double)p[1])});
+          delete[] p;
+        });
+      }
+    }
+    unmap();
+    std::lock_guard<std::mutex> g(lib->mu);
+    int rc = lib->abi.synchronize();
+    if (rc) Fail("E_RUNTIME", lib->Error("kiln_synchronize", rc));
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Array out = Napi::Array::New(env, buffers.size());
+    for (size_t i = 0; i < buffers.size(); i++) {
+      std::vector<int64_t> shape{(int64_t)(buffers[i]->bytes / kDtypeBytes[jobs[i].dst])};
+      out[i] = WrapTensor(env, buffers[i], jobs[i].dst, shape);
+    }
+    deferred.Resolve(out);
+  }
+
+ private:
+  static bool Convert(const uint8_t* src, int s, uint8_t* dst, int d, int64_t n) {
+    auto load = [&](int64_t i) -> float {
+      uint16_t h;
+      float f;
+      switch (s) {
+        case KILN_F32: memcpy(&f, src + 4 * i, 4); return f;
+        case KILN_F16: memcpy(&h, src + 2 * i, 2); return kiln::f16_bits_to_f32(h);
+        case KILN_BF16: memcpy(&h, src + 2 * i, 2); return kiln::bf16_bits_to_f32(h);
+      }
+      return 0;
+    };
+    bool floats = (s == KILN_F32 || s == KILN_F16 || s == KILN_BF16) && (d == KILN_F32 || d == KILN_F16 || d == KILN_BF16);
+    if (!floats) return false;
+    for (int64_t i = 0; i < n; i++) {
+      float f = load(i);
+      if (d == KILN_F32) memcpy(dst + 4 * i, &f, 4);
+      else {
+        uint16_t h = d == KILN_F16 ? kiln::f32_to_f16_bits(f) : kiln::f32_to_bf16_bits(f);
+        memcpy(dst + 2 * i, &h, 2);
+      }
+    }
+    return true;
+  }
+  std::shared_ptr<Library> lib;
+  std::vector<WeightJob> jobs;
+  std::vector<std::shared_ptr<Buffer>> buffers;
+  Napi::ThreadSafeFunction tsfn;
+};
+
+// An input of a forward: host bytes to upload, or a DeviceTensor already on the target.
+struct InputArg {
+  int32_t dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> host;  // copied from JS on the main thread
+  std::shared_ptr<Buffer> dev;
+};
+
+class ForwardWorker : public Worker {
+ public:
+  ForwardWorker(Napi::Env env, std::shared_ptr<Library> lib, std::vector<std::shared_ptr<Buffer>> weights, std::vector<InputArg> inputs,
+                std::vector<bool> to_host)
+      : Worker(env), lib(std::move(lib)), weights(std::move(weights)), inputs(std::move(inputs)), to_host(std::move(to_host)) {}
+  void Execute() override {
+    std::lock_guard<std::mutex> g(lib->mu);
+    std::vector<void*> w;
+    for (auto& b : weights) w.push_back(b->ptr);
+    std::vector<kiln_tensor> in(inputs.size());
+    std::vector<std::shared_ptr<Buffer>> uploaded;
+    for (size_t i = 0; i < inputs.size(); i++) {
+      InputArg& a = inputs[i];
+      kiln_tensor& t = in[i];
+      t.dtype = a.dtype;
+      t.rank = (int32_t)a.shape.size();
+      for (size_t k = 0; k < a.shape.size(); k++) t.shape[k] = a.shape[k];
+      if (a.dev) {
+        t.data = a.dev->ptr;
+      } else {
+        auto b = std::make_shared<Buffer>();
+        b->lib = lib;
+        int rc = lib->abi.malloc_(&b->ptr, (int64_t)a.host.size());
+        if (rc) return Fail(rc == KILN_ERR_OOM ? "E_OOM" : "E_RUNTIME", lib->Error("kiln_malloc", rc));
+        b->bytes = (int64_t)a.host.size();
+        if (!a.host.empty() && (rc = lib->abi.upload(b->ptr, a.host.data(), b->bytes))) return Fail("E_RUNTIME", lib->Error("kiln_upload", rc));
+        t.data = b->ptr;
+        uploaded.push_back(b);
+      }
+    }
+    int n_out = lib->abi.num_outputs();
+    std::vector<kiln_tensor> out(n_out);
+    memset(out.data(), 0, sizeof(kiln_tensor) * out.size());
+    int rc = lib->abi.forward(w.data(), in.data(), out.data());
+    if (rc) return Fail(rc == KILN_ERR_OOM ? "E_OOM" : rc == KILN_ERR_INVALID ? "E_USAGE" : "E_RUNTIME", lib->abi.last_error());
+    for (int j = 0; j < n_out; j++) {
+      auto b = std::make_shared<Buffer>();
+      b->lib = lib;
+      b->ptr = out[j].data;
+      int64_t n = 1;
+      std::vector<int64_t> shape;
+      for (int k = 0; k < out[j].rank; k++) {
+        n *= out[j].shape[k];
+        shape.push_back(out[j].shape[k]);
+      }
+      b->bytes = n * kDtypeBytes[out[j].dtype];
+      results.push_back({out[j].dtype, shape, {}, b});
+    }
+    for (int j = 0; j < n_out; j++) {
+      if (j < (int)to_host.size() && to_host[j]) {
+        InputArg& r = results[j];
+        r.host.resize((size_t)r.dev->bytes);
+        if (r.dev->bytes && (rc = lib->abi.download(r.host.data(), r.dev->ptr, r.dev->bytes))) return Fail("E_RUNTIME", lib->Error("kiln_download", rc));
+        r.dev.reset();
+      }
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Array out = Napi::Array::New(env, results.size());
+    for (size_t j = 0; j < results.size(); j++) {
+      InputArg& r = results[j];
+      if (r.dev) {
+        out[j] = WrapTensor(env, r.dev, r.dtype, r.shape);
+      } else {
+        Napi::Object o = Napi::Object::New(env);
+        Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, r.host.size());
+        if (!r.host.empty()) memcpy(ab.Data(), r.host.data(), r.host.size());
+        Napi::Array shape = Napi::Array::New(env, r.shape.size());
+        for (size_t k = 0; k < r.shape.size(); k++) shape[k] = Napi::Number::New(env, (double)r.shape[k]);
+        o.Set("dtype", Napi::Number::New(env, r.dtype));
+        o.Set("shape", shape);
+        o.Set("data", ab);
+        out[j] = o;
+      }
+    }
+    deferred.Resolve(out);
+  }
+
+ private:
+  std::shared_ptr<Library> lib;
+  std::vector<std::shared_ptr<Buffer>> weights;
+  std::vector<InputArg> inputs;
+  std::vector<bool> to_host;
+  std::vector<InputArg> results;
+};
+
+// ------------------------------------------------------------------------------------ Artifact
+
+class Artifact : public Napi::ObjectWrap<Artifact> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Artifact",
+                       {InstanceMethod("init", &Artifact::InitDevice), InstanceMethod("loadWeights", &Artifact::LoadWeights),
+                        InstanceMethod("forward", &Artifact::Forward), InstanceMethod("memoryInfo", &Artifact::MemoryInfo),
+                        InstanceAccessor("target", &Artifact::Target, nullptr), InstanceAccessor("hash", &Artifact::Hash, nullptr),
+                        InstanceAccessor("counts", &Artifact::Counts, nullptr)});
+  }
+
+  Artifact(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Artifact>(info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsString()) {
+      MakeError(env, "E_USAGE", "Artifact(libraryPath): a path is required").ThrowAsJavaScriptException();
+      return;
+    }
+    lib = std::make_shared<Library>();
+    lib->path = info[0].As<Napi::String>();
+    lib->handle = dlopen(lib->path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib->handle) {
+      MakeError(env, "E_ARTIFACT", std::string("cannot load the artifact library: ") + dlerror()).ThrowAsJavaScriptException();
+      return;
+    }
+#define KILN_SYM(field, name)                                                                                              \
+  lib->abi.field = reinterpret_cast<decltype(lib->abi.field)>(dlsym(lib->handle, name));                                 \
+  if (!lib->abi.field) {                                                                                                   \
+    MakeError(env, "E_ARTIFACT", lib->path + ": not a Kiln artifact library (no symbol " name ")").ThrowAsJavaScriptException(); \
+    return;                                                                                                                \
+  }
+    KILN_SYM(abi_version, "kiln_abi_version")
+    KILN_SYM(target, "kiln_target")
+    KILN_SYM(artifact_hash, "kiln_artifact_hash")
+    KILN_SYM(last_error, "kiln_last_error")
+    KILN_SYM(init, "kiln_init")
+    KILN_SYM(memory_info, "kiln_memory_info")
+    KILN_SYM(malloc_, "kiln_malloc")
+    KILN_SYM(free_, "kiln_free")
+    KILN_SYM(upload, "kiln_upload")
+    KILN_SYM(download, "kiln_download")
+    KILN_SYM(synchronize, "kiln_synchronize")
+    KILN_SYM(num_inputs, "kiln_num_inputs")
+    KILN_SYM(num_weights, "kiln_num_weights")
+    KILN_SYM(num_outputs, "kiln_num_outputs")
+    KILN_SYM(forward, "kiln_forward")
+#undef KILN_SYM
+    if (lib->abi.abi_version() != KILN_ABI_VERSION) {
+      MakeError(env, "E_ARTIFACT", lib->path + ": artifact ABI " + std::to_string(lib->abi.abi_version()) + ", this runtime speaks " +
+                                       std::to_string(KILN_ABI_VERSION) + ": recompile the model")
+          .ThrowAsJavaScriptException();
+    }
+  }
+
+ private:
+  std::shared_ptr<Library> lib;
+
+  Napi::Value Target(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), lib->abi.target()); }
+  Napi::Value Hash(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), lib->abi.artifact_hash()); }
+  Napi::Value Counts(const Napi::CallbackInfo& info) {
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("inputs", lib->abi.num_inputs());
+    o.Set("weights", lib->abi.num_weights());
+    o.Set("outputs", lib->abi.num_outputs());
+    return o;
+  }
+  Napi::Value MemoryInfo(const Napi::CallbackInfo& info) {
+    int64_t f = 0, t = 0;
+    {
+      std::lock_guard<std::mutex> g(lib->mu);
+      lib->abi.memory_info(&f, &t);
+    }
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("free", Napi::Number::New(info.Env(), (double)f));
+    o.Set("total", Napi::Number::New(info.Env(), (double)t));
+    return o;
+  }
+  Napi::Value InitDevice(const Napi::CallbackInfo& info) {
+    auto* w = new InitWorker(info.Env(), lib, info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0);
+    w->Queue();
+    return w->Promise();
+  }
+  // loadWeights([{ file, offset, count, src, dst, name }], onProgress?) -> Promise<DeviceTensor[]>
+  Napi::Value LoadWeights(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Array a = info[0].As<Napi::Array>();
+    std::vector<WeightJob> jobs;
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Object o = a.Get(i).As<Napi::Object>();
+      jobs.push_back({o.Get("file").As<Napi::String>(), (int64_t)o.Get("offset").As<Napi::Number>().DoubleValue(),
+                      (int64_t)o.Get("count").As<Napi::Number>().DoubleValue(), o.Get("src").As<Napi::Number>().Int32Value(),
+                      o.Get("dst").As<Napi::Number>().Int32Value(), o.Get("name").As<Napi::String>()});
+    }
+    Napi::Function progress = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
+    auto* w = new LoadWorker(env, lib, std::move(jobs), progress);
+    w->Queue();
+    return w->Promise();
+  }
+  // forward(weights: DeviceTensor[], inputs: ({dtype, shape, data: TypedArray} | DeviceTensor)[], toHost: boolean[])
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Array wa = info[0].As<Napi::Array>(), ia = info[1].As<Napi::Array>(), ha = info[2].As<Napi::Array>();
+    std::vector<std::shared_ptr<Buffer>> weights;
+    for (uint32_t i = 0; i < wa.Length(); i++) {
+      DeviceTensor* t = DeviceTensor::Unwrap(wa.Get(i).As<Napi::Object>());
+      if (!t->buf) {
+        Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+        d.Reject(MakeError(env, "E_USAGE", "a weight was freed (the model was disposed)").Value());
+        return d.Promise();
+      }
+      weights.push_back(t->buf);
+    }
+    std::vector<InputArg> inputs;
+    for (uint32_t i = 0; i < ia.Length(); i++) {
+      Napi::Object o = ia.Get(i).As<Napi::Object>();
+      InputArg a;
+      if (o.InstanceOf(DeviceTensor::ctor.Value())) {
+        DeviceTensor* t = DeviceTensor::Unwrap(o);
+        if (!t->buf) {
+          Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+          d.Reject(MakeError(env, "E_USAGE", "input " + std::to_string(i) + " is a freed device tensor").Value());
+          return d.Promise();
+        }
+        a.dtype = t->dtype;
+        a.shape = t->shape;
+        a.dev = t->buf;
+      } else {
+        a.dtype = o.Get("dtype").As<Napi::Number>().Int32Value();
+        Napi::Array s = o.Get("shape").As<Napi::Array>();
+        for (uint32_t k = 0; k < s.Length(); k++) a.shape.push_back((int64_t)s.Get(k).As<Napi::Number>().DoubleValue());
+        Napi::TypedArray ta = o.Get("data").As<Napi::TypedArray>();
+        const uint8_t* p = (const uint8_t*)ta.ArrayBuffer().Data() + ta.ByteOffset();
+        a.host.assign(p, p + ta.ByteLength());
+      }
+      inputs.push_back(std::move(a));
+    }
+    std::vector<bool> to_host;
+    for (uint32_t i = 0; i < ha.Length(); i++) to_host.push_back(ha.Get(i).ToBoolean());
+    auto* w = new ForwardWorker(env, lib, std::move(weights), std::move(inputs), std::move(to_host));
+    w->Queue();
+    return w->Promise();
+  }
+};
+
+Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  exports.Set("Artifact", Artifact::Init(env));
+  exports.Set("DeviceTensor", DeviceTensor::Init(env));
+  exports.Set("abiVersion", Napi::Number::New(env, KILN_ABI_VERSION));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(kiln, InitModule)
