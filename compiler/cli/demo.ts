@@ -1,7 +1,7 @@
 // `kiln demo`: the whole path on a fresh machine, with nothing downloaded. Writes a tiny random
-// Llama checkpoint in the Hugging Face layout, picks the model from its config.json, traces it,
-// binds the checkpoint's weights, and generates greedily on the best target present. Until the
-// code generator lands (codegen issue), that target is the reference interpreter.
+// Llama checkpoint in the Hugging Face layout, compiles models/llama.ts against its config.json
+// for the best target present (cuda with a GPU, else cpu), loads it through the Node API and
+// generates greedily; on the cpu target it also checks the tokens against the interpreter.
 
 import { mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -13,13 +13,21 @@ import { parse } from "../ir/parse.js";
 import { modelFor } from "../../models/index.js";
 import { openCheckpoint, writeSafetensors } from "../../runtime/safetensors.js";
 import { bindWeights } from "../../runtime/weights.js";
-import { readHFConfig } from "./load-model.js";
+import { $ } from "zx";
+import { compile } from "../codegen/compile.js";
+import type { Target } from "../codegen/emit.js";
+import { loadModel } from "../../runtime/api.js";
+import { formatBytes, Progress } from "./progress.js";
 
 export interface DemoOptions {
   out?: string;
   tokens: number;
   seed: number;
+  target?: Target;
+  cacheDir?: string;
   log: (s: string) => void;
+  /** where progress bars go (default: log) */
+  progress?: (s: string) => void;
 }
 
 export const DEMO_CONFIG = {
@@ -40,6 +48,14 @@ export function normals(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
   return () => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
+}
+
+/** Whether this machine has an NVIDIA GPU and nvcc, i.e. whether the cuda target can run here. */
+export async function cudaAvailable(): Promise<boolean> {
+  const smi = await $({ nothrow: true, quiet: true })`nvidia-smi -L`.catch(() => undefined);
+  if (!smi || smi.exitCode !== 0 || !/GPU \d/.test(smi.stdout)) return false;
+  const nvcc = await $({ nothrow: true, quiet: true })`nvcc --version`.catch(() => undefined);
+  return Boolean(nvcc && nvcc.exitCode === 0);
 }
 
 export async function demo(o: DemoOptions): Promise<number[]> {
@@ -68,27 +84,50 @@ export async function demo(o: DemoOptions): Promise<number[]> {
   renameSync(staging, dir);
   o.log(`[1/4] wrote a random Llama checkpoint (${count.toLocaleString("en-US")} parameters, f32) to ${dir}\n`);
 
-  // 2. the model, picked by model_type, traced against the config read back from disk
-  const { json, file } = readHFConfig(dir);
-  const def = modelFor(json, file);
-  const graph = traceModel(def, def.fromHF(json, file));
-  const text = print(graph);
+  // 2. compile for the best target here
+  const target = o.target ?? ((await cudaAvailable()) ? "cuda" : "cpu");
+  const stages = ["trace", "passes", "emit", "compile", "done"];
+  const bar = new Progress(`[2/4] compiling models/llama.ts for ${target}`, o.progress ?? o.log);
+  const art = await compile(dir, {
+    target,
+    dtype: target === "cuda" ? "bf16" : "f32",
+    cacheDir: o.cacheDir,
+    onProgress: (stage, info) => bar.update(stage === "cache-hit" ? 1 : stages.indexOf(stage) / (stages.length - 1), stage === "compile" ? (info ?? "") : stage),
+  });
+  bar.done(art.cached ? "(cache hit)" : `→ ${art.dir}`);
+  const text = print(art.graph);
   const roundTrips = print(parse(text)) === text;
-  o.log(`[2/4] traced models/${def.family}.ts: ${graph.nodes.length} ops, ${graph.params.length} weights; verified; text form round-trips: ${roundTrips ? "yes" : "NO"}\n`);
+  o.log(`      ${art.graph.nodes.length} ops, ${art.graph.params.length} weights; IR verified; text form round-trips: ${roundTrips ? "yes" : "NO"}\n`);
 
-  // 3. the weights, checked against what the graph expects
-  const ckpt = openCheckpoint(dir);
-  const { weights } = bindWeights(graph.params, ckpt, { where: dir, strict: true });
-  ckpt.close();
-  o.log(`[3/4] loaded ${Object.keys(weights).length} tensors from model.safetensors (names, shapes and dtypes checked)\n`);
+  // 3. load the checkpoint through the runtime
+  const load = new Progress("[3/4] loading model.safetensors", o.progress ?? o.log);
+  const model = await loadModel(art.dir, { checkpoint: dir, onProgress: (done, total) => load.update(total ? done / total : 1, formatBytes(done)) });
+  load.done(`${art.manifest.weights.length} tensors, ${formatBytes(art.manifest.weights.reduce((a, w) => a + (w.shape as number[]).reduce((x, y) => x * y, 1), 0) * (target === "cuda" ? 2 : 4))}`);
 
-  // 4. generation; the prompt is fixed token ids (a tokenizer comes with the runtime)
+  // 4. generate, and check the tokens against the reference interpreter
   const prompt = [1, 15, 42, 7, 99];
-  o.log(`[4/4] target: reference interpreter (no code generator yet); greedy, prompt ids [${prompt.join(", ")}]\n      `);
+  o.log(`[4/4] greedy generation on ${target}, prompt ids [${prompt.join(", ")}]\n      `);
+  const ids = [...prompt];
   const t0 = performance.now();
-  const ids = greedyGenerate(graph, weights, prompt, { maxNewTokens: o.tokens, onToken: (id) => o.log(`${id} `) });
+  try {
+    for await (const t of model.generate(prompt, { maxNewTokens: o.tokens })) {
+      ids.push(t.id);
+      o.log(`${t.id} `);
+    }
+  } finally {
+    await model.dispose();
+  }
   const secs = (performance.now() - t0) / 1000;
-  o.log(`\n      ${o.tokens} tokens in ${secs.toFixed(2)} s (${(o.tokens / secs).toFixed(1)} tokens/s, no KV cache)\n`);
+  o.log(`\n      ${o.tokens} tokens in ${secs.toFixed(3)} s (${(o.tokens / secs).toFixed(1)} tokens/s)\n`);
+  if (target === "cpu") {
+    const ckpt = openCheckpoint(dir);
+    const { weights } = bindWeights(graph0.params, ckpt, { where: dir });
+    ckpt.close();
+    const ref = greedyGenerate(graph0, weights, prompt, { maxNewTokens: o.tokens });
+    const same = ref.every((v, i) => v === ids[i]);
+    o.log(`      reference interpreter gives the same tokens: ${same ? "yes" : "NO"}\n`);
+    if (!same) throw new Error(`the compiled model and the interpreter disagree: ${ids} vs ${ref}`);
+  }
   if (!roundTrips) throw new Error("IR text form did not round-trip");
   return ids;
 }

@@ -7,7 +7,14 @@ import type { DType } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import { print, toJSON } from "../ir/print.js";
 import { modelFor } from "../../models/index.js";
+import { ARCHES, readManifest } from "../codegen/build.js";
+import type { Arch } from "../codegen/build.js";
+import { compile, DEFAULT_PASSES } from "../codegen/compile.js";
+import type { Target } from "../codegen/emit.js";
+import { DTYPE_BYTES } from "../ir/dtype.js";
+import { loadModel } from "../../runtime/api.js";
 import { demo } from "./demo.js";
+import { formatBytes, Progress } from "./progress.js";
 import { loadModelFile, readHFConfig } from "./load-model.js";
 
 export interface IO {
@@ -37,13 +44,100 @@ export function program(io: IO = stdio): Command {
       io.out(o.json ? `${JSON.stringify(toJSON(g), null, 2)}\n` : print(g));
     });
 
+  p.command("compile")
+    .description("compile a model to an artifact (a folder with manifest.json and the compiled library)")
+    .argument("<model>", "model file (with --config), or a Hugging Face checkpoint folder / config.json")
+    .option("--config <path>", "config.json, or the checkpoint folder holding it")
+    .addOption(new Option("--target <target>", "what to compile for").choices(["cpu", "cuda"]).default("cpu"))
+    .addOption(new Option("--arch <arch>", "GPU architecture (cuda target)").choices([...ARCHES]).default("sm_90a"))
+    .addOption(new Option("--dtype <dtype>", "dtype of weights and activations (default: f32 on cpu, bf16 on cuda)").choices(["f32", "bf16", "f16"]))
+    .requiredOption("--out <dir>", "where to write the artifact")
+    .option("--max-seq <n>", "most tokens per sequence, prompt and generated (default: max_position_embeddings)", (v) => positiveInt(v, "--max-seq"))
+    .option("--max-batch <n>", "most sequences per batch", (v) => positiveInt(v, "--max-batch"), 8)
+    .option("--passes <list>", "pass pipeline", DEFAULT_PASSES)
+    .option("--cache-dir <dir>", "artifact cache (default: $KILN_CACHE_DIR or ~/.cache/kiln/artifacts)")
+    .option("--no-typecheck", "skip type-checking the model file")
+    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean }) => {
+      const stages = ["trace", "passes", "emit", "compile", "done"];
+      const bar = new Progress(`compiling for ${o.target}`, io.err);
+      const art = await compile(model, { ...o, onProgress: (stage, info) => bar.update(stage === "cache-hit" ? 1 : stages.indexOf(stage) / 4, stage === "compile" ? (info ?? "") : stage) });
+      bar.done(art.cached ? "(cache hit)" : "");
+      io.out(`${art.dir}\n`);
+    });
+
+  p.command("run")
+    .description("load an artifact with a checkpoint and generate, streaming tokens")
+    .argument("<artifact>", "artifact folder (from kiln compile)")
+    .requiredOption("--checkpoint <dir>", "Hugging Face checkpoint folder")
+    .option("--prompt <text>", "prompt text (needs the checkpoint's tokenizer.json)")
+    .option("--ids <ids>", "prompt token ids, comma-separated")
+    .option("--max-new-tokens <n>", "tokens to generate", (v) => positiveInt(v, "--max-new-tokens"), 32)
+    .option("--temperature <t>", "sampling temperature (0 = greedy)", Number)
+    .option("--top-k <k>", "keep the k most likely tokens", Number)
+    .option("--top-p <p>", "nucleus sampling mass", Number)
+    .option("--repetition-penalty <r>", "penalty on tokens already present", Number)
+    .option("--seed <n>", "sampling seed", Number)
+    .option("--device <n>", "GPU ordinal (cuda artifacts)", Number, 0)
+    .action(async (artifact: string, o: { checkpoint: string; prompt?: string; ids?: string; maxNewTokens: number; temperature?: number; topK?: number; topP?: number; repetitionPenalty?: number; seed?: number; device: number }) => {
+      if ((o.prompt === undefined) === (o.ids === undefined)) throw new KilnError("E_USAGE", "give exactly one of --prompt <text> or --ids <ids>");
+      const prompt = o.ids !== undefined ? o.ids.split(",").map((x) => positiveInt(x.trim(), "--ids")) : o.prompt!;
+      const bar = new Progress("loading", io.err);
+      const model = await loadModel(artifact, { checkpoint: o.checkpoint, device: o.device, onProgress: (d, t) => bar.update(t ? d / t : 1, formatBytes(d)) });
+      bar.done(`${model.target}`);
+      const ac = new AbortController();
+      const onSigint = () => ac.abort();
+      process.once("SIGINT", onSigint);
+      let n = 0, first = 0;
+      const t0 = performance.now();
+      try {
+        for await (const t of model.generate(prompt, { maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, repetitionPenalty: o.repetitionPenalty, seed: o.seed, signal: ac.signal })) {
+          if (n++ === 0) first = performance.now();
+          io.out(t.text !== undefined ? t.text : `${t.id} `);
+        }
+      } finally {
+        process.off("SIGINT", onSigint);
+        await model.dispose();
+      }
+      const end = performance.now();
+      const decode = n > 1 ? ((n - 1) / ((end - first) / 1000)).toFixed(1) : "-";
+      io.err(`\n${n} tokens in ${((end - t0) / 1000).toFixed(3)} s: first token ${((first - t0) / 1000).toFixed(3)} s, then ${decode} tokens/s\n`);
+    });
+
+  p.command("inspect")
+    .description("describe an artifact: target, inputs, outputs, weights, dims, workspace")
+    .argument("<artifact>", "artifact folder")
+    .option("--json", "print manifest.json")
+    .action((artifact: string, o: { json?: boolean }) => {
+      const m = readManifest(artifact);
+      if (o.json) return void io.out(`${JSON.stringify(m, null, 2)}\n`);
+      const t = (x: { name: string; dtype: string; shape: (number | string)[] }) => `${x.name}: ${x.dtype}[${x.shape.join(", ")}]`;
+      const bytes = m.weights.reduce((a, w) => a + (w.shape as number[]).reduce((x, y) => x * y, 1) * DTYPE_BYTES[w.dtype as DType], 0);
+      io.out(
+        [
+          `artifact  ${artifact}`,
+          `model     ${m.model.family} (${m.model.graph}), ${m.model.dtype}`,
+          `target    ${m.target}${m.arch ? ` ${m.arch}` : ""}; built by Kiln ${m.kiln} with ${m.compiler.command} (${m.compiler.version.split(" | ")[0]}) on ${m.created}`,
+          `hash      ${m.hash}`,
+          `dims      ${Object.entries(m.dims).map(([k, d]) => `${k} ≤ ${d.max} (${d.from})`).join("; ")}`,
+          `inputs    ${m.inputs.length}: ${m.inputs.slice(0, 3).map(t).join(", ")}${m.inputs.length > 3 ? ", …" : ""}`,
+          `outputs   ${m.outputs.length}: ${m.outputs.slice(0, 3).map(t).join(", ")}${m.outputs.length > 3 ? ", …" : ""}`,
+          `kv cache  ${m.kvCache ? `${m.kvCache.layers} layers` : "none"}`,
+          `weights   ${m.weights.length} tensors, ${formatBytes(bytes)}`,
+          `workspace ${formatBytes(m.workspace.bytes)} at ${Object.entries(m.workspace.at).map(([k, v]) => `${k}=${v}`).join(", ")}`,
+          "",
+        ].join("\n"),
+      );
+    });
+
   p.command("demo")
-    .description("write a tiny random Llama checkpoint, trace it, load it and generate")
+    .description("write a tiny random Llama checkpoint, compile it for the best target here, load it and generate")
     .option("--out <dir>", "where to write the checkpoint (default: <tmp>/kiln-demo)")
     .option("--tokens <n>", "new tokens to generate", (v) => positiveInt(v, "--tokens"), 16)
     .option("--seed <n>", "seed of the random weights", (v) => positiveInt(v, "--seed"), 0)
-    .action(async (o: { out?: string; tokens: number; seed: number }) => {
-      await demo({ ...o, log: io.out });
+    .addOption(new Option("--target <target>", "force a target (default: cuda with a GPU, else cpu)").choices(["cpu", "cuda"]))
+    .option("--cache-dir <dir>", "artifact cache")
+    .action(async (o: { out?: string; tokens: number; seed: number; target?: Target; cacheDir?: string }) => {
+      await demo({ ...o, log: io.out, progress: io.err });
     });
 
   return p;

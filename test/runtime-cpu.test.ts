@@ -1,0 +1,183 @@
+// The compiled cpu target, end to end through the public API: compile() → loadModel() →
+// forward()/generate(), against Hugging Face's logits and tokens and the reference interpreter.
+
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
+import { compile } from "../compiler/codegen/compile.js";
+import type { CompiledArtifact } from "../compiler/codegen/compile.js";
+import { KilnError } from "../compiler/ir/errors.js";
+import { loadModel } from "../runtime/api.js";
+import { openCheckpoint, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
+
+const FIXTURES = join(import.meta.dirname, "fixtures");
+const NAMES = ["llama-mha", "llama-gqa", "llama-mqa-tied", "llama3-rope"];
+const tmp = mkdtempSync(join(tmpdir(), "kiln-rt-"));
+const cacheDir = join(tmp, "cache");
+const arts = new Map<string, CompiledArtifact>();
+
+beforeAll(async () => {
+  for (const n of NAMES) arts.set(n, await compile(join(FIXTURES, n), { target: "cpu", cacheDir, maxSeq: 64 }));
+}, 300_000);
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+const reference = (n: string) => {
+  const ref = SafetensorsFile.open(join(FIXTURES, n, "reference.safetensors"));
+  const ids = Array.from(ref.toFloat64("input_ids"));
+  return { ids: [ids.slice(0, 7), ids.slice(7, 14)], logits: ref.toFloat32("logits"), greedy: Array.from(ref.toFloat64("greedy_ids")) };
+};
+
+async function expectError(p: Promise<unknown>, code: string, ...parts: (string | RegExp)[]): Promise<KilnError> {
+  let err: unknown;
+  try {
+    await p;
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(KilnError);
+  const e = err as KilnError;
+  expect(e.code).toBe(code);
+  for (const part of parts) expect(e.message).toMatch(part);
+  return e;
+}
+
+describe.each(NAMES)("%s on the cpu target", (name) => {
+  test("forward gives Hugging Face's logits (f32, max abs error ≤ 1e-4)", async () => {
+    const { ids, logits } = reference(name);
+    await using model = await loadModel(arts.get(name)!.dir, { checkpoint: join(FIXTURES, name) });
+    const out = await model.forward(ids);
+    expect(out.shape).toEqual([2, 7, 256]);
+    let maxErr = 0;
+    for (let i = 0; i < logits.length; i++) maxErr = Math.max(maxErr, Math.abs(out.logits[i] - logits[i]));
+    expect(maxErr).toBeLessThanOrEqual(1e-4);
+  });
+
+  test("generate (prefill, then decode against the KV cache) gives Hugging Face's greedy tokens", async () => {
+    const { greedy } = reference(name);
+    await using model = await loadModel(arts.get(name)!.dir, { checkpoint: join(FIXTURES, name) });
+    const got: number[] = [];
+    const gen = model.generate(greedy.slice(0, 7), { maxNewTokens: greedy.length - 7 });
+    for await (const t of gen) got.push(t.id);
+    expect(got).toEqual(greedy.slice(7));
+  });
+});
+
+test("a bf16 artifact stays close to the f32 reference", async () => {
+  const name = "llama-gqa";
+  const art = await compile(join(FIXTURES, name), { target: "cpu", dtype: "bf16", cacheDir, maxSeq: 64 });
+  expect(art.manifest.weights.every((w) => w.dtype === "bf16")).toBe(true);
+  const { ids, logits } = reference(name);
+  await using model = await loadModel(art.dir, { checkpoint: join(FIXTURES, name) }); // f32 checkpoint → bf16 on load
+  const out = await model.forward(ids);
+  let num = 0, den = 0, sameArgmax = 0;
+  for (let r = 0; r < 14; r++) {
+    let a = 0, b = 0;
+    for (let v = 0; v < 256; v++) {
+      const i = r * 256 + v;
+      num += (out.logits[i] - logits[i]) ** 2;
+      den += logits[i] ** 2;
+      if (out.logits[i] > out.logits[r * 256 + a]) a = v;
+      if (logits[i] > logits[r * 256 + b]) b = v;
+    }
+    if (a === b) sameArgmax++;
+  }
+  expect(Math.sqrt(num / den)).toBeLessThan(3e-2);
+  expect(sameArgmax).toBeGreaterThanOrEqual(12);
+});
+
+describe("the artifact cache", () => {
+  test("a second compile of the same model is a cache hit", async () => {
+    const t0 = performance.now();
+    const again = await compile(join(FIXTURES, "llama-mha"), { target: "cpu", cacheDir, maxSeq: 64 });
+    expect(again.cached).toBe(true);
+    expect(again.dir).toBe(arts.get("llama-mha")!.dir);
+    expect(performance.now() - t0).toBeLessThan(5000); // tracing only; no compiler run
+  });
+
+  test("a failed build leaves no artifact and reports the compiler's message", async () => {
+    const fake = join(tmp, "fake-cxx.sh");
+    writeFileSync(fake, '#!/bin/sh\nif [ "$1" = "--version" ]; then echo "fake-cxx 1.0"; exit 0; fi\necho "model.cpp:1:1: error: boom" >&2\nexit 1\n');
+    chmodSync(fake, 0o755);
+    const dir = join(tmp, "failing-cache");
+    process.env.KILN_CXX = fake;
+    try {
+      await expectError(compile(join(FIXTURES, "llama-mha"), { target: "cpu", cacheDir: dir }), "E_BUILD", /fake-cxx\.sh failed/, /error: boom/);
+    } finally {
+      delete process.env.KILN_CXX;
+    }
+    expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
+describe("bad checkpoints and inputs are clear errors", () => {
+  // a copy of a fixture with its weights rewritten by `edit`
+  function variant(label: string, edit: (t: Record<string, { dtype: "f32"; shape: number[]; data: Float32Array }>) => void): string {
+    const src = join(FIXTURES, "llama-mha");
+    const dir = join(tmp, label);
+    mkdirSync(dir, { recursive: true });
+    copyFileSync(join(src, "config.json"), join(dir, "config.json"));
+    const ck = openCheckpoint(src);
+    const tensors: Record<string, { dtype: "f32"; shape: number[]; data: Float32Array }> = {};
+    for (const n of ck.names()) tensors[n] = { dtype: "f32", shape: ck.info(n).shape, data: ck.toFloat32(n) };
+    ck.close();
+    edit(tensors);
+    writeSafetensors(join(dir, "model.safetensors"), tensors);
+    return dir;
+  }
+
+  test("missing and mis-shaped tensors: one error listing them all", async () => {
+    const dir = variant("bad-weights", (t) => {
+      delete t["model.layers.1.mlp.up_proj.weight"];
+      delete t["model.norm.weight"];
+      t["model.layers.0.self_attn.q_proj.weight"] = { dtype: "f32", shape: [64, 32], data: new Float32Array(64 * 32) };
+    });
+    const e = await expectError(
+      loadModel(arts.get("llama-mha")!.dir, { checkpoint: dir }),
+      "E_WEIGHTS",
+      /3 problems/,
+      /missing: model\.layers\.1\.mlp\.up_proj\.weight \(f32\[128, 64\]\)/,
+      /missing: model\.norm\.weight/,
+      /mis-shaped: model\.layers\.0\.self_attn\.q_proj\.weight is \[64, 32\], the model wants \[64, 64\]/,
+    );
+    expect(e.where).toBe(dir);
+  });
+
+  test("a truncated safetensors file names the file and the tensor", async () => {
+    const dir = variant("truncated", () => {});
+    const file = join(dir, "model.safetensors");
+    truncateSync(file, readFileSync(file).length - 1000);
+    await expectError(loadModel(arts.get("llama-mha")!.dir, { checkpoint: dir }), "E_SAFETENSORS", /model\.safetensors/);
+  });
+
+  test("token ids out of the vocabulary, too many tokens, ragged rows, use after dispose", async () => {
+    const model = await loadModel(arts.get("llama-mha")!.dir, { checkpoint: join(FIXTURES, "llama-mha") });
+    await expectError(model.forward([1, 2, 256]), "E_USAGE", /token id 256 \(row 0, position 2\) is not in \[0, 256\)/);
+    await expectError(model.forward(Array(65).fill(1)), "E_USAGE", /65 tokens are over the artifact's bound 64/);
+    await expectError(model.forward([[1, 2], [3]]), "E_USAGE", /same length/);
+    await expectError(model.generate("hello").next(), "E_USAGE", /no tokenizer\.json/);
+    await model.dispose();
+    await expectError(model.forward([1]), "E_USAGE", /disposed/);
+  });
+
+  test("an AbortSignal stops generation", async () => {
+    await using model = await loadModel(arts.get("llama-mha")!.dir, { checkpoint: join(FIXTURES, "llama-mha") });
+    const ac = new AbortController();
+    const got: number[] = [];
+    let err: unknown;
+    try {
+      for await (const t of model.generate([1, 2, 3], { maxNewTokens: 20, signal: ac.signal })) {
+        got.push(t.id);
+        if (got.length === 3) ac.abort();
+      }
+    } catch (e) {
+      err = e;
+    }
+    expect(got).toHaveLength(3);
+    expect((err as Error).name).toBe("AbortError");
+  });
+
+  test("a folder that is not an artifact", async () => {
+    await expectError(loadModel(tmp, { checkpoint: join(FIXTURES, "llama-mha") }), "E_ARTIFACT", /no manifest\.json/);
+  });
+});
