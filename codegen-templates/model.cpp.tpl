@@ -9,6 +9,9 @@ namespace rt = kiln::rt;
 // ---- constants baked in by the tracer (e.g. RoPE frequencies)
 {{CONSTANTS}}
 
+// ---- fused elementwise kernels (one functor per `elementwise` op; K::for_each runs it)
+{{KERNELS}}
+
 static void forward_body(void* const* w, const kiln_tensor* in, kiln_tensor* out) {
   // ---- inputs: dtypes, ranks, and the symbolic dims they bind
 {{BIND}}

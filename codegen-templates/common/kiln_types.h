@@ -124,4 +124,21 @@ struct Strides {
   int64_t s[8];
 };
 
+// Offset in a strided tensor of the k-th element (row-major) of `shape`.
+KILN_HD int64_t offset_of(int64_t k, const Shape& shape, const Strides& st) {
+  int64_t off = 0;
+  for (int i = shape.rank - 1; i >= 0; i--) {
+    int64_t d = shape.d[i];
+    off += (k % d) * st.s[i];
+    k /= d;
+  }
+  return off;
+}
+
+// x rounded to what T holds, back in T's compute type (how a fused chain stores intermediates).
+template <typename T>
+KILN_HD typename Num<T>::C rnd(typename Num<T>::C x) { return Num<T>::load(Num<T>::store(x)); }
+template <>
+KILN_HD float rnd<float>(float x) { return x; }
+
 }  // namespace kiln

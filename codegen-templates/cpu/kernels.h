@@ -179,5 +179,12 @@ int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t
   return -1;
 }
 
+// Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).
+template <typename F>
+void for_each(const F& f, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; i++) f(i);
+}
+
 }  // namespace cpu
 }  // namespace kiln

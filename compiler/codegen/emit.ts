@@ -11,6 +11,8 @@ import { KilnError } from "../ir/errors.js";
 import type { Graph, Node, Value } from "../ir/graph.js";
 import { locString, typeString } from "../ir/graph.js";
 import { printNode } from "../ir/print.js";
+import type { Expr } from "../ir/expr.js";
+import { parseExpr } from "../ir/expr.js";
 
 export type Target = "cpu" | "cuda";
 
@@ -75,6 +77,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   const bind: string[] = [];
   const weights: string[] = [];
   const consts: string[] = [];
+  const kernels: string[] = [];
   const body: string[] = [];
 
   // inputs: check dtype and rank, bind bare symbols, then check every dim
@@ -136,7 +139,11 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       return;
     }
     body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
-    body.push(...emitOp(n, name, where).map((l) => `  ${l}`));
+    if (n.op === "elementwise") {
+      const { functor, call } = emitElementwise(n, name);
+      kernels.push(functor);
+      body.push(`  ${call}`);
+    } else body.push(...emitOp(n, name, where).map((l) => `  ${l}`));
     // free operands whose buffers die here
     const freed = new Set<number>();
     for (const x of n.operands) {
@@ -178,6 +185,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     TARGET: o.target,
     INCLUDES: includes.join("\n"),
     CONSTANTS: consts.join("\n"),
+    KERNELS: kernels.join("\n\n"),
     BIND: bind.join("\n"),
     WEIGHTS: weights.join("\n") || "  (void)w;",
     BODY: body.join("\n"),
@@ -191,6 +199,61 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     if (!(k in fill)) throw new KilnError("E_BUILD", `model template has an unknown parameter ${m}`);
     return fill[k];
   });
+}
+
+const isFloatDType = (d: DType): boolean => d === "f32" || d === "bf16" || d === "f16";
+/** The compute type of a dtype in generated code (kiln::Num<T>::C). */
+const ctypeC = (d: DType): string => (isFloatDType(d) ? "float" : "double");
+
+/** A fused `elementwise` op: a functor evaluating its expression at one element, and its launch. */
+function emitElementwise(n: Node, name: Map<number, string>): { functor: string; call: string } {
+  const id = n.result.id;
+  const out = n.result.shape;
+  const expr = parseExpr(n.attrs.expr as string);
+  const fields: string[] = [];
+  const lines: string[] = [];
+  n.operands.forEach((v, k) => {
+    fields.push(`const ${CTYPE[v.dtype]}* a${k}; kiln::Strides s${k}; bool c${k};`);
+    lines.push(`const ${ctypeC(v.dtype)} x${k} = kiln::Num<${CTYPE[v.dtype]}>::load(a${k}[c${k} ? i : kiln::offset_of(i, out, s${k})]);`);
+  });
+  let t = 0;
+  const gen = (e: Expr): { v: string; d: DType } => {
+    if (e.kind === "arg") return { v: `x${e.index}`, d: n.operands[e.index].dtype };
+    const T = CTYPE[e.dtype], C = ctypeC(e.dtype);
+    let val: string;
+    if (e.kind === "lit") val = `(${C})${fmtDouble(e.value)}`;
+    else {
+      const a = e.args.map(gen);
+      if (e.op in UNARY) val = `kiln::${UNARY[e.op]}()(${a[0].v})`;
+      else if (e.op === "div" && !isFloatDType(e.dtype)) val = `kiln::OpIntDiv()(${a[0].v}, ${a[1].v})`;
+      else if (e.op in BINARY) val = `(${C})kiln::${BINARY[e.op]}()(${a[0].v}, ${a[1].v})`;
+      else if (e.op === "where") val = `(${a[0].v} != 0 ? ${a[1].v} : ${a[2].v})`;
+      else if (e.op === "cast") val = `(${C})${a[0].v}`;
+      else throw new KilnError("E_BUILD", `'${e.op}' in an elementwise expression has no code generator`);
+    }
+    const v = `t${t++}`;
+    lines.push(`const ${C} ${v} = kiln::rnd<${T}>(${val});`);
+    return { v, d: e.dtype };
+  };
+  const root = gen(expr);
+  const T = CTYPE[n.result.dtype];
+  lines.push(`y[i] = kiln::Num<${T}>::store(${root.v});`);
+  const functor = [
+    `// ${n.attrs.expr as string}`,
+    `struct F${id} {`,
+    `  ${fields.join("\n  ")}`,
+    `  ${T}* y;`,
+    `  kiln::Shape out;`,
+    `  KILN_HD void operator()(int64_t i) const {`,
+    ...lines.map((l) => `    ${l}`),
+    `  }`,
+    `};`,
+  ].join("\n");
+  const init = n.operands.map((v, k) => {
+    const contig = v.shape.length === out.length && v.shape.every((d, i) => d === out[i]);
+    return `${name.get(v.id)}, ${stridesLit(broadcastStrides(v.shape, out))}, ${contig}`;
+  });
+  return { functor, call: `K::for_each(F${id}{${init.join(", ")}, v${id}, ${shapeLit(out.map(cdim))}}, ${cprod(out)});` };
 }
 
 /** The kernel call(s) of one op writing into its fresh buffer `v<id>`. */

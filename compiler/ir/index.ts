@@ -10,3 +10,4 @@ export * from "./print.js";
 export * from "./tensor.js";
 export * from "./verify.js";
 export * from "./generate.js";
+export * from "./expr.js";

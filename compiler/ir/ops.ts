@@ -9,6 +9,9 @@ import { isDType, isFloat } from "./dtype.js";
 import type { AttrValue, Attrs, TensorType } from "./graph.js";
 import type { Tensor } from "./tensor.js";
 import { alloc, numel, roundToDType, stridesOf } from "./tensor.js";
+import type { Expr } from "./expr.js";
+import { exprArgs, parseExpr } from "./expr.js";
+import { roundBf16, roundF16 } from "./numeric.js";
 
 export type AttrKind = "int" | "float" | "bool" | "string" | "dtype" | "dim" | "dims" | "ints" | "floats";
 export interface AttrSpec {
@@ -567,6 +570,107 @@ def({
         if (!(i >= 0 && i < n)) throw new ShapeError(`index ${i} is out of range [0, ${n}) (at position ${j} of the indices)`);
         y.data.set(x.data.subarray((o * n + i) * inner, (o * n + i + 1) * inner), (o * m + j) * inner);
       }
+    return y;
+  },
+});
+
+// ---------------------------------------------------------------- fused elementwise
+
+/** A value rounded to what `dtype` holds: the scalar form of roundToDType. */
+export function roundScalar(dtype: DType, x: number): number {
+  switch (dtype) {
+    case "f32": return Math.fround(x);
+    case "bf16": return roundBf16(x);
+    case "f16": return roundF16(x);
+    case "bool": return x === 0 ? 0 : 1;
+    case "i64": return Math.trunc(x) + 0;
+    case "i32": return wrapInt(Math.trunc(x), 32, true);
+    case "i8": return wrapInt(Math.trunc(x), 8, true);
+    case "u8": return wrapInt(Math.trunc(x), 8, false);
+  }
+}
+function wrapInt(x: number, bits: number, signed: boolean): number {
+  const m = 2 ** bits;
+  let r = ((x % m) + m) % m;
+  if (signed && r >= m / 2) r -= m;
+  return r + 0;
+}
+
+/** The dtype an expression node produces, checking it against its operands (ShapeError if not). */
+function typeExpr(e: Expr, ts: TensorType[]): DType {
+  if (e.kind === "arg") {
+    if (e.index >= ts.length) fail(`expression reads $${e.index} but the op has ${ts.length} operand(s)`);
+    return ts[e.index].dtype;
+  }
+  if (e.kind === "lit") return e.dtype;
+  const at = e.args.map((a) => typeExpr(a, ts));
+  const want = (n: number) => at.length === n || fail(`'${e.op}' in an expression takes ${n} argument(s), got ${at.length}`);
+  if (e.op in UNARY) {
+    want(1);
+    if (e.op !== "neg" && e.op !== "abs" && !isFloat(at[0])) fail(`'${e.op}' needs a float argument, got ${at[0]}`);
+    if (at[0] !== e.dtype) fail(`'${e.op}:${e.dtype}' of a ${at[0]} argument`);
+  } else if (e.op in BINARY || e.op in COMPARE) {
+    want(2);
+    if (at[0] !== at[1]) fail(`'${e.op}' of ${at[0]} and ${at[1]}`);
+    const r = e.op in COMPARE ? "bool" : at[0];
+    if (r !== e.dtype) fail(`'${e.op}:${e.dtype}' gives ${r}`);
+  } else if (e.op === "where") {
+    want(3);
+    if (at[0] !== "bool" || at[1] !== at[2] || at[1] !== e.dtype) fail(`'where:${e.dtype}' of ${at.join(", ")}`);
+  } else if (e.op === "cast") want(1);
+  else fail(`'${e.op}' cannot appear in an elementwise expression`);
+  return e.dtype;
+}
+
+/** Evaluates an expression for one element; `arg(k)` reads operand k there. */
+function evalExpr(e: Expr, arg: (k: number) => number): number {
+  if (e.kind === "arg") return arg(e.index);
+  if (e.kind === "lit") return roundScalar(e.dtype, e.value);
+  const v = e.args.map((a) => evalExpr(a, arg));
+  let r: number;
+  if (e.op in UNARY) r = UNARY[e.op](v[0]);
+  else if (e.op in COMPARE) r = COMPARE[e.op](v[0], v[1]) ? 1 : 0;
+  else if (e.op === "div" && !isFloat(e.dtype)) r = Math.trunc(v[0] / v[1]);
+  else if (e.op in BINARY) r = BINARY[e.op](v[0], v[1]);
+  else if (e.op === "where") r = v[0] ? v[1] : v[2];
+  else r = !isFloat(e.dtype) && e.dtype !== "bool" ? Math.trunc(v[0]) : v[0]; // cast
+  return roundScalar(e.dtype, r);
+}
+
+const exprCache = new Map<string, Expr>();
+function exprOf(a: Attrs): Expr {
+  const text = a.expr as string;
+  let e = exprCache.get(text);
+  if (!e) {
+    try {
+      e = parseExpr(text);
+    } catch (err) {
+      return fail(`bad expression: ${(err as Error).message}`);
+    }
+    exprCache.set(text, e);
+  }
+  return e;
+}
+
+def({
+  name: "elementwise",
+  arity: [1, Infinity],
+  attrs: { expr: { kind: "string" } },
+  infer: (ts, a) => {
+    const e = exprOf(a);
+    if (e.kind === "arg") fail("an elementwise expression must compute something");
+    const dtype = typeExpr(e, ts);
+    const used = exprArgs(e);
+    ts.forEach((_t, k) => used.has(k) || fail(`operand $${k} is not used by the expression`));
+    return { dtype, shape: broadcastShapes(ts.map((t) => t.shape)) };
+  },
+  eval: (xs, a, out) => {
+    const e = exprOf(a);
+    const y = alloc(out.dtype, out.shape);
+    const maps = xs.map((x) => broadcastIndex(x.shape, out.shape));
+    let k = 0;
+    const arg = (j: number): number => xs[j].data[maps[j] ? maps[j]![k] : k];
+    for (; k < y.data.length; k++) y.data[k] = evalExpr(e, arg);
     return y;
   },
 });

@@ -2,11 +2,14 @@
 
 import { csePass } from "./cse.js";
 import { dcePass } from "./dce.js";
+import { fuseElementwisePass } from "./fuse-elementwise.js";
 import { registerPass } from "./manager.js";
 
 export * from "./manager.js";
 export { dce, dcePass } from "./dce.js";
 export { cse, csePass } from "./cse.js";
+export { fuseElementwise, fuseElementwisePass } from "./fuse-elementwise.js";
 
 registerPass(dcePass);
 registerPass(csePass);
+registerPass(fuseElementwisePass);
