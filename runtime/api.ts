@@ -16,6 +16,7 @@ import { bf16BitsToF32, f16BitsToF32 } from "../compiler/ir/numeric.js";
 import type { SamplingOptions } from "./sampling.js";
 import { generateTokens, validateSamplingOptions } from "./sampling.js";
 import { openCheckpoint } from "./safetensors.js";
+import { TextStreamer, Tokenizer } from "./tokenizer.js";
 import { checkWeights } from "./weights.js";
 
 // ---------------------------------------------------------------- the native binding
@@ -68,19 +69,6 @@ function native<T>(p: Promise<T>, where?: string): Promise<T> {
   });
 }
 
-// ---------------------------------------------------------------- tokenizer (optional)
-
-export interface TokenizerLike {
-  encode(text: string): number[];
-  decode(ids: number[]): string;
-  eosTokenIds: number[];
-}
-
-async function loadTokenizer(dir: string): Promise<TokenizerLike | undefined> {
-  if (!existsSync(join(dir, "tokenizer.json"))) return undefined;
-  const { Tokenizer } = await import("./tokenizer.js");
-  return (await Tokenizer.fromCheckpoint(dir)) as TokenizerLike | undefined;
-}
 
 // ---------------------------------------------------------------- Model
 
@@ -130,7 +118,8 @@ export class Model implements AsyncDisposable {
     readonly manifest: Manifest,
     private readonly art: NativeArtifact,
     private readonly weights: DeviceTensor[],
-    readonly tokenizer: TokenizerLike | undefined,
+    readonly tokenizer: Tokenizer | undefined,
+    readonly checkpoint: string,
   ) {}
 
   /** Loads an artifact and the weights of a Hugging Face checkpoint onto its target. */
@@ -153,8 +142,10 @@ export class Model implements AsyncDisposable {
         return { file: ckpt.fileOf(w.name), offset: info.byteOffset, count: info.shape.reduce((a, c) => a * c, 1), src: ABI_DTYPE[info.dtype], dst: ABI_DTYPE[w.dtype as DType], name: w.name };
       });
       const weights = await native(art.loadWeights(jobs, o.onProgress), o.checkpoint);
-      const tokenizer = await loadTokenizer(o.checkpoint);
-      return new Model(dir, manifest, art, weights, tokenizer);
+      const tokenizer = await Tokenizer.fromCheckpoint(o.checkpoint);
+      if (tokenizer && manifest.model.config && typeof manifest.model.config.vocab_size === "number" && tokenizer.vocabSize > manifest.model.config.vocab_size)
+        throw new KilnError("E_CONFIG", `tokenizer.json has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${manifest.model.config.vocab_size}`, { where: o.checkpoint });
+      return new Model(dir, manifest, art, weights, tokenizer, o.checkpoint);
     } finally {
       ckpt.close();
     }
@@ -246,11 +237,10 @@ export class Model implements AsyncDisposable {
   async *generate(prompt: string | readonly number[], options: SamplingOptions = {}): AsyncGenerator<GeneratedToken, { reason: string; tokens: number[] }> {
     let ids: number[];
     if (typeof prompt === "string") {
-      if (!this.tokenizer) throw new KilnError("E_USAGE", "this checkpoint has no tokenizer.json: pass token ids instead of text", { where: this.dir });
+      if (!this.tokenizer) throw new KilnError("E_USAGE", "this checkpoint has no tokenizer.json: pass token ids instead of text", { where: this.checkpoint });
       ids = this.tokenizer.encode(prompt);
     } else ids = [...prompt];
     const opts = { ...options, stopTokens: options.stopTokens ?? this.tokenizer?.eosTokenIds };
-    validateSamplingOptions(opts);
     let cache: Map<string, unknown> = this.emptyCache(1);
     let past = 0;
     const freeCache = () => {
@@ -267,13 +257,17 @@ export class Model implements AsyncDisposable {
         const V = logits.shape[2];
         return all.subarray((fresh.length - 1) * V, fresh.length * V);
       });
-    const decoder = this.tokenizer ? new IncrementalText(this.tokenizer) : undefined;
+    const decoder = this.tokenizer ? new TextStreamer(this.tokenizer, { skipSpecialTokens: true }) : undefined;
+    const maxNew = validateSamplingOptions(opts).maxNewTokens;
     const gen = generateTokens((fresh) => step(fresh), ids, opts);
     try {
       for (;;) {
         const r = await gen.next();
         if (r.done) return r.value;
-        yield { id: r.value.id, index: r.value.index, text: decoder?.push(r.value.id) };
+        const { id, index } = r.value;
+        // the last token (by count or a stop token) also flushes text the streamer held back
+        const last = index === maxNew - 1 || (opts.stopTokens ?? []).includes(id);
+        yield { id, index, text: decoder ? decoder.push(id) + (last ? decoder.end() : "") : undefined };
       }
     } finally {
       await this.queue;
@@ -291,21 +285,6 @@ export class Model implements AsyncDisposable {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.dispose();
-  }
-}
-
-/** Text deltas from a stream of ids: decode everything so far, emit the new suffix once it is not a partial character. */
-class IncrementalText {
-  private ids: number[] = [];
-  private emitted = "";
-  constructor(private readonly tok: TokenizerLike) {}
-  push(id: number): string {
-    this.ids.push(id);
-    const text = this.tok.decode(this.ids);
-    if (text.endsWith("\uFFFD") || !text.startsWith(this.emitted)) return "";
-    const delta = text.slice(this.emitted.length);
-    this.emitted = text;
-    return delta;
   }
 }
 

@@ -79,20 +79,23 @@ describe("kiln ir", () => {
   });
 });
 
-test("kiln demo writes a checkpoint, traces, loads and generates", async () => {
+test("kiln demo writes a checkpoint, compiles, loads and generates text", async () => {
   const dir = join(mkdtempSync(join(tmpdir(), "kiln-demo-")), "ckpt");
   try {
-    const r = await run("demo", "--out", dir, "--tokens", "5");
+    const r = await run("demo", "--out", dir, "--tokens", "5", "--cache-dir", join(dir, "..", "cache"));
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("text form round-trips: yes");
-    const line = r.stdout.split("\n").find((l) => /^\s+(\d+ ){5}$/.test(l));
+    expect(r.stdout).toContain("reference interpreter gives the same tokens: yes");
+    expect(r.stdout).toContain('"Once upon a time" →');
+    const line = r.stdout.split("\n").find((l) => /token ids: \[\d+(, \d+){4}\]/.test(l));
     expect(line).toBeDefined();
     const ckpt = openCheckpoint(dir);
     expect(ckpt.names()).toContain("model.layers.1.self_attn.k_proj.weight");
     ckpt.close();
     // the same seed gives the same tokens
-    const again = await run("demo", "--out", dir, "--tokens", "5");
-    expect(again.stdout.split("\n").find((l) => /^\s+(\d+ ){5}$/.test(l))).toBe(line);
+    const again = await run("demo", "--out", dir, "--tokens", "5", "--cache-dir", join(dir, "..", "cache"));
+    expect(again.stderr).toContain("cache hit");
+    expect(again.stdout.split("\n").find((l) => /token ids: /.test(l))).toBe(line);
   } finally {
     rmSync(join(dir, ".."), { recursive: true, force: true });
   }

@@ -346,6 +346,24 @@ describe("the interpreter's checks", () => {
   });
 });
 
+describe("elementwise (fused chains)", () => {
+  test("evaluates its expression with broadcasting and per-node rounding", () => {
+    const g = parse(`graph g {
+  input %x: f32[2, 3]
+  input %s: f32[2, 1]
+  %0: bf16[2, 3] = elementwise(%x, %s) {expr = "(cast:bf16 (add:f32 (mul:f32 $0 $1) (full:f32 0.5)))"}
+  %1: bool[2, 3] = elementwise(%0) {expr = "(greater:bool $0 (full:bf16 1))"}
+  output y = %0
+  output z = %1
+}`);
+    for (const n of g.nodes) covered.add(n.op);
+    const out = run(g, { x: tensor("f32", [2, 3], [1, 2, 3, 1.00390625, -1, 0]), s: tensor("f32", [2, 1], [1, 1]) }, {});
+    // 1.00390625 + 0.5 = 1.50390625 rounds to bf16 1.5 (8 significant bits)
+    expect(Array.from(out.y.data)).toEqual([1.5, 2.5, 3.5, 1.5, -0.5, 0.5]);
+    expect(Array.from(out.z.data)).toEqual([1, 1, 1, 1, 0, 0]);
+  });
+});
+
 describe("coverage", () => {
   test("every op in OPS has a reference rule and a hand-computed case in this file", () => {
     for (const [name, d] of OPS) {

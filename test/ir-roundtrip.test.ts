@@ -49,7 +49,7 @@ describe("text form round trip", () => {
         for (const k of Object.keys(n.attrs)) kinds.add(OPS.get(n.op)!.attrs[k].kind);
       }
     expect([...OPS.keys()].filter((op) => !seen.has(op))).toEqual([]);
-    expect([...kinds].sort()).toEqual(["bool", "dim", "dims", "dtype", "float", "floats", "int", "ints"]);
+    expect([...kinds].sort()).toEqual(["bool", "dim", "dims", "dtype", "float", "floats", "int", "ints", "string"]);
   });
 
   test("special floats, compound dims, quoted names and locations read back exactly", () => {

@@ -3,7 +3,7 @@
 // for the best target present (cuda with a GPU, else cpu), loads it through the Node API and
 // generates greedily; on the cpu target it also checks the tokens against the interpreter.
 
-import { mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { traceModel } from "../dsl/model.js";
@@ -14,6 +14,8 @@ import { modelFor } from "../../models/index.js";
 import { openCheckpoint, writeSafetensors } from "../../runtime/safetensors.js";
 import { bindWeights } from "../../runtime/weights.js";
 import { $ } from "zx";
+import { fileURLToPath } from "node:url";
+import { Tokenizer } from "../../runtime/tokenizer.js";
 import { compile } from "../codegen/compile.js";
 import type { Target } from "../codegen/emit.js";
 import { loadModel } from "../../runtime/api.js";
@@ -29,6 +31,8 @@ export interface DemoOptions {
   /** where progress bars go (default: log) */
   progress?: (s: string) => void;
 }
+
+const DEMO_TOKENIZER = fileURLToPath(new URL("../../test/fixtures/tokenizer/bytelevel/", import.meta.url));
 
 export const DEMO_CONFIG = {
   architectures: ["LlamaForCausalLM"], model_type: "llama", vocab_size: 256, hidden_size: 64, intermediate_size: 128,
@@ -60,8 +64,11 @@ export async function cudaAvailable(): Promise<boolean> {
 
 export async function demo(o: DemoOptions): Promise<number[]> {
   const dir = o.out ?? join(tmpdir(), "kiln-demo");
-  const cfgDef = modelFor(DEMO_CONFIG);
-  const graph0 = traceModel(cfgDef, cfgDef.fromHF(DEMO_CONFIG));
+  // a real Hugging Face tokenizer (byte-level BPE, trained by scripts/hf-tokenizer-fixture.py), so the demo streams text
+  const tokenizer = await Tokenizer.fromFile(join(DEMO_TOKENIZER, "tokenizer.json"));
+  const config = { ...DEMO_CONFIG, vocab_size: tokenizer.vocabSize };
+  const cfgDef = modelFor(config);
+  const graph0 = traceModel(cfgDef, cfgDef.fromHF(config));
 
   // 1. a random checkpoint: linears N(0, 1/fan_in), embeddings N(0, 1), norm weights 1 + 0.2·N(0, 1)
   const randn = normals(o.seed);
@@ -78,7 +85,8 @@ export async function demo(o: DemoOptions): Promise<number[]> {
   const staging = `${dir}.tmp-${process.pid}`;
   rmSync(staging, { recursive: true, force: true });
   mkdirSync(staging, { recursive: true });
-  writeFileSync(join(staging, "config.json"), `${JSON.stringify(DEMO_CONFIG, null, 2)}\n`);
+  writeFileSync(join(staging, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) copyFileSync(join(DEMO_TOKENIZER, f), join(staging, f));
   writeSafetensors(join(staging, "model.safetensors"), tensors, { format: "pt" });
   rmSync(dir, { recursive: true, force: true });
   renameSync(staging, dir);
@@ -95,8 +103,8 @@ export async function demo(o: DemoOptions): Promise<number[]> {
     onProgress: (stage, info) => bar.update(stage === "cache-hit" ? 1 : stages.indexOf(stage) / (stages.length - 1), stage === "compile" ? (info ?? "") : stage),
   });
   bar.done(art.cached ? "(cache hit)" : `→ ${art.dir}`);
-  const text = print(art.graph);
-  const roundTrips = print(parse(text)) === text;
+  const irText = print(art.graph);
+  const roundTrips = print(parse(irText)) === irText;
   o.log(`      ${art.graph.nodes.length} ops, ${art.graph.params.length} weights; IR verified; text form round-trips: ${roundTrips ? "yes" : "NO"}\n`);
 
   // 3. load the checkpoint through the runtime
@@ -105,18 +113,20 @@ export async function demo(o: DemoOptions): Promise<number[]> {
   load.done(`${art.manifest.weights.length} tensors, ${formatBytes(art.manifest.weights.reduce((a, w) => a + (w.shape as number[]).reduce((x, y) => x * y, 1), 0) * (target === "cuda" ? 2 : 4))}`);
 
   // 4. generate, and check the tokens against the reference interpreter
-  const prompt = [1, 15, 42, 7, 99];
-  o.log(`[4/4] greedy generation on ${target}, prompt ids [${prompt.join(", ")}]\n      `);
+  const text = "Once upon a time";
+  const prompt = tokenizer.encode(text);
+  o.log(`[4/4] greedy generation on ${target} (random weights: expect gibberish)\n      ${JSON.stringify(text)} →`);
   const ids = [...prompt];
   const t0 = performance.now();
   try {
-    for await (const t of model.generate(prompt, { maxNewTokens: o.tokens })) {
+    for await (const t of model.generate(text, { maxNewTokens: o.tokens, stopTokens: [] })) {
       ids.push(t.id);
-      o.log(`${t.id} `);
+      o.log(t.text ?? "");
     }
   } finally {
     await model.dispose();
   }
+  o.log(`\n      token ids: [${ids.slice(prompt.length).join(", ")}]`);
   const secs = (performance.now() - t0) / 1000;
   o.log(`\n      ${o.tokens} tokens in ${secs.toFixed(3)} s (${(o.tokens / secs).toFixed(1)} tokens/s)\n`);
   if (target === "cpu") {

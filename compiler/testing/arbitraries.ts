@@ -15,6 +15,7 @@ import { dimAdd, dimEq, dimMul, dimProduct, dimSub, evalDim } from "../ir/dim.js
 import type { DType } from "../ir/dtype.js";
 import { DTYPES, isFloat } from "../ir/dtype.js";
 import { isKilnError, KilnError } from "../ir/errors.js";
+import { fuseElementwise } from "../passes/fuse-elementwise.js";
 import type { AttrValue, Graph, Loc, Value } from "../ir/graph.js";
 import { GraphBuilder } from "../ir/graph.js";
 import { broadcastShapes } from "../ir/ops.js";
@@ -171,6 +172,9 @@ export interface GraphOptions {
   maxElements?: number;
 }
 
+/** Ops a pass introduces rather than a step draws: "elementwise" comes from running fuse-elementwise on a drawn graph. */
+const FUSED_OPS = ["elementwise"];
+
 export const DEFAULT_SIZES: Readonly<Record<string, readonly [number, number]>> = { B: [1, 3], S: [1, 4] };
 
 /** Values of full/constant beyond the usual: every special float the text form must carry. */
@@ -193,6 +197,7 @@ interface Recipe {
   steps: Step[];
   outputs: number[];
   outName: number;
+  fuse: boolean;
 }
 
 const GRAPH_NAMES = ["g", "llama", "graph", "my model", "m.v2"];
@@ -529,7 +534,7 @@ const BUILDERS: Record<string, Builder> = {
 };
 
 /** Every op arbGraph can draw. */
-export const GRAPH_OPS: readonly string[] = Object.keys(BUILDERS);
+export const GRAPH_OPS: readonly string[] = [...Object.keys(BUILDERS), ...FUSED_OPS];
 
 function buildGraph(rc: Recipe, opts: Required<Omit<GraphOptions, "ops">> & { ops: readonly string[] }): Graph {
   const g = new Gen(GRAPH_NAMES[rc.name % GRAPH_NAMES.length], opts.dtypes[rc.dtype % opts.dtypes.length], opts.maxElements);
@@ -575,7 +580,7 @@ export function arbGraph(options: GraphOptions = {}): Arbitrary<Graph> {
     dtypes: options.dtypes ?? FLOAT_DTYPES,
     maxElements: options.maxElements ?? 256,
   };
-  const unknown = opts.ops.filter((o) => !(o in BUILDERS));
+  const unknown = opts.ops.filter((o) => !(o in BUILDERS) && !FUSED_OPS.includes(o));
   if (unknown.length || opts.ops.length === 0)
     throw new KilnError("E_USAGE", `arbGraph cannot draw op(s) ${unknown.join(", ") || "(none given)"}; it knows ${GRAPH_OPS.join(", ")}`);
   const symbols = opts.symbolic ? Object.keys(opts.sizes) : [];
@@ -595,8 +600,11 @@ export function arbGraph(options: GraphOptions = {}): Arbitrary<Graph> {
     steps: fc.array(step, { maxLength: opts.maxNodes, size: "max" }),
     outputs: fc.array(fc.nat(16), { maxLength: 2 }),
     outName: fc.nat(OUTPUT_NAMES.length - 1),
+    fuse: fc.boolean(),
   });
-  return recipe.map((rc) => buildGraph(rc, opts));
+  // with "elementwise" among the ops, half the graphs have their elementwise chains fused
+  const fuse = opts.ops.includes("elementwise");
+  return recipe.map((rc) => (fuse && rc.fuse ? fuseElementwise(buildGraph(rc, { ...opts, ops: opts.ops.filter((o) => o !== "elementwise") })) : buildGraph(rc, { ...opts, ops: opts.ops.filter((o) => o !== "elementwise") })));
 }
 
 /** A graph with everything the interpreter needs to run it. */
