@@ -6,7 +6,9 @@
 //     positions; cuBLASLt serves the M = 14 linears and the batched attention matmuls.
 // Artifacts are compiled here with nvcc into KILN_GPU_ARTIFACTS (default .kiln-cache/gpu); the
 // architecture is KILN_ARCH (default sm_90a). Set KILN_GPU_REPORT to a file to get the measured
-// errors as JSON.
+// errors as JSON. The fallback without cuBLASLt is the same suite run with KILN_NO_CUBLASLT=1 in
+// the environment of the jest process (jest sandboxes process.env: setting it inside a test does
+// not reach the artifact's getenv).
 
 import { execSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -130,24 +132,3 @@ test("an out-of-range token id reaching the artifact is a clear error, and the a
   const out = await model.forward(ids);
   expect(compare(out.logits, logits, 256).maxAbs).toBeLessThanOrEqual(1e-3);
 });
-
-test("without cuBLASLt (KILN_NO_CUBLASLT=1) the bf16 GEMMs fall back to Kiln's kernel with the same results", async () => {
-  const name = "llama-mha";
-  const { ids, logits } = reference(name);
-  await using withLt = await loadModel(arts.get(`${name}/bf16`)!.dir, { checkpoint: join(FIXTURES, name) });
-  const ref = await withLt.forward(ids);
-  // another artifact (another bound, so another library with its own statics) reads the variable
-  process.env.KILN_NO_CUBLASLT = "1";
-  try {
-    const art = await compile(join(FIXTURES, name), { target: "cuda", arch, dtype: "bf16", cacheDir, maxSeq: 48 });
-    await using model = await loadModel(art.dir, { checkpoint: join(FIXTURES, name) });
-    const out = await model.forward(ids);
-    const c = compare(out.logits, logits, 256);
-    const d = compare(out.logits, ref.logits, 256);
-    report[`${name}/bf16-no-cublaslt`] = { ...c, relToCublasLt: d.rel };
-    expect(c.rel).toBeLessThan(3e-2);
-    expect(d.rel).toBeLessThan(1e-2);
-  } finally {
-    delete process.env.KILN_NO_CUBLASLT;
-  }
-}, 300_000);

@@ -1,0 +1,711 @@
+// CUDA kernels of the cuda target: the same functions, template parameters and arguments as
+// cpu/kernels.h (host-side launchers taking device pointers), with the same semantics: compute in
+// f32 for 16-bit floats, f64 for f32 sums (accumulators of linear/matmul/softmax/reduce, as the cpu
+// twin), f64 for integers and bool (Num<T>::C), and round-to-nearest-even stores through Num<T>.
+// Every launch goes on kiln::cuda::stream() and is checked; none waits for the GPU except
+// gather, which reads back whether an index was out of range.
+//
+// Hot path: `linear` in bf16/f16 at decode (M ≤ 8 rows) is a bandwidth-bound GEMV, one warp per
+// output feature streaming its weight row with 16-byte loads; larger M goes to cuBLASLt (loaded
+// at run time, cublaslt.cuh) or, without it, a tiled SIMT GEMM.
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include "../common/kiln_types.h"
+#include "runtime.cuh"
+#include "cublaslt.cuh"
+
+namespace kiln {
+namespace cuda {
+
+enum { REDUCE_SUM = 0, REDUCE_MEAN = 1, REDUCE_MAX = 2 };
+
+// Accumulator of long sums: f64 for f32 (as the cpu target), f32 for 16-bit floats, f64 for ints.
+template <typename T> struct Acc { typedef typename Num<T>::C type; };
+template <> struct Acc<float> { typedef double type; };
+
+template <typename T> struct Is16 { static const bool value = false; };
+template <> struct Is16<bf16> { static const bool value = true; };
+template <> struct Is16<f16> { static const bool value = true; };
+template <typename T> struct LtType { static const int value = -1; };
+template <> struct LtType<bf16> { static const int value = (int)CUDA_R_16BF; };
+template <> struct LtType<f16> { static const int value = (int)CUDA_R_16F; };
+
+namespace detail {
+
+static const int kThreads = 256;
+
+static inline void launched(const char* what) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) rt::fail(KILN_ERR_DEVICE, "CUDA error %s (%s) launching the %s kernel", cudaGetErrorName(e), cudaGetErrorString(e), what);
+}
+
+// Blocks for `work` items at `per_block` a block, capped for grid-stride loops.
+static inline unsigned grid_for(int64_t work, int per_block) {
+  int64_t b = (work + per_block - 1) / per_block;
+  int sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  int64_t cap = (int64_t)sms * 16;
+  if (b > cap) b = cap;
+  if (b < 1) b = 1;
+  return (unsigned)b;
+}
+
+static inline int64_t numel(const Shape& s) {
+  int64_t n = 1;
+  for (int i = 0; i < s.rank; i++) n *= s.d[i];
+  return n;
+}
+
+static inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+// A shape with the strides of NOPS operands over it, dims of size 1 dropped and neighbours merged
+// wherever every operand is contiguous across them (so most strided ops run at rank 1–3).
+template <int NOPS>
+struct Geo {
+  int rank;
+  int64_t d[KILN_MAX_RANK];
+  int64_t s[NOPS][KILN_MAX_RANK];
+};
+
+template <int NOPS>
+static Geo<NOPS> coalesce(const Shape& shape, const int64_t* const* st) {
+  int64_t d[KILN_MAX_RANK], s[NOPS][KILN_MAX_RANK];
+  int r = 0;
+  for (int i = shape.rank - 1; i >= 0; i--) {  // innermost first
+    int64_t n = shape.d[i];
+    if (n == 1) continue;
+    if (r > 0) {
+      bool merge = true;
+      for (int o = 0; o < NOPS; o++)
+        if (st[o][i] != s[o][r - 1] * d[r - 1]) merge = false;
+      if (merge) {
+        d[r - 1] *= n;
+        continue;
+      }
+    }
+    d[r] = n;
+    for (int o = 0; o < NOPS; o++) s[o][r] = st[o][i];
+    r++;
+  }
+  Geo<NOPS> g;
+  g.rank = r;
+  for (int k = 0; k < KILN_MAX_RANK; k++) {
+    g.d[k] = k < r ? d[r - 1 - k] : 1;
+    for (int o = 0; o < NOPS; o++) g.s[o][k] = k < r ? s[o][r - 1 - k] : 0;
+  }
+  return g;
+}
+
+// Offsets of the k-th element (row-major over g) in each operand. I: the index type of the
+// division (32-bit when the element count allows it: much cheaper than 64-bit division).
+template <int NOPS, typename I>
+__device__ __forceinline__ void offsets(I k, const Geo<NOPS>& g, int64_t* off) {
+#pragma unroll
+  for (int o = 0; o < NOPS; o++) off[o] = 0;
+#pragma unroll
+  for (int i = KILN_MAX_RANK - 1; i >= 0; i--) {
+    if (i < g.rank) {
+      I d = (I)g.d[i];
+      I c = k % d;
+      k /= d;
+#pragma unroll
+      for (int o = 0; o < NOPS; o++) off[o] += (int64_t)c * g.s[o][i];
+    }
+  }
+}
+
+#define KILN_GRID_STRIDE(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (I)(n); i += (I)gridDim.x * blockDim.x)
+
+// ---------------------------------------------------------------- elementwise
+
+template <typename Op, typename T>
+__global__ void k_unary(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
+  typedef Num<T> N;
+  Op op;
+  KILN_GRID_STRIDE(int64_t, i, n) y[i] = N::store(op((typename N::C)N::load(x[i])));
+}
+
+template <typename Op, typename T, typename U>
+__global__ void k_binary_contig(const T* __restrict__ a, const T* __restrict__ b, U* __restrict__ y, int64_t n) {
+  typedef Num<T> N;
+  Op op;
+  KILN_GRID_STRIDE(int64_t, i, n) {
+    typename N::C av = N::load(a[i]), bv = N::load(b[i]);
+    y[i] = Num<U>::store((typename Num<U>::C)op(av, bv));
+  }
+}
+
+template <typename Op, typename T, typename U, typename I>
+__global__ void k_binary_strided(const T* __restrict__ a, const T* __restrict__ b, U* __restrict__ y, Geo<2> g, int64_t n) {
+  typedef Num<T> N;
+  Op op;
+  KILN_GRID_STRIDE(I, i, n) {
+    int64_t off[2];
+    offsets<2, I>(i, g, off);
+    typename N::C av = N::load(a[off[0]]), bv = N::load(b[off[1]]);
+    y[i] = Num<U>::store((typename Num<U>::C)op(av, bv));
+  }
+}
+
+template <typename T, typename I>
+__global__ void k_where(const boolean* __restrict__ c, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, Geo<3> g, int64_t n) {
+  KILN_GRID_STRIDE(I, i, n) {
+    int64_t off[3];
+    offsets<3, I>(i, g, off);
+    y[i] = c[off[0]].v ? a[off[1]] : b[off[2]];
+  }
+}
+
+template <typename T, typename U>
+__global__ void k_cast(const T* __restrict__ x, U* __restrict__ y, int64_t n) {
+  KILN_GRID_STRIDE(int64_t, i, n) {
+    double v = (double)Num<T>::load(x[i]);
+    y[i] = Num<U>::store((typename Num<U>::C)v);
+  }
+}
+
+// A fused elementwise op: the codegen writes the functor (one element per call).
+template <typename F>
+__global__ void k_for_each(const F f, int64_t n) {
+  KILN_GRID_STRIDE(int64_t, i, n) f(i);
+}
+
+template <typename T>
+__global__ void k_fill(T* __restrict__ y, T v, int64_t n) {
+  KILN_GRID_STRIDE(int64_t, i, n) y[i] = v;
+}
+
+template <typename T>
+__global__ void k_arange(T* __restrict__ y, int64_t start, int64_t n) {
+  KILN_GRID_STRIDE(int64_t, i, n) y[i] = Num<T>::store((typename Num<T>::C)(start + i));
+}
+
+template <typename T, typename I>
+__global__ void k_copy_strided(const T* __restrict__ x, T* __restrict__ y, Geo<2> g, int64_t n) {
+  KILN_GRID_STRIDE(I, i, n) {
+    int64_t off[2];
+    offsets<2, I>(i, g, off);
+    y[off[1]] = x[off[0]];
+  }
+}
+
+// ---------------------------------------------------------------- gather
+
+// Validates every index (the first bad position wins through atomicMin) and copies one row of
+// `inner` elements per block iteration, 16 bytes at a time when rows allow it.
+template <typename T, typename I, bool VEC>
+__global__ void k_gather(const T* __restrict__ x, const I* __restrict__ idx, T* __restrict__ y, int64_t outer, int64_t n, int64_t inner, int64_t m,
+                         unsigned long long* bad) {
+  KILN_GRID_STRIDE(int64_t, j, m) {
+    int64_t i = (int64_t)Num<I>::load(idx[j]);
+    if (i < 0 || i >= n) atomicMin(bad, (unsigned long long)j);
+  }
+  const int64_t rows = outer * m;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t o = r / m, j = r - o * m;
+    const int64_t i = (int64_t)Num<I>::load(idx[j]);
+    if (i < 0 || i >= n) continue;
+    const T* src = x + (o * n + i) * inner;
+    T* dst = y + r * inner;
+    if (VEC) {
+      const int64_t nv = inner * (int64_t)sizeof(T) / 16;
+      const uint4* s4 = reinterpret_cast<const uint4*>(src);
+      uint4* d4 = reinterpret_cast<uint4*>(dst);
+      for (int64_t e = threadIdx.x; e < nv; e += blockDim.x) d4[e] = s4[e];
+    } else {
+      for (int64_t e = threadIdx.x; e < inner; e += blockDim.x) dst[e] = src[e];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- GEMV (decode)
+
+// 16 bytes of weights, loaded once: no L1 allocation (each weight is read once a forward).
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+template <typename T> struct Vec;
+template <> struct Vec<bf16> {
+  static const int E = 8;
+  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+};
+template <> struct Vec<f16> {
+  static const int E = 8;
+  __device__ __forceinline__ static float h2f(uint32_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
+    return f;
+  }
+  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[2 * i] = h2f(w[i] & 0xffffu);
+      f[2 * i + 1] = h2f(w[i] >> 16);
+    }
+  }
+};
+template <> struct Vec<float> {
+  static const int E = 4;
+  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
+    f[0] = __uint_as_float(q.x);
+    f[1] = __uint_as_float(q.y);
+    f[2] = __uint_as_float(q.z);
+    f[3] = __uint_as_float(q.w);
+  }
+};
+
+template <typename T, int MR, typename A>
+__device__ __forceinline__ void gemv_dot(const uint4& q, const T* __restrict__ x, int64_t K, int64_t k0, A* acc) {
+  const int E = Vec<T>::E;
+  float wf[E];
+  Vec<T>::unpack(q, wf);
+#pragma unroll
+  for (int m = 0; m < MR; m++) {
+    uint4 xq = __ldg(reinterpret_cast<const uint4*>(x + m * K + k0));
+    float xf[E];
+    Vec<T>::unpack(xq, xf);
+#pragma unroll
+    for (int e = 0; e < E; e++) acc[m] += (A)wf[e] * (A)xf[e];
+  }
+}
+
+// y[m, row] = Σ_k x[m, k] · w[row, k] (+ bias[row]) for MR ≤ 8 rows of x: one warp per output
+// feature, blockDim/32 a block. VEC: rows 16-byte aligned (K a multiple of 16 / sizeof(T)); the
+// lanes of a warp read consecutive 16-byte pieces, U in flight per lane.
+template <typename T, int MR, bool VEC, int U = (MR == 1 ? 16 : 4)>
+__global__ void __launch_bounds__(256) k_gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y, int64_t N,
+                                               int64_t K) {
+  typedef typename Acc<T>::type A;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  A acc[MR];
+#pragma unroll
+  for (int m = 0; m < MR; m++) acc[m] = 0;
+  const T* wr = w + row * K;
+  if (VEC) {
+    const int E = Vec<T>::E;
+    const int64_t KV = K / E;
+    const uint4* w4 = reinterpret_cast<const uint4*>(wr);
+    // U loads in flight per lane, issued before the first use: each step is one memory round trip
+    // (a 4096-wide bf16 row is one step at U = 16); the tail goes in steps of 4, then singly.
+    // (A predicated tail inside the U-step needed 150 registers and halved occupancy: slower.)
+    int64_t i = lane;
+    for (; i + 32 * (U - 1) < KV; i += 32 * U) {
+      uint4 q[U];
+#pragma unroll
+      for (int u = 0; u < U; u++) q[u] = ld_stream(w4 + i + 32 * u);
+#pragma unroll
+      for (int u = 0; u < U; u++) gemv_dot<T, MR, A>(q[u], x, K, (i + 32 * u) * E, acc);
+    }
+    if (U > 4)
+      for (; i + 96 < KV; i += 128) {
+        uint4 q[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) q[u] = ld_stream(w4 + i + 32 * u);
+#pragma unroll
+        for (int u = 0; u < 4; u++) gemv_dot<T, MR, A>(q[u], x, K, (i + 32 * u) * E, acc);
+      }
+    for (; i < KV; i += 32) gemv_dot<T, MR, A>(ld_stream(w4 + i), x, K, i * E, acc);
+  } else {
+    for (int64_t k = lane; k < K; k += 32) {
+      A wv = (A)Num<T>::load(wr[k]);
+#pragma unroll
+      for (int m = 0; m < MR; m++) acc[m] += wv * (A)Num<T>::load(x[m * K + k]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MR; m++)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
+  if (lane == 0) {
+    A b = bias ? (A)Num<T>::load(bias[row]) : (A)0;
+#pragma unroll
+    for (int m = 0; m < MR; m++) y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b));
+  }
+}
+
+// ---------------------------------------------------------------- tiled GEMM (SIMT)
+
+// y[z] (M×N, row-major) = A[z] (M×K, row-major) · B[z] (+ bias[n]); B(k, n) is b[n*K + k] when
+// B_NK (linear's weight [N, K]) and b[k*N + n] otherwise (matmul's [K, N]). 64×64 tiles, 16-deep
+// k-steps through shared memory, a 4×4 micro-tile per thread (the classic register-blocked SGEMM).
+template <typename T, bool B_NK>
+__global__ void __launch_bounds__(256) k_gemm_tile(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ bias, T* __restrict__ y,
+                                                    int64_t M, int64_t N, int64_t K, Geo<2> batch, int64_t z0, int64_t mb0) {
+  typedef typename Num<T>::C S;
+  typedef typename Acc<T>::type A;
+  __shared__ S As[16][64 + 1];
+  __shared__ S Bs[16][64 + 1];
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int64_t z = z0 + blockIdx.z;
+  int64_t off[2];
+  offsets<2, uint64_t>((uint64_t)z, batch, off);
+  const T* ab = a + off[0];
+  const T* bb = b + off[1];
+  T* yb = y + z * M * N;
+  const int64_t m0 = (mb0 + blockIdx.y) * 64, n0 = (int64_t)blockIdx.x * 64;
+  A acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) acc[i][j] = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += 16) {
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      const int e = tid + 256 * r, ml = e >> 4, kl = e & 15;
+      const int64_t gm = m0 + ml, gk = k0 + kl;
+      As[kl][ml] = (gm < M && gk < K) ? (S)Num<T>::load(ab[gm * K + gk]) : (S)0;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      const int e = tid + 256 * r;
+      const int kl = B_NK ? (e & 15) : (e >> 6), nl = B_NK ? (e >> 4) : (e & 63);
+      const int64_t gn = n0 + nl, gk = k0 + kl;
+      Bs[kl][nl] = (gn < N && gk < K) ? (S)Num<T>::load(B_NK ? bb[gn * K + gk] : bb[gk * N + gn]) : (S)0;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 16; kk++) {
+      S av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) av[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; j++) bv[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] += (A)av[i] * (A)bv[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int64_t gm = m0 + ty + 16 * i;
+    if (gm >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int64_t gn = n0 + tx + 16 * j;
+      if (gn >= N) continue;
+      A v = acc[i][j];
+      if (bias) v += (A)Num<T>::load(bias[gn]);
+      yb[gm * N + gn] = Num<T>::store((typename Num<T>::C)v);
+    }
+  }
+}
+
+template <typename T, bool B_NK>
+static void gemm_tile(const T* a, const T* b, const T* bias, T* y, int64_t M, int64_t N, int64_t K, const Geo<2>& batch, int64_t nb, const char* what) {
+  const int64_t gx = (N + 63) / 64, gy = (M + 63) / 64;
+  if (gx > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "%s: N = %lld is too large for the GEMM kernel", what, (long long)N);
+  cudaStream_t s = stream();
+  for (int64_t z0 = 0; z0 < nb; z0 += 65535)
+    for (int64_t y0 = 0; y0 < gy; y0 += 65535) {
+      dim3 grid((unsigned)gx, (unsigned)(gy - y0 < 65535 ? gy - y0 : 65535), (unsigned)(nb - z0 < 65535 ? nb - z0 : 65535));
+      k_gemm_tile<T, B_NK><<<grid, 256, 0, s>>>(a, b, bias, y, M, N, K, batch, z0, y0);
+      launched(what);
+    }
+}
+
+// ---------------------------------------------------------------- softmax and reductions
+
+// The cpu target's running maximum: a NaN, once seen, stays.
+template <typename A>
+__device__ __forceinline__ A nan_max(A m, A v) {
+  return (v > m || v != v) ? v : m;
+}
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <typename A>
+__device__ __forceinline__ A warp_max(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// inner == 1: one warp per line (lines are contiguous).
+template <typename T>
+__global__ void k_softmax_rows(const T* __restrict__ x, T* __restrict__ y, int64_t lines, int64_t n) {
+  typedef Num<T> Nm;
+  typedef typename Acc<T>::type A;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t l = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); l < lines; l += warps) {
+    const T* xl = x + l * n;
+    T* yl = y + l * n;
+    A m = -INFINITY;
+    for (int64_t j = lane; j < n; j += 32) m = nan_max(m, (A)Nm::load(xl[j]));
+    m = warp_max(m);
+    A s = 0;
+    for (int64_t j = lane; j < n; j += 32) s += exp((A)Nm::load(xl[j]) - m);
+    s = warp_sum(s);
+    for (int64_t j = lane; j < n; j += 32) yl[j] = Nm::store((typename Nm::C)(exp((A)Nm::load(xl[j]) - m) / s));
+  }
+}
+
+// inner > 1: one thread per (outer, inner) line; neighbouring threads read neighbouring elements.
+template <typename T>
+__global__ void k_softmax_strided(const T* __restrict__ x, T* __restrict__ y, int64_t outer, int64_t n, int64_t inner) {
+  typedef Num<T> Nm;
+  typedef typename Acc<T>::type A;
+  KILN_GRID_STRIDE(int64_t, t, outer * inner) {
+    const int64_t o = t / inner, i = t - o * inner;
+    const T* xl = x + o * n * inner + i;
+    T* yl = y + o * n * inner + i;
+    A m = -INFINITY;
+    for (int64_t j = 0; j < n; j++) m = nan_max(m, (A)Nm::load(xl[j * inner]));
+    A s = 0;
+    for (int64_t j = 0; j < n; j++) s += exp((A)Nm::load(xl[j * inner]) - m);
+    for (int64_t j = 0; j < n; j++) yl[j * inner] = Nm::store((typename Nm::C)(exp((A)Nm::load(xl[j * inner]) - m) / s));
+  }
+}
+
+template <int KIND, typename A>
+__device__ __forceinline__ A reduce_step(A acc, A v) {
+  if (KIND == REDUCE_MAX) return (v != v || acc != acc) ? acc + v : (v > acc ? v : acc);
+  return acc + v;
+}
+
+template <int KIND, typename T>
+__global__ void k_reduce_rows(const T* __restrict__ x, T* __restrict__ y, int64_t lines, int64_t n) {
+  typedef Num<T> Nm;
+  typedef typename Acc<T>::type A;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t l = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); l < lines; l += warps) {
+    const T* xl = x + l * n;
+    A acc = KIND == REDUCE_MAX ? (A)-INFINITY : (A)0;
+    for (int64_t j = lane; j < n; j += 32) acc = reduce_step<KIND, A>(acc, (A)Nm::load(xl[j]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc = reduce_step<KIND, A>(acc, __shfl_xor_sync(0xffffffffu, acc, o));
+    if (KIND == REDUCE_MEAN) acc /= (A)n;
+    if (lane == 0) y[l] = Nm::store((typename Nm::C)acc);
+  }
+}
+
+template <int KIND, typename T>
+__global__ void k_reduce_strided(const T* __restrict__ x, T* __restrict__ y, int64_t outer, int64_t n, int64_t inner) {
+  typedef Num<T> Nm;
+  typedef typename Acc<T>::type A;
+  KILN_GRID_STRIDE(int64_t, t, outer * inner) {
+    const int64_t o = t / inner, i = t - o * inner;
+    const T* xl = x + o * n * inner + i;
+    A acc = KIND == REDUCE_MAX ? (A)-INFINITY : (A)0;
+    for (int64_t j = 0; j < n; j++) acc = reduce_step<KIND, A>(acc, (A)Nm::load(xl[j * inner]));
+    if (KIND == REDUCE_MEAN) acc /= (A)n;
+    y[t] = Nm::store((typename Nm::C)acc);
+  }
+}
+
+}  // namespace detail
+
+// ======================================================================== launchers (cpu/kernels.h)
+
+template <typename Op, typename T>
+void unary(const T* x, T* y, int64_t n) {
+  if (n <= 0) return;
+  detail::k_unary<Op, T><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, n);
+  detail::launched("unary");
+}
+
+// y = a ∘ b with broadcasting: `out` is y's shape, sa/sb the operands' strides over it (0 = broadcast).
+template <typename Op, typename T, typename U>
+void binary(const T* a, const T* b, U* y, Shape out, Strides sa, Strides sb, bool a_contig, bool b_contig) {
+  const int64_t n = detail::numel(out);
+  if (n <= 0) return;
+  const unsigned grid = detail::grid_for(n, detail::kThreads);
+  if (a_contig && b_contig) {
+    detail::k_binary_contig<Op, T, U><<<grid, detail::kThreads, 0, stream()>>>(a, b, y, n);
+  } else {
+    const int64_t* st[2] = {sa.s, sb.s};
+    detail::Geo<2> g = detail::coalesce<2>(out, st);
+    if (n <= 0x7fffffffLL) detail::k_binary_strided<Op, T, U, uint32_t><<<grid, detail::kThreads, 0, stream()>>>(a, b, y, g, n);
+    else detail::k_binary_strided<Op, T, U, uint64_t><<<grid, detail::kThreads, 0, stream()>>>(a, b, y, g, n);
+  }
+  detail::launched("binary");
+}
+
+template <typename T>
+void where(const boolean* c, const T* a, const T* b, T* y, Shape out, Strides sc, Strides sa, Strides sb) {
+  const int64_t n = detail::numel(out);
+  if (n <= 0) return;
+  const int64_t* st[3] = {sc.s, sa.s, sb.s};
+  detail::Geo<3> g = detail::coalesce<3>(out, st);
+  const unsigned grid = detail::grid_for(n, detail::kThreads);
+  if (n <= 0x7fffffffLL) detail::k_where<T, uint32_t><<<grid, detail::kThreads, 0, stream()>>>(c, a, b, y, g, n);
+  else detail::k_where<T, uint64_t><<<grid, detail::kThreads, 0, stream()>>>(c, a, b, y, g, n);
+  detail::launched("where");
+}
+
+template <typename T, typename U>
+void cast(const T* x, U* y, int64_t n) {
+  if (n <= 0) return;
+  detail::k_cast<T, U><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, n);
+  detail::launched("cast");
+}
+
+template <typename T>
+void fill(T* y, double v, int64_t n) {
+  if (n <= 0) return;
+  const T t = Num<T>::store((typename Num<T>::C)v);
+  detail::k_fill<T><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(y, t, n);
+  detail::launched("fill");
+}
+
+template <typename T>
+void arange(T* y, int64_t start, int64_t n) {
+  if (n <= 0) return;
+  detail::k_arange<T><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(y, start, n);
+  detail::launched("arange");
+}
+
+// y (strides sy) = x (strides sx) over `shape`: transpose, expand, slice and concat are all this.
+template <typename T>
+void copy_strided(const T* x, T* y, Shape shape, Strides sx, Strides sy) {
+  const int64_t n = detail::numel(shape);
+  if (n <= 0) return;
+  const int64_t* st[2] = {sx.s, sy.s};
+  detail::Geo<2> g = detail::coalesce<2>(shape, st);
+  if (g.rank == 0 || (g.rank == 1 && g.s[0][0] == 1 && g.s[1][0] == 1)) {
+    rt::check(cudaMemcpyAsync(y, x, (size_t)n * sizeof(T), cudaMemcpyDeviceToDevice, stream()), "cudaMemcpyAsync (copy_strided)");
+    return;
+  }
+  const unsigned grid = detail::grid_for(n, detail::kThreads);
+  if (n <= 0x7fffffffLL) detail::k_copy_strided<T, uint32_t><<<grid, detail::kThreads, 0, stream()>>>(x, y, g, n);
+  else detail::k_copy_strided<T, uint64_t><<<grid, detail::kThreads, 0, stream()>>>(x, y, g, n);
+  detail::launched("copy_strided");
+}
+
+// y[b] = a[b] · w[b] for every batch index b of `batch` (sa/sb: each operand's matrix strides over it).
+template <typename T>
+void matmul(const T* a, const T* w, T* y, Shape batch, Strides sa, Strides sb, int64_t M, int64_t N, int64_t K) {
+  const int64_t nb = detail::numel(batch);
+  if (nb <= 0 || M <= 0 || N <= 0) return;
+  Strides sy;
+  int64_t acc = M * N;
+  for (int i = KILN_MAX_RANK - 1; i >= 0; i--) {
+    sy.s[i] = i < batch.rank ? acc : 0;
+    if (i < batch.rank) acc *= batch.d[i];
+  }
+  if (Is16<T>::value && K > 0) {
+    // one strided batch when the batch dims collapse to one stride per operand
+    const int64_t* st3[3] = {sa.s, sb.s, sy.s};
+    detail::Geo<3> g3 = detail::coalesce<3>(batch, st3);
+    if (g3.rank <= 1) {
+      const int64_t bsa = g3.rank ? g3.s[0][0] : 0, bsb = g3.rank ? g3.s[1][0] : 0, bsy = g3.rank ? g3.s[2][0] : M * N;
+      // column-major view: yᵀ[N×M] = wᵀ[N×K] · aᵀ[K×M]
+      if (lt::gemm(LtType<T>::value, false, false, N, M, K, w, N, bsb, a, K, bsa, y, N, bsy, nb, nullptr, "matmul")) return;
+    }
+  }
+  const int64_t* st[2] = {sa.s, sb.s};
+  detail::Geo<2> g = detail::coalesce<2>(batch, st);
+  detail::gemm_tile<T, false>(a, w, nullptr, y, M, N, K, g, nb, "matmul");
+}
+
+// y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]): torch.nn.Linear with W [out, in].
+template <typename T>
+void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+  if (M <= 0 || N <= 0) return;
+  // GEMV: M = 1 always (it beats cuBLASLt there: 2.65 vs 2.33 TB/s on 4096→11008, H100), and up to
+  // M = 8 where cuBLASLt is not there (f32, or no library); cuBLASLt is ahead from M = 2 on
+  if (M == 1 || (M <= 8 && !(Is16<T>::value && K > 0 && lt::available()))) {
+    const bool vec = (K % detail::Vec<T>::E == 0) && detail::aligned16(x) && detail::aligned16(w);
+    const int64_t blocks = (N + 7) / 8;
+    if (blocks > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "linear: N = %lld is too large", (long long)N);
+    cudaStream_t s = stream();
+#define KILN_GEMV_CASE(MR)                                                                                           \
+  case MR:                                                                                                           \
+    if (vec) detail::k_gemv<T, MR, true><<<(unsigned)blocks, 256, 0, s>>>(x, w, bias, y, N, K);                     \
+    else detail::k_gemv<T, MR, false><<<(unsigned)blocks, 256, 0, s>>>(x, w, bias, y, N, K);                        \
+    break;
+    switch (M) {
+      KILN_GEMV_CASE(1)
+      KILN_GEMV_CASE(2)
+      KILN_GEMV_CASE(3)
+      KILN_GEMV_CASE(4)
+      KILN_GEMV_CASE(5)
+      KILN_GEMV_CASE(6)
+      KILN_GEMV_CASE(7)
+      KILN_GEMV_CASE(8)
+    }
+#undef KILN_GEMV_CASE
+    detail::launched("linear (GEMV)");
+    return;
+  }
+  // column-major view: yᵀ[N×M] = W[N×K] · xᵀ[K×M], W stored K×N (transposed)
+  if (Is16<T>::value && K > 0 && lt::gemm(LtType<T>::value, true, false, N, M, K, w, K, 0, x, K, 0, y, N, 0, 1, bias, "linear")) return;
+  detail::Geo<2> none;
+  none.rank = 0;
+  for (int i = 0; i < KILN_MAX_RANK; i++) {
+    none.d[i] = 1;
+    none.s[0][i] = none.s[1][i] = 0;
+  }
+  detail::gemm_tile<T, true>(x, w, bias, y, M, N, K, none, 1, "linear");
+}
+
+// softmax along an axis of length n; `inner` elements separate neighbours along it.
+template <typename T>
+void softmax(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
+  if (outer <= 0 || n <= 0 || inner <= 0) return;
+  if (inner == 1) detail::k_softmax_rows<T><<<detail::grid_for(outer * 32, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, outer, n);
+  else detail::k_softmax_strided<T><<<detail::grid_for(outer * inner, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, outer, n, inner);
+  detail::launched("softmax");
+}
+
+template <int KIND, typename T>
+void reduce(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
+  if (outer <= 0 || inner <= 0) return;
+  if (inner == 1) detail::k_reduce_rows<KIND, T><<<detail::grid_for(outer * 32, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, outer, n);
+  else detail::k_reduce_strided<KIND, T><<<detail::grid_for(outer * inner, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, outer, n, inner);
+  detail::launched("reduce");
+}
+
+// y[o, j, :] = x[o, idx[j], :]; returns the position of the first out-of-range index, or -1.
+// The check runs in the kernel; the host waits for its one flag (gather starts a forward, when
+// the stream holds little else).
+template <typename T, typename I>
+int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t inner, int64_t m) {
+  if (m <= 0) return -1;
+  rt::CudaState& s = rt::state();
+  cudaStream_t st = stream();
+  rt::check(cudaMemsetAsync(s.flag_dev, 0xff, sizeof(unsigned long long), st), "cudaMemsetAsync (gather flag)");
+  const int64_t rows = outer * inner > 0 ? outer * m : 0;
+  const int64_t work = rows > (m + detail::kThreads - 1) / detail::kThreads ? rows : (m + detail::kThreads - 1) / detail::kThreads;
+  const unsigned grid = detail::grid_for(work, 1);
+  const bool vec = ((inner * (int64_t)sizeof(T)) % 16 == 0) && detail::aligned16(x) && detail::aligned16(y);
+  if (vec) detail::k_gather<T, I, true><<<grid, detail::kThreads, 0, st>>>(x, idx, y, rows ? outer : 0, n, inner, m, s.flag_dev);
+  else detail::k_gather<T, I, false><<<grid, detail::kThreads, 0, st>>>(x, idx, y, rows ? outer : 0, n, inner, m, s.flag_dev);
+  detail::launched("gather");
+  rt::check(cudaMemcpyAsync(s.flag_host, s.flag_dev, sizeof(unsigned long long), cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync (gather flag)");
+  rt::check(cudaStreamSynchronize(st), "cudaStreamSynchronize (gather)");
+  const unsigned long long bad = *s.flag_host;
+  return bad == ~0ULL ? -1 : (int64_t)bad;
+}
+
+// Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).
+template <typename F>
+void for_each(const F& f, int64_t n) {
+  if (n <= 0) return;
+  detail::k_for_each<F><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(f, n);
+  detail::launched("fused elementwise");
+}
+
+}  // namespace cuda
+}  // namespace kiln
