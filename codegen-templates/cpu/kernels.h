@@ -164,9 +164,10 @@ void reduce(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
 }
 
 // y[o, j, :] = x[o, idx[j], :]; returns the position of the first out-of-range index, or -1.
+// `check` is false when the indices are a constant the compiler already checked.
 template <typename T, typename I>
-int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t inner, int64_t m) {
-  for (int64_t j = 0; j < m; j++) {
+int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t inner, int64_t m, bool check) {
+  for (int64_t j = 0; check && j < m; j++) {
     int64_t i = (int64_t)Num<I>::load(idx[j]);
     if (i < 0 || i >= n) return j;
   }

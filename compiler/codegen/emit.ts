@@ -78,6 +78,8 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   const weights: string[] = [];
   const consts: string[] = [];
   const kernels: string[] = [];
+  // values of constant nodes, seen through reshapes (gather skips run-time checks of these)
+  const constants = new Map<number, number[]>();
   const body: string[] = [];
 
   // inputs: check dtype and rank, bind bare symbols, then check every dim
@@ -127,13 +129,17 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     const where = `${printNode(n, ref).split(" loc(")[0]}${n.loc ? ` at ${locString(n.loc)}` : ""}`;
     body.push(`  // ${printNode(n, ref)}`);
     if (n.op === "reshape") {
+      const c = constants.get(n.operands[0].id);
+      if (c) constants.set(n.result.id, c);
       body.push(`  ${T}* ${y} = ${name.get(n.operands[0].id)};`);
       return;
     }
     if (n.op === "constant") {
       if (!["f32", "i64", "i32", "i8", "u8"].includes(n.result.dtype))
         throw new KilnError("E_BUILD", `constant of dtype ${n.result.dtype} is not supported by codegen yet (${where})`);
-      const vals = (n.attrs.values as number[]).map(fmtDouble);
+      constants.set(n.result.id, n.attrs.values as number[]);
+      const isInt = !["f32", "f16", "bf16"].includes(n.result.dtype);
+      const vals = (n.attrs.values as number[]).map((v) => (isInt ? `${Math.trunc(v)}LL` : fmtDouble(v)));
       consts.push(`static const ${T} c${n.result.id}[] = {${n.result.dtype === "f32" ? vals.map((v) => (/^-?(NAN|INFINITY)$/.test(v) ? v : `${v}f`)).join(", ") : vals.join(", ")}};`);
       body.push(`  ${T}* ${y} = (${T}*)rt::constant(${n.result.id}, c${n.result.id}, sizeof(c${n.result.id}));`);
       return;
@@ -143,7 +149,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       const { functor, call } = emitElementwise(n, name);
       kernels.push(functor);
       body.push(`  ${call}`);
-    } else body.push(...emitOp(n, name, where).map((l) => `  ${l}`));
+    } else body.push(...emitOp(n, name, where, constants).map((l) => `  ${l}`));
     // free operands whose buffers die here
     const freed = new Set<number>();
     for (const x of n.operands) {
@@ -257,7 +263,7 @@ function emitElementwise(n: Node, name: Map<number, string>): { functor: string;
 }
 
 /** The kernel call(s) of one op writing into its fresh buffer `v<id>`. */
-function emitOp(n: Node, name: Map<number, string>, where: string): string[] {
+function emitOp(n: Node, name: Map<number, string>, where: string, constants: Map<number, number[]>): string[] {
   const y = `v${n.result.id}`;
   const out = n.result.shape;
   const xs = n.operands.map((v) => name.get(v.id)!);
@@ -354,8 +360,16 @@ function emitOp(n: Node, name: Map<number, string>, where: string): string[] {
       const [x, idx] = n.operands;
       const ax = axisOf(x.shape.length);
       const n0 = cdim(x.shape[ax]);
+      // constant indices are checked here, once, instead of on every run
+      const known = constants.get(idx.id);
+      const len = x.shape[ax];
+      if (known && typeof len === "number") {
+        const bad = known.findIndex((i) => !(Number.isInteger(i) && i >= 0 && i < len));
+        if (bad >= 0) throw new KilnError("E_BUILD", `${where}: constant index ${known[bad]} at position ${bad} is out of range [0, ${len})`);
+      }
+      const check = known && typeof len === "number" ? "false" : "true";
       return [
-        `{ int64_t bad = K::gather<${T}, ${CTYPE[idx.dtype]}>(${xs[0]}, ${xs[1]}, ${y}, ${cprod(x.shape.slice(0, ax))}, ${n0}, ${cprod(x.shape.slice(ax + 1))}, ${cprod(idx.shape)});`,
+        `{ int64_t bad = K::gather<${T}, ${CTYPE[idx.dtype]}>(${xs[0]}, ${xs[1]}, ${y}, ${cprod(x.shape.slice(0, ax))}, ${n0}, ${cprod(x.shape.slice(ax + 1))}, ${cprod(idx.shape)}, ${check});`,
         `  if (bad >= 0) rt::fail(KILN_ERR_INVALID, "%s: index %lld at position %lld is out of range [0, %lld)", ${cstr(where)}, (long long)rt::read_index(${xs[1]}, bad), (long long)bad, (long long)${n0}); }`,
       ];
     }

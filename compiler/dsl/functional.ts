@@ -4,7 +4,7 @@
 import type { Dim } from "../ir/dim.js";
 import type { DType } from "../ir/dtype.js";
 import { positions } from "./cache.js";
-import { arange, emit, full, Tensor } from "./tensor.js";
+import { arange, constant, emit, full, Tensor } from "./tensor.js";
 
 export const matmul = (a: Tensor, b: Tensor): Tensor => a.matmul(b);
 export const softmax = (x: Tensor, axis: number): Tensor => x.softmax(axis);
@@ -28,12 +28,17 @@ export function causalMask(S: Dim, dtype: DType = "f32"): Tensor {
   return where(j.gt(i), full([], -Infinity, dtype), full([], 0, dtype));
 }
 
-/** rotate_half of RoPE (Su et al., 2021), the "half-split" layout Llama checkpoints use: [x1, x2] -> [−x2, x1]. */
+/**
+ * rotate_half of RoPE (Su et al., 2021), the "half-split" layout Llama checkpoints use:
+ * [x1, x2] -> [−x2, x1]. Written as one gather of the last axis by a constant permutation times a
+ * constant sign, which is the same arithmetic as slice/neg/concat (·(−1) is exact) in one kernel.
+ */
 export function rotateHalf(x: Tensor): Tensor {
   const d = x.size(-1) as number;
-  const x1 = x.slice(-1, 0, d / 2);
-  const x2 = x.slice(-1, d / 2, d);
-  return concat([x2.neg(), x1], -1);
+  const h = d / 2;
+  const perm = constant([...Array(d).keys()].map((i) => (i < h ? i + h : i - h)), [d], "i64");
+  const sign = constant([...Array(d).keys()].map((i) => (i < h ? -1 : 1)), [d]).to(x.dtype);
+  return gather(x, perm, -1).mul(sign);
 }
 
 export function applyRotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {

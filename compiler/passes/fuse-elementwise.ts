@@ -1,8 +1,9 @@
 // fuse-elementwise — chains of elementwise ops become one `elementwise` op (one kernel).
 // Matches: unary and binary arithmetic, comparisons, where, cast, and scalar `full` constants,
 //   whose result feeds exactly one other elementwise op of the chain and is not a graph output.
-//   A value with several users (or an output) ends a chain: it is computed once and read as an
-//   operand, never recomputed.
+//   A value with several users (or an output) ends a chain and is computed once and read as an
+//   operand, with one exception: a single op over real operands whose every user (at most 4) is
+//   a chain is recomputed inside each of them (cheaper than a kernel that stores it).
 // Guarantees: bit-identical results. The expression keeps every intermediate dtype, and the
 //   interpreter and the targets round each intermediate to it, as the unfused ops stored it.
 //   Operands broadcast to the fused op's shape exactly as they did through the chain (numpy
@@ -32,11 +33,19 @@ export function fuseElementwise(g: Graph, explain: (msg: string) => void = () =>
   const def = new Map<number, Node>(g.nodes.map((n) => [n.result.id, n]));
   // a node is absorbed into its single user when both are fusable and it is not an output
   const absorbed = new Set<number>();
+  const intoChain = (u: Node): boolean => fusable(u) && !isScalarFull(u);
   const inlinable = (v: Value): boolean => {
     const n = def.get(v.id);
     if (!n || !fusable(n) || outputs.has(v.id)) return false;
     const us = uses.get(v.id) ?? [];
-    return us.length === 1 && fusable(us[0]) && !isScalarFull(us[0]);
+    if (us.length === 1) return intoChain(us[0]);
+    // a one-op node read by a few chains (RMSNorm's x.float()) is recomputed in each of them
+    // rather than stored and re-read: it needs a real operand, and no chain below it
+    return (
+      !isScalarFull(n) && us.length <= 4 && us.every(intoChain) &&
+      n.operands.every((o) => !absorbed.has(o.id)) &&
+      n.operands.some((o) => !isScalarFull(def.get(o.id) ?? ({ op: "", attrs: {} } as unknown as Node)))
+    );
   };
 
   const b = GraphBuilder.from(g); // fresh ids after every existing value
