@@ -615,7 +615,9 @@ void matmul(const T* a, const T* w, T* y, Shape batch, Strides sa, Strides sb, i
     sy.s[i] = i < batch.rank ? acc : 0;
     if (i < batch.rank) acc *= batch.d[i];
   }
-  if (Is16<T>::value && K > 0) {
+  // decode attention (M = 1 query row per head) changes shape every step (K or N = P + 1): a
+  // cuBLASLt plan per shape would cost a heuristic query per step; the tiled kernel needs none
+  if (Is16<T>::value && K > 0 && M > 8) {
     // one strided batch when the batch dims collapse to one stride per operand
     const int64_t* st3[3] = {sa.s, sb.s, sy.s};
     detail::Geo<3> g3 = detail::coalesce<3>(batch, st3);
