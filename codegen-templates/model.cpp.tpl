@@ -13,6 +13,7 @@ namespace rt = kiln::rt;
 {{KERNELS}}
 
 static void forward_body(void* const* w, const kiln_tensor* in, kiln_tensor* out) {
+  rt::begin("forward");
   // ---- inputs: dtypes, ranks, and the symbolic dims they bind
 {{BIND}}
   // ---- weights

@@ -20,6 +20,7 @@ static void* constant(int id, const void* data, int64_t bytes) {
   (void)id; (void)bytes;
   return const_cast<void*>(data);
 }
+static void begin(const char* what) { (void)what; }
 static void finish(const char* what) { (void)what; }
 static void copy(void* dst, const void* src, int64_t bytes) { memcpy(dst, src, (size_t)bytes); }
 template <typename I>

@@ -617,7 +617,8 @@ void matmul(const T* a, const T* w, T* y, Shape batch, Strides sa, Strides sb, i
   }
   // decode attention (M = 1 query row per head) changes shape every step (K or N = P + 1): a
   // cuBLASLt plan per shape would cost a heuristic query per step; the tiled kernel needs none
-  if (Is16<T>::value && K > 0 && M > 8) {
+  static const bool lt_small = getenv("KILN_LT_SMALL_M") && getenv("KILN_LT_SMALL_M")[0] == '1';  // A/B switch for measurements
+  if (Is16<T>::value && K > 0 && (M > 8 || lt_small)) {
     // one strided batch when the batch dims collapse to one stride per operand
     const int64_t* st3[3] = {sa.s, sb.s, sy.s};
     detail::Geo<3> g3 = detail::coalesce<3>(batch, st3);

@@ -8,6 +8,8 @@
 // Each artifact library links its own static copy of cudart and has its own statics here; they
 // share the driver's primary context, so device pointers pass freely between artifacts.
 #pragma once
+#include <chrono>
+#include <stdlib.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -174,11 +176,38 @@ static inline void* constant(int id, const void* data, int64_t bytes) {
 }
 
 // Waits for the stream; any error of the work queued so far surfaces here.
+// KILN_PROFILE=1: per forward, the host time spent issuing work and the time then waited for
+// the GPU, printed to stderr every 32 forwards (is a step bound by launches or by the GPU?).
+struct Profile {
+  bool on = getenv("KILN_PROFILE") != nullptr;
+  std::chrono::steady_clock::time_point start;
+  double issue_us = 0, wait_us = 0;
+  int n = 0;
+};
+static inline Profile& profile() {
+  static Profile p;
+  return p;
+}
+static inline void begin(const char* what) {
+  (void)what;
+  if (profile().on) profile().start = std::chrono::steady_clock::now();
+}
 static inline void finish(const char* what) {
   ensure_device();
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) fail(KILN_ERR_DEVICE, "CUDA error %s (%s) before the end of %s", cudaGetErrorName(e), cudaGetErrorString(e), what);
+  Profile& pr = profile();
+  std::chrono::steady_clock::time_point issued = std::chrono::steady_clock::now();
   e = cudaStreamSynchronize(state().stream);
+  if (pr.on) {
+    std::chrono::steady_clock::time_point done = std::chrono::steady_clock::now();
+    pr.issue_us += std::chrono::duration<double, std::micro>(issued - pr.start).count();
+    pr.wait_us += std::chrono::duration<double, std::micro>(done - issued).count();
+    if (++pr.n % 32 == 0) {
+      fprintf(stderr, "kiln profile: %d forwards, mean host issue %.0f us, mean GPU wait after issue %.0f us\n", pr.n, pr.issue_us / 32, pr.wait_us / 32);
+      pr.issue_us = pr.wait_us = 0;
+    }
+  }
   if (e != cudaSuccess) {
     cudaGetLastError();
     fail(KILN_ERR_DEVICE, "CUDA error %s (%s) at the end of %s", cudaGetErrorName(e), cudaGetErrorString(e), what);

@@ -1,0 +1,42 @@
+// CI has nvcc but no GPU: the cuda target of the Llama fixtures must compile for sm_90a and sm_80
+// (running it is test/cuda.gpu.test.ts, on the GPU machine).
+
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execFileSync } from "node:child_process";
+import { afterAll, describe, expect, test } from "@jest/globals";
+import { compile } from "../compiler/codegen/compile.js";
+
+const hasNvcc = (() => {
+  try {
+    execFileSync(process.env.KILN_NVCC ?? "nvcc", ["--version"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+const cacheDir = mkdtempSync(join(tmpdir(), "kiln-nvcc-"));
+afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
+
+// KILN_SKIP_NVCC=1 is for machines without the CUDA toolkit; CI has it, so there a missing nvcc fails
+const skip = process.env.KILN_SKIP_NVCC === "1";
+
+(skip ? describe.skip : describe)("the cuda target compiles with nvcc", () => {
+  test("nvcc is on the PATH", () => {
+    expect({ nvcc: hasNvcc }).toEqual({ nvcc: true });
+  });
+
+  test.each([
+    ["llama-gqa", "sm_90a", "bf16"],
+    ["llama-mqa-tied", "sm_80", "f32"],
+  ] as const)("%s for %s (%s)", async (fixture, arch, dtype) => {
+    const art = await compile(join(import.meta.dirname, "fixtures", fixture), { target: "cuda", arch, dtype, cacheDir, maxSeq: 64 });
+    expect(art.manifest.target).toBe("cuda");
+    expect(art.manifest.arch).toBe(arch);
+    // the library holds device code for exactly that architecture
+    const lib = readFileSync(join(art.dir, art.manifest.library));
+    expect(lib.includes(Buffer.from(arch))).toBe(true);
+  }, 300_000);
+});
+
