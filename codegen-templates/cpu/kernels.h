@@ -180,6 +180,46 @@ int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t
   return -1;
 }
 
+// flash_attention (the fused eager attention): y[b, h, i] = softmax_j(scale · q[b, h, i] · k[b, h/g, j]) · v[b, h/g, j]
+// over keys j ≤ i + T − S when causal; f64 accumulation, one rounding at the end (the interpreter's rule).
+template <typename T>
+void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
+                     double scale, bool causal) {
+  typedef Num<T> Nm;
+  const int64_t g = Hkv > 0 ? Hq / Hkv : 1;
+#pragma omp parallel
+  {
+    double* p = new double[Tk > 0 ? Tk : 1];
+    double* acc = new double[Dv > 0 ? Dv : 1];
+#pragma omp for collapse(3) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < Hq; h++)
+        for (int64_t i = 0; i < S; i++) {
+          const T* qr = q + ((b * Hq + h) * S + i) * D;
+          const T* kb = k + (b * Hkv + h / g) * Tk * D;
+          const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
+          const int64_t last = causal ? i + Tk - S : Tk - 1;
+          double m = -INFINITY, sum = 0;
+          for (int64_t j = 0; j <= last && j < Tk; j++) {
+            double s = 0;
+            for (int64_t d = 0; d < D; d++) s += (double)Nm::load(qr[d]) * (double)Nm::load(kb[j * D + d]);
+            p[j] = s * scale;
+            if (p[j] > m || p[j] != p[j]) m = p[j];
+          }
+          for (int64_t d = 0; d < Dv; d++) acc[d] = 0;
+          for (int64_t j = 0; j <= last && j < Tk; j++) {
+            const double e = exp(p[j] - m);
+            sum += e;
+            for (int64_t d = 0; d < Dv; d++) acc[d] += e * (double)Nm::load(vb[j * Dv + d]);
+          }
+          T* yr = y + ((b * Hq + h) * S + i) * Dv;
+          for (int64_t d = 0; d < Dv; d++) yr[d] = Nm::store((float)(last < 0 ? NAN : acc[d] / sum));
+        }
+    delete[] p;
+    delete[] acc;
+  }
+}
+
 // Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).
 template <typename F>
 void for_each(const F& f, int64_t n) {

@@ -231,6 +231,90 @@ __global__ void k_gather_elems(const T* __restrict__ x, const I* __restrict__ id
   }
 }
 
+// ---------------------------------------------------------------- attention
+
+// One block of 4 warps per (b, h, query i). Each warp takes every 4th visible key, computes the
+// score with a warp reduction and keeps its own online softmax (running max, sum, and Dv/32
+// accumulators a lane) as in FlashAttention (Dao et al., 2022); the 4 partial states are merged
+// through shared memory at the end. f32 arithmetic, one rounding of the output. This is the simple
+// kernel for decode and short prompts; the tiled tensor-core FlashAttention-2 kernel is its own work.
+template <typename T>
+__global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
+                                                  int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale, bool causal) {
+  constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
+  __shared__ float qs[MAXD];
+  __shared__ float wm[W], wl[W];
+  __shared__ float wacc[W][MAXD];
+  const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
+  const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
+  const int64_t g = Hq / Hkv;
+  const T* kb = k + (b * Hkv + h / g) * Tk * D;
+  const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = Num<T>::load(q[row * D + d]);
+  __syncthreads();
+  const int64_t last = causal ? i + Tk - S : Tk - 1;
+  float m = -INFINITY, l = 0.f, acc[PER];
+#pragma unroll
+  for (int e = 0; e < PER; e++) acc[e] = 0.f;
+  for (int64_t j = warp; j <= last && j < Tk; j += W) {
+    const T* kr = kb + j * D;
+    float s = 0.f;
+    for (int d = lane; d < D; d += 32) s += qs[d] * Num<T>::load(kr[d]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    s *= scale;
+    const float mn = fmaxf(m, s);
+    const float corr = m == -INFINITY ? 0.f : __expf(m - mn);
+    const float p = __expf(s - mn);
+    l = l * corr + p;
+    const T* vr = vb + j * Dv;
+#pragma unroll
+    for (int e = 0; e < PER; e++) {
+      const int d = lane + 32 * e;
+      if (d < Dv) acc[e] = acc[e] * corr + p * Num<T>::load(vr[d]);
+    }
+    m = mn;
+  }
+  if (lane == 0) {
+    wm[warp] = m;
+    wl[warp] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < PER; e++) {
+    const int d = lane + 32 * e;
+    if (d < Dv) wacc[warp][d] = acc[e];
+  }
+  __syncthreads();
+  float M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < W; w++) M = fmaxf(M, wm[w]);
+  float L = 0.f;
+#pragma unroll
+  for (int w = 0; w < W; w++) L += wm[w] == -INFINITY ? 0.f : wl[w] * __expf(wm[w] - M);
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+    float a = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; w++) a += wm[w] == -INFINITY ? 0.f : wacc[w][d] * __expf(wm[w] - M);
+    y[row * Dv + d] = Num<T>::store(last < 0 ? NAN : a / L);
+  }
+}
+
+}  // namespace detail
+
+template <typename T>
+void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
+                     double scale, bool causal) {
+  const int64_t rows = B * Hq * S;
+  if (rows <= 0) return;
+  if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "flash_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
+  if (rows > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "flash_attention: %lld rows is too many for one launch", (long long)rows);
+  detail::k_attention<T><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal);
+  detail::launched("flash_attention");
+}
+
+namespace detail {
+
 // ---------------------------------------------------------------- GEMV (decode)
 
 // 16 bytes of weights, loaded once: no L1 allocation (each weight is read once a forward).

@@ -40,7 +40,7 @@ export interface CompiledArtifact {
   graph: Graph;
 }
 
-export const DEFAULT_PASSES = "cse,dce,fuse-elementwise";
+export const DEFAULT_PASSES = "cse,fuse-attention,dce,fuse-elementwise";
 
 export async function compile(model: string | ModelDef<unknown>, o: CompileOptions = {}): Promise<CompiledArtifact> {
   const target = o.target ?? "cpu";

@@ -356,6 +356,13 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       });
       return lines;
     }
+    case "flash_attention": {
+      const [q, , v] = n.operands;
+      const [B, Hq, S, D] = q.shape;
+      const [, Hkv, Tk, Dv] = v.shape;
+      const dims = [B, Hq, Hkv, S, Tk, D, Dv].map(cdim).join(", ");
+      return [`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"});`];
+    }
     case "gather": {
       const [x, idx] = n.operands;
       const ax = axisOf(x.shape.length);

@@ -574,6 +574,66 @@ def({
   },
 });
 
+// ---------------------------------------------------------------- fused attention
+
+// softmax(scale · Q Kᵀ [+ causal mask]) V over grouped heads, as one op (what fuse-attention makes of
+// the eager form). q [B, Hq, S, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] with Hq = Hkv · kv_groups:
+// query head h reads kv head ⌊h / kv_groups⌋ (repeat-kv). `causal` aligns the last query with the
+// last key: query i sees key j iff j ≤ i + T − S (so a KV cache of T − S earlier tokens works). The
+// reference accumulates in f64 and rounds the output once; a row that sees no key is NaN, as the
+// eager softmax of an all −inf row is.
+def({
+  name: "flash_attention",
+  arity: 3,
+  attrs: { causal: { kind: "bool" }, scale: { kind: "float" }, kv_groups: { kind: "int" } },
+  infer: ([q, k, v], a) => {
+    const dtype = sameDType([q, k, v]);
+    needFloat(q);
+    if (q.shape.length !== 4 || k.shape.length !== 4 || v.shape.length !== 4)
+      fail(`flash_attention takes [B, H, S, D] operands, got ${formatShape(q.shape)}, ${formatShape(k.shape)}, ${formatShape(v.shape)}`);
+    const g = a.kv_groups as number;
+    if (!(Number.isInteger(g) && g >= 1)) fail(`kv_groups must be a positive integer, got ${g}`);
+    if (!dimEq(q.shape[0], k.shape[0]) || !dimEq(k.shape[0], v.shape[0])) fail(`batch dims differ: ${q.shape[0]}, ${k.shape[0]}, ${v.shape[0]}`);
+    if (!dimEq(q.shape[1], dimProduct([k.shape[1], g])) || !dimEq(k.shape[1], v.shape[1]))
+      fail(`heads: q has ${q.shape[1]}, k and v ${k.shape[1]} and ${v.shape[1]}, kv_groups ${g}`);
+    if (!dimEq(q.shape[3], k.shape[3])) fail(`q and k head dims differ: ${q.shape[3]} vs ${k.shape[3]}`);
+    if (!dimEq(k.shape[2], v.shape[2])) fail(`k and v lengths differ: ${k.shape[2]} vs ${v.shape[2]}`);
+    return { dtype, shape: [q.shape[0], q.shape[1], q.shape[2], v.shape[3]] };
+  },
+  eval: ([q, k, v], a, out) => {
+    const [B, Hq, S, D] = q.shape;
+    const [, Hkv, T, Dv] = v.shape;
+    const g = a.kv_groups as number, scale = a.scale as number, causal = a.causal as boolean;
+    const y = alloc(out.dtype, out.shape);
+    const p = new Float64Array(T);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < Hq; h++) {
+        const kh = Math.floor(h / g);
+        const qo = ((b * Hq + h) * S) * D, ko = ((b * Hkv + kh) * T) * D, vo = ((b * Hkv + kh) * T) * Dv;
+        for (let i = 0; i < S; i++) {
+          let m = -Infinity;
+          const last = causal ? i + T - S : T - 1;
+          for (let j = 0; j < T; j++) {
+            if (j > last) { p[j] = -Infinity; continue; }
+            let s = 0;
+            for (let d = 0; d < D; d++) s += q.data[qo + i * D + d] * k.data[ko + j * D + d];
+            p[j] = s * scale;
+            if (p[j] > m || Number.isNaN(p[j])) m = p[j];
+          }
+          let sum = 0;
+          for (let j = 0; j < T; j++) sum += (p[j] = Math.exp(p[j] - m));
+          const yo = ((b * Hq + h) * S + i) * Dv;
+          for (let d = 0; d < Dv; d++) {
+            let acc = 0;
+            for (let j = 0; j <= Math.min(last, T - 1); j++) acc += p[j] * v.data[vo + j * Dv + d];
+            y.data[yo + d] = last < 0 ? NaN : acc / sum;
+          }
+        }
+      }
+    return roundToDType(y);
+  },
+});
+
 // ---------------------------------------------------------------- fused elementwise
 
 /** A value rounded to what `dtype` holds: the scalar form of roundToDType. */

@@ -2,6 +2,7 @@
 
 import { csePass } from "./cse.js";
 import { dcePass } from "./dce.js";
+import { fuseAttentionPass } from "./fuse-attention.js";
 import { fuseElementwisePass } from "./fuse-elementwise.js";
 import { registerPass } from "./manager.js";
 
@@ -9,7 +10,9 @@ export * from "./manager.js";
 export { dce, dcePass } from "./dce.js";
 export { cse, csePass } from "./cse.js";
 export { fuseElementwise, fuseElementwisePass } from "./fuse-elementwise.js";
+export { fuseAttention, fuseAttentionPass } from "./fuse-attention.js";
 
 registerPass(dcePass);
 registerPass(csePass);
 registerPass(fuseElementwisePass);
+registerPass(fuseAttentionPass);
