@@ -79,6 +79,27 @@ describe("kiln ir", () => {
   });
 });
 
+test("kiln compile --explain says which attention fused; inspect describes the artifact; a file in the way is an error", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "kiln-compile-"));
+  try {
+    const out = join(tmp, "art");
+    const r = await run("compile", "test/fixtures/llama-gqa", "--out", out, "--explain", "--cache-dir", join(tmp, "cache"));
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(out);
+    expect(r.stderr).toMatch(/fuse-attention: attention at models\/llama\.ts:\d+:\d+: fused \(causal, kv_groups 4, scale 0\.35355/);
+    const i = await run("inspect", out);
+    expect(i.stdout).toMatch(/target\s+cpu/);
+    expect(i.stdout).toMatch(/kv cache\s+2 layers/);
+    writeFileSync(join(tmp, "file"), "x");
+    const bad = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmp, "file"), "--cache-dir", join(tmp, "cache"));
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain("error[E_IO]");
+    expect(bad.stderr).toContain("exists and is not a folder");
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
 test("kiln demo writes a checkpoint, compiles, loads and generates text", async () => {
   const dir = join(mkdtempSync(join(tmpdir(), "kiln-demo-")), "ckpt");
   try {

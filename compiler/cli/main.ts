@@ -57,11 +57,13 @@ export function program(io: IO = stdio): Command {
     .option("--passes <list>", "pass pipeline", DEFAULT_PASSES)
     .option("--cache-dir <dir>", "artifact cache (default: $KILN_CACHE_DIR or ~/.cache/kiln/artifacts)")
     .option("--no-typecheck", "skip type-checking the model file")
-    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean }) => {
+    .option("--explain", "say what each pass rewrote or left alone, and why")
+    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean }) => {
       const stages = ["trace", "passes", "emit", "compile", "done"];
       const bar = new Progress(`compiling for ${o.target}`, io.err);
       const art = await compile(model, { ...o, onProgress: (stage, info) => bar.update(stage === "cache-hit" ? 1 : stages.indexOf(stage) / 4, stage === "compile" ? (info ?? "") : stage) });
       bar.done(art.cached ? "(cache hit)" : "");
+      if (o.explain) for (const m of art.explain) io.err(`${m.pass}: ${m.message}\n`);
       io.out(`${art.dir}\n`);
     });
 

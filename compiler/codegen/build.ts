@@ -240,11 +240,13 @@ export function readManifest(dir: string): Manifest {
 /** Copies an artifact to `out` (atomically: a staging copy renamed into place). */
 export function copyArtifact(from: string, out: string): void {
   const target = resolve(out);
+  if (existsSync(target) && !statSync(target).isDirectory()) throw new KilnError("E_IO", "exists and is not a folder: cannot write an artifact there", { where: out });
   mkdirSync(dirname(target), { recursive: true });
   const staging = `${target}.tmp-${process.pid}`;
   rmSync(staging, { recursive: true, force: true });
   cpSync(from, staging, { recursive: true });
   if (existsSync(target)) {
+    if (!statSync(target).isDirectory()) throw new KilnError("E_IO", "exists and is not a folder: cannot write an artifact there", { where: out });
     if (!existsSync(join(target, "manifest.json")) && readdirSync(target).length > 0)
       throw new KilnError("E_IO", "refusing to replace a folder that is not an artifact", { where: out });
     rmSync(target, { recursive: true, force: true });

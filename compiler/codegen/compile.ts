@@ -8,7 +8,8 @@ import { traceModel } from "../dsl/model.js";
 import type { DType } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph } from "../ir/graph.js";
-import { parsePipeline, runPipeline } from "../passes/index.js";
+import type { PassMessage } from "../passes/index.js";
+import { createContext, parsePipeline, runPipeline } from "../passes/index.js";
 import { modelFor } from "../../models/index.js";
 import type { Arch, Manifest } from "./build.js";
 import { buildArtifact, copyArtifact } from "./build.js";
@@ -38,6 +39,8 @@ export interface CompiledArtifact {
   manifest: Manifest;
   cached: boolean;
   graph: Graph;
+  /** what each pass did or did not rewrite, and why (`kiln compile --explain`) */
+  explain: PassMessage[];
 }
 
 export const DEFAULT_PASSES = "cse,fuse-attention,dce,fuse-elementwise";
@@ -67,7 +70,8 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   o.onProgress?.("trace", def.family);
   let graph = traceModel(def, config, { dtype, kvCache: true });
   o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
-  graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES));
+  const ctx = createContext();
+  graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES), { context: ctx });
 
   const maxSeq = o.maxSeq ?? (typeof json.max_position_embeddings === "number" ? json.max_position_embeddings : 4096);
   const maxBatch = o.maxBatch ?? 8;
@@ -84,5 +88,5 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
     onProgress: o.onProgress,
   });
   if (o.out) copyArtifact(built.dir, o.out);
-  return { ...built, dir: o.out ?? built.dir, graph };
+  return { ...built, dir: o.out ?? built.dir, graph, explain: ctx.messages };
 }
