@@ -15,8 +15,11 @@ const peer = JSON.parse(readFileSync(process.env.KILN_BENCH_PEER ?? "/tmp/kiln-b
 };
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+// KILN_BENCH_ARTIFACT: an artifact compiled elsewhere for this checkpoint's config (saves device time)
 const t0 = performance.now();
-const art = await compile(ckpt, { target: "cuda", dtype: "bf16", maxBatch: 1, maxSeq: 512, arch: (process.env.KILN_ARCH as "sm_90a") ?? "sm_90a" });
+const art = process.env.KILN_BENCH_ARTIFACT
+  ? { dir: process.env.KILN_BENCH_ARTIFACT, cached: true }
+  : await compile(ckpt, { target: "cuda", dtype: "bf16", maxBatch: 1, maxSeq: 512, arch: (process.env.KILN_ARCH as "sm_90a") ?? "sm_90a" });
 const compileS = (performance.now() - t0) / 1000;
 const t1 = performance.now();
 const model = await loadModel(art.dir, { checkpoint: ckpt });
@@ -55,7 +58,7 @@ const result = {
 };
 const dir = join(import.meta.dirname, "results");
 mkdirSync(dir, { recursive: true });
-const file = join(dir, `decode-${result.date.slice(0, 10)}.json`);
+const file = join(dir, `decode-${result.date.slice(0, 10)}-${commit.slice(0, 7)}.json`);
 writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
 if (process.env.OUT) writeFileSync(join(process.env.OUT, "decode.json"), `${JSON.stringify(result, null, 2)}\n`);
 console.log(`\n${result.device}: ${result.workload}`);
