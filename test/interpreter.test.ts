@@ -346,6 +346,30 @@ describe("the interpreter's checks", () => {
   });
 });
 
+describe("flash_attention", () => {
+  test("softmax(scale·QKᵀ)·V by hand, with grouped heads and a causal mask aligned to the last key", () => {
+    // one query row per head, 2 query heads sharing 1 kv head (kv_groups 2), 3 keys, D = 1
+    const g = parse(`graph g {
+  input %q: f32[1, 2, 1, 1]
+  input %k: f32[1, 1, 3, 1]
+  input %v: f32[1, 1, 3, 2]
+  %0: f32[1, 2, 1, 2] = flash_attention(%q, %k, %v) {causal = false, kv_groups = 2, scale = 0.5}
+  %1: f32[1, 2, 1, 2] = flash_attention(%q, %k, %v) {causal = true, kv_groups = 2, scale = 0.5}
+  output y = %0
+  output c = %1
+}`);
+    for (const n of g.nodes) covered.add(n.op);
+    const out = run(g, { q: tensor("f32", [1, 2, 1, 1], [2, 0]), k: tensor("f32", [1, 1, 3, 1], [0, 1, 2]), v: tensor("f32", [1, 1, 3, 2], [1, 0, 0, 1, 1, 1]) }, {});
+    // head 0: scores 0.5·2·[0, 1, 2] = [0, 1, 2]; head 1: all 0 (uniform)
+    const e = [1, Math.E, Math.E ** 2];
+    const z = e[0] + e[1] + e[2];
+    const want0 = [(e[0] + e[2]) / z, (e[1] + e[2]) / z, 2 / 3, 2 / 3];
+    expect(Array.from(out.y.data)).toEqual(want0.map((x) => expect.closeTo(x, 6) as unknown as number));
+    // causal with S = 1, T = 3: the one query is the last position and sees every key: same result
+    expect(Array.from(out.c.data)).toEqual(Array.from(out.y.data));
+  });
+});
+
 describe("elementwise (fused chains)", () => {
   test("evaluates its expression with broadcasting and per-node rounding", () => {
     const g = parse(`graph g {

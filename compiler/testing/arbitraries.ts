@@ -531,6 +531,17 @@ const BUILDERS: Record<string, Builder> = {
     }
     g.emit("gather", [x, idx], { axis: s.b % 2 ? ax : ax - r });
   },
+  flash_attention: (g, s) => {
+    // q, k, v from values of the graph, each seen as [1, H, n, D]: n rows of D features
+    const x = g.asFloat(g.numeric(g.atLeastRank(g.need(s.a), 1)));
+    const D = x.shape[x.shape.length - 1];
+    const rows = dimProduct(x.shape.slice(0, -1));
+    const q = g.emit("reshape", [x], { shape: [1, 1, rows, D] });
+    const y = g.pick(s.b, (v) => v !== x && v.dtype === x.dtype && v.shape.length >= 1 && dimEq(v.shape[v.shape.length - 1], D));
+    const kv = y ? g.emit("reshape", [y], { shape: [1, 1, dimProduct(y.shape.slice(0, -1)), D] }) : q;
+    const scale = [1, 0.5, 0.125, -0.75][s.c % 4];
+    g.emit("flash_attention", [q, kv, s.d % 3 === 0 ? q : kv], { causal: s.d % 2 === 0, scale, kv_groups: 1 });
+  },
 };
 
 /** Every op arbGraph can draw. */
