@@ -79,6 +79,19 @@ describe("kiln ir", () => {
   });
 });
 
+test("kiln ir --passes prints the IR after a pipeline (quantized, attention fused) and it parses back", async () => {
+  const r = await run("ir", "test/fixtures/llama-gqa", "--kv-cache", "--passes", "quantize-linear,cse,fuse-attention,dce,fuse-elementwise", "--quant", "int8");
+  expect(r.code).toBe(0);
+  expect(r.stdout).toMatch(/= qlinear\(%\d+, %model\.layers\.0\.self_attn\.q_proj\.weight\) \{block = 64, double_quant = false, scheme = "int8", threshold = 6\}/);
+  expect(r.stdout).toMatch(/= flash_attention\(/);
+  expect(r.stdout).not.toMatch(/= softmax\(/);
+  expect(r.stderr).toContain("quantize-linear: 14 linear(s) → qlinear int8, outlier threshold 6");
+  expect(print(parse(r.stdout))).toBe(r.stdout);
+  const q = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmpdir(), "kiln-never"), "--quant", "nf4");
+  expect(q.code).toBe(1);
+  expect(q.stderr).toContain("error[E_BUILD] quantized linears (--quant nf4) have no cpu/cuda code generator yet");
+});
+
 test("kiln compile --explain says which attention fused; inspect describes the artifact; a file in the way is an error", async () => {
   const tmp = mkdtempSync(join(tmpdir(), "kiln-compile-"));
   try {

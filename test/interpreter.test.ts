@@ -346,6 +346,23 @@ describe("the interpreter's checks", () => {
   });
 });
 
+describe("qlinear", () => {
+  test("fp4 with block 2 by hand: each pair of weights scaled by its absmax, then rounded to the code", () => {
+    const g = parse(`graph g {
+  input %x: f32[1, 4]
+  param %w: f32[1, 4]
+  %0: f32[1, 1] = qlinear(%x, %w) {block = 2, double_quant = false, scheme = "fp4", threshold = 0}
+  output y = %0
+}`);
+    for (const n of g.nodes) covered.add(n.op);
+    // blocks [0.6, -1.2] (absmax 1.2) and [0.3, 0.03] (absmax 0.3); fp4 code values are k/12:
+    // 0.6/1.2 = 0.5 → 6/12 exactly; −1 and 1 exactly; 0.03/0.3 = 0.1 → nearest code 2/12 (not 1/192)
+    const out = run(g, { x: tensor("f32", [1, 4], [1, 1, 1, 1]) }, { w: tensor("f32", [1, 4], [0.6, -1.2, 0.3, 0.03]) });
+    const want = 0.5 * Math.fround(1.2) - Math.fround(1.2) + Math.fround(0.3) + (2 / 12) * Math.fround(0.3);
+    expect(out.y.data[0]).toBeCloseTo(want, 6);
+  });
+});
+
 describe("flash_attention", () => {
   test("softmax(scale·QKᵀ)·V by hand, with grouped heads and a causal mask aligned to the last key", () => {
     // one query row per head, 2 query heads sharing 1 kv head (kv_groups 2), 3 keys, D = 1

@@ -13,6 +13,7 @@ import { compile, DEFAULT_PASSES } from "../codegen/compile.js";
 import type { Target } from "../codegen/emit.js";
 import { DTYPE_BYTES } from "../ir/dtype.js";
 import { loadModel } from "../../runtime/api.js";
+import { createContext, parsePipeline, runPipeline } from "../passes/index.js";
 import { demo } from "./demo.js";
 import { formatBytes, Progress } from "./progress.js";
 import { loadModelFile, readHFConfig } from "./load-model.js";
@@ -38,9 +39,17 @@ export function program(io: IO = stdio): Command {
     .option("--json", "print the graph as JSON instead of the text form")
     .option("--no-typecheck", "skip type-checking the model file")
     .addOption(dtypeOption())
-    .action(async (model: string, o: { config?: string; json?: boolean; typecheck: boolean; dtype: DType }) => {
+    .option("--passes <list>", "run this pass pipeline first and print the IR after it (e.g. \"cse,fuse-attention,dce\")")
+    .option("--kv-cache", "trace with KV-cache inputs and outputs (what compile does)")
+    .addOption(new Option("--quant <scheme>", "options for quantize-linear in --passes").choices(["int8", "nf4", "fp4"]))
+    .action(async (model: string, o: { config?: string; json?: boolean; typecheck: boolean; dtype: DType; passes?: string; kvCache?: boolean; quant?: string }) => {
       const { def, config } = await resolveModel(model, o);
-      const g = traceModel(def, config, { dtype: o.dtype });
+      let g = traceModel(def, config, { dtype: o.dtype, kvCache: o.kvCache });
+      if (o.passes) {
+        const ctx = createContext({ quant: o.quant });
+        g = runPipeline(g, parsePipeline(o.passes), { context: ctx });
+        for (const m of ctx.messages) io.err(`${m.pass}: ${m.message}\n`);
+      }
       io.out(o.json ? `${JSON.stringify(toJSON(g), null, 2)}\n` : print(g));
     });
 
@@ -58,7 +67,11 @@ export function program(io: IO = stdio): Command {
     .option("--cache-dir <dir>", "artifact cache (default: $KILN_CACHE_DIR or ~/.cache/kiln/artifacts)")
     .option("--no-typecheck", "skip type-checking the model file")
     .option("--explain", "say what each pass rewrote or left alone, and why")
-    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean }) => {
+    .addOption(new Option("--quant <scheme>", "quantize the linears: LLM.int8 or 4-bit (bitsandbytes' schemes)").choices(["int8", "nf4", "fp4"]))
+    .option("--double-quant", "4-bit: quantize the absmax values too (bnb_4bit_use_double_quant)")
+    .option("--int8-threshold <t>", "int8: outlier threshold (llm_int8_threshold)", Number)
+    .option("--skip-modules <names>", "modules kept in 16 bits, comma-separated (default lm_head)", (v: string) => v.split(",").map((x) => x.trim()).filter(Boolean))
+    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean; quant?: "int8" | "nf4" | "fp4"; doubleQuant?: boolean; int8Threshold?: number; skipModules?: string[] }) => {
       const stages = ["trace", "passes", "emit", "compile", "done"];
       const bar = new Progress(`compiling for ${o.target}`, io.err);
       const art = await compile(model, { ...o, onProgress: (stage, info) => bar.update(stage === "cache-hit" ? 1 : stages.indexOf(stage) / 4, stage === "compile" ? (info ?? "") : stage) });

@@ -27,8 +27,16 @@ export interface CompileOptions {
   /** bounds of the symbolic dims: batch, and tokens per sequence (prompt + generated) */
   maxBatch?: number;
   maxSeq?: number;
-  /** pass pipeline (default "cse,dce") */
+  /** pass pipeline (default DEFAULT_PASSES) */
   passes?: string;
+  /** bitsandbytes-style quantization of the linears (BitsAndBytesConfig: load_in_8bit / load_in_4bit + bnb_4bit_quant_type) */
+  quant?: "int8" | "nf4" | "fp4";
+  /** bnb_4bit_use_double_quant */
+  doubleQuant?: boolean;
+  /** llm_int8_threshold (default 6.0) */
+  int8Threshold?: number;
+  /** llm_int8_skip_modules (default ["lm_head"]) */
+  skipModules?: string[];
   typecheck?: boolean;
   /** stage callbacks for progress display */
   onProgress?: (stage: "trace" | "passes" | "cache-hit" | "emit" | "compile" | "done", info?: string) => void;
@@ -43,7 +51,7 @@ export interface CompiledArtifact {
   explain: PassMessage[];
 }
 
-export const DEFAULT_PASSES = "cse,fuse-attention,dce,fuse-elementwise";
+export const DEFAULT_PASSES = "quantize-linear,cse,fuse-attention,dce,fuse-elementwise";
 
 export async function compile(model: string | ModelDef<unknown>, o: CompileOptions = {}): Promise<CompiledArtifact> {
   const target = o.target ?? "cpu";
@@ -70,7 +78,7 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   o.onProgress?.("trace", def.family);
   let graph = traceModel(def, config, { dtype, kvCache: true });
   o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
-  const ctx = createContext();
+  const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules });
   graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES), { context: ctx });
 
   const maxSeq = o.maxSeq ?? (typeof json.max_position_embeddings === "number" ? json.max_position_embeddings : 4096);

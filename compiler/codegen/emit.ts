@@ -356,6 +356,8 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       });
       return lines;
     }
+    case "qlinear":
+      throw new KilnError("E_BUILD", `quantized linears (--quant ${n.attrs.scheme as string}) have no cpu/cuda code generator yet: the quantize-on-load kernels are still to come (${where})`);
     case "flash_attention": {
       const [q, , v] = n.operands;
       const [B, Hq, S, D] = q.shape;

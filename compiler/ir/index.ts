@@ -11,3 +11,4 @@ export * from "./tensor.js";
 export * from "./verify.js";
 export * from "./generate.js";
 export * from "./expr.js";
+export * from "./quant.js";

@@ -4,6 +4,7 @@ import { csePass } from "./cse.js";
 import { dcePass } from "./dce.js";
 import { fuseAttentionPass } from "./fuse-attention.js";
 import { fuseElementwisePass } from "./fuse-elementwise.js";
+import { quantizeLinearPass } from "./quantize-linear.js";
 import { registerPass } from "./manager.js";
 
 export * from "./manager.js";
@@ -16,3 +17,6 @@ registerPass(dcePass);
 registerPass(csePass);
 registerPass(fuseElementwisePass);
 registerPass(fuseAttentionPass);
+registerPass(quantizeLinearPass);
+export { quantizeLinear, quantizeLinearPass } from "./quantize-linear.js";
+export type { QuantOptions } from "./quantize-linear.js";

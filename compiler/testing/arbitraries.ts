@@ -420,6 +420,15 @@ const BUILDERS: Record<string, Builder> = {
     const w = g.param([N, K], x.dtype);
     g.emit("linear", s.d % 2 ? [x, w, g.param([N], x.dtype)] : [x, w]);
   },
+  qlinear: (g, s) => {
+    const x = g.asFloat(g.atLeastRank(g.need(s.a, notBool), 1));
+    const K = x.shape[x.shape.length - 1];
+    const N = 1 + (s.c % 4);
+    const w = g.param([N, K], x.dtype);
+    const scheme = ["nf4", "fp4", "int8"][s.b % 3];
+    const attrs = { scheme, block: [64, 2, 4][s.d % 3], double_quant: scheme !== "int8" && s.d % 2 === 0, threshold: scheme === "int8" ? [6, 0.5][s.b % 2] : 0 };
+    g.emit("qlinear", s.d % 2 ? [x, w, g.param([N], x.dtype)] : [x, w], attrs);
+  },
   softmax: (g, s) => {
     const x = g.asFloat(g.atLeastRank(g.need(s.a, notBool), 1));
     g.emit("softmax", [x], { axis: axisOf(x.shape.length, s.c) });
