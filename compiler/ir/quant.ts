@@ -182,26 +182,27 @@ export function quantizeRows8(x: ArrayLike<number>, rows: number, cols: number):
 }
 
 /**
- * y = x Wᵀ (+ b) the LLM.int8 way. x: [M, K] activations, w: [N, K] weights. Feature dims k where
- * some |x[m, k]| > threshold are outliers: their products are done in floating point; the rest
- * through per-token × per-feature absmax int8 with int32 accumulation. threshold = Infinity (or
- * ≤ 0 meaning "none") gives plain vector-wise int8 with no decomposition.
+ * y = x Wᵀ (+ b) the LLM.int8 way. x: [M, K] activations, w: [N, K] weights. The weights are stored
+ * int8 only: absmax per output feature over all K (quantized once, on load). Feature dims k where
+ * some |x[m, k]| > threshold are outliers: their products use x in floating point against the
+ * dequantized int8 weights (as bitsandbytes does when it keeps no 16-bit weights); the other dims
+ * go through per-token absmax int8 (over the non-outlier dims) × the int8 weights, accumulated in
+ * int32. threshold ≤ 0 or Infinity: no decomposition (plain vector-wise int8).
  */
 export function int8Matmul(x: ArrayLike<number>, w: ArrayLike<number>, bias: ArrayLike<number> | undefined, M: number, N: number, K: number, threshold: number): Float64Array {
   const outlier = new Uint8Array(K);
   if (threshold > 0 && Number.isFinite(threshold))
     for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) if (Math.abs(x[m * K + k]) > threshold) outlier[k] = 1;
-  const xr = new Float64Array(M * K), wr = new Float64Array(N * K);
+  const xr = new Float64Array(M * K);
   for (let i = 0; i < M * K; i++) xr[i] = outlier[i % K] ? 0 : x[i];
-  for (let i = 0; i < N * K; i++) wr[i] = outlier[i % K] ? 0 : w[i];
-  const qx = quantizeRows8(xr, M, K), qw = quantizeRows8(wr, N, K);
+  const qx = quantizeRows8(xr, M, K), qw = quantizeRows8(w, N, K);
   const y = new Float64Array(M * N);
   for (let m = 0; m < M; m++)
     for (let n = 0; n < N; n++) {
       let acc = 0; // int32 in the kernels: |acc| ≤ K·127² fits for K < 133k
       for (let k = 0; k < K; k++) acc += qx.q[m * K + k] * qw.q[n * K + k];
       let s = acc * qx.scale[m] * qw.scale[n];
-      for (let k = 0; k < K; k++) if (outlier[k]) s += x[m * K + k] * w[n * K + k];
+      for (let k = 0; k < K; k++) if (outlier[k]) s += x[m * K + k] * (qw.q[n * K + k] * qw.scale[n]);
       y[m * N + n] = s + (bias ? bias[n] : 0);
     }
   return y;
