@@ -13,6 +13,7 @@ import { ABI_DTYPE } from "../compiler/codegen/emit.js";
 import type { DType } from "../compiler/ir/dtype.js";
 import { KilnError } from "../compiler/ir/errors.js";
 import { bf16BitsToF32, f16BitsToF32 } from "../compiler/ir/numeric.js";
+import { codeOf } from "../compiler/ir/quant.js";
 import type { SamplingOptions } from "./sampling.js";
 import { generateTokens, validateSamplingOptions } from "./sampling.js";
 import { openCheckpoint } from "./safetensors.js";
@@ -38,7 +39,7 @@ interface NativeArtifact {
   readonly hash: string;
   readonly counts: { inputs: number; weights: number; outputs: number };
   init(device: number): Promise<void>;
-  loadWeights(jobs: { file: string; offset: number; count: number; src: number; dst: number; name: string }[], onProgress?: (done: number, total: number) => void): Promise<DeviceTensor[]>;
+  loadWeights(jobs: { file: string; offset: number; count: number; src: number; dst: number; name: string; quant?: object | null }[], onProgress?: (done: number, total: number) => void): Promise<DeviceTensor[]>;
   forward(weights: DeviceTensor[], inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[], toHost: boolean[]): Promise<(HostTensor | DeviceTensor)[]>;
   memoryInfo(): { free: number; total: number };
 }
@@ -139,7 +140,16 @@ export class Model implements AsyncDisposable {
       checkWeights(manifest.weights.map((w) => ({ ...w, dtype: w.dtype as DType })), ckpt, { where: o.checkpoint });
       const jobs = manifest.weights.map((w) => {
         const info = ckpt.info(w.name);
-        return { file: ckpt.fileOf(w.name), offset: info.byteOffset, count: info.shape.reduce((a, c) => a * c, 1), src: ABI_DTYPE[info.dtype], dst: ABI_DTYPE[w.dtype as DType], name: w.name };
+        const q = w.quant;
+        const quant = q && {
+          kind: q.scheme === "int8" ? 2 : 1,
+          block: q.block,
+          rows: info.shape[0],
+          cols: info.shape[1],
+          doubleQuant: q.doubleQuant,
+          code: q.scheme === "int8" ? [] : [...codeOf(q.scheme)],
+        };
+        return { file: ckpt.fileOf(w.name), offset: info.byteOffset, count: info.shape.reduce((a, c) => a * c, 1), src: ABI_DTYPE[info.dtype], dst: ABI_DTYPE[w.dtype as DType], name: w.name, quant };
       });
       const weights = await native(art.loadWeights(jobs, o.onProgress), o.checkpoint);
       const tokenizer = await Tokenizer.fromCheckpoint(o.checkpoint);
@@ -153,6 +163,11 @@ export class Model implements AsyncDisposable {
 
   get target(): string {
     return this.manifest.target;
+  }
+
+  /** Bytes each weight takes on the target (quantized weights: their packed size). */
+  weightBytes(): Record<string, number> {
+    return Object.fromEntries(this.manifest.weights.map((w, i) => [w.name, this.weights[i].bytes]));
   }
 
   /** Runs calls one at a time (the artifact has one stream); rejects after dispose(). */

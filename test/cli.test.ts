@@ -87,9 +87,19 @@ test("kiln ir --passes prints the IR after a pipeline (quantized, attention fuse
   expect(r.stdout).not.toMatch(/= softmax\(/);
   expect(r.stderr).toContain("quantize-linear: 14 linear(s) → qlinear int8, outlier threshold 6");
   expect(print(parse(r.stdout))).toBe(r.stdout);
-  const q = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmpdir(), "kiln-never"), "--quant", "nf4");
-  expect(q.code).toBe(1);
-  expect(q.stderr).toContain("error[E_BUILD] quantized linears (--quant nf4) have no cpu/cuda code generator yet");
+  const tmp = mkdtempSync(join(tmpdir(), "kiln-quant-"));
+  try {
+    const q = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmp, "nf4"), "--quant", "nf4", "--double-quant", "--cache-dir", join(tmp, "cache"));
+    expect(q.code).toBe(0);
+    const r2 = await run("run", join(tmp, "nf4"), "--checkpoint", "test/fixtures/llama-gqa", "--ids", "1,2,3", "--max-new-tokens", "4");
+    expect(r2.code).toBe(0);
+    expect(r2.stdout.trim().split(" ")).toHaveLength(4);
+    const c = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmp, "never"), "--quant", "nf4", "--target", "cuda", "--cache-dir", join(tmp, "cache"));
+    expect(c.code).toBe(1);
+    expect(c.stderr).toContain("error[E_BUILD] quantized linears (--quant nf4) have no cuda kernels yet");
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 });
 
 test("kiln compile --explain says which attention fused; inspect describes the artifact; a file in the way is an error", async () => {

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
 import type { CompiledArtifact } from "../compiler/codegen/compile.js";
 import { KilnError } from "../compiler/ir/errors.js";
+import { run, tensor } from "../compiler/ir/index.js";
 import { loadModel } from "../runtime/api.js";
 import { openCheckpoint, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
 
@@ -84,6 +85,41 @@ test("a bf16 artifact stays close to the f32 reference", async () => {
   }
   expect(Math.sqrt(num / den)).toBeLessThan(3e-2);
   expect(sameArgmax).toBeGreaterThanOrEqual(12);
+});
+
+describe("quantized linears on the cpu target (quantized on load)", () => {
+  test.each([
+    ["nf4", false, 0.29],
+    ["nf4", true, 0.27],
+    ["fp4", false, 0.29],
+    ["int8", false, 0.56], // N·K int8 + an f64 scale a row: 0.5 + 4/K (K = 64 here; 0.501 at K = 4096)
+  ] as const)("%s (double quant %s): the interpreter's qlinear semantics, in ≤ %s× the bf16 bytes", async (quant, doubleQuant, ratio) => {
+    const dir = join(FIXTURES, "llama-gqa");
+    const art = await compile(dir, { target: "cpu", quant, doubleQuant, cacheDir, maxSeq: 64 });
+    const quantized = art.manifest.weights.filter((w) => w.quant);
+    expect(quantized).toHaveLength(14);
+    expect(quantized.every((w) => w.quant!.scheme === quant && w.quant!.doubleQuant === doubleQuant)).toBe(true);
+    await using model = await loadModel(art.dir, { checkpoint: dir });
+    const { ids } = reference("llama-gqa");
+    const out = await model.forward(ids);
+    // the same quantized graph on the interpreter, from the float checkpoint
+    const ck = openCheckpoint(dir);
+    const weights = Object.fromEntries(art.graph.params.map((p) => [p.name, { dtype: p.dtype, shape: ck.info(p.name).shape, data: ck.toFloat32(p.name) }]));
+    ck.close();
+    const empty = Object.fromEntries(art.graph.inputs.filter((v) => v.name.startsWith("past.")).map((v) => [v.name, { dtype: v.dtype, shape: [2, 2, 0, 8], data: new Float32Array(0) }]));
+    const interp = run(art.graph, { input_ids: tensor("i64", [2, 7], ids.flat()), ...empty }, weights).logits;
+    let maxErr = 0;
+    for (let i = 0; i < interp.data.length; i++) maxErr = Math.max(maxErr, Math.abs(interp.data[i] - out.logits[i]));
+    expect(maxErr).toBeLessThanOrEqual(1e-5);
+    const bytes = model.weightBytes();
+    const packed = quantized.reduce((a, w) => a + bytes[w.name], 0);
+    const bf16 = quantized.reduce((a, w) => a + 2 * (w.shape as number[]).reduce((x, y) => x * y, 1), 0);
+    expect(packed / bf16).toBeLessThanOrEqual(ratio);
+  });
+
+  test("the cuda target refuses quantized linears clearly (its kernels are still to come)", async () => {
+    await expectError(compile(join(FIXTURES, "llama-gqa"), { target: "cuda", quant: "nf4", cacheDir, maxSeq: 64 }), "E_BUILD", /no cuda kernels yet/);
+  });
 });
 
 describe("the artifact cache", () => {

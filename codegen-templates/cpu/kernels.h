@@ -7,6 +7,7 @@
 #include <string.h>
 #include <math.h>
 #include "../common/kiln_types.h"
+#include "../common/kiln_quant.h"
 
 namespace kiln {
 namespace cpu {
@@ -178,6 +179,64 @@ int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t
       memcpy(y + (o * m + j) * inner, x + (o * n + i) * inner, (size_t)inner * sizeof(T));
     }
   return -1;
+}
+
+// qlinear, 4-bit: y = x · deq(W)ᵀ (+ b), W stored as kiln_quant.h's 4-bit layout; each weight is
+// code[c]·absmax rounded to f32 and then to T (the activation dtype), as the interpreter does.
+template <typename T>
+void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, int64_t block, bool dq, const double* code) {
+  typedef Num<T> Nm;
+  const uint8_t* codes = w;
+  const int64_t nb = quant::blocks4(N * K, block);
+  std::vector<float> absmax((size_t)nb);
+  for (int64_t b = 0; b < nb; b++) absmax[(size_t)b] = quant::absmax4(w, N * K, block, dq, b);
+  std::vector<double> wd((size_t)(N * K));  // dequantized once per call (the CUDA kernels fuse this into the GEMV)
+#pragma omp parallel for schedule(static) if (N * K > 65536)
+  for (int64_t i = 0; i < N * K; i++) {
+    const int c = (codes[i / 2] >> (i % 2 ? 4 : 0)) & 15;
+    wd[(size_t)i] = (double)Nm::load(Nm::store((typename Nm::C)(float)(code[c] * (double)absmax[(size_t)(i / block)])));
+  }
+#pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 65536)
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      double s = bias ? (double)Nm::load(bias[n]) : 0.0;
+      for (int64_t k = 0; k < K; k++) s += (double)Nm::load(x[m * K + k]) * wd[(size_t)(n * K + k)];
+      y[m * N + n] = Nm::store((float)s);
+    }
+}
+
+// qlinear, int8 (LLM.int8): outlier feature dims (|x| > threshold in any row) multiply in floating
+// point against the dequantized int8 weights; the rest as per-token int8 × per-feature int8 with
+// integer accumulation. The reference is compiler/ir/quant.ts int8Matmul.
+template <typename T>
+void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold) {
+  typedef Num<T> Nm;
+  const int8_t* qw = (const int8_t*)w;
+  const double* sw = (const double*)(w + quant::pad16(N * K));
+  std::vector<uint8_t> outlier((size_t)K, 0);
+  if (threshold > 0 && isfinite(threshold))
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t k = 0; k < K; k++)
+        if (fabs((double)Nm::load(x[m * K + k])) > threshold) outlier[(size_t)k] = 1;
+  std::vector<int8_t> qx((size_t)(M * K));
+  std::vector<double> sx((size_t)M);
+  for (int64_t m = 0; m < M; m++) {
+    double mx = 0;
+    for (int64_t k = 0; k < K; k++) mx = fmax(mx, outlier[(size_t)k] ? 0.0 : fabs((double)Nm::load(x[m * K + k])));
+    sx[(size_t)m] = mx / 127;
+    for (int64_t k = 0; k < K; k++)
+      qx[(size_t)(m * K + k)] = (int8_t)(outlier[(size_t)k] || mx == 0 ? 0 : quant::js_round(((double)Nm::load(x[m * K + k]) / mx) * 127));
+  }
+#pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 65536)
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      int64_t acc = 0;
+      for (int64_t k = 0; k < K; k++) acc += (int64_t)qx[(size_t)(m * K + k)] * qw[n * K + k];
+      double s = (double)acc * sx[(size_t)m] * sw[n];
+      for (int64_t k = 0; k < K; k++)
+        if (outlier[(size_t)k]) s += (double)Nm::load(x[m * K + k]) * ((double)qw[n * K + k] * sw[n]);
+      y[m * N + n] = Nm::store((float)(s + (bias ? (double)Nm::load(bias[n]) : 0.0)));
+    }
 }
 
 // flash_attention (the fused eager attention): y[b, h, i] = softmax_j(scale · q[b, h, i] · k[b, h/g, j]) · v[b, h/g, j]

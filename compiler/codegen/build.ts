@@ -45,12 +45,19 @@ export interface Manifest {
   outputs: TensorSpec[];
   /** each symbolic dim: its upper bound, and where its value comes from */
   dims: Record<string, { max: number; from: string }>;
-  weights: (TensorSpec & { quant: null })[];
+  /** quant: how the runtime stores the weight (quantized on load, layouts in codegen-templates/common/kiln_quant.h) */
+  weights: (TensorSpec & { quant: WeightQuant | null })[];
   /** bytes of intermediates alive at once at the dims' bounds (no buffer reuse across ops assumed beyond frees) */
   workspace: { bytes: number; at: Record<string, number> };
   /** the KV cache the graph threads through (past.<i>.key|value → present.<i>.key|value), if any */
   kvCache: { layers: number; inputs: string[]; outputs: string[] } | null;
   library: string;
+}
+
+export interface WeightQuant {
+  scheme: "nf4" | "fp4" | "int8";
+  block: number;
+  doubleQuant: boolean;
 }
 
 export interface BuildOptions {
@@ -198,6 +205,18 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
       }
     });
   const pasts = g.inputs.filter((v) => v.name.startsWith("past."));
+  const quantOf = new Map<number, WeightQuant>();
+  for (const n of g.nodes)
+    if (n.op === "qlinear") {
+      const w = n.operands[1];
+      const q: WeightQuant = { scheme: n.attrs.scheme as WeightQuant["scheme"], block: n.attrs.block as number, doubleQuant: n.attrs.double_quant as boolean };
+      const prev = quantOf.get(w.id);
+      if (w.kind !== "param") throw new KilnError("E_BUILD", `qlinear's weight must be a parameter, got ${w.kind} ${w.name}`);
+      if (prev && JSON.stringify(prev) !== JSON.stringify(q)) throw new KilnError("E_BUILD", `weight '${w.name}' is quantized two ways`);
+      quantOf.set(w.id, q);
+    }
+  for (const n of g.nodes)
+    if (n.op !== "qlinear") for (const o of n.operands) if (quantOf.has(o.id)) throw new KilnError("E_BUILD", `weight '${o.name}' is quantized for qlinear but '${n.op}' reads it too`);
   return {
     format: ARTIFACT_FORMAT,
     kiln: KILN_VERSION,
@@ -211,7 +230,7 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
     inputs: g.inputs.map(spec),
     outputs: g.outputs.map((x) => spec({ ...x.value, name: x.name })),
     dims,
-    weights: g.params.map((p) => ({ ...spec(p), quant: null })),
+    weights: g.params.map((p) => ({ ...spec(p), quant: quantOf.get(p.id) ?? null })),
     workspace: { bytes: workspaceBytes(g, o.bounds), at: o.bounds },
     kvCache: pasts.length
       ? { layers: new Set(pasts.map((v) => v.name.split(".")[1])).size, inputs: pasts.map((v) => v.name), outputs: g.outputs.filter((x) => x.name.startsWith("present.")).map((x) => x.name) }

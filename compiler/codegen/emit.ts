@@ -13,6 +13,8 @@ import { locString, typeString } from "../ir/graph.js";
 import { printNode } from "../ir/print.js";
 import type { Expr } from "../ir/expr.js";
 import { parseExpr } from "../ir/expr.js";
+import type { FourBit } from "../ir/quant.js";
+import { codeOf } from "../ir/quant.js";
 
 export type Target = "cpu" | "cuda";
 
@@ -145,7 +147,22 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       return;
     }
     body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
-    if (n.op === "elementwise") {
+    if (n.op === "qlinear") {
+      const scheme = n.attrs.scheme as string;
+      if (o.target !== "cpu")
+        throw new KilnError("E_BUILD", `quantized linears (--quant ${scheme}) have no ${o.target} kernels yet (the cpu target has them): ${where}`);
+      const [x, w] = n.operands;
+      const [N, K] = w.shape;
+      const M = cprod(x.shape.slice(0, -1));
+      const bias = n.operands[2] ? name.get(n.operands[2].id)! : "nullptr";
+      const wp = `(const uint8_t*)${name.get(w.id)}`;
+      if (scheme === "int8") body.push(`  K::qlinear8<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${fmtDouble(n.attrs.threshold as number)});`);
+      else {
+        const table = `kiln_code_${scheme}`;
+        if (!consts.some((c) => c.includes(`${table}[16]`))) consts.push(`static const double ${table}[16] = {${codeOf(scheme as FourBit).map((v) => fmtDouble(v)).join(", ")}};`);
+        body.push(`  K::qlinear4<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table});`);
+      }
+    } else if (n.op === "elementwise") {
       const { functor, call } = emitElementwise(n, name);
       kernels.push(functor);
       body.push(`  ${call}`);
@@ -356,8 +373,6 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       });
       return lines;
     }
-    case "qlinear":
-      throw new KilnError("E_BUILD", `quantized linears (--quant ${n.attrs.scheme as string}) have no cpu/cuda code generator yet: the quantize-on-load kernels are still to come (${where})`);
     case "flash_attention": {
       const [q, , v] = n.operands;
       const [B, Hq, S, D] = q.shape;

@@ -21,6 +21,7 @@
 
 #include "../../codegen-templates/common/kiln_abi.h"
 #include "../../codegen-templates/common/kiln_types.h"
+#include "../../codegen-templates/common/kiln_quant.h"
 
 namespace {
 
@@ -160,6 +161,11 @@ struct WeightJob {
   int64_t offset, count;
   int32_t src, dst;
   std::string name;
+  // quantize on load: 0 none, 1 4-bit (with `code`), 2 int8; rows × cols = the weight's [N, K]
+  int32_t quant = 0;
+  int64_t block = 64, rows = 0, cols = 0;
+  bool dq = false;
+  double code[16] = {0};
 };
 
 // Reads each weight through a read-only mmap of its file, converts it on the host when the
@@ -209,7 +215,21 @@ class LoadWorker : public Worker {
       const uint8_t* src = (const uint8_t*)map + j.offset;
       const void* host = src;
       int64_t bytes = j.count * kDtypeBytes[j.dst];
-      if (j.src != j.dst) {
+      if (j.quant) {
+        // the weight in its model dtype (f32 values rounded to dst), then quantized (kiln_quant.h)
+        std::vector<float> f((size_t)j.count);
+        if (!Convert(src, j.src, (uint8_t*)f.data(), KILN_F32, j.count)) {
+          unmap();
+          return Fail("E_USAGE", j.name + ": cannot quantize a weight of dtype " + std::to_string(j.src));
+        }
+        if (j.dst == KILN_BF16) for (auto& v : f) v = kiln::bf16_bits_to_f32(kiln::f32_to_bf16_bits(v));
+        if (j.dst == KILN_F16) for (auto& v : f) v = kiln::f16_bits_to_f32(kiln::f32_to_f16_bits(v));
+        bytes = j.quant == 1 ? kiln::quant::bytes4(j.count, j.block, j.dq) : kiln::quant::bytes8(j.rows, j.cols);
+        staging.assign((size_t)bytes, 0);
+        if (j.quant == 1) kiln::quant::quantize4(f.data(), j.count, j.block, j.dq, j.code, staging.data());
+        else kiln::quant::quantize8(f.data(), j.rows, j.cols, staging.data());
+        host = staging.data();
+      } else if (j.src != j.dst) {
         staging.resize((size_t)bytes);
         if (!Convert(src, j.src, staging.data(), j.dst, j.count)) {
           unmap();
@@ -470,9 +490,22 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
     std::vector<WeightJob> jobs;
     for (uint32_t i = 0; i < a.Length(); i++) {
       Napi::Object o = a.Get(i).As<Napi::Object>();
-      jobs.push_back({o.Get("file").As<Napi::String>(), (int64_t)o.Get("offset").As<Napi::Number>().DoubleValue(),
-                      (int64_t)o.Get("count").As<Napi::Number>().DoubleValue(), o.Get("src").As<Napi::Number>().Int32Value(),
-                      o.Get("dst").As<Napi::Number>().Int32Value(), o.Get("name").As<Napi::String>()});
+      WeightJob job{o.Get("file").As<Napi::String>(), (int64_t)o.Get("offset").As<Napi::Number>().DoubleValue(),
+                    (int64_t)o.Get("count").As<Napi::Number>().DoubleValue(), o.Get("src").As<Napi::Number>().Int32Value(),
+                    o.Get("dst").As<Napi::Number>().Int32Value(), o.Get("name").As<Napi::String>()};
+      if (o.Has("quant") && o.Get("quant").IsObject()) {
+        Napi::Object q = o.Get("quant").As<Napi::Object>();
+        job.quant = q.Get("kind").As<Napi::Number>().Int32Value();
+        job.block = (int64_t)q.Get("block").As<Napi::Number>().DoubleValue();
+        job.rows = (int64_t)q.Get("rows").As<Napi::Number>().DoubleValue();
+        job.cols = (int64_t)q.Get("cols").As<Napi::Number>().DoubleValue();
+        job.dq = q.Get("doubleQuant").ToBoolean();
+        if (q.Has("code")) {
+          Napi::Array c = q.Get("code").As<Napi::Array>();
+          for (uint32_t k = 0; k < 16 && k < c.Length(); k++) job.code[k] = c.Get(k).As<Napi::Number>().DoubleValue();
+        }
+      }
+      jobs.push_back(job);
     }
     Napi::Function progress = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
     auto* w = new LoadWorker(env, lib, std::move(jobs), progress);
