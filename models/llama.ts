@@ -4,7 +4,7 @@
 // parameters are the checkpoint's tensor names. Passes, not this file, decide how it runs.
 
 import {
-  applyRotary, arange, cacheUpdate, causalMask, concat, constant, defineModel, Embedding, HFConfig, Linear, Module, positions, RMSNorm, repeatKv, silu,
+  applyRotary, attentionBias, cacheUpdate, concat, constant, defineModel, Embedding, HFConfig, Linear, Module, positionIds, RMSNorm, repeatKv, silu,
 } from "../compiler/dsl/index.js";
 import type { Tensor } from "../compiler/dsl/index.js";
 import { KilnError } from "../compiler/ir/errors.js";
@@ -56,7 +56,7 @@ class Attention extends Module {
     let v = split(this.v_proj.forward(x), kvHeads);
     [k, v] = cacheUpdate(this.layer, k, v); // with a KV cache: past ++ new, [B, kvHeads, P+S, D]
     [k, v] = [repeatKv(k, heads / kvHeads), repeatKv(v, heads / kvHeads)];
-    const scores = q.matmul(k.transpose(-2, -1)).mul(headDim ** -0.5).add(causalMask(S, q.dtype));
+    const scores = q.matmul(k.transpose(-2, -1)).mul(headDim ** -0.5).add(attentionBias(S, q.dtype)); // causal (+ padding)
     const probs = scores.float().softmax(-1).to(q.dtype);
     const out = probs.matmul(v).transpose(1, 2).reshape(B, S, heads * headDim);
     return this.o_proj.forward(out);
@@ -102,10 +102,10 @@ class LlamaModel extends Module {
   }
   forward(ids: Tensor): Tensor {
     let h = this.embed_tokens.forward(ids);
-    // angles[s, i] = position(s) · θ_i, in f32; each head dim pair (i, i + D/2) shares an angle
-    const S = ids.size(1), pos = positions(S);
-    const angles = arange(pos.start, pos.end).float().reshape(S, 1).mul(constant(this.c.invFreq, [1, this.c.headDim / 2]));
-    const freqs = concat([angles, angles], -1); // [S, D], broadcasts over [B, H, S, D]
+    // angles[b, s, i] = position(b, s) · θ_i, in f32; each head dim pair (i, i + D/2) shares an angle
+    const pos = positionIds(ids.size(1)); // [1 or B, S]: counts real tokens in padded batches
+    const angles = pos.unsqueeze(-1).mul(constant(this.c.invFreq, [1, 1, this.c.headDim / 2]));
+    const freqs = concat([angles, angles], -1).unsqueeze(1); // [1 or B, 1, S, D], broadcasts over [B, H, S, D]
     const [cos, sin] = [freqs.cos().to(h.dtype), freqs.sin().to(h.dtype)];
     for (const layer of this.layers) h = layer.forward(h, cos, sin);
     return this.norm.forward(h);

@@ -86,6 +86,8 @@ export interface ForwardResult {
   /** [B, S, V] logits in f32 */
   logits: Float32Array;
   shape: number[];
+  /** padded artifacts: each row's length; row b's tokens are its last lengths[b] positions (left padding) */
+  lengths?: number[];
 }
 
 export interface GeneratedToken {
@@ -189,7 +191,8 @@ export class Model implements AsyncDisposable {
   private checkIds(rows: readonly (readonly number[])[], past: number): BigInt64Array {
     const S = rows[0]?.length ?? 0;
     if (rows.length === 0 || S === 0) throw new KilnError("E_USAGE", "forward needs at least one token");
-    if (rows.some((r) => r.length !== S)) throw new KilnError("E_USAGE", "every row of input ids must have the same length (padded batches come with the unpad pass)");
+    if (rows.some((r) => r.length !== S))
+      throw new KilnError("E_USAGE", "every row of input ids must have the same length (compile with padded: true / --padded for batches of different lengths)");
     const { dims } = this.manifest;
     if (dims.B && rows.length > dims.B.max) throw new KilnError("E_USAGE", `batch of ${rows.length} is over the artifact's bound B ≤ ${dims.B.max} (compile with a larger maxBatch)`);
     if (dims.S && past + S > dims.S.max) throw new KilnError("E_USAGE", `${past + S} tokens are over the artifact's bound ${dims.S.max} (compile with a larger maxSeq)`);
@@ -215,9 +218,18 @@ export class Model implements AsyncDisposable {
   }
 
   /** One pass over `inputs` (input_ids plus the cache); returns the outputs, logits on the host. */
-  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>): Promise<{ logits: HostTensor; present: Map<string, DeviceTensor> }> {
+  /** Whether the artifact takes an attention_mask (compiled with padded: true). */
+  get padded(): boolean {
+    return this.manifest.inputs.some((i) => i.name === "attention_mask");
+  }
+
+  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>, mask?: BigInt64Array): Promise<{ logits: HostTensor; present: Map<string, DeviceTensor> }> {
     const inputs = this.manifest.inputs.map((i) => {
       if (i.name === "input_ids") return { dtype: ABI_DTYPE.i64, shape: [B, S], data: ids };
+      if (i.name === "attention_mask") {
+        if (!mask) throw new KilnError("E_ARTIFACT", "the artifact wants an attention_mask", { where: this.dir });
+        return { dtype: ABI_DTYPE.i64, shape: [B, mask.length / B], data: mask };
+      }
       const c = cache.get(i.name);
       if (!c) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
       return c as DeviceTensor;
@@ -236,11 +248,22 @@ export class Model implements AsyncDisposable {
   /** Logits for a batch of token-id rows of equal length (no cache kept). */
   forward(inputIds: readonly number[] | readonly (readonly number[])[]): Promise<ForwardResult> {
     return this.serial(async () => {
-      const rows = (typeof inputIds[0] === "number" ? [inputIds as number[]] : inputIds) as number[][];
+      let rows = (typeof inputIds[0] === "number" ? [inputIds as number[]] : inputIds) as number[][];
+      let mask: BigInt64Array | undefined;
+      let lengths: number[] | undefined;
+      if (this.padded) {
+        // left padding, as Hugging Face pads for generation; the mask says which tokens are real
+        lengths = rows.map((r) => r.length);
+        if (lengths.some((n) => n === 0)) throw new KilnError("E_USAGE", "a row with no tokens (every row needs at least one real token)");
+        const S = Math.max(...lengths);
+        mask = new BigInt64Array(rows.length * S);
+        rows.forEach((r, b) => mask!.fill(1n, b * S + S - r.length, (b + 1) * S));
+        rows = rows.map((r) => [...Array<number>(S - r.length).fill(0), ...r]);
+      }
       const ids = this.checkIds(rows, 0);
-      const { logits, present } = await this.run(ids, rows.length, rows[0].length, this.emptyCache(rows.length));
+      const { logits, present } = await this.run(ids, rows.length, rows[0].length, this.emptyCache(rows.length), mask);
       for (const t of present.values()) t.free();
-      return { logits: toF32(logits), shape: logits.shape };
+      return { logits: toF32(logits), shape: logits.shape, lengths };
     });
   }
 
@@ -264,7 +287,8 @@ export class Model implements AsyncDisposable {
     const step = (fresh: number[]): Promise<Float32Array> =>
       this.serial(async () => {
         const t = this.checkIds([fresh], past);
-        const { logits, present } = await this.run(t, 1, fresh.length, cache);
+        const mask = this.padded ? new BigInt64Array(past + fresh.length).fill(1n) : undefined;
+        const { logits, present } = await this.run(t, 1, fresh.length, cache, mask);
         freeCache();
         cache = new Map([...present].map(([k, v]) => [k.replace(/^present\./, "past."), v]));
         past += fresh.length;

@@ -28,10 +28,11 @@ const skip = process.env.KILN_SKIP_NVCC === "1";
   });
 
   test.each([
-    ["llama-gqa", "sm_90a", "bf16"],
-    ["llama-mqa-tied", "sm_80", "f32"],
-  ] as const)("%s for %s (%s)", async (fixture, arch, dtype) => {
-    const art = await compile(join(import.meta.dirname, "fixtures", fixture), { target: "cuda", arch, dtype, cacheDir, maxSeq: 64 });
+    ["llama-gqa", "sm_90a", "bf16", false],
+    ["llama-mqa-tied", "sm_80", "f32", false],
+    ["llama3-rope", "sm_90a", "bf16", true],
+  ] as const)("%s for %s (%s, padded %s)", async (fixture, arch, dtype, padded) => {
+    const art = await compile(join(import.meta.dirname, "fixtures", fixture), { target: "cuda", arch, dtype, cacheDir, maxSeq: 64, padded });
     expect(art.manifest.target).toBe("cuda");
     expect(art.manifest.arch).toBe(arch);
     // the library holds device code for exactly that architecture

@@ -29,6 +29,8 @@ export interface CompileOptions {
   maxSeq?: number;
   /** pass pipeline (default DEFAULT_PASSES) */
   passes?: string;
+  /** take an attention_mask input, so forward() accepts batches of different lengths (left-padded) */
+  padded?: boolean;
   /** bitsandbytes-style quantization of the linears (BitsAndBytesConfig: load_in_8bit / load_in_4bit + bnb_4bit_quant_type) */
   quant?: "int8" | "nf4" | "fp4";
   /** bnb_4bit_use_double_quant */
@@ -76,7 +78,7 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   }
   const config = def.fromHF(json, source);
   o.onProgress?.("trace", def.family);
-  let graph = traceModel(def, config, { dtype, kvCache: true });
+  let graph = traceModel(def, config, { dtype, kvCache: true, attentionMask: o.padded ?? false });
   o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
   const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules });
   graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES), { context: ctx });

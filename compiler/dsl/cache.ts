@@ -6,7 +6,9 @@
 
 import type { Dim } from "../ir/dim.js";
 import { dimAdd } from "../ir/dim.js";
-import { emit, Tensor, traceContext } from "./tensor.js";
+import type { DType } from "../ir/dtype.js";
+import { causalMask, where } from "./functional.js";
+import { arange, emit, full, Tensor, traceContext } from "./tensor.js";
 
 /** Tokens already in the cache: the symbol "P" when tracing with a cache, else 0. */
 export function pastLength(): Dim {
@@ -32,4 +34,47 @@ export function cacheUpdate(layer: number, k: Tensor, v: Tensor): [Tensor, Tenso
     return all;
   };
   return [grow(k, "key"), grow(v, "value")];
+}
+
+// ---------------------------------------------------------------- padded batches
+// Traced with `attentionMask: true`, a model gets the input `attention_mask: i64[B, P+S]` (Hugging
+// Face's: 1 = real token, 0 = padding, covering the cached tokens too). Positions then count real
+// tokens only (HF: cumsum(mask) − 1, and 1 at padding), and the attention bias hides padded keys.
+// Masked scores get the dtype's lowest finite value, not −inf, as HF's eager path does: a padded
+// query row sees no key and must come out finite (uniform), or its NaN would reach the real rows.
+
+const LOWEST: Record<string, number> = { f32: -3.4028234663852886e38, bf16: -3.3895313892515355e38, f16: -65504 };
+
+/** Position ids of the new tokens, as f32 [B, S] (padded batches) or [1, S]. */
+export function positionIds(S: Dim): Tensor {
+  const ctx = traceContext();
+  const { start, end } = positions(S);
+  const mask = ctx.padding?.mask;
+  if (!mask) return arange(start, end).float().reshape(1, S);
+  const T = end;
+  // cumsum over the mask as a product with the upper-triangular ones matrix (exact below 2^24)
+  const i = arange(0, T).reshape(T, 1);
+  const j = arange(0, T).reshape(1, T);
+  const upper = where(i.le(j), full([], 1), full([], 0)); // [T, T]
+  const m = mask.float();
+  const cum = m.matmul(upper).slice(-1, start, end); // [B, S]
+  const real = mask.slice(-1, start, end).ne(0);
+  return where(real, cum.sub(1), full([], 1));
+}
+
+/**
+ * Additive attention bias broadcasting over [B, H, S, P+S]: causal (query i, at position P + i,
+ * sees keys j ≤ P + i) and, in padded batches, no padded key. Without padding this is causalMask.
+ */
+export function attentionBias(S: Dim, dtype: DType = "f32"): Tensor {
+  const ctx = traceContext();
+  const mask = ctx.padding?.mask;
+  if (!mask) return causalMask(S, dtype);
+  const { start, end } = positions(S);
+  const i = arange(start, end).reshape(S, 1);
+  const j = arange(0, end).reshape(1, end);
+  const [B] = mask.shape;
+  const keyOk = mask.ne(0).reshape(B, 1, 1, end); // [B, 1, 1, T]
+  const lowest = full([], LOWEST[dtype] ?? LOWEST.f32, dtype);
+  return where(j.le(i), where(keyOk, full([], 0, dtype), lowest), lowest); // [B, 1, S, T]
 }

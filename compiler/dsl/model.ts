@@ -35,6 +35,8 @@ export interface TraceOptions {
   name?: string;
   /** add KV-cache inputs and outputs (past.<i>.key|value, present.<i>.key|value; see cache.ts) */
   kvCache?: boolean;
+  /** add the input attention_mask: i64[B, P+S] for padded batches (see cache.ts) */
+  attentionMask?: boolean;
 }
 
 export function traceModel<C>(def: ModelDef<C>, config: C, opts: TraceOptions = {}): Graph {
@@ -46,6 +48,10 @@ export function traceModel<C>(def: ModelDef<C>, config: C, opts: TraceOptions = 
     withTrace(ctx, () => {
       const inputs: Record<string, Tensor> = {};
       for (const [name, t] of Object.entries(def.inputs(config))) inputs[name] = new Tensor(b.input(name, t));
+      if (opts.attentionMask) {
+        const B = inputs.input_ids?.shape[0] ?? "B";
+        ctx.padding = { mask: new Tensor(b.input("attention_mask", { dtype: "i64", shape: [B, ctx.cache ? `${String(ctx.cache.past)}+S` : "S"] })) };
+      }
       const outputs = model.forward(inputs);
       for (const [name, t] of Object.entries(outputs)) b.output(name, t.value);
       for (const [name, v] of ctx.cache?.outputs ?? []) b.output(name, v);

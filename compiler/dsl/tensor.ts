@@ -18,6 +18,8 @@ export interface TraceContext {
   params: Map<string, Value>;
   /** set when tracing with a KV cache (see cache.ts) */
   cache?: { past: Dim; outputs: [string, Value][] };
+  /** set when tracing a padded batch (see cache.ts): the attention_mask input */
+  padding?: { mask: Tensor };
 }
 
 let current: TraceContext | undefined;
