@@ -106,8 +106,14 @@ test("kiln compile --explain says which attention fused; inspect describes the a
   const tmp = mkdtempSync(join(tmpdir(), "kiln-compile-"));
   try {
     const out = join(tmp, "art");
-    const r = await run("compile", "test/fixtures/llama-gqa", "--out", out, "--explain", "--cache-dir", join(tmp, "cache"));
+    const r = await run("compile", "test/fixtures/llama-gqa", "--out", out, "--explain", "--dump-ir-after", "fuse-attention", "--cache-dir", join(tmp, "cache"));
     expect(r.code).toBe(0);
+    const dumped = r.stderr.split("// ----- IR after fuse-attention\n")[1];
+    expect(dumped).toMatch(/^graph llama \{/);
+    expect(print(parse(dumped.slice(0, dumped.indexOf("\n}\n") + 3)))).toContain("flash_attention(");
+    const passes = await run("passes");
+    expect(passes.stdout).toMatch(/^fuse-attention\s+softmax/m);
+    expect(passes.stdout).toContain("default pipeline: quantize-linear,cse,fuse-attention,dce,fuse-elementwise");
     expect(r.stdout.trim()).toBe(out);
     expect(r.stderr).toMatch(/fuse-attention: attention at models\/llama\.ts:\d+:\d+: fused \(causal, kv_groups 4, scale 0\.35355/);
     const i = await run("inspect", out);

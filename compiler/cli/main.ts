@@ -13,7 +13,7 @@ import { compile, DEFAULT_PASSES } from "../codegen/compile.js";
 import type { Target } from "../codegen/emit.js";
 import { DTYPE_BYTES } from "../ir/dtype.js";
 import { loadModel } from "../../runtime/api.js";
-import { createContext, parsePipeline, runPipeline } from "../passes/index.js";
+import { createContext, listPasses, parsePipeline, runPipeline } from "../passes/index.js";
 import { demo } from "./demo.js";
 import { formatBytes, Progress } from "./progress.js";
 import { loadModelFile, readHFConfig } from "./load-model.js";
@@ -68,14 +68,17 @@ export function program(io: IO = stdio): Command {
     .option("--no-typecheck", "skip type-checking the model file")
     .option("--explain", "say what each pass rewrote or left alone, and why")
     .option("--padded", "take an attention_mask, for batches of prompts of different lengths")
+    .option("--dump-ir-after <passes>", "print the IR after these passes (comma-separated names, or all) to stderr")
     .addOption(new Option("--quant <scheme>", "quantize the linears: LLM.int8 or 4-bit (bitsandbytes' schemes)").choices(["int8", "nf4", "fp4"]))
     .option("--double-quant", "4-bit: quantize the absmax values too (bnb_4bit_use_double_quant)")
     .option("--int8-threshold <t>", "int8: outlier threshold (llm_int8_threshold)", Number)
     .option("--skip-modules <names>", "modules kept in 16 bits, comma-separated (default lm_head)", (v: string) => v.split(",").map((x) => x.trim()).filter(Boolean))
-    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean; padded?: boolean; quant?: "int8" | "nf4" | "fp4"; doubleQuant?: boolean; int8Threshold?: number; skipModules?: string[] }) => {
+    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean; padded?: boolean; dumpIrAfter?: string; quant?: "int8" | "nf4" | "fp4"; doubleQuant?: boolean; int8Threshold?: number; skipModules?: string[] }) => {
       const stages = ["trace", "passes", "emit", "compile", "done"];
       const bar = new Progress(`compiling for ${o.target}`, io.err);
-      const art = await compile(model, { ...o, onProgress: (stage, info) => bar.update(stage === "cache-hit" ? 1 : stages.indexOf(stage) / 4, stage === "compile" ? (info ?? "") : stage) });
+      const dump = o.dumpIrAfter?.split(",").map((x) => x.trim());
+      const onAfterPass = dump ? (pass: string, text: string) => (dump.includes("all") || dump.includes(pass) ? io.err(`// ----- IR after ${pass}\n${text}`) : undefined) : undefined;
+      const art = await compile(model, { ...o, onAfterPass, onProgress: (stage, info) => bar.update(stage === "cache-hit" ? 1 : stages.indexOf(stage) / 4, stage === "compile" ? (info ?? "") : stage) });
       bar.done(art.cached ? "(cache hit)" : "");
       if (o.explain) for (const m of art.explain) io.err(`${m.pass}: ${m.message}\n`);
       io.out(`${art.dir}\n`);
@@ -143,6 +146,13 @@ export function program(io: IO = stdio): Command {
           "",
         ].join("\n"),
       );
+    });
+
+  p.command("passes")
+    .description("list the passes a pipeline can name")
+    .action(() => {
+      for (const pass of listPasses()) io.out(`${pass.name.padEnd(18)} ${pass.description}\n`);
+      io.out(`\ndefault pipeline: ${DEFAULT_PASSES}\n`);
     });
 
   p.command("demo")

@@ -11,6 +11,7 @@ import type { Graph } from "../ir/graph.js";
 import type { PassMessage } from "../passes/index.js";
 import { createContext, parsePipeline, runPipeline } from "../passes/index.js";
 import { modelFor } from "../../models/index.js";
+import { print } from "../ir/print.js";
 import type { Arch, Manifest } from "./build.js";
 import { buildArtifact, copyArtifact } from "./build.js";
 import type { Target } from "./emit.js";
@@ -29,6 +30,8 @@ export interface CompileOptions {
   maxSeq?: number;
   /** pass pipeline (default DEFAULT_PASSES) */
   passes?: string;
+  /** called with the IR text after each pass (`--dump-ir-after`) */
+  onAfterPass?: (pass: string, irText: string) => void;
   /** take an attention_mask input, so forward() accepts batches of different lengths (left-padded) */
   padded?: boolean;
   /** bitsandbytes-style quantization of the linears (BitsAndBytesConfig: load_in_8bit / load_in_4bit + bnb_4bit_quant_type) */
@@ -81,7 +84,10 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   let graph = traceModel(def, config, { dtype, kvCache: true, attentionMask: o.padded ?? false });
   o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
   const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules });
-  graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES), { context: ctx });
+  graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES), {
+    context: ctx,
+    onAfterPass: o.onAfterPass ? (p, g) => o.onAfterPass!(p.name, print(g)) : undefined,
+  });
 
   const maxSeq = o.maxSeq ?? (typeof json.max_position_embeddings === "number" ? json.max_position_embeddings : 4096);
   const maxBatch = o.maxBatch ?? 8;
