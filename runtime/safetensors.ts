@@ -26,7 +26,7 @@ import path from "node:path";
 import type { DType } from "../compiler/ir/dtype.js";
 import { DTYPE_BYTES, isDType, isFloat } from "../compiler/ir/dtype.js";
 import { KilnError } from "../compiler/ir/errors.js";
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../compiler/ir/numeric.js";
+import { f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../compiler/ir/numeric.js";
 import type { Tensor } from "../compiler/ir/tensor.js";
 
 /** Largest header accepted, as in the reference reader (`HeaderTooLarge`). */

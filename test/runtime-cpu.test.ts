@@ -7,9 +7,9 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
 import type { CompiledArtifact } from "../compiler/codegen/compile.js";
-import { KilnError } from "../compiler/ir/errors.js";
 import { run, tensor } from "../compiler/ir/index.js";
 import { loadModel } from "../runtime/api.js";
+import { expectKilnError } from "./helpers.js";
 import { openCheckpoint, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
 
 const FIXTURES = join(import.meta.dirname, "fixtures");
@@ -29,19 +29,6 @@ const reference = (n: string) => {
   return { ids: [ids.slice(0, 7), ids.slice(7, 14)], logits: ref.toFloat32("logits"), greedy: Array.from(ref.toFloat64("greedy_ids")) };
 };
 
-async function expectError(p: Promise<unknown>, code: string, ...parts: (string | RegExp)[]): Promise<KilnError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(KilnError);
-  const e = err as KilnError;
-  expect(e.code).toBe(code);
-  for (const part of parts) expect(e.message).toMatch(part);
-  return e;
-}
 
 describe.each(NAMES)("%s on the cpu target", (name) => {
   test("forward gives Hugging Face's logits (f32, max abs error ≤ 1e-4)", async () => {
@@ -118,7 +105,7 @@ describe("quantized linears on the cpu target (quantized on load)", () => {
   });
 
   test("the cuda target refuses quantized linears clearly (its kernels are still to come)", async () => {
-    await expectError(compile(join(FIXTURES, "llama-gqa"), { target: "cuda", quant: "nf4", cacheDir, maxSeq: 64 }), "E_BUILD", /no cuda kernels yet/);
+    await expectKilnError(compile(join(FIXTURES, "llama-gqa"), { target: "cuda", quant: "nf4", cacheDir, maxSeq: 64 }), "E_BUILD", /no cuda kernels yet/);
   });
 });
 
@@ -138,7 +125,7 @@ describe("the artifact cache", () => {
     const dir = join(tmp, "failing-cache");
     process.env.KILN_CXX = fake;
     try {
-      await expectError(compile(join(FIXTURES, "llama-mha"), { target: "cpu", cacheDir: dir }), "E_BUILD", /fake-cxx\.sh failed/, /error: boom/);
+      await expectKilnError(compile(join(FIXTURES, "llama-mha"), { target: "cpu", cacheDir: dir }), "E_BUILD", /fake-cxx\.sh failed/, /error: boom/);
     } finally {
       delete process.env.KILN_CXX;
     }
@@ -168,7 +155,7 @@ describe("bad checkpoints and inputs are clear errors", () => {
       delete t["model.norm.weight"];
       t["model.layers.0.self_attn.q_proj.weight"] = { dtype: "f32", shape: [64, 32], data: new Float32Array(64 * 32) };
     });
-    const e = await expectError(
+    const e = await expectKilnError(
       loadModel(arts.get("llama-mha")!.dir, { checkpoint: dir }),
       "E_WEIGHTS",
       /3 problems/,
@@ -183,17 +170,17 @@ describe("bad checkpoints and inputs are clear errors", () => {
     const dir = variant("truncated", () => {});
     const file = join(dir, "model.safetensors");
     truncateSync(file, readFileSync(file).length - 1000);
-    await expectError(loadModel(arts.get("llama-mha")!.dir, { checkpoint: dir }), "E_SAFETENSORS", /model\.safetensors/);
+    await expectKilnError(loadModel(arts.get("llama-mha")!.dir, { checkpoint: dir }), "E_SAFETENSORS", /model\.safetensors/);
   });
 
   test("token ids out of the vocabulary, too many tokens, ragged rows, use after dispose", async () => {
     const model = await loadModel(arts.get("llama-mha")!.dir, { checkpoint: join(FIXTURES, "llama-mha") });
-    await expectError(model.forward([1, 2, 256]), "E_USAGE", /token id 256 \(row 0, position 2\) is not in \[0, 256\)/);
-    await expectError(model.forward(Array(65).fill(1)), "E_USAGE", /65 tokens are over the artifact's bound 64/);
-    await expectError(model.forward([[1, 2], [3]]), "E_USAGE", /same length/);
-    await expectError(model.generate("hello").next(), "E_USAGE", /no tokenizer\.json/);
+    await expectKilnError(model.forward([1, 2, 256]), "E_USAGE", /token id 256 \(row 0, position 2\) is not in \[0, 256\)/);
+    await expectKilnError(model.forward(Array(65).fill(1)), "E_USAGE", /65 tokens are over the artifact's bound 64/);
+    await expectKilnError(model.forward([[1, 2], [3]]), "E_USAGE", /same length/);
+    await expectKilnError(model.generate("hello").next(), "E_USAGE", /no tokenizer\.json/);
     await model.dispose();
-    await expectError(model.forward([1]), "E_USAGE", /disposed/);
+    await expectKilnError(model.forward([1]), "E_USAGE", /disposed/);
   });
 
   test("an AbortSignal stops generation", async () => {
@@ -214,6 +201,6 @@ describe("bad checkpoints and inputs are clear errors", () => {
   });
 
   test("a folder that is not an artifact", async () => {
-    await expectError(loadModel(tmp, { checkpoint: join(FIXTURES, "llama-mha") }), "E_ARTIFACT", /no manifest\.json/);
+    await expectKilnError(loadModel(tmp, { checkpoint: join(FIXTURES, "llama-mha") }), "E_ARTIFACT", /no manifest\.json/);
   });
 });

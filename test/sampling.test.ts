@@ -1,7 +1,5 @@
 import { describe, expect, test } from "@jest/globals";
 import fc from "fast-check";
-import { KilnError } from "../compiler/ir/errors.js";
-import type { KilnErrorCode } from "../compiler/ir/errors.js";
 import {
   Rng,
   applyRepetitionPenalty,
@@ -10,23 +8,11 @@ import {
   validateSamplingOptions,
 } from "../runtime/sampling.js";
 import type { GeneratedToken, GenerationResult, SamplingOptions, StepFn } from "../runtime/sampling.js";
+import { expectKilnErrorSync } from "./helpers.js";
 
 const f32 = (xs: number[]): Float32Array => Float32Array.from(xs);
 const opts = (o: SamplingOptions = {}) => validateSamplingOptions(o);
 
-function expectKiln(fn: () => unknown, code: KilnErrorCode, ...substrings: string[]): KilnError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(KilnError);
-  const k = err as KilnError;
-  expect(k.code).toBe(code);
-  for (const s of substrings) expect(k.message).toContain(s);
-  return k;
-}
 
 /** Draws `n` tokens and returns how often each id came up. */
 function histogram(logits: Float32Array, o: SamplingOptions, n: number, seed = 1, history: number[] = []): number[] {
@@ -93,7 +79,7 @@ describe("options", () => {
     ["doSample", "yes", '"yes"'],
     ["signal", {}, "{}"],
   ])("%s = %p is E_USAGE naming the option and value", (name, value, shown) => {
-    const k = expectKiln(() => validateSamplingOptions({ [name]: value } as SamplingOptions), "E_USAGE", name, shown);
+    const k = expectKilnErrorSync(() => validateSamplingOptions({ [name]: value } as SamplingOptions), "E_USAGE", name, shown);
     expect(k.where).toBe("sampling options");
   });
 });
@@ -119,7 +105,7 @@ describe("Rng (xoshiro128**)", () => {
     expect(Math.abs(sum / 10000 - 0.5)).toBeLessThan(0.02);
     expect(new Rng(1).next()).not.toBe(new Rng(2).next());
     expect(new Rng(2 ** 32).next()).not.toBe(new Rng(0).next()); // the high bits count
-    expectKiln(() => new Rng(1.5), "E_USAGE", "seed", "1.5");
+    expectKilnErrorSync(() => new Rng(1.5), "E_USAGE", "seed", "1.5");
     expect(Number.isSafeInteger(new Rng().seed)).toBe(true);
   });
 });
@@ -209,7 +195,7 @@ describe("selectToken", () => {
     expect(selectToken(f32([2, 1.5]), [0], opts({ repetitionPenalty: 2 }), rng)).toBe(1); // 2/2 = 1 < 1.5
     expect(selectToken(f32([-1, -1.5]), [0, 0], opts({ repetitionPenalty: 2 }), rng)).toBe(1); // -1*2 = -2 < -1.5
     expect(selectToken(f32([2, 1.5]), [0], opts({ repetitionPenalty: 1 }), rng)).toBe(0);
-    expectKiln(() => selectToken(f32([1, 2]), [5], opts({ repetitionPenalty: 1.2 }), rng), "E_USAGE", "5");
+    expectKilnErrorSync(() => selectToken(f32([1, 2]), [5], opts({ repetitionPenalty: 1.2 }), rng), "E_USAGE", "5");
   });
 
   test("-Infinity logits are masked", () => {
@@ -219,15 +205,15 @@ describe("selectToken", () => {
     const two = histogram(f32([-Infinity, 1, -Infinity, 1]), { temperature: 1 }, 2000);
     expect(two[0] + two[2]).toBe(0);
     expect(Math.abs(two[1] / 2000 - 0.5)).toBeLessThan(0.05);
-    expectKiln(() => selectToken(f32([-Infinity, -Infinity]), [], opts(), new Rng(0)), "E_RUNTIME", "-Infinity");
+    expectKilnErrorSync(() => selectToken(f32([-Infinity, -Infinity]), [], opts(), new Rng(0)), "E_RUNTIME", "-Infinity");
   });
 
   test("NaN or +Infinity logits are E_RUNTIME", () => {
     for (const o of [{}, { temperature: 1 }]) {
-      expectKiln(() => selectToken(f32([1, NaN, 2]), [], opts(o), new Rng(0)), "E_RUNTIME", "logits[1]", "NaN");
-      expectKiln(() => selectToken(f32([1, 2, Infinity]), [], opts(o), new Rng(0)), "E_RUNTIME", "logits[2]", "Infinity");
+      expectKilnErrorSync(() => selectToken(f32([1, NaN, 2]), [], opts(o), new Rng(0)), "E_RUNTIME", "logits[1]", "NaN");
+      expectKilnErrorSync(() => selectToken(f32([1, 2, Infinity]), [], opts(o), new Rng(0)), "E_RUNTIME", "logits[2]", "Infinity");
     }
-    expectKiln(() => selectToken(new Float32Array(0), [], opts(), new Rng(0)), "E_RUNTIME", "empty");
+    expectKilnErrorSync(() => selectToken(new Float32Array(0), [], opts(), new Rng(0)), "E_RUNTIME", "empty");
   });
 
   test("a 150k vocabulary with top-k and top-p", () => {
@@ -406,9 +392,9 @@ describe("generateTokens", () => {
 
   test("bad arguments are E_USAGE at the call; bad model output is E_RUNTIME", async () => {
     const { step } = scripted([1]);
-    expectKiln(() => generateTokens(step, [], {}), "E_USAGE", "prompt");
-    expectKiln(() => generateTokens(step, [1, -2], {}), "E_USAGE", "prompt[1]", "-2");
-    expectKiln(() => generateTokens(step, [1], { topP: 2 }), "E_USAGE", "topP", "2");
+    expectKilnErrorSync(() => generateTokens(step, [], {}), "E_USAGE", "prompt");
+    expectKilnErrorSync(() => generateTokens(step, [1, -2], {}), "E_USAGE", "prompt[1]", "-2");
+    expectKilnErrorSync(() => generateTokens(step, [1], { topP: 2 }), "E_USAGE", "topP", "2");
     const nan: StepFn = async () => f32([0, NaN]);
     await expect(generateTokens(nan, [0]).next()).rejects.toMatchObject({ code: "E_RUNTIME" });
     let v = 3;

@@ -4,8 +4,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { KilnError } from "../compiler/ir/errors.js";
-import type { KilnErrorCode } from "../compiler/ir/errors.js";
 import { TextStreamer, Tokenizer, streamDecode } from "../runtime/tokenizer.js";
+import { expectKilnError } from "./helpers.js";
 
 // Fixtures: scripts/hf-tokenizer-fixture.py trained three tiny tokenizers with HF `tokenizers` and
 // recorded what transformers' AutoTokenizer gives for them (reference.json).
@@ -29,19 +29,6 @@ afterAll(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
 let tmpCount = 0;
 const tmpDir = (): string => fs.mkdtempSync(path.join(tmpRoot, `t${tmpCount++}-`));
 
-async function expectKiln(p: Promise<unknown>, code: KilnErrorCode, ...substrings: string[]): Promise<KilnError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(KilnError);
-  const k = err as KilnError;
-  expect(k.code).toBe(code);
-  for (const s of substrings) expect(k.message).toContain(s);
-  return k;
-}
 
 function stream(tok: Tokenizer, ids: readonly number[], skipSpecialTokens = false): string[] {
   const s = new TextStreamer(tok, { skipSpecialTokens });
@@ -305,54 +292,54 @@ describe("errors", () => {
 
   test("missing tokenizer.json → E_IO", async () => {
     const f = path.join(tmpDir(), "tokenizer.json");
-    const e = await expectKiln(Tokenizer.fromFile(f), "E_IO", "not found");
+    const e = await expectKilnError(Tokenizer.fromFile(f), "E_IO", "not found");
     expect(e.where).toBe(f);
   });
 
   test("a folder where tokenizer.json should be → E_IO", async () => {
-    await expectKiln(Tokenizer.fromFile(tmpDir()), "E_IO", "directory");
+    await expectKilnError(Tokenizer.fromFile(tmpDir()), "E_IO", "directory");
   });
 
   test("not JSON → E_CONFIG", async () => {
     const f = write("tokenizer.json", '{"model": {');
-    const e = await expectKiln(Tokenizer.fromFile(f), "E_CONFIG", "not valid JSON");
+    const e = await expectKilnError(Tokenizer.fromFile(f), "E_CONFIG", "not valid JSON");
     expect(e.where).toBe(f);
   });
 
   test("JSON that is no tokenizer.json → E_CONFIG", async () => {
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", "[1, 2]")), "E_CONFIG", "JSON object");
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", '{"version": "1.0"}')), "E_CONFIG", '"model"');
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", '{"model": {"type": "BPE"}}')), "E_CONFIG", "vocab");
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, added_tokens: [{ id: "x" }] }))), "E_CONFIG", "added_tokens[0]");
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, model: { ...(good.model as object), vocab: { a: -1 } } }))), "E_CONFIG", "vocab");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", "[1, 2]")), "E_CONFIG", "JSON object");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", '{"version": "1.0"}')), "E_CONFIG", '"model"');
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", '{"model": {"type": "BPE"}}')), "E_CONFIG", "vocab");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, added_tokens: [{ id: "x" }] }))), "E_CONFIG", "added_tokens[0]");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, model: { ...(good.model as object), vocab: { a: -1 } } }))), "E_CONFIG", "vocab");
   });
 
   test("components the library does not know → E_CONFIG, not a raw library error", async () => {
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, model: { ...(good.model as object), type: "Nonesuch", vocab: { a: 0 } } }))), "E_CONFIG", "tokenizer.json");
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, pre_tokenizer: { type: "Nonesuch" } }))), "E_CONFIG", "Nonesuch");
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, decoder: { type: "Nonesuch" } }))), "E_CONFIG", "Nonesuch");
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, model: { type: "WordLevel", vocab: { a: 0 }, unk_token: "a" } }))), "E_CONFIG", "WordLevel");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, model: { ...(good.model as object), type: "Nonesuch", vocab: { a: 0 } } }))), "E_CONFIG", "tokenizer.json");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, pre_tokenizer: { type: "Nonesuch" } }))), "E_CONFIG", "Nonesuch");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, decoder: { type: "Nonesuch" } }))), "E_CONFIG", "Nonesuch");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, model: { type: "WordLevel", vocab: { a: 0 }, unk_token: "a" } }))), "E_CONFIG", "WordLevel");
     const unigram = { type: "Unigram", unk_id: 0, vocab: [["<unk>", 0], ["a", -1]], byte_fallback: true };
-    await expectKiln(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, added_tokens: [], post_processor: null, model: unigram }))), "E_CONFIG", "byte_fallback");
+    await expectKilnError(Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, added_tokens: [], post_processor: null, model: unigram }))), "E_CONFIG", "byte_fallback");
     const ok = await Tokenizer.fromFile(write("tokenizer.json", JSON.stringify({ ...good, added_tokens: [], post_processor: null, pre_tokenizer: null, decoder: null, model: { ...unigram, byte_fallback: false } })));
     expect(ok.encode("aa")).toEqual([1, 1]);
   });
 
   test("tokenizer_config.json: missing when named → E_IO; malformed → E_CONFIG", async () => {
     const file = path.join(FIXTURES, "bytelevel", "tokenizer.json");
-    await expectKiln(Tokenizer.fromFile(file, { tokenizerConfig: path.join(tmpDir(), "tokenizer_config.json") }), "E_IO", "tokenizer_config.json");
-    await expectKiln(Tokenizer.fromFile(file, { tokenizerConfig: write("tokenizer_config.json", "{,}") }), "E_CONFIG", "tokenizer_config.json");
+    await expectKilnError(Tokenizer.fromFile(file, { tokenizerConfig: path.join(tmpDir(), "tokenizer_config.json") }), "E_IO", "tokenizer_config.json");
+    await expectKilnError(Tokenizer.fromFile(file, { tokenizerConfig: write("tokenizer_config.json", "{,}") }), "E_CONFIG", "tokenizer_config.json");
   });
 
   test("fromCheckpoint: no tokenizer.json → undefined; no folder → E_IO; bad generation_config.json → E_CONFIG", async () => {
     expect(await Tokenizer.fromCheckpoint(tmpDir())).toBeUndefined();
-    await expectKiln(Tokenizer.fromCheckpoint(path.join(tmpRoot, "nonesuch")), "E_IO", "not found");
+    await expectKilnError(Tokenizer.fromCheckpoint(path.join(tmpRoot, "nonesuch")), "E_IO", "not found");
     const d = tmpDir();
     for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(FIXTURES, "bytelevel", f), path.join(d, f));
     fs.writeFileSync(path.join(d, "generation_config.json"), '{"eos_token_id": "two"}');
-    await expectKiln(Tokenizer.fromCheckpoint(d), "E_CONFIG", "eos_token_id");
+    await expectKilnError(Tokenizer.fromCheckpoint(d), "E_CONFIG", "eos_token_id");
     fs.writeFileSync(path.join(d, "generation_config.json"), "not json");
-    await expectKiln(Tokenizer.fromCheckpoint(d), "E_CONFIG", "generation_config.json");
+    await expectKilnError(Tokenizer.fromCheckpoint(d), "E_CONFIG", "generation_config.json");
     fs.writeFileSync(path.join(d, "generation_config.json"), '{"eos_token_id": [304, 301]}');
     fs.writeFileSync(path.join(d, "config.json"), '{"eos_token_id": 361, "bos_token_id": 360}');
     const tok = (await Tokenizer.fromCheckpoint(d))!;
