@@ -12,7 +12,7 @@ import {
 } from "../compiler/ir/index.js";
 import type { FourBit } from "../compiler/ir/index.js";
 import { createContext, quantizeLinear, quantizeLinearPass, runPipeline } from "../compiler/passes/index.js";
-import { normals } from "../compiler/cli/demo.js";
+import { normals } from "../compiler/testing/index.js";
 import llama from "../models/llama.js";
 
 /** Largest half-gap between neighbouring code values: the worst rounding of a value in [-1, 1]. */

@@ -190,19 +190,24 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   const int64_t nb = quant::blocks4(N * K, block);
   std::vector<float> absmax((size_t)nb);
   for (int64_t b = 0; b < nb; b++) absmax[(size_t)b] = quant::absmax4(w, N * K, block, dq, b);
-  std::vector<double> wd((size_t)(N * K));  // dequantized once per call (the CUDA kernels fuse this into the GEMV)
-#pragma omp parallel for schedule(static) if (N * K > 65536)
-  for (int64_t i = 0; i < N * K; i++) {
-    const int c = (codes[i / 2] >> (i % 2 ? 4 : 0)) & 15;
-    wd[(size_t)i] = (double)Nm::load(Nm::store((typename Nm::C)(float)(code[c] * (double)absmax[(size_t)(i / block)])));
-  }
-#pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 65536)
-  for (int64_t m = 0; m < M; m++)
+  // each weight row is dequantized once per call into a K-long buffer, then used for every token
+#pragma omp parallel
+  {
+    std::vector<double> wd((size_t)K);
+#pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n++) {
-      double s = bias ? (double)Nm::load(bias[n]) : 0.0;
-      for (int64_t k = 0; k < K; k++) s += (double)Nm::load(x[m * K + k]) * wd[(size_t)(n * K + k)];
-      y[m * N + n] = Nm::store((float)s);
+      for (int64_t k = 0; k < K; k++) {
+        const int64_t i = n * K + k;
+        const int c = (codes[i / 2] >> (i % 2 ? 4 : 0)) & 15;
+        wd[(size_t)k] = (double)Nm::load(Nm::store((typename Nm::C)(float)(code[c] * (double)absmax[(size_t)(i / block)])));
+      }
+      for (int64_t m = 0; m < M; m++) {
+        double s = bias ? (double)Nm::load(bias[n]) : 0.0;
+        for (int64_t k = 0; k < K; k++) s += (double)Nm::load(x[m * K + k]) * wd[(size_t)k];
+        y[m * N + n] = Nm::store((float)s);
+      }
     }
+  }
 }
 
 // qlinear, int8 (LLM.int8): outlier feature dims (|x| > threshold in any row) multiply in floating

@@ -20,6 +20,7 @@ import { compile } from "../codegen/compile.js";
 import type { Target } from "../codegen/emit.js";
 import { loadModel } from "../../runtime/api.js";
 import { formatBytes, Progress } from "./progress.js";
+import { normals } from "../testing/random.js";
 
 export interface DemoOptions {
   out?: string;
@@ -41,18 +42,6 @@ export const DEMO_CONFIG = {
   rope_parameters: { rope_type: "default", rope_theta: 10000 },
 };
 
-/** Seeded N(0, 1) samples (mulberry32 + Box–Muller): the same checkpoint on every machine. */
-export function normals(seed: number): () => number {
-  let s = seed >>> 0;
-  const uniform = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return () => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
-}
 
 /** Whether this machine has an NVIDIA GPU and nvcc, i.e. whether the cuda target can run here. */
 export async function cudaAvailable(): Promise<boolean> {

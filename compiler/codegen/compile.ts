@@ -1,7 +1,7 @@
 // compile(): a model (a model file with a config, or a Hugging Face checkpoint folder whose
 // config.json names the family) → traced IR with a KV cache → passes → a cached artifact.
 
-import { existsSync, statSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { loadModelFile, readHFConfig } from "../cli/load-model.js";
 import type { ModelDef } from "../dsl/model.js";
 import { traceModel } from "../dsl/model.js";
@@ -72,7 +72,7 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
     ({ json, file: source } = cfg(o.config));
   } else if (typeof model === "string") {
     if (!existsSync(model)) throw new KilnError("E_IO", "no such model file or checkpoint folder", { where: model });
-    ({ json, file: source } = cfg(o.config ?? (statSync(model).isDirectory() ? model : model)));
+    ({ json, file: source } = cfg(o.config ?? model));
     def = modelFor(json, source);
   } else {
     if (!o.config) throw new KilnError("E_USAGE", "a config is required with a model definition");

@@ -44,7 +44,10 @@ export function fuseElementwise(g: Graph, explain: (msg: string) => void = () =>
     return (
       !isScalarFull(n) && us.length <= 4 && us.every(intoChain) &&
       n.operands.every((o) => !absorbed.has(o.id)) &&
-      n.operands.some((o) => !isScalarFull(def.get(o.id) ?? ({ op: "", attrs: {} } as unknown as Node)))
+      n.operands.some((o) => {
+        const d = def.get(o.id);
+        return !d || !isScalarFull(d);
+      })
     );
   };
 

@@ -4,3 +4,4 @@
 
 export * from "./arbitraries.js";
 export * from "./check.js";
+export * from "./random.js";
