@@ -2,9 +2,13 @@
 
 import { KilnError } from "../compiler/ir/errors.js";
 import type { ModelDef } from "../compiler/dsl/model.js";
+import bert from "./bert.js";
+import bloom from "./bloom.js";
+import falcon from "./falcon.js";
 import llama from "./llama.js";
+import opt from "./opt.js";
 
-export const MODELS: ModelDef<any>[] = [llama];
+export const MODELS: ModelDef<any>[] = [llama, falcon, opt, bloom, bert];
 
 /** The definition whose `modelTypes` include the config's `model_type`; an unknown type names the ones Kiln has. */
 export function modelFor(json: Record<string, unknown>, source = "config.json"): ModelDef<unknown> {
@@ -18,4 +22,4 @@ export function modelFor(json: Record<string, unknown>, source = "config.json"):
   return def;
 }
 
-export { llama };
+export { bert, bloom, falcon, llama, opt };
