@@ -13,6 +13,8 @@ const ckpt = process.env.KILN_BENCH_CKPT ?? "/tmp/kiln-bench/llama2-7b-random";
 const peer = JSON.parse(readFileSync(process.env.KILN_BENCH_PEER ?? "/tmp/kiln-bench/peer.json", "utf8")) as {
   peer: string; device: string; prompt: number[]; tokens: number[]; new_tokens: number; runs: number; tokens_per_s: number; decode_tokens_per_s: number; prefill_s: number; total_s: number;
 };
+// KILN_CUDA_GRAPHS=0: decode steps run eagerly instead of replaying a captured CUDA graph (A/B)
+const graphs = process.env.KILN_CUDA_GRAPHS !== "0";
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 // KILN_BENCH_ARTIFACT: an artifact compiled elsewhere for this checkpoint's config (saves device time)
@@ -52,19 +54,19 @@ const result = {
   bench: "decode", date: new Date().toISOString(), commit, device: peer.device,
   model: "Llama-2-7B shape (32 layers, 4096 hidden, 11008 MLP, 32000 vocab), random bf16 weights",
   workload: `batch 1, ${peer.prompt.length}-token prompt, ${peer.new_tokens} new tokens, greedy; median of ${peer.runs} runs after warm-up`,
-  kiln: { tokens_per_s: tps, decode_tokens_per_s: decodeTps, first_token_s: first, compile_s: compileS, load_s: loadS, cached_compile: art.cached },
+  kiln: { tokens_per_s: tps, decode_tokens_per_s: decodeTps, first_token_s: first, compile_s: compileS, load_s: loadS, cached_compile: art.cached, cuda_graphs: graphs },
   peer: { name: peer.peer, tokens_per_s: peer.tokens_per_s, decode_tokens_per_s: peer.decode_tokens_per_s, prefill_s: peer.prefill_s },
   greedy_tokens_agreeing_with_peer: agree,
 };
 const dir = join(import.meta.dirname, "results");
 mkdirSync(dir, { recursive: true });
-const file = join(dir, `decode-${result.date.slice(0, 10)}-${commit.slice(0, 7)}.json`);
+const file = join(dir, `decode-${result.date.slice(0, 10)}-${commit.slice(0, 7)}${graphs ? "" : "-nographs"}.json`);
 writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
-if (process.env.OUT) writeFileSync(join(process.env.OUT, "decode.json"), `${JSON.stringify(result, null, 2)}\n`);
+if (process.env.OUT) writeFileSync(join(process.env.OUT, `decode${graphs ? "" : "-nographs"}.json`), `${JSON.stringify(result, null, 2)}\n`);
 console.log(`\n${result.device}: ${result.workload}`);
 console.log(`| | tokens/s | decode tokens/s | first token |`);
 console.log(`| --- | --- | --- | --- |`);
-console.log(`| Kiln | ${tps.toFixed(1)} | ${decodeTps.toFixed(1)} | ${(first * 1000).toFixed(1)} ms |`);
+console.log(`| Kiln${graphs ? "" : " (no CUDA graphs)"} | ${tps.toFixed(1)} | ${decodeTps.toFixed(1)} | ${(first * 1000).toFixed(1)} ms |`);
 console.log(`| ${peer.peer} | ${peer.tokens_per_s.toFixed(1)} | ${peer.decode_tokens_per_s.toFixed(1)} | ${(peer.prefill_s * 1000).toFixed(1)} ms (prefill) |`);
 console.log(`| ratio | ${(tps / peer.tokens_per_s).toFixed(2)}× | ${(decodeTps / peer.decode_tokens_per_s).toFixed(2)}× | |`);
 console.log(`greedy tokens agreeing with the peer (bf16 rounding differs): first ${agree} of ${peer.new_tokens}; load ${loadS.toFixed(1)} s, compile ${compileS.toFixed(1)} s`);

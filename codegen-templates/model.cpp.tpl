@@ -25,7 +25,7 @@ static void forward_body(void* const* w, const kiln_tensor* in, kiln_tensor* out
 }
 
 extern "C" int kiln_forward(void* const* weights, const kiln_tensor* inputs, kiln_tensor* outputs) {
-  return rt::guard([&] { forward_body(weights, inputs, outputs); });
+  return rt::guard([&] { rt::forward(forward_body, weights, {{NUM_WEIGHTS}}, inputs, {{NUM_INPUTS}}, outputs, {{NUM_OUTPUTS}}); });
 }
 extern "C" int kiln_num_inputs(void) { return {{NUM_INPUTS}}; }
 extern "C" int kiln_num_weights(void) { return {{NUM_WEIGHTS}}; }

@@ -22,6 +22,9 @@ import { checkWeights } from "./weights.js";
 
 // ---------------------------------------------------------------- the native binding
 
+type CacheValue = { dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor;
+const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i64: 8, i32: 4, i8: 1, u8: 1, bool: 1 };
+
 interface DeviceTensor {
   readonly dtype: number;
   readonly shape: number[];
@@ -207,14 +210,34 @@ export class Model implements AsyncDisposable {
     return ids;
   }
 
-  /** An empty KV cache for a batch of B: every past.* is [B, H, 0, D]. */
-  private emptyCache(B: number): Map<string, { dtype: number; shape: number[]; data: Uint8Array }> {
-    const m = new Map<string, { dtype: number; shape: number[]; data: Uint8Array }>();
+  /** Whether the artifact's KV cache has a fixed capacity written in place (kvCache "static"). */
+  get staticCache(): boolean {
+    return this.manifest.kvCache?.mode === "static";
+  }
+
+  /**
+   * A fresh KV cache for a batch of B: the growing cache empty (every past.* [B, H, 0, D]); the
+   * static one zeros of capacity C ([B, H, C, D]; uploaded once, then updated in place by each step).
+   */
+  private newCache(B: number, C: number): Map<string, CacheValue> {
+    const m = new Map<string, CacheValue>();
+    const zeros = new Map<number, Uint8Array>(); // one zero buffer per size: the binding copies it anyway
     for (const name of this.manifest.kvCache?.inputs ?? []) {
       const s = this.spec(name);
-      m.set(name, { dtype: ABI_DTYPE[s.dtype as DType], shape: s.shape.map((d) => (d === "B" ? B : d === "P" ? 0 : (d as number))), data: new Uint8Array(0) });
+      const shape = s.shape.map((d) => (d === "B" ? B : d === "P" ? 0 : d === "C" ? C : (d as number)));
+      if (shape.some((d) => typeof d !== "number")) throw new KilnError("E_ARTIFACT", `cache input '${name}' has dims ${s.shape.join(", ")} that the runtime cannot size`, { where: this.dir });
+      const bytes = this.staticCache ? shape.reduce((a, d) => a * d, 1) * DTYPE_BYTES[s.dtype as DType] : 0;
+      if (!zeros.has(bytes)) zeros.set(bytes, new Uint8Array(bytes));
+      m.set(name, { dtype: ABI_DTYPE[s.dtype as DType], shape, data: zeros.get(bytes)! });
     }
     return m;
+  }
+
+  /** The capacity a static cache gets for `needed` tokens: rounded up (so later calls can reuse it), within the artifact's bound. */
+  private capacityFor(needed: number): number {
+    const max = this.manifest.dims.C?.max ?? needed;
+    if (needed > max) throw new KilnError("E_USAGE", `${needed} tokens (prompt + maxNewTokens) are over the artifact's cache capacity ${max} (compile with a larger maxSeq)`);
+    return Math.min(max, Math.ceil(needed / 256) * 256);
   }
 
   /** One pass over `inputs` (input_ids plus the cache); returns the outputs, logits on the host. */
@@ -223,9 +246,10 @@ export class Model implements AsyncDisposable {
     return this.manifest.inputs.some((i) => i.name === "attention_mask");
   }
 
-  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>, mask?: BigInt64Array): Promise<{ logits: HostTensor; present: Map<string, DeviceTensor> }> {
+  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>, position: number, mask?: BigInt64Array): Promise<{ logits: HostTensor; present: Map<string, DeviceTensor> }> {
     const inputs = this.manifest.inputs.map((i) => {
       if (i.name === "input_ids") return { dtype: ABI_DTYPE.i64, shape: [B, S], data: ids };
+      if (i.name === this.manifest.kvCache?.position) return { dtype: ABI_DTYPE.i64, shape: [], data: new BigInt64Array([BigInt(position)]) };
       if (i.name === "attention_mask") {
         if (!mask) throw new KilnError("E_ARTIFACT", "the artifact wants an attention_mask", { where: this.dir });
         return { dtype: ABI_DTYPE.i64, shape: [B, mask.length / B], data: mask };
@@ -261,7 +285,7 @@ export class Model implements AsyncDisposable {
         rows = rows.map((r) => [...Array<number>(S - r.length).fill(0), ...r]);
       }
       const ids = this.checkIds(rows, 0);
-      const { logits, present } = await this.run(ids, rows.length, rows[0].length, this.emptyCache(rows.length), mask);
+      const { logits, present } = await this.run(ids, rows.length, rows[0].length, this.newCache(rows.length, rows[0].length), 0, mask);
       for (const t of present.values()) t.free();
       return { logits: toF32(logits), shape: logits.shape, lengths };
     });
@@ -279,7 +303,23 @@ export class Model implements AsyncDisposable {
       ids = this.tokenizer.encode(prompt);
     } else ids = [...prompt];
     const opts = { ...options, stopTokens: options.stopTokens ?? this.tokenizer?.eosTokenIds };
-    let cache: Map<string, unknown> = this.emptyCache(1);
+    const maxNew = validateSamplingOptions(opts).maxNewTokens;
+    // the static cache: reuse the one a finished generate kept (same buffers, so the cuda target
+    // replays its captured decode step) when it is big enough; what it holds past the position is
+    // never read (flash attention stops at the query) or weighs exactly 0 (the eager mask)
+    let capacity = 0;
+    let cache: Map<string, unknown>;
+    if (this.staticCache) {
+      const needed = ids.length + maxNew;
+      if (this.kept && this.kept.capacity >= needed) {
+        ({ capacity, tensors: cache } = this.kept);
+      } else {
+        this.dropKept();
+        capacity = this.capacityFor(needed);
+        cache = this.newCache(1, capacity);
+      }
+      this.kept = undefined;
+    } else cache = this.newCache(1, 0);
     let past = 0;
     const freeCache = () => {
       for (const t of cache.values()) if (typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
@@ -287,8 +327,10 @@ export class Model implements AsyncDisposable {
     const step = (fresh: number[]): Promise<Float32Array> =>
       this.serial(async () => {
         const t = this.checkIds([fresh], past);
+        if (this.staticCache && past + fresh.length > capacity)
+          throw new KilnError("E_USAGE", `${past + fresh.length} tokens are over the static cache's capacity ${capacity}`);
         const mask = this.padded ? new BigInt64Array(past + fresh.length).fill(1n) : undefined;
-        const { logits, present } = await this.run(t, 1, fresh.length, cache, mask);
+        const { logits, present } = await this.run(t, 1, fresh.length, cache, past, mask);
         freeCache();
         cache = new Map([...present].map(([k, v]) => [k.replace(/^present\./, "past."), v]));
         past += fresh.length;
@@ -297,7 +339,6 @@ export class Model implements AsyncDisposable {
         return all.subarray((fresh.length - 1) * V, fresh.length * V);
       });
     const decoder = this.tokenizer ? new TextStreamer(this.tokenizer, { skipSpecialTokens: true }) : undefined;
-    const maxNew = validateSamplingOptions(opts).maxNewTokens;
     const gen = generateTokens((fresh) => step(fresh), ids, opts);
     try {
       for (;;) {
@@ -310,8 +351,19 @@ export class Model implements AsyncDisposable {
       }
     } finally {
       await this.queue;
-      freeCache();
+      const onDevice = [...cache.values()].every((t) => typeof (t as DeviceTensor).free === "function");
+      if (this.staticCache && onDevice && !this.disposed && (!this.kept || this.kept.capacity < capacity)) {
+        this.dropKept();
+        this.kept = { capacity, tensors: cache as Map<string, DeviceTensor> };
+      } else freeCache();
     }
+  }
+
+  /** The static KV cache a finished generate left for the next one (see generate). */
+  private kept: { capacity: number; tensors: Map<string, DeviceTensor> } | undefined;
+  private dropKept(): void {
+    for (const t of this.kept?.tensors.values() ?? []) t.free();
+    this.kept = undefined;
   }
 
   /** Frees the weights and the device state. Idempotent. */
@@ -319,6 +371,7 @@ export class Model implements AsyncDisposable {
     if (this.disposed) return;
     await this.queue;
     this.disposed = true;
+    this.dropKept();
     for (const w of this.weights) w.free();
   }
 

@@ -115,10 +115,10 @@ test("kiln compile --explain says which attention fused; inspect describes the a
     expect(passes.stdout).toMatch(/^fuse-attention\s+softmax/m);
     expect(passes.stdout).toContain("default pipeline: quantize-linear,cse,fuse-attention,dce,fuse-elementwise");
     expect(r.stdout.trim()).toBe(out);
-    expect(r.stderr).toMatch(/fuse-attention: attention at models\/llama\.ts:\d+:\d+: fused \(causal, kv_groups 4, scale 0\.35355/);
+    expect(r.stderr).toMatch(/fuse-attention: attention at models\/llama\.ts:\d+:\d+: fused \(causal from the static cache's position, kv_groups 4, scale 0\.35355/);
     const i = await run("inspect", out);
     expect(i.stdout).toMatch(/target\s+cpu/);
-    expect(i.stdout).toMatch(/kv cache\s+2 layers/);
+    expect(i.stdout).toMatch(/kv cache\s+2 layers, static/);
     writeFileSync(join(tmp, "file"), "x");
     const bad = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmp, "file"), "--cache-dir", join(tmp, "cache"));
     expect(bad.code).toBe(1);

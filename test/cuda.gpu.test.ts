@@ -120,10 +120,10 @@ test("an out-of-range token id reaching the artifact is a clear error, and the a
   const { ids, logits } = reference(name);
   await using model = await loadModel(arts.get(`${name}/f32`)!.dir, { checkpoint: join(FIXTURES, name) });
   // past the API's own check: straight to the artifact's gather
-  const m = model as unknown as { run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>): Promise<unknown>; emptyCache(B: number): Map<string, unknown> };
+  const m = model as unknown as { run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>, position: number): Promise<unknown>; newCache(B: number, C: number): Map<string, unknown> };
   let err: unknown;
   try {
-    await m.run(BigInt64Array.from([3n, 999n, 5n]), 1, 3, m.emptyCache(1));
+    await m.run(BigInt64Array.from([3n, 999n, 5n]), 1, 3, m.newCache(1, 3), 0);
   } catch (e) {
     err = e;
   }

@@ -10,7 +10,7 @@ import fc from "fast-check";
 import type { Arbitrary } from "fast-check";
 import { cacheUpdate, causalMask, defineModel, Module, repeatKv, traceModel } from "../compiler/dsl/index.js";
 import type { Tensor } from "../compiler/dsl/index.js";
-import type { DType } from "../compiler/ir/index.js";
+import type { DType, Tensor as IRTensor } from "../compiler/ir/index.js";
 import { run, tensor } from "../compiler/ir/index.js";
 import { createContext, dce, fuseAttention, fuseAttentionPass, messagesOf, runPipeline } from "../compiler/passes/index.js";
 import type { GraphCase } from "../compiler/testing/index.js";
@@ -19,7 +19,8 @@ import llama from "../models/llama.js";
 import { SafetensorsFile, openCheckpoint } from "../runtime/safetensors.js";
 import { bindWeights } from "../runtime/weights.js";
 
-interface Shape { B: number; Hkv: number; groups: number; S: number; P: number; D: number; Dv: number; causal: boolean; scaleKind: "mul" | "div"; dtype: DType }
+// statik: a static KV cache of capacity C = P + S + extra at cache_position P (else a growing one when P > 0)
+interface Shape { B: number; Hkv: number; groups: number; S: number; P: number; D: number; Dv: number; causal: boolean; scaleKind: "mul" | "div"; dtype: DType; statik: boolean; extra: number }
 
 /** The eager attention as a model file writes it, over inputs q, k, v (and a KV cache when P > 0). */
 function attentionGraph(c: Shape) {
@@ -43,7 +44,7 @@ function attentionGraph(c: Shape) {
       create: () => new Attn(),
     }),
     {},
-    { dtype: c.dtype, kvCache: c.P > 0 },
+    { dtype: c.dtype, kvCache: c.statik ? "static" : c.P > 0 },
   );
 }
 
@@ -51,20 +52,23 @@ const arbShape = (dtypes: DType[]): Arbitrary<Shape> =>
   fc.record({
     B: fc.integer({ min: 1, max: 2 }), Hkv: fc.integer({ min: 1, max: 2 }), groups: fc.constantFrom(1, 2, 4), S: fc.integer({ min: 1, max: 5 }),
     P: fc.integer({ min: 0, max: 4 }), D: fc.constantFrom(2, 4, 8), Dv: fc.constantFrom(2, 4, 8), causal: fc.boolean(),
-    scaleKind: fc.constantFrom("mul" as const, "div" as const), dtype: fc.constantFrom(...dtypes),
+    scaleKind: fc.constantFrom("mul" as const, "div" as const), dtype: fc.constantFrom(...dtypes), statik: fc.boolean(), extra: fc.integer({ min: 0, max: 2 }),
   });
 
 const arbCase = (dtypes: DType[]): Arbitrary<GraphCase> =>
   arbShape(dtypes).chain((c) => {
     const graph = attentionGraph(c);
     const shapes: Record<string, number[]> = {};
-    for (const v of graph.inputs) shapes[v.name] = v.shape.map((d) => (d === "B" ? c.B : d === "S" ? c.S : d === "P" ? c.P : (d as number)));
-    const arbs = Object.fromEntries(Object.entries(shapes).map(([n, s]) => [n, arbTensor(c.dtype, s)]));
-    return fc.record(arbs).map((inputs) => ({ graph, bindings: { B: c.B, S: c.S, ...(c.P > 0 ? { P: c.P } : {}) }, inputs, params: {} }));
+    const C = c.P + c.S + c.extra;
+    for (const v of graph.inputs) shapes[v.name] = v.shape.map((d) => (d === "B" ? c.B : d === "S" ? c.S : d === "P" ? c.P : d === "C" ? C : (d as number)));
+    const arbs = Object.fromEntries(Object.entries(shapes).filter(([n]) => n !== "cache_position").map(([n, s]) => [n, arbTensor(c.dtype, s)]));
+    const position: Record<string, IRTensor> = c.statik ? { cache_position: tensor("i64", [], [c.P]) } : {};
+    const bindings = { B: c.B, S: c.S, ...(c.statik ? { C } : c.P > 0 ? { P: c.P } : {}) };
+    return fc.record(arbs).map((inputs) => ({ graph, bindings, inputs: { ...inputs, ...position }, params: {} }));
   });
 
 describe("fuse-attention", () => {
-  test("fuses every drawn attention (MHA, GQA, MQA-like groups, causal or not, with a KV cache)", () => {
+  test("fuses every drawn attention (MHA, GQA, MQA-like groups, causal or not, with a growing or static KV cache)", () => {
     fc.assert(
       fc.property(arbShape(["f32"]), (c) => {
         const ctx = createContext();
@@ -72,6 +76,9 @@ describe("fuse-attention", () => {
         const fa = dce(g).nodes.filter((n) => n.op === "flash_attention");
         expect(fa).toHaveLength(1);
         expect(fa[0].attrs).toEqual({ causal: c.causal, kv_groups: c.groups, scale: c.scaleKind === "mul" ? Math.fround(c.D ** -0.5) : 1 / Math.fround(Math.sqrt(c.D)) });
+        // the static cache's causal mask is shifted by cache_position: the fused op reads it
+        expect(fa[0].operands.length).toBe(c.statik && c.causal ? 4 : 3);
+        if (c.statik && c.causal) expect(fa[0].operands[3].name).toBe("cache_position");
         expect(messagesOf(ctx, "fuse-attention").join("\n")).toMatch(/fused/);
       }),
       { numRuns: 60, seed: 4 },

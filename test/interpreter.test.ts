@@ -387,6 +387,28 @@ describe("flash_attention", () => {
   });
 });
 
+describe("static KV cache", () => {
+  test("cache_write replaces rows [pos, pos + S) and refuses a write past the capacity; flash_attention's offset shifts the causal mask", () => {
+    const g = parse(`graph g {
+  input %cache: f32[1, 1, 4, 2]
+  input %new: f32[1, 1, 2, 2]
+  input %pos: i64[]
+  %0: f32[1, 1, 4, 2] = cache_write(%cache, %new, %pos)
+  %1: f32[1, 1, 2, 2] = flash_attention(%new, %0, %0, %pos) {causal = true, kv_groups = 1, scale = 1}
+  output y = %0
+  output a = %1
+}`);
+    for (const n of g.nodes) covered.add(n.op);
+    const cache = tensor("f32", [1, 1, 4, 2], [1, 1, 2, 2, 3, 3, 4, 4]);
+    const fresh = tensor("f32", [1, 1, 2, 2], [0, 0, 0, 0]);
+    const out = run(g, { cache, new: fresh, pos: tensor("i64", [], [1]) }, {});
+    expect(Array.from(out.y.data)).toEqual([1, 1, 0, 0, 0, 0, 4, 4]);
+    // scores are all 0 (q = 0): query 0 (position 1) averages keys 0..1, query 1 (position 2) keys 0..2
+    expect(Array.from(out.a.data)).toEqual([0.5, 0.5, 1 / 3, 1 / 3].map((x) => expect.closeTo(x, 7) as unknown as number));
+    expect(() => run(g, { cache, new: fresh, pos: tensor("i64", [], [3]) }, {})).toThrow(/does not fit the capacity 4/);
+  });
+});
+
 describe("elementwise (fused chains)", () => {
   test("evaluates its expression with broadcasting and per-node rounding", () => {
     const g = parse(`graph g {

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, test } from "@jest/globals";
 import { traceModel } from "../compiler/dsl/index.js";
-import { alloc, greedyGenerate, run, tensor } from "../compiler/ir/index.js";
+import { alloc, greedyGenerate, initialCache, run, tensor } from "../compiler/ir/index.js";
 import llama from "../models/llama.js";
 import { openCheckpoint, SafetensorsFile, toInterpreterTensor } from "../runtime/safetensors.js";
 import { bindWeights } from "../runtime/weights.js";
@@ -53,6 +53,18 @@ describe.each(llamas)("$name", ({ dir }) => {
     expect(got).toEqual(want);
   });
 
+  /** Max |logits − HF| over row 1 of the fixture run as 4 tokens, then 3 against the cache. */
+  const splitPrefillError = (first: { data: ArrayLike<number> }, second: { data: ArrayLike<number> }): number => {
+    const V = 256;
+    let maxErr = 0;
+    for (let s = 0; s < 7; s++)
+      for (let v = 0; v < V; v++) {
+        const got = s < 4 ? first.data[s * V + v] : second.data[(s - 4) * V + v];
+        maxErr = Math.max(maxErr, Math.abs(got - hfLogits[(7 + s) * V + v]));
+      }
+    return maxErr;
+  };
+
   test("with a KV cache (prefill, then one token a step) the logits and tokens are the same", () => {
     const cached = traceModel(llama, config, { kvCache: true });
     expect(cached.inputs.map((v) => v.name)).toContain("past.1.value");
@@ -66,14 +78,23 @@ describe.each(llamas)("$name", ({ dir }) => {
     const first = run(cached, { input_ids: row(1, 0, 4), ...empty }, weights);
     const past = Object.fromEntries(Object.keys(empty).map((k) => [k, first[k.replace("past.", "present.")]]));
     const second = run(cached, { input_ids: row(1, 4, 7), ...past }, weights);
-    const V = 256;
-    let maxErr = 0;
-    for (let s = 0; s < 7; s++)
-      for (let v = 0; v < V; v++) {
-        const got = s < 4 ? first.logits.data[s * V + v] : second.logits.data[(s - 4) * V + v];
-        maxErr = Math.max(maxErr, Math.abs(got - hfLogits[(7 + s) * V + v]));
-      }
-    expect(maxErr).toBeLessThanOrEqual(1e-4);
+    expect(splitPrefillError(first.logits, second.logits)).toBeLessThanOrEqual(1e-4);
+  });
+
+  test("with a static KV cache (fixed capacity, written in place at cache_position) the logits and tokens are the same", () => {
+    const fixed = traceModel(llama, config, { kvCache: "static" });
+    expect(fixed.inputs.find((v) => v.name === "past.0.key")!.shape).toEqual(["B", config.kvHeads, "C", config.headDim]);
+    const want = Array.from(ref.toFloat64("greedy_ids"));
+    const prompt = want.slice(0, inputIds.shape[1]);
+    expect(greedyGenerate(fixed, weights, prompt, { maxNewTokens: want.length - prompt.length })).toEqual(want);
+    // a split prefill into a cache of capacity 10 (3 rows never written): 4 tokens, then 3 at position 4
+    const row = (from: number, to: number) => tensor("i64", [1, to - from], Array.from(inputIds.data.subarray(7 + from, 7 + to)));
+    const first = run(fixed, { input_ids: row(0, 4), ...initialCache(fixed, 1, 10) }, weights);
+    const past = Object.fromEntries(fixed.inputs.filter((v) => v.name.startsWith("past.")).map((v) => [v.name, first[v.name.replace("past.", "present.")]]));
+    const second = run(fixed, { input_ids: row(4, 7), cache_position: tensor("i64", [], [4]), ...past }, weights);
+    expect(splitPrefillError(first.logits, second.logits)).toBeLessThanOrEqual(1e-4);
+    // a write past the capacity is an error, not a silent truncation
+    expect(() => run(fixed, { input_ids: row(0, 4), ...initialCache(fixed, 1, 10), cache_position: tensor("i64", [], [8]) }, weights)).toThrow(/does not fit the capacity 10/);
   });
 });
 

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
 import type { CompiledArtifact } from "../compiler/codegen/compile.js";
-import { run, tensor } from "../compiler/ir/index.js";
+import { initialCache, run, tensor } from "../compiler/ir/index.js";
 import { loadModel } from "../runtime/api.js";
 import { expectKilnError } from "./helpers.js";
 import { openCheckpoint, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
@@ -93,8 +93,7 @@ describe("quantized linears on the cpu target (quantized on load)", () => {
     const ck = openCheckpoint(dir);
     const weights = Object.fromEntries(art.graph.params.map((p) => [p.name, { dtype: p.dtype, shape: ck.info(p.name).shape, data: ck.toFloat32(p.name) }]));
     ck.close();
-    const empty = Object.fromEntries(art.graph.inputs.filter((v) => v.name.startsWith("past.")).map((v) => [v.name, { dtype: v.dtype, shape: [2, 2, 0, 8], data: new Float32Array(0) }]));
-    const interp = run(art.graph, { input_ids: tensor("i64", [2, 7], ids.flat()), ...empty }, weights).logits;
+    const interp = run(art.graph, { input_ids: tensor("i64", [2, 7], ids.flat()), ...initialCache(art.graph, 2, 7) }, weights).logits;
     let maxErr = 0;
     for (let i = 0; i < interp.data.length; i++) maxErr = Math.max(maxErr, Math.abs(interp.data[i] - out.logits[i]));
     expect(maxErr).toBeLessThanOrEqual(1e-5);

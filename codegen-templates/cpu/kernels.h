@@ -8,6 +8,7 @@
 #include <math.h>
 #include "../common/kiln_types.h"
 #include "../common/kiln_quant.h"
+#include "../common/rt_common.h"
 
 namespace kiln {
 namespace cpu {
@@ -245,12 +246,14 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
 }
 
 // flash_attention (the fused eager attention): y[b, h, i] = softmax_j(scale · q[b, h, i] · k[b, h/g, j]) · v[b, h/g, j]
-// over keys j ≤ i + T − S when causal; f64 accumulation, one rounding at the end (the interpreter's rule).
+// over keys j ≤ i + T − S when causal (j ≤ i + *offset with the static cache's position); f64
+// accumulation, one rounding at the end (the interpreter's rule).
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
-                     double scale, bool causal) {
+                     double scale, bool causal, const int64_t* offset) {
   typedef Num<T> Nm;
   const int64_t g = Hkv > 0 ? Hq / Hkv : 1;
+  const int64_t shift = offset ? *offset : Tk - S;
 #pragma omp parallel
   {
     double* p = new double[Tk > 0 ? Tk : 1];
@@ -262,7 +265,7 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
           const T* qr = q + ((b * Hq + h) * S + i) * D;
           const T* kb = k + (b * Hkv + h / g) * Tk * D;
           const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
-          const int64_t last = causal ? i + Tk - S : Tk - 1;
+          const int64_t last = causal ? i + shift : Tk - 1;
           double m = -INFINITY, sum = 0;
           for (int64_t j = 0; j <= last && j < Tk; j++) {
             double s = 0;
@@ -282,6 +285,17 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
     delete[] p;
     delete[] acc;
   }
+}
+
+// The static KV cache's write: rows [*pos, *pos + S) of each of the BH [C, D] slabs of `cache`
+// become the rows of `update` ([BH, S, D]). The runtime checks *pos + S ≤ C before the call.
+template <typename T>
+void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
+  const int64_t p = *pos;
+  if (p < 0 || p + S > C) rt::fail(KILN_ERR_INVALID, "cache_write: %lld new tokens at position %lld do not fit the cache's capacity %lld", (long long)S, (long long)p, (long long)C);
+#pragma omp parallel for schedule(static) if (BH * S * D > 32768)
+  for (int64_t bh = 0; bh < BH; bh++)
+    for (int64_t s = 0; s < S; s++) memcpy(cache + (bh * C + p + s) * D, update + (bh * S + s) * D, sizeof(T) * (size_t)D);
 }
 
 // Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).

@@ -233,14 +233,22 @@ __global__ void k_gather_elems(const T* __restrict__ x, const I* __restrict__ id
 
 // ---------------------------------------------------------------- attention
 
-// One block of 4 warps per (b, h, query i). Each warp takes every 4th visible key, computes the
-// score with a warp reduction and keeps its own online softmax (running max, sum, and Dv/32
-// accumulators a lane) as in FlashAttention (Dao et al., 2022); the 4 partial states are merged
-// through shared memory at the end. f32 arithmetic, one rounding of the output. This is the simple
-// kernel for decode and short prompts; the tiled tensor-core FlashAttention-2 kernel is its own work.
-template <typename T>
+// One block of 4 warps per (b, h, query i) — and, split over the keys, per chunk of kChunk keys.
+// Each warp takes every 4th visible key, computes the score with a warp reduction and keeps its own
+// online softmax (running max, sum, and Dv/32 accumulators a lane) as in FlashAttention (Dao et
+// al., 2022); the 4 states are merged through shared memory at the end. f32 arithmetic, one
+// rounding of the output. Unsplit (SPLIT false, gridDim.y = 1) a block writes its row of y. Split
+// (the "flash-decoding" scheme, Dao et al., 2023), block (row, split) writes its partial max, sum
+// and weighted values and k_attention_combine merges the splits: a decode step has only B·H query
+// rows, and one block a row would leave most SMs idle while each walks the whole cache alone. The
+// grid covers the keys' full extent Tk (with the static cache, its capacity: the position lives on
+// the device); splits past the query's last key exit at once. This is the simple kernel for decode
+// and short prompts; the tiled tensor-core FlashAttention-2 kernel is its own work.
+static const int kChunk = 64;
+template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
-                                                  int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale, bool causal) {
+                                                   float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
+                                                   bool causal, const int64_t* __restrict__ offset) {
   constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
   __shared__ float qs[MAXD];
   __shared__ float wm[W], wl[W];
@@ -248,16 +256,28 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
   const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
   const int64_t g = Hq / Hkv;
+  const int64_t last = causal ? i + (offset ? *offset : Tk - S) : Tk - 1;
+  float* out = SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
+  const int64_t j0 = SPLIT ? (int64_t)blockIdx.y * kChunk : 0;
+  int64_t j1 = SPLIT ? j0 + kChunk : Tk;
+  if (j1 > last + 1) j1 = last + 1;
+  if (j1 > Tk) j1 = Tk;
+  if (SPLIT && j0 >= j1) {
+    if (threadIdx.x == 0) {
+      out[0] = -INFINITY;
+      out[1] = 0.f;
+    }
+    return;
+  }
   const T* kb = k + (b * Hkv + h / g) * Tk * D;
   const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = Num<T>::load(q[row * D + d]);
   __syncthreads();
-  const int64_t last = causal ? i + Tk - S : Tk - 1;
   float m = -INFINITY, l = 0.f, acc[PER];
 #pragma unroll
   for (int e = 0; e < PER; e++) acc[e] = 0.f;
-  for (int64_t j = warp; j <= last && j < Tk; j += W) {
+  for (int64_t j = j0 + warp; j < j1; j += W) {
     const T* kr = kb + j * D;
     float s = 0.f;
     for (int d = lane; d < D; d += 32) s += qs[d] * Num<T>::load(kr[d]);
@@ -292,11 +312,38 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   float L = 0.f;
 #pragma unroll
   for (int w = 0; w < W; w++) L += wm[w] == -INFINITY ? 0.f : wl[w] * __expf(wm[w] - M);
+  if (SPLIT && threadIdx.x == 0) {
+    out[0] = M;
+    out[1] = L;
+  }
   for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
     float a = 0.f;
 #pragma unroll
     for (int w = 0; w < W; w++) a += wm[w] == -INFINITY ? 0.f : wacc[w][d] * __expf(wm[w] - M);
-    y[row * Dv + d] = Num<T>::store(last < 0 ? NAN : a / L);
+    if (SPLIT) out[2 + d] = a;
+    else y[row * Dv + d] = Num<T>::store(last < 0 ? NAN : a / L);
+  }
+}
+
+// Merges the splits of a row: rescales each partial state to the common max and adds.
+template <typename T>
+__global__ void k_attention_combine(const float* __restrict__ part, T* __restrict__ y, int splits, int Dv) {
+  const int64_t row = blockIdx.x;
+  const float* p = part + row * (int64_t)splits * (Dv + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < splits; s++) M = fmaxf(M, p[s * (Dv + 2)]);
+  float L = 0.f;
+  for (int s = 0; s < splits; s++) {
+    const float ms = p[s * (Dv + 2)];
+    if (ms != -INFINITY) L += p[s * (Dv + 2) + 1] * __expf(ms - M);
+  }
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+    float a = 0.f;
+    for (int s = 0; s < splits; s++) {
+      const float ms = p[s * (Dv + 2)];
+      if (ms != -INFINITY) a += p[s * (Dv + 2) + 2 + d] * __expf(ms - M);
+    }
+    y[row * Dv + d] = Num<T>::store(M == -INFINITY ? NAN : a / L);
   }
 }
 
@@ -304,12 +351,24 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
 
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
-                     double scale, bool causal) {
+                     double scale, bool causal, const int64_t* offset) {
   const int64_t rows = B * Hq * S;
   if (rows <= 0) return;
   if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "flash_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
   if (rows > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "flash_attention: %lld rows is too many for one launch", (long long)rows);
-  detail::k_attention<T><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal);
+  const int64_t splits = (Tk + detail::kChunk - 1) / detail::kChunk;
+  const int sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  // few rows against many keys (decode): split the keys across blocks, then combine
+  if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535) {
+    float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
+    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset);
+    detail::launched("flash_attention (split KV)");
+    detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv);
+    detail::launched("flash_attention (combine)");
+    rt::release(part);
+    return;
+  }
+  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset);
   detail::launched("flash_attention");
 }
 
@@ -801,9 +860,36 @@ int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t
   else detail::k_gather<T, I, false><<<grid, detail::kThreads, 0, st>>>(x, idx, y, rows ? outer : 0, n, inner, m, s.flag_dev);
   detail::launched("gather");
   rt::check(cudaMemcpyAsync(s.flag_host, s.flag_dev, sizeof(unsigned long long), cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync (gather flag)");
+  if (rt::capturing()) {
+    // inside a CUDA graph: the host reads the flag after the replay (rt::check_replayed_gathers)
+    s.captured_gather = true;
+    return -1;
+  }
   rt::check(cudaStreamSynchronize(st), "cudaStreamSynchronize (gather)");
   const unsigned long long bad = *s.flag_host;
   return bad == ~0ULL ? -1 : (int64_t)bad;
+}
+
+namespace detail {
+template <typename T>
+__global__ void k_cache_write(T* __restrict__ cache, const T* __restrict__ update, const int64_t* __restrict__ pos, int64_t C, int64_t S, int64_t D, int64_t total) {
+  const int64_t p = *pos;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t d = e % D, s = (e / D) % S, bh = e / (D * S);
+    if (p >= 0 && p + s < C) cache[(bh * C + p + s) * D + d] = update[e];  // the runtime checked the bounds; never write past them
+  }
+}
+}  // namespace detail
+
+// The static KV cache's write: rows [*pos, *pos + S) of each [C, D] slab of `cache` become the rows
+// of `update` ([BH, S, D]). The position stays on the device (a replayed decode step reads it there);
+// the runtime checks *pos + S ≤ C before the call.
+template <typename T>
+void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
+  const int64_t total = BH * S * D;
+  if (total <= 0) return;
+  detail::k_cache_write<T><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, stream()>>>(cache, update, pos, C, S, D, total);
+  detail::launched("cache_write");
 }
 
 // Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).

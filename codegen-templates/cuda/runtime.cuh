@@ -14,7 +14,10 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <algorithm>
 #include <map>
+#include <string>
+#include <vector>
 #include <mutex>
 #include <unordered_map>
 #include "../common/kiln_types.h"
@@ -31,6 +34,7 @@ struct CudaState {
   unsigned long long* flag_dev = nullptr;   // gather: first out-of-range position (device)
   unsigned long long* flag_host = nullptr;  // pinned host copy of it
   int64_t* scratch_host = nullptr;          // pinned 8 bytes for read_index
+  bool captured_gather = false;             // a gather with a range check was captured into a graph
   std::mutex mu;                            // init, constants
 };
 static inline CudaState& state() {
@@ -67,6 +71,9 @@ struct Allocator {
   std::multimap<size_t, void*> free_blocks;
   std::unordered_map<void*, size_t> live;
   size_t cached = 0, in_use = 0;
+  // while a forward is captured as a CUDA graph: every block handed out (the graph keeps them)
+  bool recording = false;
+  std::unordered_map<void*, size_t> recorded;
   // when the library is unloaded (the binding dlcloses it once its last buffer is freed), the
   // cache goes back to the driver; errors are moot then (at process exit CUDA may be gone)
   ~Allocator() {
@@ -114,6 +121,7 @@ static inline void* alloc(int64_t bytes, const char* what) {
     a.cached -= sz;
     a.in_use += sz;
     a.live[p] = sz;
+    if (a.recording) a.recorded[p] = sz;
     return p;
   }
   void* p = nullptr;
@@ -134,6 +142,7 @@ static inline void* alloc(int64_t bytes, const char* what) {
   check(e, "cudaMalloc");
   a.in_use += want;
   a.live[p] = want;
+  if (a.recording) a.recorded[p] = want;
   return p;
 }
 
@@ -178,11 +187,18 @@ static inline void* constant(int id, const void* data, int64_t bytes) {
 // Waits for the stream; any error of the work queued so far surfaces here.
 // KILN_PROFILE=1: per forward, the host time spent issuing work and the time then waited for
 // the GPU, printed to stderr every 32 forwards (is a step bound by launches or by the GPU?).
+// KILN_PROFILE=ops: GPU time of each op kind (CUDA events between ops; CUDA graphs off), printed
+// every 32 forwards as a table of the kinds taking the most time a forward.
 struct Profile {
   bool on = getenv("KILN_PROFILE") != nullptr;
+  bool ops = on && strcmp(getenv("KILN_PROFILE"), "ops") == 0;
   std::chrono::steady_clock::time_point start;
   double issue_us = 0, wait_us = 0;
   int n = 0;
+  std::vector<cudaEvent_t> events;     // one per op of the current forward, recorded before it
+  std::vector<const char*> kinds;      // the op kind after each event
+  int used = 0;
+  std::map<std::string, std::pair<double, long>> by_kind;  // kind -> (ms, launches) since the last print
 };
 static inline Profile& profile() {
   static Profile p;
@@ -191,12 +207,54 @@ static inline Profile& profile() {
 static inline void begin(const char* what) {
   (void)what;
   if (profile().on) profile().start = std::chrono::steady_clock::now();
+  profile().used = 0;
 }
+// Marks the start of an op (KILN_PROFILE=ops); the next mark or the end of the forward ends it.
+static inline void op_mark(const char* kind) {
+  Profile& pr = profile();
+  if (!pr.ops) return;
+  if (pr.used == (int)pr.events.size()) {
+    cudaEvent_t e;
+    check(cudaEventCreate(&e), "cudaEventCreate (profile)");
+    pr.events.push_back(e);
+    pr.kinds.push_back(kind);
+  }
+  pr.kinds[pr.used] = kind;
+  check(cudaEventRecord(pr.events[pr.used++], state().stream), "cudaEventRecord (profile)");
+}
+static inline void op_report() {
+  Profile& pr = profile();
+  op_mark("end");
+  check(cudaEventSynchronize(pr.events[pr.used - 1]), "cudaEventSynchronize (profile)");
+  for (int i = 0; i + 1 < pr.used; i++) {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, pr.events[i], pr.events[i + 1]), "cudaEventElapsedTime (profile)");
+    auto& k = pr.by_kind[pr.kinds[i]];
+    k.first += ms;
+    k.second += 1;
+  }
+  if (pr.n % 32 == 31) {
+    std::vector<std::pair<double, std::string>> rows;
+    double total = 0;
+    for (auto& kv : pr.by_kind) {
+      rows.push_back({kv.second.first, kv.first});
+      total += kv.second.first;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    fprintf(stderr, "kiln profile (GPU time a forward, mean of 32): total %.3f ms\n", total / 32);
+    for (auto& r : rows) fprintf(stderr, "  %-20s %8.3f ms  %6ld launches\n", r.second.c_str(), r.first / 32, pr.by_kind[r.second].second / 32);
+    pr.by_kind.clear();
+  }
+}
+static inline bool capturing();
+static inline void check_replayed_gathers();
 static inline void finish(const char* what) {
   ensure_device();
+  if (capturing()) return;  // the host waits after the captured graph runs, not inside the capture
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) fail(KILN_ERR_DEVICE, "CUDA error %s (%s) before the end of %s", cudaGetErrorName(e), cudaGetErrorString(e), what);
   Profile& pr = profile();
+  if (pr.ops) op_report();
   std::chrono::steady_clock::time_point issued = std::chrono::steady_clock::now();
   e = cudaStreamSynchronize(state().stream);
   if (pr.on) {
@@ -212,6 +270,7 @@ static inline void finish(const char* what) {
     cudaGetLastError();
     fail(KILN_ERR_DEVICE, "CUDA error %s (%s) at the end of %s", cudaGetErrorName(e), cudaGetErrorString(e), what);
   }
+  check_replayed_gathers();
 }
 
 static inline void copy(void* dst, const void* src, int64_t bytes) {
@@ -258,6 +317,196 @@ static inline void init_device(int device) {
   s.cc_major = prop.major;
   s.cc_minor = prop.minor;
   s.device = device;  // last: ensure_device() treats device >= 0 as "ready"
+}
+
+
+// ---------------------------------------------------------------- CUDA graphs
+// A forward whose input shapes (and large input buffers) repeat is captured once as a CUDA graph and
+// then replayed: one launch instead of ~1000, and the GPU runs the kernels back to back. This is
+// what the static KV cache is for: every decode step of a generation has the same shapes and the
+// same cache buffers (written in place), only the token and the position change, and those small
+// inputs are copied into the graph's own buffers before each replay.
+//
+// Policy: a shape is captured the second time it is seen (the first run is eager, which also
+// uploads the library's constants); up to kMaxGraphs graphs are kept, least recently used first
+// out. Inputs of more than kStagedBytes are part of the key by address (the KV cache, written in
+// place: an output that is such an input is handed back as it); smaller ones are staged. Outputs
+// the graph allocates are copied into fresh buffers for the caller, who owns those as after an
+// eager forward. KILN_CUDA_GRAPHS=0 turns replay off (for A/B measurements).
+struct Graph {
+  cudaGraphExec_t exec = nullptr;
+  std::vector<void*> staging;         // per input: the graph's copy (small inputs), or nullptr (keyed by address)
+  std::vector<int64_t> staged_bytes;  // per input: bytes copied into staging before a replay
+  std::vector<kiln_tensor> outs;      // outputs as the graph leaves them
+  std::vector<bool> aliased;          // output j is an input's buffer (keyed by address)
+  std::vector<void*> blocks;          // allocator blocks the graph owns (its intermediates and outputs)
+  bool checks_gather = false;         // the graph copies gather's range flag to the host
+  uint64_t used = 0;
+};
+static const int kMaxGraphs = 4;
+static const int64_t kStagedBytes = 4096;
+struct Graphs {
+  bool enabled = !(getenv("KILN_CUDA_GRAPHS") && getenv("KILN_CUDA_GRAPHS")[0] == '0') && !profile().ops;
+  std::map<std::vector<int64_t>, Graph> table;
+  std::map<std::vector<int64_t>, int> seen;
+  uint64_t clock = 0;
+  bool capturing = false;
+  bool replayed_gather = false;  // the forward now finishing replayed a graph with a gather check
+  ~Graphs() {
+    for (auto& kv : table) {
+      if (kv.second.exec) cudaGraphExecDestroy(kv.second.exec);
+      for (void* p : kv.second.staging) if (p) cudaFree(p);
+      for (void* p : kv.second.blocks) cudaFree(p);
+    }
+  }
+};
+static inline Graphs& graphs() {
+  static Graphs g;
+  return g;
+}
+static inline bool capturing() { return graphs().capturing; }
+// A captured gather cannot wait for its range flag; the graph copies it to pinned host memory and
+// the host reads it here, after the replay (one checked gather a graph: the embedding lookup).
+static inline void check_replayed_gathers() {
+  Graphs& gs = graphs();
+  if (!gs.replayed_gather) return;
+  gs.replayed_gather = false;
+  const unsigned long long bad = *state().flag_host;
+  if (bad != ~0ULL) fail(KILN_ERR_INVALID, "gather: an index at position %llu is out of range (a token id outside the vocabulary?)", bad);
+}
+static inline int64_t tensor_bytes(const kiln_tensor& t) {
+  static const int64_t size[8] = {4, 2, 2, 8, 4, 1, 1, 1};
+  int64_t n = t.dtype >= 0 && t.dtype < 8 ? size[t.dtype] : 1;
+  for (int k = 0; k < t.rank; k++) n *= t.shape[k];
+  return n;
+}
+static inline void release_graph(Graph& g) {
+  // called between forwards (each one ends with the stream drained): nothing of g is in flight
+  if (g.exec) cudaGraphExecDestroy(g.exec);
+  for (void* p : g.staging) if (p) cudaFree(p);
+  for (void* p : g.blocks) cudaFree(p);
+}
+
+template <typename F>
+static void forward(F body, void* const* w, int n_w, const kiln_tensor* in, int n_in, kiln_tensor* out, int n_out) {
+  Graphs& gs = graphs();
+  if (!gs.enabled) return body(w, in, out);
+  ensure_device();
+  CudaState& s = state();
+  // the key: every input's dtype and shape, the address of the large ones, and the weights
+  std::vector<int64_t> key;
+  for (int i = 0; i < n_in; i++) {
+    key.push_back(in[i].dtype);
+    key.push_back(in[i].rank);
+    for (int k = 0; k < in[i].rank; k++) key.push_back(in[i].shape[k]);
+    key.push_back(tensor_bytes(in[i]) > kStagedBytes ? (int64_t)(uintptr_t)in[i].data : 0);
+  }
+  uint64_t wh = 1469598103934665603ULL;  // FNV-1a over the weight addresses
+  for (int i = 0; i < n_w; i++) wh = (wh ^ (uint64_t)(uintptr_t)w[i]) * 1099511628211ULL;
+  key.push_back((int64_t)wh);
+
+  auto found = gs.table.find(key);
+  if (found == gs.table.end()) {
+    if (gs.seen.size() > 256) gs.seen.clear();
+    if (++gs.seen[key] < 2) return body(w, in, out);
+    // capture: small inputs go through the graph's own buffers
+    if ((int)gs.table.size() >= kMaxGraphs) {
+      auto lru = gs.table.begin();
+      for (auto it = gs.table.begin(); it != gs.table.end(); ++it)
+        if (it->second.used < lru->second.used) lru = it;
+      Graph old = lru->second;
+      gs.table.erase(lru);
+      release_graph(old);
+    }
+    Graph g;
+    std::vector<kiln_tensor> cin(in, in + n_in);
+    g.staging.assign(n_in, nullptr);
+    g.staged_bytes.assign(n_in, 0);
+    for (int i = 0; i < n_in; i++) {
+      const int64_t b = tensor_bytes(in[i]);
+      if (b > kStagedBytes) continue;
+      check(cudaMalloc(&g.staging[i], b > 0 ? (size_t)b : 16), "cudaMalloc (graph input)");
+      g.staged_bytes[i] = b;
+      cin[i].data = g.staging[i];
+    }
+    std::vector<kiln_tensor> cout(n_out);
+    Allocator& a = allocator();
+    {
+      std::lock_guard<std::mutex> lk(a.mu);
+      a.recording = true;
+      a.recorded.clear();
+    }
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+    gs.capturing = true;
+    try {
+      body(w, cin.data(), cout.data());
+    } catch (...) {
+      gs.capturing = false;
+      cudaStreamEndCapture(s.stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      std::lock_guard<std::mutex> lk(a.mu);
+      a.recording = false;
+      for (void* p : g.staging) if (p) cudaFree(p);
+      throw;
+    }
+    gs.capturing = false;
+    g.checks_gather = s.captured_gather;
+    s.captured_gather = false;
+    cudaError_t e = cudaStreamEndCapture(s.stream, &graph);
+    {
+      // the graph owns every block handed out during the capture: take them out of the cache
+      std::lock_guard<std::mutex> lk(a.mu);
+      a.recording = false;
+      for (auto& kv : a.recorded) {
+        g.blocks.push_back(kv.first);
+        auto lv = a.live.find(kv.first);
+        if (lv != a.live.end()) {
+          a.in_use -= lv->second;
+          a.live.erase(lv);
+        }
+        for (auto it = a.free_blocks.begin(); it != a.free_blocks.end(); ++it)
+          if (it->second == kv.first) {
+            a.cached -= it->first;
+            a.free_blocks.erase(it);
+            break;
+          }
+      }
+      a.recorded.clear();
+    }
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&g.exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      release_graph(g);
+      gs.enabled = false;  // this artifact's forward cannot be captured here: run eagerly from now on
+      return body(w, in, out);
+    }
+    g.outs = cout;
+    g.aliased.assign(n_out, false);
+    for (int j = 0; j < n_out; j++)
+      for (int i = 0; i < n_in; i++)
+        if (!g.staging[i] && cout[j].data == in[i].data) g.aliased[j] = true;
+    found = gs.table.emplace(key, g).first;
+  }
+  // replay
+  begin("a replayed forward");
+  Graph& g = found->second;
+  g.used = ++gs.clock;
+  for (int i = 0; i < n_in; i++)
+    if (g.staging[i] && g.staged_bytes[i] > 0)
+      check(cudaMemcpyAsync(g.staging[i], in[i].data, (size_t)g.staged_bytes[i], cudaMemcpyDeviceToDevice, s.stream), "cudaMemcpyAsync (graph input)");
+  check(cudaGraphLaunch(g.exec, s.stream), "cudaGraphLaunch");
+  for (int j = 0; j < n_out; j++) {
+    out[j] = g.outs[j];
+    if (g.aliased[j]) continue;
+    const int64_t b = tensor_bytes(g.outs[j]);
+    out[j].data = alloc(b, "a replayed forward's output");
+    if (b > 0) check(cudaMemcpyAsync(out[j].data, g.outs[j].data, (size_t)b, cudaMemcpyDeviceToDevice, s.stream), "cudaMemcpyAsync (graph output)");
+  }
+  gs.replayed_gather = g.checks_gather;
+  finish("a replayed forward");
 }
 
 }  // namespace rt

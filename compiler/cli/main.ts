@@ -140,7 +140,7 @@ export function program(io: IO = stdio): Command {
           `dims      ${Object.entries(m.dims).map(([k, d]) => `${k} ≤ ${d.max} (${d.from})`).join("; ")}`,
           `inputs    ${m.inputs.length}: ${m.inputs.slice(0, 3).map(t).join(", ")}${m.inputs.length > 3 ? ", …" : ""}`,
           `outputs   ${m.outputs.length}: ${m.outputs.slice(0, 3).map(t).join(", ")}${m.outputs.length > 3 ? ", …" : ""}`,
-          `kv cache  ${m.kvCache ? `${m.kvCache.layers} layers` : "none"}`,
+          `kv cache  ${m.kvCache ? `${m.kvCache.layers} layers, ${m.kvCache.mode ?? "growing"}` : "none"}`,
           `weights   ${m.weights.length} tensors, ${formatBytes(bytes)}`,
           `workspace ${formatBytes(m.workspace.bytes)} at ${Object.entries(m.workspace.at).map(([k, v]) => `${k}=${v}`).join(", ")}`,
           "",

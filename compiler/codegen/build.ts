@@ -15,7 +15,7 @@ import { KilnError } from "../ir/errors.js";
 import type { Graph } from "../ir/graph.js";
 import { print } from "../ir/print.js";
 import type { Target } from "./emit.js";
-import { emitSource } from "./emit.js";
+import { emitSource, inPlaceCacheWrites } from "./emit.js";
 
 export const KILN_VERSION = (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 export const ARTIFACT_FORMAT = 1;
@@ -42,7 +42,8 @@ export interface Manifest {
   compiler: { command: string; version: string; flags: string[] };
   model: { family: string; graph: string; dtype: string; config: Record<string, unknown> | null };
   inputs: TensorSpec[];
-  outputs: TensorSpec[];
+  /** `aliases`: the output is that input's buffer, written in place (the static KV cache) */
+  outputs: (TensorSpec & { aliases?: string })[];
   /** each symbolic dim: its upper bound, and where its value comes from */
   dims: Record<string, { max: number; from: string }>;
   /** quant: how the runtime stores the weight (quantized on load, layouts in codegen-templates/common/kiln_quant.h) */
@@ -50,7 +51,15 @@ export interface Manifest {
   /** bytes of intermediates alive at once at the dims' bounds (no buffer reuse across ops assumed beyond frees) */
   workspace: { bytes: number; at: Record<string, number> };
   /** the KV cache the graph threads through (past.<i>.key|value → present.<i>.key|value), if any */
-  kvCache: { layers: number; inputs: string[]; outputs: string[] } | null;
+  kvCache: {
+    layers: number;
+    inputs: string[];
+    outputs: string[];
+    /** "growing": past [B, H, P, D] → present [B, H, P+S, D]; "static": [B, H, C, D] written in place at `position` */
+    mode: "growing" | "static";
+    /** the static cache's i64 scalar input: tokens already in the cache */
+    position?: string;
+  } | null;
   library: string;
 }
 
@@ -205,6 +214,9 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
       }
     });
   const pasts = g.inputs.filter((v) => v.name.startsWith("past."));
+  const aliased = inPlaceCacheWrites(g);
+  const isStatic = g.inputs.some((v) => v.name === "cache_position");
+  if (isStatic && aliased.size !== pasts.length) throw new KilnError("E_BUILD", `a static KV cache must be written in place: ${aliased.size} of ${pasts.length} past.* inputs are`);
   const quantOf = new Map<number, WeightQuant>();
   for (const n of g.nodes)
     if (n.op === "qlinear") {
@@ -228,12 +240,21 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
     compiler: { command: b.cmd, version: b.version, flags: b.flags },
     model: { family: o.family, graph: g.name, dtype: o.dtype, config: o.config ?? null },
     inputs: g.inputs.map(spec),
-    outputs: g.outputs.map((x) => spec({ ...x.value, name: x.name })),
+    outputs: g.outputs.map((x) => {
+      const a = aliased.get(x.value.id);
+      return a ? { ...spec({ ...x.value, name: x.name }), aliases: a } : spec({ ...x.value, name: x.name });
+    }),
     dims,
     weights: g.params.map((p) => ({ ...spec(p), quant: quantOf.get(p.id) ?? null })),
     workspace: { bytes: workspaceBytes(g, o.bounds), at: o.bounds },
     kvCache: pasts.length
-      ? { layers: new Set(pasts.map((v) => v.name.split(".")[1])).size, inputs: pasts.map((v) => v.name), outputs: g.outputs.filter((x) => x.name.startsWith("present.")).map((x) => x.name) }
+      ? {
+          layers: new Set(pasts.map((v) => v.name.split(".")[1])).size,
+          inputs: pasts.map((v) => v.name),
+          outputs: g.outputs.filter((x) => x.name.startsWith("present.")).map((x) => x.name),
+          mode: isStatic ? ("static" as const) : ("growing" as const),
+          ...(isStatic ? { position: "cache_position" } : {}),
+        }
       : null,
     library: LIBRARY,
   };

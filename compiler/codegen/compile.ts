@@ -25,6 +25,8 @@ export interface CompileOptions {
   /** also copy the artifact here (atomically) */
   out?: string;
   cacheDir?: string;
+  /** "static" (default; fixed capacity written in place, decode replayable as a CUDA graph) or "growing" (concatenation); padded builds grow */
+  kvCache?: "static" | "growing";
   /** bounds of the symbolic dims: batch, and tokens per sequence (prompt + generated) */
   maxBatch?: number;
   maxSeq?: number;
@@ -81,7 +83,10 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   }
   const config = def.fromHF(json, source);
   o.onProgress?.("trace", def.family);
-  let graph = traceModel(def, config, { dtype, kvCache: true, attentionMask: o.padded ?? false });
+  // the static KV cache (fixed capacity, written in place) keeps decode shapes fixed, which lets
+  // the cuda target replay a step as a CUDA graph; padded batches keep the growing cache
+  const kvCache = o.padded ? true : (o.kvCache ?? "static") === "static" ? "static" : true;
+  let graph = traceModel(def, config, { dtype, kvCache, attentionMask: o.padded ?? false });
   o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
   const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules });
   graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES), {
@@ -99,7 +104,7 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
     family: def.family,
     dtype,
     config: json,
-    bounds: { B: maxBatch, S: maxSeq, P: maxSeq },
+    bounds: { B: maxBatch, S: maxSeq, P: maxSeq, C: maxSeq },
     cacheDir: o.cacheDir,
     onProgress: o.onProgress,
   });

@@ -70,6 +70,23 @@ export interface EmitOptions {
   template: string;
 }
 
+/**
+ * The cache_write ops that write their cache in place: the cache is a graph input read by nothing
+ * else (the static KV cache). Their results alias that input, and so do the outputs they reach;
+ * maps result id → input name (the manifest records it as the output's `aliases`).
+ */
+export function inPlaceCacheWrites(g: Graph): Map<number, string> {
+  const reads = new Map<number, number>();
+  for (const n of g.nodes) for (const x of n.operands) reads.set(x.id, (reads.get(x.id) ?? 0) + 1);
+  for (const x of g.outputs) reads.set(x.value.id, (reads.get(x.value.id) ?? 0) + 1);
+  const m = new Map<number, string>();
+  for (const n of g.nodes) {
+    const c = n.operands[0];
+    if (n.op === "cache_write" && c.kind === "input" && reads.get(c.id) === 1) m.set(n.result.id, c.name);
+  }
+  return m;
+}
+
 export function emitSource(g: Graph, o: EmitOptions): string {
   for (const v of [...g.inputs, ...g.params, ...g.nodes.map((n) => n.result)])
     if (v.shape.length > MAX_RANK) throw new KilnError("E_BUILD", `${typeString(v)} has rank ${v.shape.length}; kernels take at most ${MAX_RANK}`);
@@ -116,9 +133,11 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   const lastUse = new Map<number, number>();
   const kept = new Set(g.outputs.map((x) => x.value.id));
   const opRoots = new Set<number>();
+  const inPlace = inPlaceCacheWrites(g);
   g.nodes.forEach((n, i) => {
-    root.set(n.result.id, n.op === "reshape" ? root.get(n.operands[0].id)! : n.result.id);
-    if (n.op !== "reshape" && n.op !== "constant") opRoots.add(n.result.id); // constants live in the library
+    const aliasing = n.op === "reshape" || inPlace.has(n.result.id);
+    root.set(n.result.id, aliasing ? root.get(n.operands[0].id)! : n.result.id);
+    if (!aliasing && n.op !== "constant") opRoots.add(n.result.id); // constants live in the library
     for (const x of n.operands) lastUse.set(root.get(x.id)!, i);
   });
   for (const x of g.outputs) kept.add(root.get(x.value.id)!);
@@ -146,8 +165,20 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       body.push(`  ${T}* ${y} = (${T}*)rt::constant(${n.result.id}, c${n.result.id}, sizeof(c${n.result.id}));`);
       return;
     }
-    body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
-    if (n.op === "qlinear") {
+    body.push(`  rt::op_mark(${JSON.stringify(n.op)});`);
+    if (n.op === "cache_write") {
+      const [c, u, p] = n.operands;
+      const [B, H, C, D] = c.shape;
+      if (inPlace.has(n.result.id)) body.push(`  ${T}* ${y} = ${name.get(c.id)}; // written in place`);
+      else {
+        body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
+        body.push(`  rt::copy(${y}, ${name.get(c.id)}, (int64_t)sizeof(${T}) * ${cprod(c.shape)});`);
+      }
+      body.push(`  K::cache_write<${T}>(${y}, ${name.get(u.id)}, ${name.get(p.id)}, ${cdim(B)} * ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)});`);
+    } else body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
+    if (n.op === "cache_write") {
+      // emitted above
+    } else if (n.op === "qlinear") {
       const scheme = n.attrs.scheme as string;
       if (o.target !== "cpu")
         throw new KilnError("E_BUILD", `quantized linears (--quant ${scheme}) have no ${o.target} kernels yet (the cpu target has them): ${where}`);
@@ -187,8 +218,12 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     const r = root.get(v.id)!;
     const T = CTYPE[v.dtype];
     let ptr = name.get(v.id)!;
-    // an output must own its buffer: copy when it is an input, weight, constant, or already handed out
-    if (!opRoots.has(r) || handed.has(r)) {
+    // an output must own its buffer: copy when it is an input, weight, constant, or already handed
+    // out; a cache written in place is handed back as the input it is (the manifest says `aliases`)
+    if (inPlace.has(v.id)) {
+      if (handed.has(r)) throw new KilnError("E_BUILD", `output '${x.name}' is a cache written in place that another output already returns`);
+      handed.add(r);
+    } else if (!opRoots.has(r) || handed.has(r)) {
       const bytes = `(int64_t)sizeof(${T}) * ${cprod(v.shape)}`;
       outputs.push(`  ${T}* o${j} = (${T}*)rt::alloc(${bytes}, "output ${x.name}");`);
       outputs.push(`  rt::copy(o${j}, ${ptr}, ${bytes});`);
@@ -378,7 +413,8 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       const [B, Hq, S, D] = q.shape;
       const [, Hkv, Tk, Dv] = v.shape;
       const dims = [B, Hq, Hkv, S, Tk, D, Dv].map(cdim).join(", ");
-      return [`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"});`];
+      const offset = xs[3] ?? "nullptr"; // the static cache's position (target memory), or aligned to the end
+      return [`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset});`];
     }
     case "gather": {
       const [x, idx] = n.operands;

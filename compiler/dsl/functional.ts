@@ -1,10 +1,7 @@
 // Free functions of the DSL: activations, combinators, masks and rotary helpers, each written
 // with primitive ops so that passes see the plain math.
 
-import type { Dim } from "../ir/dim.js";
-import type { DType } from "../ir/dtype.js";
-import { positions } from "./cache.js";
-import { arange, constant, emit, full, Tensor } from "./tensor.js";
+import { constant, emit, Tensor } from "./tensor.js";
 
 export const matmul = (a: Tensor, b: Tensor): Tensor => a.matmul(b);
 export const softmax = (x: Tensor, axis: number): Tensor => x.softmax(axis);
@@ -17,16 +14,8 @@ export const concat = (xs: Tensor[], axis: number): Tensor => emit("concat", xs,
 export const where = (cond: Tensor, a: Tensor, b: Tensor): Tensor => emit("where", [cond, a, b]);
 export const gather = (x: Tensor, idx: Tensor, axis: number): Tensor => emit("gather", [x, idx], { axis });
 
-/**
- * [S, P+S] additive mask of a decoder: query i (at position P+i) sees key j iff j ≤ P+i; 0 there,
- * −inf elsewhere. P is the KV cache's length (0 without a cache).
- */
-export function causalMask(S: Dim, dtype: DType = "f32"): Tensor {
-  const { start, end } = positions(S);
-  const i = arange(start, end).reshape(S, 1);
-  const j = arange(0, end).reshape(1, end);
-  return where(j.gt(i), full([], -Infinity, dtype), full([], 0, dtype));
-}
+/** The causal mask lives with the KV cache it depends on (cache.ts). */
+export { causalMask } from "./cache.js";
 
 /**
  * rotate_half of RoPE (Su et al., 2021), the "half-split" layout Llama checkpoints use:

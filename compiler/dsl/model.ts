@@ -33,8 +33,12 @@ export interface TraceOptions {
   /** dtype of parameters and activations (default f32) */
   dtype?: DType;
   name?: string;
-  /** add KV-cache inputs and outputs (past.<i>.key|value, present.<i>.key|value; see cache.ts) */
-  kvCache?: boolean;
+  /**
+   * add KV-cache inputs and outputs (past.<i>.key|value, present.<i>.key|value; see cache.ts):
+   * true grows the cache by concatenation ([B, H, P, D] → [B, H, P+S, D]); "static" keeps a fixed
+   * capacity C written in place at the input cache_position
+   */
+  kvCache?: boolean | "static";
   /** add the input attention_mask: i64[B, P+S] for padded batches (see cache.ts) */
   attentionMask?: boolean;
 }
@@ -48,6 +52,10 @@ export function traceModel<C>(def: ModelDef<C>, config: C, opts: TraceOptions = 
     withTrace(ctx, () => {
       const inputs: Record<string, Tensor> = {};
       for (const [name, t] of Object.entries(def.inputs(config))) inputs[name] = new Tensor(b.input(name, t));
+      if (opts.kvCache === "static") {
+        if (opts.attentionMask) throw new KilnError("E_USAGE", "padded batches (attentionMask) use the growing KV cache, not the static one");
+        ctx.cache!.static = { position: new Tensor(b.input("cache_position", { dtype: "i64", shape: [] })), capacity: "C" };
+      }
       if (opts.attentionMask) {
         const B = inputs.input_ids?.shape[0] ?? "B";
         ctx.padding = { mask: new Tensor(b.input("attention_mask", { dtype: "i64", shape: [B, ctx.cache ? `${String(ctx.cache.past)}+S` : "S"] })) };

@@ -17,7 +17,12 @@ export interface TraceContext {
   /** parameter values already added, by Hugging Face name */
   params: Map<string, Value>;
   /** set when tracing with a KV cache (see cache.ts) */
-  cache?: { past: Dim; outputs: [string, Value][] };
+  cache?: {
+    past: Dim;
+    outputs: [string, Value][];
+    /** static cache (kvCache: "static"): the i64 scalar input cache_position and the capacity dim */
+    static?: { position: Tensor; capacity: Dim };
+  };
   /** set when tracing a padded batch (see cache.ts): the attention_mask input */
   padding?: { mask: Tensor };
 }

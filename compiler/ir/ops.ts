@@ -617,14 +617,18 @@ def({
 // query head h reads kv head ⌊h / kv_groups⌋ (repeat-kv). `causal` aligns the last query with the
 // last key: query i sees key j iff j ≤ i + T − S (so a KV cache of T − S earlier tokens works). The
 // reference accumulates in f64 and rounds the output once; a row that sees no key is NaN, as the
-// eager softmax of an all −inf row is.
+// eager softmax of an all −inf row is. An optional fourth operand, an i64 scalar `offset` (the
+// static KV cache's write position), replaces that alignment: query i sits at position offset + i
+// and sees key j iff j ≤ offset + i (keys past the last query are the cache's unused capacity).
 def({
   name: "flash_attention",
-  arity: 3,
+  arity: [3, 4],
   attrs: { causal: { kind: "bool" }, scale: { kind: "float" }, kv_groups: { kind: "int" } },
-  infer: ([q, k, v], a) => {
+  infer: ([q, k, v, offset], a) => {
     const dtype = sameDType([q, k, v]);
     needFloat(q);
+    if (offset && (offset.dtype !== "i64" || offset.shape.length !== 0)) fail(`the offset operand must be an i64 scalar, got ${offset.dtype}${formatShape(offset.shape)}`);
+    if (offset && a.causal !== true) fail("an offset operand needs causal = true");
     if (q.shape.length !== 4 || k.shape.length !== 4 || v.shape.length !== 4)
       fail(`flash_attention takes [B, H, S, D] operands, got ${formatShape(q.shape)}, ${formatShape(k.shape)}, ${formatShape(v.shape)}`);
     const g = a.kv_groups as number;
@@ -636,10 +640,11 @@ def({
     if (!dimEq(k.shape[2], v.shape[2])) fail(`k and v lengths differ: ${k.shape[2]} vs ${v.shape[2]}`);
     return { dtype, shape: [q.shape[0], q.shape[1], q.shape[2], v.shape[3]] };
   },
-  eval: ([q, k, v], a, out) => {
+  eval: ([q, k, v, offset], a, out) => {
     const [B, Hq, S, D] = q.shape;
     const [, Hkv, T, Dv] = v.shape;
     const g = a.kv_groups as number, scale = a.scale as number, causal = a.causal as boolean;
+    const shift = offset ? offset.data[0] : T - S;
     const y = alloc(out.dtype, out.shape);
     const p = new Float64Array(T);
     for (let b = 0; b < B; b++)
@@ -648,7 +653,7 @@ def({
         const qo = ((b * Hq + h) * S) * D, ko = ((b * Hkv + kh) * T) * D, vo = ((b * Hkv + kh) * T) * Dv;
         for (let i = 0; i < S; i++) {
           let m = -Infinity;
-          const last = causal ? i + T - S : T - 1;
+          const last = causal ? Math.min(i + shift, T - 1) : T - 1;
           for (let j = 0; j < T; j++) {
             if (j > last) { p[j] = -Infinity; continue; }
             let s = 0;
@@ -661,7 +666,7 @@ def({
           const yo = ((b * Hq + h) * S + i) * Dv;
           for (let d = 0; d < Dv; d++) {
             let acc = 0;
-            for (let j = 0; j <= Math.min(last, T - 1); j++) acc += p[j] * v.data[vo + j * Dv + d];
+            for (let j = 0; j <= last; j++) acc += p[j] * v.data[vo + j * Dv + d];
             y.data[yo + d] = last < 0 ? NaN : acc / sum;
           }
         }
@@ -773,3 +778,33 @@ def({
 
 /** Attributes whose values are dims, to be evaluated before `eval` runs. */
 export const DIM_ATTRS = (d: OpDef): string[] => Object.entries(d.attrs).filter(([, s]) => s.kind === "dim").map(([k]) => k);
+
+// ---------------------------------------------------------------- static KV cache
+
+// The static KV cache's write: `cache` [B, H, C, D] (C = capacity) with rows [pos, pos + S) of
+// axis 2 replaced by `update` [B, H, S, D]; `pos` is an i64 scalar (the tokens already cached).
+// Targets write in place when the cache is a graph input read by nothing else (the artifact's
+// manifest says so), which is what makes a decode step's shapes independent of its position.
+def({
+  name: "cache_write",
+  arity: 3,
+  attrs: {},
+  infer: ([cache, update, pos]) => {
+    const dtype = sameDType([cache, update]);
+    if (cache.shape.length !== 4 || update.shape.length !== 4) fail(`cache_write takes a [B, H, C, D] cache and a [B, H, S, D] update, got ${formatShape(cache.shape)}, ${formatShape(update.shape)}`);
+    for (const k of [0, 1, 3]) if (!dimEq(cache.shape[k], update.shape[k])) fail(`cache ${formatShape(cache.shape)} and update ${formatShape(update.shape)} differ in dim ${k}`);
+    if (pos.dtype !== "i64" || pos.shape.length !== 0) fail(`the position must be an i64 scalar, got ${pos.dtype}${formatShape(pos.shape)}`);
+    return { dtype, shape: [...cache.shape] };
+  },
+  eval: ([cache, update, pos], _a, out) => {
+    const [B, H, C, D] = cache.shape;
+    const S = update.shape[2];
+    const p = pos.data[0];
+    if (!(Number.isInteger(p) && p >= 0 && p + S <= C)) fail(`cache_write of ${S} rows at position ${p} does not fit the capacity ${C}`);
+    const y = alloc(out.dtype, out.shape);
+    y.data.set(cache.data);
+    for (let bh = 0; bh < B * H; bh++)
+      for (let s = 0; s < S; s++) for (let d = 0; d < D; d++) y.data[(bh * C + p + s) * D + d] = update.data[(bh * S + s) * D + d];
+    return y;
+  },
+});

@@ -4,7 +4,8 @@
 //   with K and V optionally repeat-kv'd (reshape → expand → reshape of [B, Hkv, T, D]: GQA/MQA),
 //   the scale as mul by a scalar constant (either side) or div by one, and the causal mask as the
 //   DSL's causalMask: where(key position > query position, −inf, 0) over arange(0, T) and
-//   arange(T − S, T) (so it also matches decoding against a KV cache of T − S tokens).
+//   arange(T − S, T) (so it also matches decoding against a KV cache of T − S tokens), or
+//   arange(0, S) + p with p an i64 scalar (the static cache's position: the fused op takes p).
 // Guarantees: the fused op computes the same function up to rounding: the eager form rounds the
 //   scores, the probabilities and the product to the activation dtype, the fused op rounds once.
 //   Property tests bound the difference (test/fuse-attention.test.ts).
@@ -27,6 +28,8 @@ interface Match {
   groups: number;
   scale: number;
   causal: boolean;
+  /** the static cache's position (queries start there), when the mask is shifted by it */
+  offset?: Value;
 }
 
 type Result = { ok: true; m: Match } | { ok: false; why: string };
@@ -61,23 +64,36 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
     return { base, n: e[2] };
   };
 
-  /** Is `m` the causal mask for S queries over T keys (shape [S, T], maybe with leading 1s)? */
-  const isCausal = (m: Value, S: Dim, T: Dim): boolean => {
+  /**
+   * Is `m` the causal mask for S queries over T keys (shape [S, T], maybe with leading 1s)? Returns
+   * its query offset: "aligned" (the growing cache: queries are the last S of T positions), or the
+   * i64 scalar the queries' arange is shifted by (the static cache's cache_position).
+   */
+  const causalOffset = (m: Value, S: Dim, T: Dim): "aligned" | Value | undefined => {
     const w = op(m, "where");
-    if (!w) return false;
+    if (!w) return undefined;
     const [c, a, b] = w.operands;
-    if (scalarFull(a) !== -Infinity || scalarFull(b) !== 0) return false;
+    if (scalarFull(a) !== -Infinity || scalarFull(b) !== 0) return undefined;
     const gt = op(c, "greater");
-    if (!gt) return false;
-    const range = (v: Value, shape: Dim[]): { start: Dim; end: Dim } | undefined => {
+    if (!gt) return undefined;
+    const range = (v: Value, shape: Dim[]): { start: Dim; end: Dim; shift?: Value } | undefined => {
       const r = op(v, "reshape");
-      const ar = r && op(r.operands[0], "arange");
-      if (!r || !ar || r.result.shape.length !== 2 || !r.result.shape.every((d, i) => dimEq(d, shape[i]))) return undefined;
-      return { start: ar.attrs.start as Dim, end: ar.attrs.end as Dim };
+      if (!r || r.result.shape.length !== 2 || !r.result.shape.every((d, i) => dimEq(d, shape[i]))) return undefined;
+      const ar = op(r.operands[0], "arange");
+      if (ar) return { start: ar.attrs.start as Dim, end: ar.attrs.end as Dim };
+      // arange(0, S) + p, p an i64 scalar (either side of the add)
+      const add = op(r.operands[0], "add");
+      if (!add) return undefined;
+      const [l, rr] = add.operands;
+      const [base, shift] = op(l, "arange") ? [op(l, "arange")!, rr] : op(rr, "arange") ? [op(rr, "arange")!, l] : [undefined, undefined];
+      if (!base || !shift || shift.dtype !== "i64" || shift.shape.length !== 0 || base.result.dtype !== "i64") return undefined;
+      return { start: base.attrs.start as Dim, end: base.attrs.end as Dim, shift };
     };
     const keys = range(gt.operands[0], [1, T]);
     const queries = range(gt.operands[1], [S, 1]);
-    return Boolean(keys && queries && dimEq(keys.start, 0) && dimEq(keys.end, T) && dimEq(queries.start, dimSub(T, S)) && dimEq(queries.end, T));
+    if (!keys || keys.shift || !queries || !dimEq(keys.start, 0) || !dimEq(keys.end, T)) return undefined;
+    if (queries.shift) return dimEq(queries.start, 0) && dimEq(queries.end, S) ? queries.shift : undefined;
+    return dimEq(queries.start, dimSub(T, S)) && dimEq(queries.end, T) ? "aligned" : undefined;
   };
 
   const match = (out: Node): Result => {
@@ -122,12 +138,15 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
     if (k.n !== v.n) return { ok: false, why: `K and V are repeated differently (${k.n} vs ${v.n})` };
     if (k.base.shape.length !== 4 || v.base.shape.length !== 4) return { ok: false, why: "K or V is not [B, H, T, D]" };
     const S = q.shape[2], T = k.base.shape[2];
+    let offset: Value | undefined;
     if (maskValue) {
-      if (!isCausal(maskValue, S, T)) return { ok: false, why: "the mask is not the causal mask (padding and ALiBi masks are not fused yet)" };
+      const c = causalOffset(maskValue, S, T);
+      if (!c) return { ok: false, why: "the mask is not the causal mask (padding and ALiBi masks are not fused yet)" };
       causal = true;
+      if (c !== "aligned") offset = c;
     }
     if (q.dtype !== k.base.dtype || q.dtype !== v.base.dtype || out.result.dtype !== q.dtype) return { ok: false, why: "Q, K, V and the output differ in dtype" };
-    return { ok: true, m: { q, k: k.base, v: v.base, groups: k.n, scale, causal } };
+    return { ok: true, m: { q, k: k.base, v: v.base, groups: k.n, scale, causal, offset } };
   };
 
   const b = GraphBuilder.from(g);
@@ -148,21 +167,22 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
       nodes.push(here);
       continue;
     }
-    const { q, k, v, groups, scale, causal } = r.m;
+    const { q, k, v, groups, scale, causal, offset } = r.m;
     const attrs = { causal, kv_groups: groups, scale };
+    const fusedOperands = offset ? [q, k, v, offset] : [q, k, v];
     let type;
     try {
-      type = inferNode({ op: "flash_attention", operands: [q, k, v], attrs, loc: n.loc });
+      type = inferNode({ op: "flash_attention", operands: fusedOperands, attrs, loc: n.loc });
     } catch (e) {
       explain(`attention${at}: not fused: ${(e as Error).message}`);
       nodes.push(here);
       continue;
     }
     const y = b.newValue("op", type);
-    nodes.push(n.loc ? { op: "flash_attention", operands: [q, k, v], attrs, result: y, loc: n.loc } : { op: "flash_attention", operands: [q, k, v], attrs, result: y });
+    nodes.push(n.loc ? { op: "flash_attention", operands: fusedOperands, attrs, result: y, loc: n.loc } : { op: "flash_attention", operands: fusedOperands, attrs, result: y });
     replace.set(n.result.id, y);
     fused++;
-    explain(`attention${at}: fused (${causal ? "causal" : "no mask"}, kv_groups ${groups}, scale ${scale})`);
+    explain(`attention${at}: fused (${causal ? (offset ? "causal from the static cache's position" : "causal") : "no mask"}, kv_groups ${groups}, scale ${scale})`);
   }
   if (fused === 0) return g;
   // the eager nodes are now dead (unless something else reads them): dce, next in the pipeline, removes them

@@ -549,7 +549,21 @@ const BUILDERS: Record<string, Builder> = {
     const y = g.pick(s.b, (v) => v !== x && v.dtype === x.dtype && v.shape.length >= 1 && dimEq(v.shape[v.shape.length - 1], D));
     const kv = y ? g.emit("reshape", [y], { shape: [1, 1, dimProduct(y.shape.slice(0, -1)), D] }) : q;
     const scale = [1, 0.5, 0.125, -0.75][s.c % 4];
-    g.emit("flash_attention", [q, kv, s.d % 3 === 0 ? q : kv], { causal: s.d % 2 === 0, scale, kv_groups: 1 });
+    // causal, sometimes with the static cache's position as an explicit query offset
+    const offset = s.d % 4 === 2 ? [g.emit("constant", [], { values: [s.c % 3], shape: [], dtype: "i64" })] : [];
+    g.emit("flash_attention", [q, kv, s.d % 3 === 0 ? q : kv, ...offset], { causal: s.d % 2 === 0, scale, kv_groups: 1 });
+  },
+  cache_write: (g, s) => {
+    // a value seen as a [1, 1, n, D] cache; its first row written back at a position in range
+    const x = g.atLeastRank(g.need(s.a), 1);
+    const D = x.shape[x.shape.length - 1];
+    const rows = dimProduct(x.shape.slice(0, -1));
+    const [lo] = g.range(rows);
+    if (lo < 1) throw new Skip("the cache may have no rows");
+    const cache = g.emit("reshape", [x], { shape: [1, 1, rows, D] });
+    const update = g.emit("slice", [cache], { axis: 2, start: 0, end: 1 });
+    const pos = g.emit("constant", [], { values: [s.b % lo], shape: [], dtype: "i64" });
+    g.emit("cache_write", [cache, update, pos], {});
   },
 };
 

@@ -324,7 +324,7 @@ class ForwardWorker : public Worker {
     std::vector<void*> w;
     for (auto& b : weights) w.push_back(b->ptr);
     std::vector<kiln_tensor> in(inputs.size());
-    std::vector<std::shared_ptr<Buffer>> uploaded;
+    std::vector<std::shared_ptr<Buffer>> inbuf(inputs.size());  // each input's buffer (uploaded here or passed in)
     for (size_t i = 0; i < inputs.size(); i++) {
       InputArg& a = inputs[i];
       kiln_tensor& t = in[i];
@@ -333,6 +333,7 @@ class ForwardWorker : public Worker {
       for (size_t k = 0; k < a.shape.size(); k++) t.shape[k] = a.shape[k];
       if (a.dev) {
         t.data = a.dev->ptr;
+        inbuf[i] = a.dev;
       } else {
         auto b = std::make_shared<Buffer>();
         b->lib = lib;
@@ -341,7 +342,7 @@ class ForwardWorker : public Worker {
         b->bytes = (int64_t)a.host.size();
         if (!a.host.empty() && (rc = lib->abi.upload(b->ptr, a.host.data(), b->bytes))) return Fail("E_RUNTIME", lib->Error("kiln_upload", rc));
         t.data = b->ptr;
-        uploaded.push_back(b);
+        inbuf[i] = b;
       }
     }
     int n_out = lib->abi.num_outputs();
@@ -350,16 +351,22 @@ class ForwardWorker : public Worker {
     int rc = lib->abi.forward(w.data(), in.data(), out.data());
     if (rc) return Fail(rc == KILN_ERR_OOM ? "E_OOM" : rc == KILN_ERR_INVALID ? "E_USAGE" : "E_RUNTIME", lib->abi.last_error());
     for (int j = 0; j < n_out; j++) {
-      auto b = std::make_shared<Buffer>();
-      b->lib = lib;
-      b->ptr = out[j].data;
       int64_t n = 1;
       std::vector<int64_t> shape;
       for (int k = 0; k < out[j].rank; k++) {
         n *= out[j].shape[k];
         shape.push_back(out[j].shape[k]);
       }
-      b->bytes = n * kDtypeBytes[out[j].dtype];
+      // an output written in place into an input (the static KV cache) shares that input's buffer
+      std::shared_ptr<Buffer> b;
+      for (size_t i = 0; i < inputs.size() && !b; i++)
+        if (out[j].data && inbuf[i] && inbuf[i]->ptr == out[j].data) b = inbuf[i];
+      if (!b) {
+        b = std::make_shared<Buffer>();
+        b->lib = lib;
+        b->ptr = out[j].data;
+        b->bytes = n * kDtypeBytes[out[j].dtype];
+      }
       results.push_back({out[j].dtype, shape, {}, b});
     }
     for (int j = 0; j < n_out; j++) {
