@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { describe, expect, test } from "@jest/globals";
 import fc from "fast-check";
 import type { Arbitrary } from "fast-check";
-import { cacheUpdate, causalMask, defineModel, Module, repeatKv, traceModel } from "../compiler/dsl/index.js";
+import { alibiBias, attentionBias, cacheUpdate, causalMask, defineModel, Module, paddingBias, repeatKv, traceModel } from "../compiler/dsl/index.js";
 import type { Tensor } from "../compiler/dsl/index.js";
 import type { DType, Tensor as IRTensor } from "../compiler/ir/index.js";
 import { run, tensor } from "../compiler/ir/index.js";
@@ -19,8 +19,13 @@ import llama from "../models/llama.js";
 import { SafetensorsFile, openCheckpoint } from "../runtime/safetensors.js";
 import { bindWeights } from "../runtime/weights.js";
 
-// statik: a static KV cache of capacity C = P + S + extra at cache_position P (else a growing one when P > 0)
-interface Shape { B: number; Hkv: number; groups: number; S: number; P: number; D: number; Dv: number; causal: boolean; scaleKind: "mul" | "div"; dtype: DType; statik: boolean; extra: number }
+// statik: a static KV cache of capacity C = P + S + extra at cache_position P (else a growing one when
+// P > 0); padded: an attention_mask input hides keys (Hugging Face's padded causal bias, or an
+// encoder's padding bias without a cache); alibi: BLOOM's ALiBi bias added to the scaled scores
+interface Shape {
+  B: number; Hkv: number; groups: number; S: number; P: number; D: number; Dv: number; causal: boolean; scaleKind: "mul" | "div"; dtype: DType;
+  statik: boolean; extra: number; padded: boolean; alibi: boolean;
+}
 
 /** The eager attention as a model file writes it, over inputs q, k, v (and a KV cache when P > 0). */
 function attentionGraph(c: Shape) {
@@ -30,7 +35,9 @@ function attentionGraph(c: Shape) {
       [k, v] = [repeatKv(k, c.groups), repeatKv(v, c.groups)];
       const raw = q.matmul(k.transpose(-2, -1));
       let scores = c.scaleKind === "mul" ? raw.mul(c.D ** -0.5) : raw.div(Math.sqrt(c.D));
-      if (c.causal) scores = scores.add(causalMask("S", q.dtype));
+      if (c.alibi) scores = scores.add(alibiBias(c.Hkv * c.groups, k.size(2)).to(q.dtype));
+      if (c.padded) scores = scores.add(c.causal ? attentionBias("S", q.dtype) : paddingBias("S", q.dtype)!);
+      else if (c.causal) scores = scores.add(causalMask("S", q.dtype));
       return { out: scores.float().softmax(-1).to(q.dtype).matmul(v) };
     }
   }
@@ -44,7 +51,7 @@ function attentionGraph(c: Shape) {
       create: () => new Attn(),
     }),
     {},
-    { dtype: c.dtype, kvCache: c.statik ? "static" : c.P > 0 },
+    { dtype: c.dtype, kvCache: c.statik ? "static" : c.P > 0, attentionMask: c.padded },
   );
 }
 
@@ -53,7 +60,8 @@ const arbShape = (dtypes: DType[]): Arbitrary<Shape> =>
     B: fc.integer({ min: 1, max: 2 }), Hkv: fc.integer({ min: 1, max: 2 }), groups: fc.constantFrom(1, 2, 4), S: fc.integer({ min: 1, max: 5 }),
     P: fc.integer({ min: 0, max: 4 }), D: fc.constantFrom(2, 4, 8), Dv: fc.constantFrom(2, 4, 8), causal: fc.boolean(),
     scaleKind: fc.constantFrom("mul" as const, "div" as const), dtype: fc.constantFrom(...dtypes), statik: fc.boolean(), extra: fc.integer({ min: 0, max: 2 }),
-  });
+    padded: fc.boolean(), alibi: fc.boolean(),
+  }).map((c) => (c.padded ? { ...c, statik: false, P: c.causal ? c.P : 0 } : c)); // padded batches grow their cache; encoders have none
 
 const arbCase = (dtypes: DType[]): Arbitrary<GraphCase> =>
   arbShape(dtypes).chain((c) => {
@@ -61,24 +69,27 @@ const arbCase = (dtypes: DType[]): Arbitrary<GraphCase> =>
     const shapes: Record<string, number[]> = {};
     const C = c.P + c.S + c.extra;
     for (const v of graph.inputs) shapes[v.name] = v.shape.map((d) => (d === "B" ? c.B : d === "S" ? c.S : d === "P" ? c.P : d === "C" ? C : (d as number)));
-    const arbs = Object.fromEntries(Object.entries(shapes).filter(([n]) => n !== "cache_position").map(([n, s]) => [n, arbTensor(c.dtype, s)]));
+    const arbs: Record<string, Arbitrary<IRTensor>> = Object.fromEntries(Object.entries(shapes).filter(([n]) => n !== "cache_position" && n !== "attention_mask").map(([n, s]) => [n, arbTensor(c.dtype, s)]));
+    // 0/1 masks, all-padding rows included (those rows give the mean of V, as the eager form does)
+    if (c.padded) arbs.attention_mask = fc.array(fc.constantFrom(0, 1), { minLength: c.B * (c.P + c.S), maxLength: c.B * (c.P + c.S) }).map((m) => tensor("i64", [c.B, c.P + c.S], m));
     const position: Record<string, IRTensor> = c.statik ? { cache_position: tensor("i64", [], [c.P]) } : {};
     const bindings = { B: c.B, S: c.S, ...(c.statik ? { C } : c.P > 0 ? { P: c.P } : {}) };
     return fc.record(arbs).map((inputs) => ({ graph, bindings, inputs: { ...inputs, ...position }, params: {} }));
   });
 
 describe("fuse-attention", () => {
-  test("fuses every drawn attention (MHA, GQA, MQA-like groups, causal or not, with a growing or static KV cache)", () => {
+  test("fuses every drawn attention (MHA, GQA, MQA-like groups, causal or not, growing or static KV cache, padding masks, ALiBi)", () => {
     fc.assert(
       fc.property(arbShape(["f32"]), (c) => {
         const ctx = createContext();
         const g = runPipeline(attentionGraph(c), [fuseAttentionPass], { context: ctx });
         const fa = dce(g).nodes.filter((n) => n.op === "flash_attention");
         expect(fa).toHaveLength(1);
-        expect(fa[0].attrs).toEqual({ causal: c.causal, kv_groups: c.groups, scale: c.scaleKind === "mul" ? Math.fround(c.D ** -0.5) : 1 / Math.fround(Math.sqrt(c.D)) });
+        expect(fa[0].attrs).toMatchObject({ causal: c.causal, kv_groups: c.groups, scale: c.scaleKind === "mul" ? Math.fround(c.D ** -0.5) : 1 / Math.fround(Math.sqrt(c.D)) });
+        expect(fa[0].attrs.key_mask === true).toBe(c.padded);
+        expect((fa[0].attrs.alibi as number[] | undefined)?.length ?? 0).toBe(c.alibi ? c.Hkv * c.groups : 0);
         // the static cache's causal mask is shifted by cache_position: the fused op reads it
-        expect(fa[0].operands.length).toBe(c.statik && c.causal ? 4 : 3);
-        if (c.statik && c.causal) expect(fa[0].operands[3].name).toBe("cache_position");
+        expect(fa[0].operands.map((v) => v.name).slice(3)).toEqual([...(c.statik && c.causal ? ["cache_position"] : []), ...(c.padded ? ["attention_mask"] : [])]);
         expect(messagesOf(ctx, "fuse-attention").join("\n")).toMatch(/fused/);
       }),
       { numRuns: 60, seed: 4 },
@@ -109,7 +120,7 @@ describe("fuse-attention", () => {
     );
     const msgs: string[] = [];
     expect(fuseAttention(g, (m) => msgs.push(m))).toBe(g);
-    expect(msgs.join("\n")).toMatch(/not fused: the mask is not the causal mask/);
+    expect(msgs.join("\n")).toMatch(/not fused: a term added to the scores is neither a causal or padding mask nor ALiBi/);
   });
 
   test("Llama with the pass gives the fixtures' logits (interpreter, f32)", () => {

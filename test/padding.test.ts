@@ -37,11 +37,21 @@ function padBatch(prompts: number[][], left: boolean[]): { ids: Tensor; mask: Te
 }
 
 describe("padded batches on the interpreter", () => {
-  test("the padded graph has an attention_mask input; fuse-attention leaves its mask eager and says why", () => {
+  test("the padded graph has an attention_mask input; fuse-attention fuses causal + padding mask and the logits stay", () => {
     expect(padded.inputs.map((v) => `${v.name}: ${v.dtype}[${v.shape.join(", ")}]`)).toEqual(["input_ids: i64[B, S]", "attention_mask: i64[B, S]"]);
     const msgs: string[] = [];
-    fuseAttention(padded, (m) => msgs.push(m));
-    expect(msgs.join("\n")).toMatch(/not fused: the mask is not the causal mask/);
+    const fused = fuseAttention(padded, (m) => msgs.push(m));
+    expect(msgs.join("\n")).toMatch(/fused \(causal \+ padding mask, kv_groups 4/);
+    const fa = fused.nodes.filter((n) => n.op === "flash_attention");
+    expect(fa).toHaveLength(2);
+    expect(fa.every((n) => n.attrs.key_mask === true && n.operands[3].name === "attention_mask")).toBe(true);
+    // mixed padding, a padded query row included: the fused graph gives the eager graph's logits everywhere
+    const { ids, mask } = padBatch([[5, 6, 7], [9]], [true, false]);
+    const eager = run(padded, { input_ids: ids, attention_mask: mask }, weights).logits.data;
+    const after = run(fused, { input_ids: ids, attention_mask: mask }, weights).logits.data;
+    let maxErr = 0;
+    for (let i = 0; i < eager.length; i++) maxErr = Math.max(maxErr, Math.abs(eager[i] - after[i]));
+    expect(maxErr).toBeLessThanOrEqual(2e-5);
   });
 
   test("every real position gives the logits of its prompt alone (left, right, mixed padding)", () => {

@@ -246,11 +246,13 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
 }
 
 // flash_attention (the fused eager attention): y[b, h, i] = softmax_j(scale · q[b, h, i] · k[b, h/g, j]) · v[b, h/g, j]
-// over keys j ≤ i + T − S when causal (j ≤ i + *offset with the static cache's position); f64
-// accumulation, one rounding at the end (the interpreter's rule).
+// over keys j ≤ i + T − S when causal (j ≤ i + *offset with the static cache's position), keys
+// with key_mask[b, j] ≠ 0 when there is a mask, plus alibi[h] · j when there are slopes; a row
+// that sees no key is the mean of V with a mask, NaN without (the interpreter's rules). f64
+// accumulation, one rounding at the end.
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
-                     double scale, bool causal, const int64_t* offset) {
+                     double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask) {
   typedef Num<T> Nm;
   const int64_t g = Hkv > 0 ? Hq / Hkv : 1;
   const int64_t shift = offset ? *offset : Tk - S;
@@ -267,20 +269,32 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
           const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
           const int64_t last = causal ? i + shift : Tk - 1;
           double m = -INFINITY, sum = 0;
+          int64_t seen = 0;
+          const int64_t* km = key_mask ? key_mask + b * Tk : nullptr;
           for (int64_t j = 0; j <= last && j < Tk; j++) {
+            if (km && km[j] == 0) continue;
             double s = 0;
             for (int64_t d = 0; d < D; d++) s += (double)Nm::load(qr[d]) * (double)Nm::load(kb[j * D + d]);
-            p[j] = s * scale;
+            p[j] = s * scale + (alibi ? (double)alibi[h] * (double)j : 0.0);
+            seen++;
             if (p[j] > m || p[j] != p[j]) m = p[j];
           }
           for (int64_t d = 0; d < Dv; d++) acc[d] = 0;
+          T* yr = y + ((b * Hq + h) * S + i) * Dv;
+          if (seen == 0) {
+            // no visible key: the mean of V under a mask (every eager score equal), else NaN
+            for (int64_t j = 0; j < Tk; j++)
+              for (int64_t d = 0; d < Dv; d++) acc[d] += (double)Nm::load(vb[j * Dv + d]);
+            for (int64_t d = 0; d < Dv; d++) yr[d] = Nm::store((float)(km && Tk > 0 ? acc[d] / (double)Tk : NAN));
+            continue;
+          }
           for (int64_t j = 0; j <= last && j < Tk; j++) {
+            if (km && km[j] == 0) continue;
             const double e = exp(p[j] - m);
             sum += e;
             for (int64_t d = 0; d < Dv; d++) acc[d] += e * (double)Nm::load(vb[j * Dv + d]);
           }
-          T* yr = y + ((b * Hq + h) * S + i) * Dv;
-          for (int64_t d = 0; d < Dv; d++) yr[d] = Nm::store((float)(last < 0 ? NAN : acc[d] / sum));
+          for (int64_t d = 0; d < Dv; d++) yr[d] = Nm::store((float)(acc[d] / sum));
         }
     delete[] p;
     delete[] acc;

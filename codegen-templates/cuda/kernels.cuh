@@ -248,7 +248,8 @@ static const int kChunk = 64;
 template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
                                                    float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
-                                                   bool causal, const int64_t* __restrict__ offset) {
+                                                   bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
+                                                   const int64_t* __restrict__ key_mask) {
   constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
   __shared__ float qs[MAXD];
   __shared__ float wm[W], wl[W];
@@ -277,13 +278,16 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   float m = -INFINITY, l = 0.f, acc[PER];
 #pragma unroll
   for (int e = 0; e < PER; e++) acc[e] = 0.f;
+  const int64_t* km = key_mask ? key_mask + b * Tk : nullptr;
+  const float slope = alibi ? alibi[h] : 0.f;
   for (int64_t j = j0 + warp; j < j1; j += W) {
+    if (km && km[j] == 0) continue;  // a padded key (the whole warp skips it)
     const T* kr = kb + j * D;
     float s = 0.f;
     for (int d = lane; d < D; d += 32) s += qs[d] * Num<T>::load(kr[d]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    s *= scale;
+    s = s * scale + slope * (float)j;
     const float mn = fmaxf(m, s);
     const float corr = m == -INFINITY ? 0.f : __expf(m - mn);
     const float p = __expf(s - mn);
@@ -320,8 +324,20 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
     float a = 0.f;
 #pragma unroll
     for (int w = 0; w < W; w++) a += wm[w] == -INFINITY ? 0.f : wacc[w][d] * __expf(wm[w] - M);
-    if (SPLIT) out[2 + d] = a;
-    else y[row * Dv + d] = Num<T>::store(last < 0 ? NAN : a / L);
+    if (SPLIT) {
+      out[2 + d] = a;
+    } else if (M == -INFINITY) {
+      // no visible key: the mean of V under a key mask (every eager score equal), else NaN
+      float mean = NAN;
+      if (km) {
+        mean = 0.f;
+        for (int64_t j = 0; j < Tk; j++) mean += Num<T>::load(vb[j * Dv + d]);
+        mean /= (float)Tk;
+      }
+      y[row * Dv + d] = Num<T>::store(mean);
+    } else {
+      y[row * Dv + d] = Num<T>::store(a / L);
+    }
   }
 }
 
@@ -351,7 +367,7 @@ __global__ void k_attention_combine(const float* __restrict__ part, T* __restric
 
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
-                     double scale, bool causal, const int64_t* offset) {
+                     double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask) {
   const int64_t rows = B * Hq * S;
   if (rows <= 0) return;
   if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "flash_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
@@ -359,16 +375,16 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   const int64_t splits = (Tk + detail::kChunk - 1) / detail::kChunk;
   const int sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
   // few rows against many keys (decode): split the keys across blocks, then combine
-  if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535) {
+  if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535 && !key_mask) {
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
-    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset);
+    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask);
     detail::launched("flash_attention (split KV)");
     detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv);
     detail::launched("flash_attention (combine)");
     rt::release(part);
     return;
   }
-  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset);
+  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask);
   detail::launched("flash_attention");
 }
 

@@ -23,6 +23,8 @@ export const CTYPE: Record<DType, string> = {
 };
 export const ABI_DTYPE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2, i64: 3, i32: 4, i8: 5, u8: 6, bool: 7 };
 const MAX_RANK = 8;
+/** rt::constant ids of ALiBi slope tables: past any value id of a graph */
+const ALIBI_CONSTANT_BASE = 1 << 30;
 
 const UNARY: Record<string, string> = {
   neg: "OpNeg", abs: "OpAbs", exp: "OpExp", log: "OpLog", sqrt: "OpSqrt", rsqrt: "OpRsqrt", reciprocal: "OpReciprocal", tanh: "OpTanh",
@@ -413,8 +415,21 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       const [B, Hq, S, D] = q.shape;
       const [, Hkv, Tk, Dv] = v.shape;
       const dims = [B, Hq, Hkv, S, Tk, D, Dv].map(cdim).join(", ");
-      const offset = xs[3] ?? "nullptr"; // the static cache's position (target memory), or aligned to the end
-      return [`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset});`];
+      const hasMask = n.attrs.key_mask === true;
+      // the static cache's position (target memory), or nullptr: aligned to the end; then the key mask
+      const offset = n.operands.length > (hasMask ? 4 : 3) ? xs[3] : "nullptr";
+      const mask = hasMask ? xs[xs.length - 1] : "nullptr";
+      const slopes = (n.attrs.alibi as number[] | undefined) ?? [];
+      const lines: string[] = [];
+      let alibi = "nullptr";
+      if (slopes.length) {
+        // the slopes live in the library, uploaded once (constant ids past the graph's value ids)
+        lines.push(`static const float alibi${n.result.id}[] = {${slopes.map((x) => `${fmtDouble(Math.fround(x))}f`).join(", ")}};`);
+        lines.push(`const float* a${n.result.id} = (const float*)rt::constant(${ALIBI_CONSTANT_BASE + n.result.id}, alibi${n.result.id}, sizeof(alibi${n.result.id}));`);
+        alibi = `a${n.result.id}`;
+      }
+      lines.push(`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask});`);
+      return lines;
     }
     case "gather": {
       const [x, idx] = n.operands;

@@ -612,21 +612,37 @@ def({
 
 // ---------------------------------------------------------------- fused attention
 
-// softmax(scale · Q Kᵀ [+ causal mask]) V over grouped heads, as one op (what fuse-attention makes of
-// the eager form). q [B, Hq, S, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] with Hq = Hkv · kv_groups:
-// query head h reads kv head ⌊h / kv_groups⌋ (repeat-kv). `causal` aligns the last query with the
-// last key: query i sees key j iff j ≤ i + T − S (so a KV cache of T − S earlier tokens works). The
-// reference accumulates in f64 and rounds the output once; a row that sees no key is NaN, as the
-// eager softmax of an all −inf row is. An optional fourth operand, an i64 scalar `offset` (the
-// static KV cache's write position), replaces that alignment: query i sits at position offset + i
-// and sees key j iff j ≤ offset + i (keys past the last query are the cache's unused capacity).
+// softmax(scale · Q Kᵀ [+ ALiBi] [+ masks]) V over grouped heads, as one op (what fuse-attention
+// makes of the eager form). q [B, Hq, S, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] with
+// Hq = Hkv · kv_groups: query head h reads kv head ⌊h / kv_groups⌋ (repeat-kv). Extra operands, in
+// this order, each optional:
+//   offset  i64 scalar: with `causal`, query i sits at position offset + i (the static KV cache);
+//           without it `causal` aligns the last query with the last key (query i sees key j iff
+//           j ≤ i + T − S, so a growing KV cache of T − S earlier tokens works);
+//   mask    i64 [B, T] when `key_mask` is set: keys whose mask is 0 are hidden (Hugging Face's
+//           attention_mask, 1 = real token).
+// `alibi` (Press et al., 2022) holds one slope per query head, already multiplied by whatever
+// multiplies the bias in the model's eager form: score(h, i, j) += alibi[h] · j.
+// Rows that see no key: NaN without `key_mask` (the eager softmax of an all −inf row); with it the
+// mean of V over all T keys, which is what the eager form computes when masks add the dtype's
+// lowest finite value (every score equal). The reference accumulates in f64 and rounds once.
 def({
   name: "flash_attention",
-  arity: [3, 4],
-  attrs: { causal: { kind: "bool" }, scale: { kind: "float" }, kv_groups: { kind: "int" } },
-  infer: ([q, k, v, offset], a) => {
+  arity: [3, 5],
+  attrs: {
+    causal: { kind: "bool" }, scale: { kind: "float" }, kv_groups: { kind: "int" },
+    alibi: { kind: "floats", optional: true }, key_mask: { kind: "bool", optional: true },
+  },
+  infer: (ops, a) => {
+    const [q, k, v] = ops;
     const dtype = sameDType([q, k, v]);
     needFloat(q);
+    const extra = ops.slice(3);
+    const hasMask = a.key_mask === true;
+    const mask = hasMask ? extra[extra.length - 1] : undefined;
+    const offset = extra.length > (hasMask ? 1 : 0) ? extra[0] : undefined;
+    if (extra.length > (hasMask ? 2 : 1)) fail(`flash_attention takes q, k, v, then an optional offset${hasMask ? " and the key mask" : ""}: got ${ops.length} operands`);
+    if (hasMask && !mask) fail("key_mask is set but there is no mask operand");
     if (offset && (offset.dtype !== "i64" || offset.shape.length !== 0)) fail(`the offset operand must be an i64 scalar, got ${offset.dtype}${formatShape(offset.shape)}`);
     if (offset && a.causal !== true) fail("an offset operand needs causal = true");
     if (q.shape.length !== 4 || k.shape.length !== 4 || v.shape.length !== 4)
@@ -638,12 +654,21 @@ def({
       fail(`heads: q has ${q.shape[1]}, k and v ${k.shape[1]} and ${v.shape[1]}, kv_groups ${g}`);
     if (!dimEq(q.shape[3], k.shape[3])) fail(`q and k head dims differ: ${q.shape[3]} vs ${k.shape[3]}`);
     if (!dimEq(k.shape[2], v.shape[2])) fail(`k and v lengths differ: ${k.shape[2]} vs ${v.shape[2]}`);
+    const slopes = (a.alibi as number[] | undefined) ?? [];
+    if (slopes.length && !dimEq(q.shape[1], slopes.length)) fail(`alibi has ${slopes.length} slopes for ${q.shape[1]} query heads`);
+    if (mask && (mask.dtype !== "i64" || mask.shape.length !== 2 || !dimEq(mask.shape[0], q.shape[0]) || !dimEq(mask.shape[1], k.shape[2])))
+      fail(`the key mask must be i64 [B, T] = [${q.shape[0]}, ${k.shape[2]}], got ${mask.dtype}${formatShape(mask.shape)}`);
     return { dtype, shape: [q.shape[0], q.shape[1], q.shape[2], v.shape[3]] };
   },
-  eval: ([q, k, v, offset], a, out) => {
+  eval: (ops, a, out) => {
+    const [q, k, v] = ops;
+    const hasMask = a.key_mask === true;
+    const mask = hasMask ? ops[ops.length - 1] : undefined;
+    const offset = ops.length > (hasMask ? 4 : 3) ? ops[3] : undefined;
     const [B, Hq, S, D] = q.shape;
     const [, Hkv, T, Dv] = v.shape;
     const g = a.kv_groups as number, scale = a.scale as number, causal = a.causal as boolean;
+    const slopes = (a.alibi as number[] | undefined) ?? [];
     const shift = offset ? offset.data[0] : T - S;
     const y = alloc(out.dtype, out.shape);
     const p = new Float64Array(T);
@@ -653,21 +678,31 @@ def({
         const qo = ((b * Hq + h) * S) * D, ko = ((b * Hkv + kh) * T) * D, vo = ((b * Hkv + kh) * T) * Dv;
         for (let i = 0; i < S; i++) {
           let m = -Infinity;
+          let seen = 0;
           const last = causal ? Math.min(i + shift, T - 1) : T - 1;
           for (let j = 0; j < T; j++) {
-            if (j > last) { p[j] = -Infinity; continue; }
+            if (j > last || (mask && mask.data[b * T + j] === 0)) { p[j] = -Infinity; continue; }
             let s = 0;
             for (let d = 0; d < D; d++) s += q.data[qo + i * D + d] * k.data[ko + j * D + d];
-            p[j] = s * scale;
+            p[j] = s * scale + (slopes.length ? slopes[h] * j : 0);
+            seen++;
             if (p[j] > m || Number.isNaN(p[j])) m = p[j];
           }
-          let sum = 0;
-          for (let j = 0; j < T; j++) sum += (p[j] = Math.exp(p[j] - m));
           const yo = ((b * Hq + h) * S + i) * Dv;
+          if (seen === 0) {
+            for (let d = 0; d < Dv; d++) {
+              let acc = 0;
+              for (let j = 0; j < T; j++) acc += v.data[vo + j * Dv + d];
+              y.data[yo + d] = mask && T > 0 ? acc / T : NaN;
+            }
+            continue;
+          }
+          let sum = 0;
+          for (let j = 0; j < T; j++) sum += (p[j] = p[j] === -Infinity ? 0 : Math.exp(p[j] - m));
           for (let d = 0; d < Dv; d++) {
             let acc = 0;
             for (let j = 0; j <= last; j++) acc += p[j] * v.data[vo + j * Dv + d];
-            y.data[yo + d] = last < 0 ? NaN : acc / sum;
+            y.data[yo + d] = acc / sum;
           }
         }
       }

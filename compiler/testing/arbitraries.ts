@@ -551,7 +551,8 @@ const BUILDERS: Record<string, Builder> = {
     const scale = [1, 0.5, 0.125, -0.75][s.c % 4];
     // causal, sometimes with the static cache's position as an explicit query offset
     const offset = s.d % 4 === 2 ? [g.emit("constant", [], { values: [s.c % 3], shape: [], dtype: "i64" })] : [];
-    g.emit("flash_attention", [q, kv, s.d % 3 === 0 ? q : kv, ...offset], { causal: s.d % 2 === 0, scale, kv_groups: 1 });
+    const alibi: Record<string, number[]> = s.c % 3 === 1 ? { alibi: [[0.5, -0.25, 0.125][s.b % 3]] } : {}; // one query head: one slope
+    g.emit("flash_attention", [q, kv, s.d % 3 === 0 ? q : kv, ...offset], { causal: s.d % 2 === 0, scale, kv_groups: 1, ...alibi });
   },
   cache_write: (g, s) => {
     // a value seen as a [1, 1, n, D] cache; its first row written back at a position in range
