@@ -249,7 +249,7 @@ template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
                                                    float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
                                                    bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
-                                                   const int64_t* __restrict__ key_mask) {
+                                                   const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu) {
   constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
   __shared__ float qs[MAXD];
   __shared__ float wm[W], wl[W];
@@ -257,9 +257,22 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
   const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
   const int64_t g = Hq / Hkv;
-  const int64_t last = causal ? i + (offset ? *offset : Tk - S) : Tk - 1;
+  int64_t last = causal ? i + (offset ? *offset : Tk - S) : Tk - 1;
+  int64_t first = 0;
+  if (cu_seqlens) {  // packed sequences: the keys of query i's own sequence (binary search)
+    int64_t lo = 0, hi = n_cu - 2;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (cu_seqlens[mid] <= i) lo = mid;
+      else hi = mid - 1;
+    }
+    first = cu_seqlens[lo];
+    const int64_t end = cu_seqlens[lo + 1];
+    last = causal ? i : end - 1;
+    if (last > end - 1) last = end - 1;
+  }
   float* out = SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
-  const int64_t j0 = SPLIT ? (int64_t)blockIdx.y * kChunk : 0;
+  const int64_t j0 = SPLIT ? (int64_t)blockIdx.y * kChunk : first;
   int64_t j1 = SPLIT ? j0 + kChunk : Tk;
   if (j1 > last + 1) j1 = last + 1;
   if (j1 > Tk) j1 = Tk;
@@ -367,7 +380,8 @@ __global__ void k_attention_combine(const float* __restrict__ part, T* __restric
 
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
-                     double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask) {
+                     double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
+                     int64_t n_cu) {
   const int64_t rows = B * Hq * S;
   if (rows <= 0) return;
   if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "flash_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
@@ -375,16 +389,16 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   const int64_t splits = (Tk + detail::kChunk - 1) / detail::kChunk;
   const int sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
   // few rows against many keys (decode): split the keys across blocks, then combine
-  if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535 && !key_mask) {
+  if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535 && !key_mask && !cu_seqlens) {
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
-    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask);
+    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu);
     detail::launched("flash_attention (split KV)");
     detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv);
     detail::launched("flash_attention (combine)");
     rt::release(part);
     return;
   }
-  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask);
+  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu);
   detail::launched("flash_attention");
 }
 
@@ -887,6 +901,23 @@ int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t
 }
 
 namespace detail {
+__global__ void k_mask_positions(const int64_t* __restrict__ m, float* __restrict__ y, int64_t B, int64_t T) {
+  const int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  int64_t n = 0;
+  for (int64_t t = 0; t < T; t++) y[b * T + t] = m[b * T + t] != 0 ? (float)n++ : 1.f;
+}
+__global__ void k_varlen_positions(const int32_t* __restrict__ cu, float* __restrict__ y, int64_t n_cu, int64_t T) {
+  KILN_GRID_STRIDE(int64_t, t, T) {
+    int64_t lo = 0, hi = n_cu - 2;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (cu[mid] <= t) lo = mid;
+      else hi = mid - 1;
+    }
+    y[t] = (float)(t - cu[lo]);
+  }
+}
 template <typename T>
 __global__ void k_cache_write(T* __restrict__ cache, const T* __restrict__ update, const int64_t* __restrict__ pos, int64_t C, int64_t S, int64_t D, int64_t total) {
   const int64_t p = *pos;
@@ -906,6 +937,19 @@ void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int6
   if (total <= 0) return;
   detail::k_cache_write<T><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, stream()>>>(cache, update, pos, C, S, D, total);
   detail::launched("cache_write");
+}
+
+// Position ids from an attention_mask [B, T] (cumsum − 1 at real tokens, 1 at padding): a row a thread.
+inline void mask_positions(const int64_t* m, float* y, int64_t B, int64_t T) {
+  if (B <= 0 || T <= 0) return;
+  detail::k_mask_positions<<<(unsigned)((B + 127) / 128), 128, 0, stream()>>>(m, y, B, T);
+  detail::launched("mask_positions");
+}
+// Position ids of packed sequences: t − cu_seqlens[s] for token t of sequence s.
+inline void varlen_positions(const int32_t* cu, float* y, int64_t n_cu, int64_t T) {
+  if (T <= 0 || n_cu < 2) return;
+  detail::k_varlen_positions<<<detail::grid_for(T, detail::kThreads), detail::kThreads, 0, stream()>>>(cu, y, n_cu, T);
+  detail::launched("varlen_positions");
 }
 
 // Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).

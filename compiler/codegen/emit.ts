@@ -5,7 +5,7 @@
 // The skeleton and the kernels are files in codegen-templates/; this file only fills them in.
 
 import type { Dim } from "../ir/dim.js";
-import { dimSymbols } from "../ir/dim.js";
+import { bindingDim, dimSymbols } from "../ir/dim.js";
 import type { DType } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph, Node, Value } from "../ir/graph.js";
@@ -109,9 +109,10 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     bind.push(`  if (in[${i}].dtype != ${ABI_DTYPE[v.dtype]} || in[${i}].rank != ${v.shape.length})`);
     bind.push(`    rt::fail(KILN_ERR_INVALID, "input '%s' is %s with rank %d; the model wants ${typeString(v)}", ${cstr(v.name)}, rt::dtype_name(in[${i}].dtype), (int)in[${i}].rank);`);
     v.shape.forEach((d, k) => {
-      if (typeof d === "string" && /^[A-Za-z_]\w*$/.test(d) && !bound.has(d)) {
-        bound.add(d);
-        bind.push(`  const int64_t d_${d} = in[${i}].shape[${k}];`);
+      const bd = bindingDim(d); // "X", or "X+c" (cu_seqlens [B+1])
+      if (bd && !bound.has(bd.sym)) {
+        bound.add(bd.sym);
+        bind.push(`  const int64_t d_${bd.sym} = in[${i}].shape[${k}]${bd.offset ? ` - (${bd.offset})` : ""};`);
       }
     });
   });
@@ -416,9 +417,12 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       const [, Hkv, Tk, Dv] = v.shape;
       const dims = [B, Hq, Hkv, S, Tk, D, Dv].map(cdim).join(", ");
       const hasMask = n.attrs.key_mask === true;
-      // the static cache's position (target memory), or nullptr: aligned to the end; then the key mask
-      const offset = n.operands.length > (hasMask ? 4 : 3) ? xs[3] : "nullptr";
+      const varlen = n.attrs.varlen === true;
+      // the static cache's position (target memory), or nullptr: aligned to the end; then the key
+      // mask or the packed sequences' cu_seqlens
+      const offset = n.operands.length > (hasMask || varlen ? 4 : 3) ? xs[3] : "nullptr";
       const mask = hasMask ? xs[xs.length - 1] : "nullptr";
+      const cu = varlen ? `${xs[xs.length - 1]}, ${cdim(n.operands[n.operands.length - 1].shape[0])}` : "nullptr, 0";
       const slopes = (n.attrs.alibi as number[] | undefined) ?? [];
       const lines: string[] = [];
       let alibi = "nullptr";
@@ -428,9 +432,13 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
         lines.push(`const float* a${n.result.id} = (const float*)rt::constant(${ALIBI_CONSTANT_BASE + n.result.id}, alibi${n.result.id}, sizeof(alibi${n.result.id}));`);
         alibi = `a${n.result.id}`;
       }
-      lines.push(`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask});`);
+      lines.push(`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask}, ${cu});`);
       return lines;
     }
+    case "mask_positions":
+      return [`K::mask_positions(${xs[0]}, ${y}, ${cdim(x0.shape[0])}, ${cdim(x0.shape[1])});`];
+    case "varlen_positions":
+      return [`K::varlen_positions(${xs[0]}, ${y}, ${cdim(x0.shape[0])}, ${cdim(out[1])});`];
     case "gather": {
       const [x, idx] = n.operands;
       const ax = axisOf(x.shape.length);
