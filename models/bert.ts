@@ -2,7 +2,8 @@
 // token-type + absolute position embeddings and a LayerNorm; post-LN blocks of bidirectional
 // multi-head attention (only padded keys are masked: no causal mask) and an erf-GELU MLP; the
 // pooler, tanh(dense(·)) of the first ([CLS]) token. Returns last_hidden_state and pooler_output.
-// A padded batch comes from tracing with `attentionMask: true` (the input attention_mask).
+// An encoder (`kind: "encoder"`): traced without a KV cache, run by Model.encode(); a padded batch
+// comes from tracing with `attentionMask: true` (the input attention_mask [B, S]).
 
 import {
   arange, defineModel, Embedding, gelu, geluTanh, HFConfig, LayerNorm, Linear, Module, paddingBias, relu,
@@ -137,6 +138,7 @@ class Prefixed extends Module {
 export default defineModel<BertConfig>({
   family: "bert",
   modelTypes: ["bert"],
+  kind: "encoder",
   fromHF(json, source) {
     const c = new HFConfig(json, source);
     const bad = (msg: string) => new KilnError("E_CONFIG", msg, { where: c.source });

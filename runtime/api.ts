@@ -1,7 +1,8 @@
 // The Node API over a compiled artifact: loadModel(artifact, { checkpoint }) → Model with
-// forward() and generate(). The native binding (runtime/native/addon.cc) does the work off the
-// JS thread; this file checks inputs, keeps the KV cache between decode steps on the target, and
-// turns token ids into text when the checkpoint has a tokenizer.
+// forward() and generate() (decoders) or encode() (encoders). The native binding
+// (runtime/native/addon.cc) does the work off the JS thread; this file checks inputs, keeps the KV
+// cache between decode steps on the target, and turns token ids into text when the checkpoint has
+// a tokenizer.
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -93,6 +94,29 @@ export interface ForwardResult {
   lengths?: number[];
 }
 
+export interface EncodeOptions {
+  /** segment ids (Hugging Face's token_type_ids), one per token of each row; default all 0, as HF */
+  tokenTypeIds?: readonly number[] | readonly (readonly number[])[];
+  /** padded artifacts: where shorter rows get their padding: "right" (default, as HF pads encoders) or "left" */
+  padding?: "right" | "left";
+  /**
+   * padded artifacts: Hugging Face's attention_mask (1 = real token, 0 = padding) for rows already
+   * padded to one length, used as given (instead of padding the rows here)
+   */
+  attentionMask?: readonly number[] | readonly (readonly number[])[];
+}
+
+export interface EncodeResult {
+  /** [B, S, H] hidden states of the last layer, f32 (padded positions too) */
+  lastHiddenState: Float32Array;
+  /** lastHiddenState's shape [B, S, H] */
+  shape: number[];
+  /** [B, H] pooled output (BERT: tanh(dense(·)) of the first token), f32; absent when the model has none */
+  poolerOutput?: Float32Array;
+  /** real tokens per row: row b's are its first lengths[b] positions (right padding) or its last (left) */
+  lengths: number[];
+}
+
 export interface GeneratedToken {
   id: number;
   /** the text this token adds (when the checkpoint has a tokenizer) */
@@ -112,8 +136,11 @@ function toF32(t: HostTensor): Float32Array {
     for (let i = 0; i < u.length; i++) out[i] = f(u[i]);
     return out;
   }
-  throw new KilnError("E_RUNTIME", `logits came back as ${d}`);
+  throw new KilnError("E_RUNTIME", `an output came back as ${d}`);
 }
+
+/** One row of numbers, or a batch of rows. */
+const asRows = (x: readonly number[] | readonly (readonly number[])[]): number[][] => (typeof x[0] === "number" ? [[...(x as number[])]] : (x as number[][]).map((r) => [...r]));
 
 export class Model implements AsyncDisposable {
   private queue: Promise<unknown> = Promise.resolve();
@@ -240,38 +267,58 @@ export class Model implements AsyncDisposable {
     return Math.min(max, Math.ceil(needed / 256) * 256);
   }
 
-  /** One pass over `inputs` (input_ids plus the cache); returns the outputs, logits on the host. */
   /** Whether the artifact takes an attention_mask (compiled with padded: true). */
   get padded(): boolean {
     return this.manifest.inputs.some((i) => i.name === "attention_mask");
   }
 
-  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>, position: number, mask?: BigInt64Array): Promise<{ logits: HostTensor; present: Map<string, DeviceTensor> }> {
+  /** "decoder" (the artifact returns logits: forward, generate) or "encoder" (hidden states: encode). */
+  get kind(): "decoder" | "encoder" {
+    return this.manifest.outputs.some((o) => o.name === "logits") ? "decoder" : "encoder";
+  }
+
+  private expectKind(kind: "decoder" | "encoder", method: string): void {
+    if (this.kind === kind) return;
+    const what = `${method}() needs ${kind === "decoder" ? "a decoder (an artifact with a 'logits' output)" : "an encoder"}`;
+    const outputs = this.manifest.outputs.map((o) => o.name).filter((n) => !n.startsWith("present."));
+    throw new KilnError(
+      "E_USAGE",
+      `${what}, but this ${this.manifest.model.family} artifact is ${kind === "decoder" ? `an encoder (outputs ${outputs.join(", ")}): use encode()` : "a decoder (outputs logits): use forward() or generate()"}`,
+      { where: this.dir },
+    );
+  }
+
+  /** One call of the artifact: its inputs by name (fed in the manifest's order); its outputs by name, those `toHost` picks on the host. */
+  private async invoke(feed: Map<string, unknown>, toHost: (name: string) => boolean): Promise<Map<string, HostTensor | DeviceTensor>> {
     const inputs = this.manifest.inputs.map((i) => {
-      if (i.name === "input_ids") return { dtype: ABI_DTYPE.i64, shape: [B, S], data: ids };
-      if (i.name === this.manifest.kvCache?.position) return { dtype: ABI_DTYPE.i64, shape: [], data: new BigInt64Array([BigInt(position)]) };
-      if (i.name === "attention_mask") {
-        if (!mask) throw new KilnError("E_ARTIFACT", "the artifact wants an attention_mask", { where: this.dir });
-        return { dtype: ABI_DTYPE.i64, shape: [B, mask.length / B], data: mask };
-      }
-      const c = cache.get(i.name);
-      if (!c) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
-      return c as DeviceTensor;
+      const v = feed.get(i.name);
+      if (!v) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
+      return v as CacheValue;
     });
-    const outs = await native(this.art.forward(this.weights, inputs, this.manifest.outputs.map((o) => o.name === "logits")), this.dir);
-    const present = new Map<string, DeviceTensor>();
-    let logits: HostTensor | undefined;
-    this.manifest.outputs.forEach((o, j) => {
-      if (o.name === "logits") logits = outs[j] as HostTensor;
-      else present.set(o.name, outs[j] as DeviceTensor);
-    });
-    if (!logits) throw new KilnError("E_ARTIFACT", "the artifact has no 'logits' output", { where: this.dir });
-    return { logits, present };
+    const outs = await native(this.art.forward(this.weights, inputs, this.manifest.outputs.map((o) => toHost(o.name))), this.dir);
+    return new Map(this.manifest.outputs.map((o, j) => [o.name, outs[j]]));
+  }
+
+  /** One decoder pass over input_ids plus the cache; returns the logits on the host and the present.* on the target. */
+  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>, position: number, mask?: BigInt64Array): Promise<{ logits: HostTensor; present: Map<string, DeviceTensor> }> {
+    const i64 = (shape: number[], data: BigInt64Array) => ({ dtype: ABI_DTYPE.i64, shape, data });
+    const feed = new Map(cache);
+    feed.set("input_ids", i64([B, S], ids));
+    if (this.manifest.kvCache?.position) feed.set(this.manifest.kvCache.position, i64([], new BigInt64Array([BigInt(position)])));
+    if (this.padded) {
+      if (!mask) throw new KilnError("E_ARTIFACT", "the artifact wants an attention_mask", { where: this.dir });
+      feed.set("attention_mask", i64([B, mask.length / B], mask));
+    }
+    const present = await this.invoke(feed, (n) => n === "logits");
+    const logits = present.get("logits") as HostTensor;
+    present.delete("logits");
+    return { logits, present: present as Map<string, DeviceTensor> };
   }
 
   /** Logits for a batch of token-id rows of equal length (no cache kept). */
   forward(inputIds: readonly number[] | readonly (readonly number[])[]): Promise<ForwardResult> {
     return this.serial(async () => {
+      this.expectKind("decoder", "forward");
       let rows = (typeof inputIds[0] === "number" ? [inputIds as number[]] : inputIds) as number[][];
       let mask: BigInt64Array | undefined;
       let lengths: number[] | undefined;
@@ -297,6 +344,7 @@ export class Model implements AsyncDisposable {
    * stays on the target.
    */
   async *generate(prompt: string | readonly number[], options: SamplingOptions = {}): AsyncGenerator<GeneratedToken, { reason: string; tokens: number[] }> {
+    this.expectKind("decoder", "generate");
     let ids: number[];
     if (typeof prompt === "string") {
       if (!this.tokenizer) throw new KilnError("E_USAGE", "this checkpoint has no tokenizer.json: pass token ids instead of text", { where: this.checkpoint });
@@ -357,6 +405,68 @@ export class Model implements AsyncDisposable {
         this.kept = { capacity, tensors: cache as Map<string, DeviceTensor> };
       } else freeCache();
     }
+  }
+
+  /**
+   * An encoder's hidden states for a batch of rows (token ids, or text with a tokenizer), in one
+   * pass. Padded artifacts take rows of different lengths and pad them as Hugging Face does
+   * (right by default; the pad id is config.json's pad_token_id, else 0), or rows already padded
+   * with their `attentionMask`; token types default to 0.
+   */
+  encode(input: string | readonly string[] | readonly number[] | readonly (readonly number[])[], o: EncodeOptions = {}): Promise<EncodeResult> {
+    return this.serial(async () => {
+      this.expectKind("encoder", "encode");
+      const text = (t: string) => {
+        if (!this.tokenizer) throw new KilnError("E_USAGE", "this checkpoint has no tokenizer.json: pass token ids instead of text", { where: this.checkpoint });
+        return this.tokenizer.encode(t);
+      };
+      const list = typeof input === "string" ? [input] : input;
+      let rows = typeof list[0] === "string" ? (list as string[]).map(text) : asRows(list as number[][]);
+      const given = rows.map((r) => r.length);
+      if (rows.length === 0 || given.includes(0)) throw new KilnError("E_USAGE", "encode needs at least one row, and every row at least one token");
+      const S = Math.max(...given);
+      const side = o.padding ?? "right";
+      if (side !== "right" && side !== "left") throw new KilnError("E_USAGE", `padding must be "right" or "left", got ${JSON.stringify(side)}`);
+      const perToken = (what: string, x: readonly number[] | readonly (readonly number[])[], ok: (v: number) => boolean, range: string): number[][] => {
+        const t = asRows(x);
+        if (t.length !== rows.length || t.some((r, b) => r.length !== rows[b].length))
+          throw new KilnError("E_USAGE", `${what} must have one value per token of each row (rows of ${given.join(", ")} tokens), got rows of ${t.map((r) => r.length).join(", ")}`);
+        t.forEach((r, b) => r.forEach((v, s) => {
+          if (!ok(v)) throw new KilnError("E_USAGE", `${what} value ${v} (row ${b}, position ${s}) is not ${range}`);
+        }));
+        return t;
+      };
+      const cfg = (this.manifest.model.config ?? {}) as { type_vocab_size?: unknown; pad_token_id?: unknown };
+      const types = typeof cfg.type_vocab_size === "number" ? cfg.type_vocab_size : Infinity;
+      let tt = o.tokenTypeIds ? perToken("tokenTypeIds", o.tokenTypeIds, (v) => Number.isInteger(v) && v >= 0 && v < types, `in [0, ${types})`) : rows.map((r) => r.map(() => 0));
+      let mask: number[][] | undefined;
+      if (o.attentionMask) {
+        if (!this.padded) throw new KilnError("E_USAGE", "this artifact takes no attention_mask (compile with padded: true / --padded)", { where: this.dir });
+        if (given.some((n) => n !== S)) throw new KilnError("E_USAGE", "rows given with an attentionMask must already be padded to one length");
+        mask = perToken("attentionMask", o.attentionMask, (v) => v === 0 || v === 1, "0 or 1");
+      } else if (this.padded) {
+        const pad = <T>(r: T[], v: T) => (side === "right" ? [...r, ...Array<T>(S - r.length).fill(v)] : [...Array<T>(S - r.length).fill(v), ...r]);
+        const padId = typeof cfg.pad_token_id === "number" ? cfg.pad_token_id : 0;
+        mask = rows.map((r) => pad(r.map(() => 1), 0));
+        rows = rows.map((r) => pad(r, padId));
+        tt = tt.map((r) => pad(r, 0));
+      }
+      if (!this.padded && given.some((n) => n !== S))
+        throw new KilnError("E_USAGE", `rows of different lengths (${given.join(", ")}) need a padded artifact (compile with padded: true / --padded)`, { where: this.dir });
+      const ids = this.checkIds(rows, 0);
+      const B = rows.length;
+      const i64 = (v: number[][]) => ({ dtype: ABI_DTYPE.i64, shape: [B, S], data: BigInt64Array.from(v.flat(), (x) => BigInt(x)) });
+      const feed = new Map<string, unknown>([["input_ids", { dtype: ABI_DTYPE.i64, shape: [B, S], data: ids }]]);
+      if (mask) feed.set("attention_mask", i64(mask));
+      if (this.manifest.inputs.some((i) => i.name === "token_type_ids")) feed.set("token_type_ids", i64(tt));
+      else if (o.tokenTypeIds) throw new KilnError("E_USAGE", "this artifact takes no token_type_ids", { where: this.dir });
+      const outs = await this.invoke(feed, () => true);
+      const hidden = outs.get("last_hidden_state") as HostTensor | undefined;
+      if (!hidden) throw new KilnError("E_ARTIFACT", `the encoder has no 'last_hidden_state' output (its outputs: ${[...outs.keys()].join(", ")})`, { where: this.dir });
+      const pooled = outs.get("pooler_output") as HostTensor | undefined;
+      const lengths = mask ? mask.map((r) => r.reduce((a, v) => a + v, 0)) : given;
+      return { lastHiddenState: toF32(hidden), shape: hidden.shape, poolerOutput: pooled && toF32(pooled), lengths };
+    });
   }
 
   /** The static KV cache a finished generate left for the next one (see generate). */

@@ -1,12 +1,14 @@
 // The model families beyond Llama against Hugging Face transformers' own numbers (fixtures made
 // by scripts/hf-fixtures.py): Falcon (MQA + rotary, new_decoder_architecture, ALiBi), OPT (pre-LN,
 // and the 350m form with post-LN and project_in/out), BLOOM, and the BERT encoder on a padded
-// batch; the interpreter, and for a few decoders the cpu target through compile() and loadModel().
+// batch; padded batches of the decoders on the interpreter; the cpu target through compile() and
+// loadModel() (every decoder's forward and generate, the encoder's encode), and `kiln run` on it.
 
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, test } from "@jest/globals";
+import { main } from "../compiler/cli/main.js";
 import { compile } from "../compiler/codegen/compile.js";
 import { alibiSlopes, traceModel } from "../compiler/dsl/index.js";
 import { alloc, greedyGenerate, run, tensor } from "../compiler/ir/index.js";
@@ -15,7 +17,7 @@ import { modelFor } from "../models/index.js";
 import { loadModel } from "../runtime/api.js";
 import { openCheckpoint, SafetensorsFile, toInterpreterTensor } from "../runtime/safetensors.js";
 import { bindWeights } from "../runtime/weights.js";
-import { expectKilnErrorSync } from "./helpers.js";
+import { expectKilnError, expectKilnErrorSync } from "./helpers.js";
 
 const FIXTURES = join(import.meta.dirname, "fixtures");
 const manifest = JSON.parse(readFileSync(join(FIXTURES, "manifest.json"), "utf8")) as { fixtures: { name: string; family: string }[] };
@@ -93,6 +95,54 @@ describe.each(DECODERS)("%s on the interpreter", (name) => {
   });
 });
 
+/** Rows padded to one length, each on its side; the attention_mask says which tokens are real. */
+function padRows(prompts: number[][], left: boolean[], S = Math.max(...prompts.map((p) => p.length))) {
+  const pad = (p: number[], v: number[], fill: number, b: number) => (left[b] ? [...Array(S - p.length).fill(fill), ...v] : [...v, ...Array(S - p.length).fill(fill)]);
+  const ids = prompts.flatMap((p, b) => pad(p, p, 0, b));
+  const mask = prompts.flatMap((p, b) => pad(p, p.map(() => 1), 0, b));
+  return { ids: tensor("i64", [prompts.length, S], ids), mask: tensor("i64", [prompts.length, S], mask), S };
+}
+
+describe.each(DECODERS)("%s: padded batches on the interpreter", (name) => {
+  const { root, def, config, ref } = fixture(name);
+  const plain = traceModel(def, config);
+  const { weights } = bindWeights(plain.params, openCheckpoint(root), { where: root });
+  const ids = Array.from(ref.toFloat64("input_ids"));
+  const prompts = [ids.slice(0, 7), ids.slice(7, 10), ids.slice(10, 14)];
+  const alone = (p: number[]) => run(plain, { input_ids: tensor("i64", [1, p.length], p) }, weights).logits.data;
+  const expectRow = (out: ArrayLike<number>, row: number, ref: ArrayLike<number>, refRow: number) => {
+    let err = 0;
+    for (let v = 0; v < V; v++) err = Math.max(err, Math.abs(out[row * V + v] - ref[refRow * V + v]));
+    expect(err).toBeLessThanOrEqual(2e-5);
+  };
+
+  test("every real position gives the logits of its prompt alone (left and right padding); padded ones are finite", () => {
+    const padded = traceModel(def, config, { attentionMask: true });
+    const left = [true, false, true];
+    const { ids: x, mask, S } = padRows(prompts, left);
+    const out = run(padded, { input_ids: x, attention_mask: mask }, weights).logits.data;
+    prompts.forEach((p, b) => {
+      const lone = alone(p);
+      const off = left[b] ? S - p.length : 0;
+      for (let s = 0; s < p.length; s++) expectRow(out, b * S + off + s, lone, s);
+    });
+    expect(Array.from(out).every(Number.isFinite)).toBe(true);
+  });
+
+  test("with a KV cache: a left-padded prefill, then one token a step, equals each prompt alone", () => {
+    const cached = traceModel(def, config, { attentionMask: true, kvCache: true });
+    const { ids: x, mask, S } = padRows(prompts, [true, true, true]);
+    const B = prompts.length;
+    const empty = Object.fromEntries(cached.inputs.filter((v) => v.name.startsWith("past.")).map((v) => [v.name, alloc("f32", v.shape.map((d) => (d === "B" ? B : d === "P" ? 0 : d)) as number[])]));
+    const first = run(cached, { input_ids: x, attention_mask: mask, ...empty }, weights);
+    const past = Object.fromEntries(Object.keys(empty).map((k) => [k, first[k.replace("past.", "present.")]]));
+    const next = [5, 6, 7];
+    const mask2 = tensor("i64", [B, S + 1], prompts.flatMap((_, b) => [...Array.from(mask.data.subarray(b * S, (b + 1) * S)), 1]));
+    const second = run(cached, { input_ids: tensor("i64", [B, 1], next), attention_mask: mask2, ...past }, weights).logits.data;
+    prompts.forEach((p, b) => expectRow(second, b, alone([...p, next[b]]), p.length));
+  });
+});
+
 describe("bert on the interpreter: a padded batch", () => {
   const { root, def, config, ref } = fixture("bert");
   const padded = traceModel(def, config, { attentionMask: true });
@@ -111,6 +161,12 @@ describe("bert on the interpreter: a padded batch", () => {
     const errs = [maxAbsDiff(out.last_hidden_state.data, hidden), maxAbsDiff(out.pooler_output.data, pooled)];
     report("bert last_hidden_state / pooler_output", Math.max(...errs));
     expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
+  });
+
+  test("an encoder has no KV cache: tracing or compiling it with one is a clear error", async () => {
+    expectKilnErrorSync(() => traceModel(def, config, { kvCache: true }), "E_USAGE", /'bert' is an encoder/, /no KV cache/);
+    await expectKilnError(compile(root, { kvCache: "static" }), "E_USAGE", /'bert' is an encoder/);
+    await expectKilnError(compile(root, { maxSeq: 65 }), "E_USAGE", /maxSeq 65 is over the encoder's max_position_embeddings 64/);
   });
 
   test("the padded row's real tokens equal that row alone, and the mask is what makes them so", () => {
@@ -181,4 +237,81 @@ describe("the cpu target", () => {
     for await (const t of model.generate(greedy.slice(0, 7), { maxNewTokens: greedy.length - 7 })) got.push(t.id);
     expect(got).toEqual(greedy.slice(7));
   }, 120_000);
+
+  describe("bert: encode()", () => {
+    const { root, def, config, ref } = fixture("bert");
+    const H = 64;
+    const ids = Array.from(ref.toFloat64("input_ids")), types = Array.from(ref.toFloat64("token_type_ids")), mask = Array.from(ref.toFloat64("attention_mask"));
+    const rows = (x: number[], n = 4) => [x.slice(0, 7), x.slice(7, 7 + n)];
+    const hidden = ref.toFloat32("last_hidden_state"), pooled = ref.toFloat32("pooler_output");
+    const maxAbsAt = (a: Float32Array, b: ArrayLike<number>, at: number[]) => at.reduce((m, i) => Math.max(m, Math.abs(a[i] - b[i])), 0);
+    const realPositions = (lengths: number[], S: number, left = false) =>
+      lengths.flatMap((n, b) => [...Array(n).keys()].flatMap((s) => [...Array(H).keys()].map((k) => (b * S + (left ? S - n : 0) + s) * H + k)));
+
+    test("a padded artifact reproduces Hugging Face's padded batch; ragged rows are padded as HF pads them", async () => {
+      const art = await compile(root, { target: "cpu", padded: true, cacheDir: join(tmp, "cache"), maxSeq: 32 });
+      expect(art.manifest.inputs.map((i) => `${i.name}[${i.shape.join(",")}]`)).toEqual(["input_ids[B,S]", "token_type_ids[B,S]", "attention_mask[B,S]"]);
+      expect(art.manifest.outputs.map((o) => `${o.name}[${o.shape.join(",")}]`)).toEqual([`last_hidden_state[B,S,${H}]`, `pooler_output[B,${H}]`]);
+      expect(art.manifest.kvCache).toBeNull();
+      await using model = await loadModel(art.dir, { checkpoint: root });
+      expect(model.kind).toBe("encoder");
+
+      // HF's inputs as given (rows padded already, with their mask): every position, padded ones too
+      const asHF = await model.encode(rows(ids, 7), { tokenTypeIds: rows(types, 7), attentionMask: rows(mask, 7) });
+      expect(asHF.shape).toEqual([2, 7, H]);
+      expect(asHF.lengths).toEqual([7, 4]);
+      const errs = [maxAbsDiff(asHF.lastHiddenState, hidden), maxAbsDiff(asHF.poolerOutput!, pooled)];
+      report("bert cpu target last_hidden_state / pooler_output", Math.max(...errs));
+      expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
+
+      // ragged rows, right-padded here (HF's default for encoders): the real positions and the pooled output
+      const right = await model.encode(rows(ids), { tokenTypeIds: rows(types) });
+      expect(right.lengths).toEqual([7, 4]);
+      expect(maxAbsAt(right.lastHiddenState, hidden, realPositions([7, 4], 7))).toBeLessThanOrEqual(1e-4);
+      expect(maxAbsDiff(right.poolerOutput!, pooled)).toBeLessThanOrEqual(1e-4);
+
+      // left padding: what HF gives for that batch (BERT's positions count from the first column, padding or not)
+      const left = await model.encode(rows(ids), { tokenTypeIds: rows(types), padding: "left" });
+      const padded = traceModel(def, config, { attentionMask: true });
+      const { weights } = bindWeights(padded.params, openCheckpoint(root));
+      const l = padRows(rows(ids), [false, true]);
+      const lt = padRows(rows(types), [false, true]);
+      const want = run(padded, { input_ids: l.ids, token_type_ids: lt.ids, attention_mask: l.mask }, weights);
+      expect(maxAbsAt(left.lastHiddenState, want.last_hidden_state.data, realPositions([7, 4], 7, true))).toBeLessThanOrEqual(1e-4);
+      expect(maxAbsDiff(left.poolerOutput!, want.pooler_output.data)).toBeLessThanOrEqual(1e-4);
+
+      // token types default to 0, as in HF
+      const zeros = await model.encode([ids.slice(0, 7)]);
+      const explicit = await model.encode([ids.slice(0, 7)], { tokenTypeIds: [0, 0, 0, 0, 0, 0, 0] });
+      expect(maxAbsDiff(zeros.lastHiddenState, explicit.lastHiddenState)).toBe(0);
+
+      // the decoder methods, and bad inputs, are clear errors
+      await expectKilnError(model.forward([ids.slice(0, 7)]), "E_USAGE", /forward\(\) needs a decoder/, /bert artifact is an encoder/, /use encode\(\)/);
+      await expectKilnError(model.generate(ids.slice(0, 3)).next(), "E_USAGE", /generate\(\) needs a decoder/);
+      await expectKilnError(model.encode(rows(ids), { tokenTypeIds: [1, 0] }), "E_USAGE", /tokenTypeIds must have one value per token/);
+      await expectKilnError(model.encode([ids.slice(0, 2)], { tokenTypeIds: [0, 2] }), "E_USAGE", /tokenTypeIds value 2 \(row 0, position 1\) is not in \[0, 2\)/);
+      await expectKilnError(model.encode([[1, 2], []]), "E_USAGE", /every row at least one token/);
+    }, 120_000);
+
+    test("kiln compile / kiln run on the checkpoint folder (no padding): the pooled output; encode() on a decoder is a clear error", async () => {
+      const out: string[] = [], err: string[] = [];
+      const io = { out: (x: string) => void out.push(x), err: (x: string) => void err.push(x) };
+      const dir = join(tmp, "bert-art");
+      expect(await main(["compile", root, "--out", dir, "--cache-dir", join(tmp, "cache"), "--max-seq", "32"], io)).toBe(0);
+      expect(await main(["run", dir, "--checkpoint", root, "--ids", ids.slice(0, 7).join(","), "--token-type-ids", types.slice(0, 7).join(",")], io)).toBe(0);
+      const text = out.join("");
+      expect(text).toContain(`last_hidden_state [1, 7, ${H}]`);
+      expect(text).toContain(`pooler_output [1, ${H}]: ${Array.from(pooled.subarray(0, 8), (x) => x.toFixed(4)).join(" ")} …`);
+
+      await using model = await loadModel(dir, { checkpoint: root });
+      expect(model.padded).toBe(false);
+      await expectKilnError(model.encode(rows(ids)), "E_USAGE", /rows of different lengths \(7, 4\) need a padded artifact/);
+      await expectKilnError(model.encode(rows(ids, 7), { attentionMask: rows(mask, 7) }), "E_USAGE", /takes no attention_mask/);
+
+      const opt = fixture("opt").root; // built by the decoders' test above (a cache hit), or here
+      await using decoder = await loadModel((await compile(opt, { target: "cpu", cacheDir: join(tmp, "cache"), maxSeq: 32 })).dir, { checkpoint: opt });
+      expect(decoder.kind).toBe("decoder");
+      await expectKilnError(decoder.encode([[1, 2, 3]]), "E_USAGE", /encode\(\) needs an encoder/, /opt artifact is a decoder/, /use forward\(\) or generate\(\)/);
+    }, 120_000);
+  });
 });

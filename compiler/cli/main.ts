@@ -13,6 +13,7 @@ import { compile, DEFAULT_PASSES } from "../codegen/compile.js";
 import type { Target } from "../codegen/emit.js";
 import { DTYPE_BYTES } from "../ir/dtype.js";
 import { loadModel } from "../../runtime/api.js";
+import type { Model } from "../../runtime/api.js";
 import { createContext, listPasses, parsePipeline, runPipeline } from "../passes/index.js";
 import { demo } from "./demo.js";
 import { formatBytes, Progress } from "./progress.js";
@@ -85,7 +86,7 @@ export function program(io: IO = stdio): Command {
     });
 
   p.command("run")
-    .description("load an artifact with a checkpoint and generate, streaming tokens")
+    .description("load an artifact with a checkpoint and generate, streaming tokens (an encoder: print its pooled output)")
     .argument("<artifact>", "artifact folder (from kiln compile)")
     .requiredOption("--checkpoint <dir>", "Hugging Face checkpoint folder")
     .option("--prompt <text>", "prompt text (needs the checkpoint's tokenizer.json)")
@@ -97,12 +98,22 @@ export function program(io: IO = stdio): Command {
     .option("--repetition-penalty <r>", "penalty on tokens already present", Number)
     .option("--seed <n>", "sampling seed", Number)
     .option("--device <n>", "GPU ordinal (cuda artifacts)", Number, 0)
-    .action(async (artifact: string, o: { checkpoint: string; prompt?: string; ids?: string; maxNewTokens: number; temperature?: number; topK?: number; topP?: number; repetitionPenalty?: number; seed?: number; device: number }) => {
+    .option("--token-type-ids <ids>", "encoders: segment ids, comma-separated, one per token (default all 0)")
+    .action(async (artifact: string, o: { checkpoint: string; prompt?: string; ids?: string; maxNewTokens: number; temperature?: number; topK?: number; topP?: number; repetitionPenalty?: number; seed?: number; device: number; tokenTypeIds?: string }) => {
       if ((o.prompt === undefined) === (o.ids === undefined)) throw new KilnError("E_USAGE", "give exactly one of --prompt <text> or --ids <ids>");
-      const prompt = o.ids !== undefined ? o.ids.split(",").map((x) => positiveInt(x.trim(), "--ids")) : o.prompt!;
+      const list = (v: string, what: string) => v.split(",").map((x) => positiveInt(x.trim(), what));
+      const prompt = o.ids !== undefined ? list(o.ids, "--ids") : o.prompt!;
       const bar = new Progress("loading", io.err);
       const model = await loadModel(artifact, { checkpoint: o.checkpoint, device: o.device, onProgress: (d, t) => bar.update(t ? d / t : 1, formatBytes(d)) });
       bar.done(`${model.target}`);
+      if (model.kind === "encoder") {
+        try {
+          return void (await printEncoding(model, prompt, o.tokenTypeIds === undefined ? undefined : list(o.tokenTypeIds, "--token-type-ids"), io));
+        } finally {
+          await model.dispose();
+        }
+      }
+      if (o.tokenTypeIds !== undefined) throw new KilnError("E_USAGE", "--token-type-ids is for encoders; this artifact is a decoder");
       const ac = new AbortController();
       const onSigint = () => ac.abort();
       process.once("SIGINT", onSigint);
@@ -167,6 +178,23 @@ export function program(io: IO = stdio): Command {
     });
 
   return p;
+}
+
+/** An encoder's answer to `kiln run`: the shapes, and the pooled output (else the first token's hidden state) in brief. */
+async function printEncoding(model: Model, input: string | number[], tokenTypeIds: number[] | undefined, io: IO): Promise<void> {
+  const t0 = performance.now();
+  const r = await model.encode(input, { tokenTypeIds });
+  const ms = performance.now() - t0;
+  const [B, S, H] = r.shape;
+  const pooled = r.poolerOutput ?? r.lastHiddenState.subarray(0, H);
+  const norm = Math.sqrt(pooled.reduce((a, x) => a + x * x, 0));
+  const head = Array.from(pooled.subarray(0, 8), (x) => x.toFixed(4)).join(" ");
+  io.out(`last_hidden_state [${B}, ${S}, ${H}]
+`);
+  io.out(`${r.poolerOutput ? `pooler_output [${B}, ${H}]` : "last_hidden_state[0, 0]"}: ${head}${H > 8 ? " …" : ""} (L2 norm ${norm.toFixed(4)})
+`);
+  io.err(`${S} tokens encoded in ${(ms / 1000).toFixed(3)} s
+`);
 }
 
 function positiveInt(v: string, what: string): number {

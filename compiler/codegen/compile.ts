@@ -1,5 +1,6 @@
 // compile(): a model (a model file with a config, or a Hugging Face checkpoint folder whose
-// config.json names the family) → traced IR with a KV cache → passes → a cached artifact.
+// config.json names the family) → traced IR (decoders with a KV cache, encoders without) → passes
+// → a cached artifact.
 
 import { existsSync } from "node:fs";
 import { loadModelFile, readHFConfig } from "../cli/load-model.js";
@@ -25,7 +26,7 @@ export interface CompileOptions {
   /** also copy the artifact here (atomically) */
   out?: string;
   cacheDir?: string;
-  /** "static" (default; fixed capacity written in place, decode replayable as a CUDA graph) or "growing" (concatenation); padded builds grow */
+  /** "static" (default; fixed capacity written in place, decode replayable as a CUDA graph) or "growing" (concatenation); padded builds grow; encoders have none */
   kvCache?: "static" | "growing";
   /** bounds of the symbolic dims: batch, and tokens per sequence (prompt + generated) */
   maxBatch?: number;
@@ -34,7 +35,7 @@ export interface CompileOptions {
   passes?: string;
   /** called with the IR text after each pass (`--dump-ir-after`) */
   onAfterPass?: (pass: string, irText: string) => void;
-  /** take an attention_mask input, so forward() accepts batches of different lengths (left-padded) */
+  /** take an attention_mask input, so forward() (decoders, left-padded) or encode() (encoders, right- or left-padded) accepts batches of different lengths */
   padded?: boolean;
   /** bitsandbytes-style quantization of the linears (BitsAndBytesConfig: load_in_8bit / load_in_4bit + bnb_4bit_quant_type) */
   quant?: "int8" | "nf4" | "fp4";
@@ -84,8 +85,11 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   const config = def.fromHF(json, source);
   o.onProgress?.("trace", def.family);
   // the static KV cache (fixed capacity, written in place) keeps decode shapes fixed, which lets
-  // the cuda target replay a step as a CUDA graph; padded batches keep the growing cache
-  const kvCache = o.padded ? true : (o.kvCache ?? "static") === "static" ? "static" : true;
+  // the cuda target replay a step as a CUDA graph; padded batches keep the growing cache; an
+  // encoder runs in one pass and has none (padded: attention_mask [B, S])
+  const encoder = def.kind === "encoder";
+  if (encoder && o.kvCache) throw new KilnError("E_USAGE", `'${def.family}' is an encoder: it has no KV cache (leave out kvCache)`, { where: source });
+  const kvCache = encoder ? false : o.padded ? true : (o.kvCache ?? "static") === "static" ? "static" : true;
   let graph = traceModel(def, config, { dtype, kvCache, attentionMask: o.padded ?? false });
   o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
   const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules });
@@ -98,6 +102,9 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   const maxBatch = o.maxBatch ?? 8;
   for (const [k, v] of Object.entries({ maxSeq, maxBatch }))
     if (!Number.isSafeInteger(v) || v < 1) throw new KilnError("E_USAGE", `${k} must be a positive integer, got ${v}`);
+  const positions = json.max_position_embeddings;
+  if (encoder && typeof positions === "number" && maxSeq > positions)
+    throw new KilnError("E_USAGE", `maxSeq ${maxSeq} is over the encoder's max_position_embeddings ${positions}`, { where: source });
   const built = await buildArtifact(graph, {
     target,
     arch: o.arch,

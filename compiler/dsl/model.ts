@@ -20,6 +20,12 @@ export interface ModelDef<C> {
   family: string;
   /** the Hugging Face `model_type` values this definition reads */
   modelTypes: string[];
+  /**
+   * "decoder" (the default): returns `logits`, traced with a KV cache for generation; "encoder":
+   * returns hidden states (e.g. last_hidden_state, pooler_output) from one bidirectional pass,
+   * traced without a KV cache (its padded form takes attention_mask [B, S])
+   */
+  kind?: "decoder" | "encoder";
   /** reads a parsed config.json (`source`: its path, for errors); unsupported or missing fields are E_CONFIG errors naming them */
   fromHF(json: Record<string, unknown>, source?: string): C;
   /** the graph's inputs, with symbolic dims (B = batch, S = sequence) */
@@ -44,6 +50,8 @@ export interface TraceOptions {
 }
 
 export function traceModel<C>(def: ModelDef<C>, config: C, opts: TraceOptions = {}): Graph {
+  if (opts.kvCache && def.kind === "encoder")
+    throw new KilnError("E_USAGE", `'${def.family}' is an encoder: it runs in one pass and has no KV cache (leave out kvCache / --kv-cache)`);
   const model = def.create(config);
   model.nameParameters();
   const b = new GraphBuilder(opts.name ?? def.family);
