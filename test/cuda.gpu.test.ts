@@ -1,4 +1,4 @@
-// The cuda target on the GPU machine (`npm run test:gpu`; CI never runs it): every Llama fixture
+// The cuda target on the GPU machine (`npm run test:gpu`; CI never runs it): every decoder fixture
 // compiled for CUDA, loaded through the public API, against Hugging Face's logits and greedy tokens.
 //   f32 artifacts: logits within 1e-3 (max abs), greedy tokens identical (prefill, then decode
 //     against the KV cache: the GEMV path at M ≤ 8, the tiled GEMM at M = 14).
@@ -24,7 +24,8 @@ import { SafetensorsFile } from "../runtime/safetensors.js";
 const ROOT = join(import.meta.dirname, "..");
 const FIXTURES = join(import.meta.dirname, "fixtures");
 const fixtureManifest = JSON.parse(readFileSync(join(FIXTURES, "manifest.json"), "utf8")) as { fixtures: { name: string; family: string; dir: string }[] };
-const NAMES = fixtureManifest.fixtures.filter((f) => f.family === "llama").map((f) => f.dir);
+// every decoder fixture: Llama, Falcon (MQA, new architecture, ALiBi), OPT (pre-LN, 350m), BLOOM
+const NAMES = fixtureManifest.fixtures.filter((f) => f.family !== "bert").map((f) => f.dir);
 const cacheDir = process.env.KILN_GPU_ARTIFACTS ?? join(ROOT, ".kiln-cache", "gpu");
 const arch = (process.env.KILN_ARCH ?? "sm_90a") as Arch;
 const DTYPES = ["f32", "bf16"] as const;

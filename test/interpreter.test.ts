@@ -409,6 +409,29 @@ describe("static KV cache", () => {
   });
 });
 
+describe("padded and packed batches", () => {
+  test("mask_positions counts real tokens (1 at padding); varlen_positions restarts at each sequence; varlen attention stays within its sequence", () => {
+    const g = parse(`graph g {
+  input %m: i64[2, 3]
+  input %cu: i32[3]
+  input %q: f32[1, 1, 3, 1]
+  input %v: f32[1, 1, 3, 1]
+  %0: f32[2, 3] = mask_positions(%m)
+  %1: f32[1, 3] = varlen_positions(%cu) {length = 3}
+  %2: f32[1, 1, 3, 1] = flash_attention(%q, %q, %v, %cu) {causal = false, kv_groups = 1, scale = 0, varlen = true}
+  output p = %0
+  output r = %1
+  output a = %2
+}`);
+    for (const n of g.nodes) covered.add(n.op);
+    const out = run(g, { m: tensor("i64", [2, 3], [0, 1, 1, 1, 0, 1]), cu: tensor("i32", [3], [0, 1, 3]), q: tensor("f32", [1, 1, 3, 1], [1, 2, 3]), v: tensor("f32", [1, 1, 3, 1], [10, 20, 40]) }, {});
+    expect(Array.from(out.p.data)).toEqual([1, 0, 1, 0, 1, 1]);
+    expect(Array.from(out.r.data)).toEqual([0, 0, 1]);
+    // scale 0: uniform over the sequence: token 0 alone; tokens 1, 2 average 20 and 40
+    expect(Array.from(out.a.data)).toEqual([10, 30, 30]);
+  });
+});
+
 describe("elementwise (fused chains)", () => {
   test("evaluates its expression with broadcasting and per-node rounding", () => {
     const g = parse(`graph g {

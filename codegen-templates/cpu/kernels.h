@@ -252,7 +252,8 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
 // accumulation, one rounding at the end.
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
-                     double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask) {
+                     double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
+                     int64_t n_cu) {
   typedef Num<T> Nm;
   const int64_t g = Hkv > 0 ? Hq / Hkv : 1;
   const int64_t shift = offset ? *offset : Tk - S;
@@ -267,11 +268,20 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
           const T* qr = q + ((b * Hq + h) * S + i) * D;
           const T* kb = k + (b * Hkv + h / g) * Tk * D;
           const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
-          const int64_t last = causal ? i + shift : Tk - 1;
+          // packed sequences (cu_seqlens): only the keys of query i's own sequence
+          int64_t first = 0, last = causal ? i + shift : Tk - 1;
+          if (cu_seqlens) {
+            int64_t sq = 0;
+            while (sq + 2 < n_cu && cu_seqlens[sq + 1] <= i) sq++;
+            first = cu_seqlens[sq];
+            const int64_t end = cu_seqlens[sq + 1];
+            last = causal ? i : end - 1;
+            if (last > end - 1) last = end - 1;
+          }
           double m = -INFINITY, sum = 0;
           int64_t seen = 0;
           const int64_t* km = key_mask ? key_mask + b * Tk : nullptr;
-          for (int64_t j = 0; j <= last && j < Tk; j++) {
+          for (int64_t j = first; j <= last && j < Tk; j++) {
             if (km && km[j] == 0) continue;
             double s = 0;
             for (int64_t d = 0; d < D; d++) s += (double)Nm::load(qr[d]) * (double)Nm::load(kb[j * D + d]);
@@ -288,7 +298,7 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
             for (int64_t d = 0; d < Dv; d++) yr[d] = Nm::store((float)(km && Tk > 0 ? acc[d] / (double)Tk : NAN));
             continue;
           }
-          for (int64_t j = 0; j <= last && j < Tk; j++) {
+          for (int64_t j = first; j <= last && j < Tk; j++) {
             if (km && km[j] == 0) continue;
             const double e = exp(p[j] - m);
             sum += e;
@@ -310,6 +320,23 @@ void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int6
 #pragma omp parallel for schedule(static) if (BH * S * D > 32768)
   for (int64_t bh = 0; bh < BH; bh++)
     for (int64_t s = 0; s < S; s++) memcpy(cache + (bh * C + p + s) * D, update + (bh * S + s) * D, sizeof(T) * (size_t)D);
+}
+
+// Position ids from an attention_mask [B, T]: cumsum − 1 at real tokens, 1 at padding (f32).
+inline void mask_positions(const int64_t* m, float* y, int64_t B, int64_t T) {
+  for (int64_t b = 0; b < B; b++) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; t++) y[b * T + t] = m[b * T + t] != 0 ? (float)n++ : 1.f;
+  }
+}
+
+// Position ids of packed sequences: t − cu_seqlens[s] for token t of sequence s (f32 [T]).
+inline void varlen_positions(const int32_t* cu, float* y, int64_t n_cu, int64_t T) {
+  int64_t s = 0;
+  for (int64_t t = 0; t < T; t++) {
+    while (s + 2 < n_cu && cu[s + 1] <= t) s++;
+    y[t] = (float)(t - cu[s]);
+  }
 }
 
 // Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).

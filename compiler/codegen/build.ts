@@ -9,7 +9,7 @@ import { homedir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { $ } from "zx";
-import { evalDim } from "../ir/dim.js";
+import { bindingDim, evalDim } from "../ir/dim.js";
 import { DTYPE_BYTES } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph } from "../ir/graph.js";
@@ -208,9 +208,10 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
   const dims: Manifest["dims"] = {};
   for (const v of g.inputs)
     v.shape.forEach((d, k) => {
-      if (typeof d === "string" && /^[A-Za-z_]\w*$/.test(d) && !dims[d]) {
-        if (o.bounds[d] === undefined) throw new KilnError("E_USAGE", `no upper bound given for the symbolic dim ${d} (of input '${v.name}')`);
-        dims[d] = { max: o.bounds[d], from: `${v.name} dim ${k}` };
+      const bd = bindingDim(d);
+      if (bd && !dims[bd.sym]) {
+        if (o.bounds[bd.sym] === undefined) throw new KilnError("E_USAGE", `no upper bound given for the symbolic dim ${bd.sym} (of input '${v.name}')`);
+        dims[bd.sym] = { max: o.bounds[bd.sym], from: `${v.name} dim ${k}${bd.offset ? ` − ${bd.offset}` : ""}` };
       }
     });
   const pasts = g.inputs.filter((v) => v.name.startsWith("past."));

@@ -11,7 +11,7 @@
 // shapes at every position, so a target can replay it (the cuda target as a CUDA graph), and the
 // write happens in place instead of copying the cache each step.
 import type { Dim } from "../ir/dim.js";
-import { dimAdd } from "../ir/dim.js";
+import { dimAdd, dimEq } from "../ir/dim.js";
 import type { DType } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import { where } from "./functional.js";
@@ -94,15 +94,9 @@ export function positionIds(S: Dim): Tensor {
   const mask = ctx.padding?.mask;
   if (!mask) return queryPositions(S).float().reshape(1, S);
   const { start, end } = positions(S);
-  const T = end;
-  // cumsum over the mask as a product with the upper-triangular ones matrix (exact below 2^24)
-  const i = arange(0, T).reshape(T, 1);
-  const j = arange(0, T).reshape(1, T);
-  const upper = where(i.le(j), full([], 1), full([], 0)); // [T, T]
-  const m = mask.float();
-  const cum = m.matmul(upper).slice(-1, start, end); // [B, S]
-  const real = mask.slice(-1, start, end).ne(0);
-  return where(real, cum.sub(1), full([], 1));
+  // HF: cumsum(mask) − 1 at real tokens, 1 at padding (one op, so unpad-varlen can find it)
+  const all = emit("mask_positions", [mask], {}); // [B, P+S]
+  return dimEq(start, 0) && dimEq(end, mask.shape[1]) ? all : all.slice(-1, start, end);
 }
 
 /**

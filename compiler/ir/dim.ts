@@ -114,3 +114,14 @@ export function evalDim(d: Dim, bindings: Readonly<Record<string, number>>): num
 }
 
 export const formatShape = (s: readonly Dim[]): string => `[${s.map(String).join(", ")}]`;
+
+/**
+ * A dim an input's shape can bind a symbol from: "X" or "X+c" / "X-c" (e.g. cu_seqlens [B+1]);
+ * the symbol and the constant to subtract from the actual size. Undefined for anything else.
+ */
+export function bindingDim(d: Dim): { sym: string; offset: number } | undefined {
+  if (typeof d !== "string") return undefined;
+  const m = /^([A-Za-z_]\w*)(?:([+-])(\d+))?$/.exec(canonDim(d) as string);
+  if (!m) return undefined;
+  return { sym: m[1], offset: m[3] ? (m[2] === "-" ? -Number(m[3]) : Number(m[3])) : 0 };
+}

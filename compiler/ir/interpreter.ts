@@ -2,7 +2,7 @@
 // pass and every target is checked against. Arithmetic is done in double precision and
 // rounded to each value's dtype when stored (so f32 values are f32, bf16 values are bf16).
 
-import { dimSymbols, evalDim } from "./dim.js";
+import { bindingDim, evalDim } from "./dim.js";
 import { KilnError } from "./errors.js";
 import type { Attrs, Graph, Value } from "./graph.js";
 import { locString, typeString } from "./graph.js";
@@ -27,10 +27,12 @@ export function bindSymbols(g: Graph, inputs: Record<string, Tensor>): Record<st
     if (t.shape.length !== v.shape.length)
       throw new KilnError("E_INTERP", `input '${v.name}' has rank ${t.shape.length}, the graph wants ${typeString(v)}`);
     v.shape.forEach((d, i) => {
-      if (typeof d === "string" && dimSymbols(d).length === 1 && /^[A-Za-z_]\w*$/.test(d)) {
-        if (b[d] !== undefined && b[d] !== t.shape[i])
-          throw new KilnError("E_INTERP", `input '${v.name}' dim ${i} is ${t.shape[i]}, but ${d} = ${b[d]} from an earlier input`);
-        b[d] = t.shape[i];
+      const bd = bindingDim(d);
+      if (bd) {
+        const val = t.shape[i] - bd.offset;
+        if (b[bd.sym] !== undefined && b[bd.sym] !== val)
+          throw new KilnError("E_INTERP", `input '${v.name}' dim ${i} is ${t.shape[i]}, but ${bd.sym} = ${b[bd.sym]} from an earlier input`);
+        b[bd.sym] = val;
       }
     });
   }

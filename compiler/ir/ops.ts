@@ -620,7 +620,11 @@ def({
 //           without it `causal` aligns the last query with the last key (query i sees key j iff
 //           j ≤ i + T − S, so a growing KV cache of T − S earlier tokens works);
 //   mask    i64 [B, T] when `key_mask` is set: keys whose mask is 0 are hidden (Hugging Face's
-//           attention_mask, 1 = real token).
+//           attention_mask, 1 = real token);
+//   cu_seqlens i32 [N + 1] when `varlen` is set (instead of a mask): B = 1 and the S = T tokens are
+//           N sequences packed end to end (sequence s is [cu_seqlens[s], cu_seqlens[s+1])); a query
+//           sees the keys of its own sequence only (up to itself when causal). FlashAttention-2's
+//           variable-length form (Dao, 2023); what unpad-varlen makes of a padded batch.
 // `alibi` (Press et al., 2022) holds one slope per query head, already multiplied by whatever
 // multiplies the bias in the model's eager form: score(h, i, j) += alibi[h] · j.
 // Rows that see no key: NaN without `key_mask` (the eager softmax of an all −inf row); with it the
@@ -631,14 +635,16 @@ def({
   arity: [3, 5],
   attrs: {
     causal: { kind: "bool" }, scale: { kind: "float" }, kv_groups: { kind: "int" },
-    alibi: { kind: "floats", optional: true }, key_mask: { kind: "bool", optional: true },
+    alibi: { kind: "floats", optional: true }, key_mask: { kind: "bool", optional: true }, varlen: { kind: "bool", optional: true },
   },
   infer: (ops, a) => {
     const [q, k, v] = ops;
     const dtype = sameDType([q, k, v]);
     needFloat(q);
     const extra = ops.slice(3);
-    const hasMask = a.key_mask === true;
+    if (a.key_mask === true && a.varlen === true) fail("key_mask and varlen exclude each other");
+    const varlen = a.varlen === true;
+    const hasMask = a.key_mask === true || varlen;
     const mask = hasMask ? extra[extra.length - 1] : undefined;
     const offset = extra.length > (hasMask ? 1 : 0) ? extra[0] : undefined;
     if (extra.length > (hasMask ? 2 : 1)) fail(`flash_attention takes q, k, v, then an optional offset${hasMask ? " and the key mask" : ""}: got ${ops.length} operands`);
@@ -656,15 +662,21 @@ def({
     if (!dimEq(k.shape[2], v.shape[2])) fail(`k and v lengths differ: ${k.shape[2]} vs ${v.shape[2]}`);
     const slopes = (a.alibi as number[] | undefined) ?? [];
     if (slopes.length && !dimEq(q.shape[1], slopes.length)) fail(`alibi has ${slopes.length} slopes for ${q.shape[1]} query heads`);
-    if (mask && (mask.dtype !== "i64" || mask.shape.length !== 2 || !dimEq(mask.shape[0], q.shape[0]) || !dimEq(mask.shape[1], k.shape[2])))
+    if (mask && !varlen && (mask.dtype !== "i64" || mask.shape.length !== 2 || !dimEq(mask.shape[0], q.shape[0]) || !dimEq(mask.shape[1], k.shape[2])))
       fail(`the key mask must be i64 [B, T] = [${q.shape[0]}, ${k.shape[2]}], got ${mask.dtype}${formatShape(mask.shape)}`);
+    if (varlen) {
+      if (mask!.dtype !== "i32" || mask!.shape.length !== 1) fail(`cu_seqlens must be i32 [N + 1], got ${mask!.dtype}${formatShape(mask!.shape)}`);
+      if (!dimEq(q.shape[0], 1) || !dimEq(q.shape[2], k.shape[2]) || offset) fail("varlen attention takes packed q, k, v of batch 1 with as many keys as queries and no offset");
+    }
     return { dtype, shape: [q.shape[0], q.shape[1], q.shape[2], v.shape[3]] };
   },
   eval: (ops, a, out) => {
     const [q, k, v] = ops;
+    const varlen = a.varlen === true;
     const hasMask = a.key_mask === true;
     const mask = hasMask ? ops[ops.length - 1] : undefined;
-    const offset = ops.length > (hasMask ? 4 : 3) ? ops[3] : undefined;
+    const cu = varlen ? ops[ops.length - 1].data : undefined;
+    const offset = ops.length > (hasMask || varlen ? 4 : 3) ? ops[3] : undefined;
     const [B, Hq, S, D] = q.shape;
     const [, Hkv, T, Dv] = v.shape;
     const g = a.kv_groups as number, scale = a.scale as number, causal = a.causal as boolean;
@@ -679,9 +691,16 @@ def({
         for (let i = 0; i < S; i++) {
           let m = -Infinity;
           let seen = 0;
-          const last = causal ? Math.min(i + shift, T - 1) : T - 1;
+          // varlen: the keys of query i's own sequence
+          let first = 0, end = T;
+          if (cu) {
+            let sq = 0;
+            while (sq + 2 < cu.length && cu[sq + 1] <= i) sq++;
+            [first, end] = [cu[sq], cu[sq + 1]];
+          }
+          const last = Math.min(causal ? (cu ? i : i + shift) : end - 1, end - 1, T - 1);
           for (let j = 0; j < T; j++) {
-            if (j > last || (mask && mask.data[b * T + j] === 0)) { p[j] = -Infinity; continue; }
+            if (j < first || j > last || (mask && mask.data[b * T + j] === 0)) { p[j] = -Infinity; continue; }
             let s = 0;
             for (let d = 0; d < D; d++) s += q.data[qo + i * D + d] * k.data[ko + j * D + d];
             p[j] = s * scale + (slopes.length ? slopes[h] * j : 0);
@@ -813,6 +832,52 @@ def({
 
 /** Attributes whose values are dims, to be evaluated before `eval` runs. */
 export const DIM_ATTRS = (d: OpDef): string[] => Object.entries(d.attrs).filter(([, s]) => s.kind === "dim").map(([k]) => k);
+
+// ---------------------------------------------------------------- positions of padded and packed batches
+
+// Position ids of a padded batch from Hugging Face's attention_mask [B, T] (1 = real): the count of
+// real tokens before each real one (cumsum − 1), and 1 at padding, as f32 [B, T] (HF's
+// position_ids for left-padded generation).
+def({
+  name: "mask_positions",
+  arity: 1,
+  attrs: {},
+  infer: ([m]) => {
+    if (m.dtype !== "i64" || m.shape.length !== 2) fail(`mask_positions takes an i64 [B, T] mask, got ${m.dtype}${formatShape(m.shape)}`);
+    return { dtype: "f32", shape: [...m.shape] };
+  },
+  eval: ([m], _a, out) => {
+    const [B, T] = m.shape;
+    const y = alloc("f32", out.shape);
+    for (let b = 0; b < B; b++) {
+      let n = 0;
+      for (let t = 0; t < T; t++) y.data[b * T + t] = m.data[b * T + t] !== 0 ? n++ : 1;
+    }
+    return y;
+  },
+});
+
+// Position ids of packed sequences: token t of sequence s (cu_seqlens[s] ≤ t < cu_seqlens[s+1]) is
+// at position t − cu_seqlens[s]; f32 [1, T] with T = `length` (the packed tokens).
+def({
+  name: "varlen_positions",
+  arity: 1,
+  attrs: { length: { kind: "dim" } },
+  infer: ([cu], a) => {
+    if (cu.dtype !== "i32" || cu.shape.length !== 1) fail(`varlen_positions takes i32 cu_seqlens [N + 1], got ${cu.dtype}${formatShape(cu.shape)}`);
+    return { dtype: "f32", shape: [1, a.length as Dim] };
+  },
+  eval: ([cu], _a, out) => {
+    const T = out.shape[1];
+    const y = alloc("f32", out.shape);
+    let s = 0;
+    for (let t = 0; t < T; t++) {
+      while (s + 2 < cu.data.length && cu.data[s + 1] <= t) s++;
+      y.data[t] = t - cu.data[s];
+    }
+    return y;
+  },
+});
 
 // ---------------------------------------------------------------- static KV cache
 

@@ -3,7 +3,7 @@
 // shape rule gives. Errors name the op, its operands, and the model source line that made it.
 
 import type { Dim } from "./dim.js";
-import { dimSymbols, shapeEq } from "./dim.js";
+import { bindingDim, dimSymbols, shapeEq } from "./dim.js";
 import { isDType } from "./dtype.js";
 import { KilnError } from "./errors.js";
 import type { Graph, Node, TensorType, Value } from "./graph.js";
@@ -67,7 +67,7 @@ export function verify(g: Graph): void {
     }
 
   // every symbol must be bound by an input's shape, where a plain symbol dim names it
-  const bound = new Set(g.inputs.flatMap((v) => v.shape.filter((d): d is string => typeof d === "string" && /^[A-Za-z_]\w*$/.test(d))));
+  const bound = new Set(g.inputs.flatMap((v) => v.shape.flatMap((d) => bindingDim(d)?.sym ?? [])));
   const checkSymbols = (ds: Dim[], what: () => string): void => {
     for (const d of ds) for (const s of dimSymbols(d)) if (!bound.has(s)) throw new KilnError("E_VERIFY", `${what()} uses symbolic dim '${s}', which no input's shape defines`);
   };

@@ -5,6 +5,7 @@ import { dcePass } from "./dce.js";
 import { fuseAttentionPass } from "./fuse-attention.js";
 import { fuseElementwisePass } from "./fuse-elementwise.js";
 import { quantizeLinearPass } from "./quantize-linear.js";
+import { unpadVarlenPass } from "./unpad-varlen.js";
 import { registerPass } from "./manager.js";
 
 export * from "./manager.js";
@@ -18,5 +19,7 @@ registerPass(csePass);
 registerPass(fuseElementwisePass);
 registerPass(fuseAttentionPass);
 registerPass(quantizeLinearPass);
+registerPass(unpadVarlenPass);
 export { quantizeLinear, quantizeLinearPass } from "./quantize-linear.js";
 export type { QuantOptions } from "./quantize-linear.js";
+export { unpadVarlen, unpadVarlenPass } from "./unpad-varlen.js";

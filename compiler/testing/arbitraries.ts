@@ -554,6 +554,18 @@ const BUILDERS: Record<string, Builder> = {
     const alibi: Record<string, number[]> = s.c % 3 === 1 ? { alibi: [[0.5, -0.25, 0.125][s.b % 3]] } : {}; // one query head: one slope
     g.emit("flash_attention", [q, kv, s.d % 3 === 0 ? q : kv, ...offset], { causal: s.d % 2 === 0, scale, kv_groups: 1, ...alibi });
   },
+  mask_positions: (g, s) => {
+    // an attention_mask-like constant: 0/1 rows, some padded on the left, some on the right
+    const T = 1 + (s.b % 4);
+    const values = Array.from({ length: 2 * T }, (_x, i) => ((i * 7 + s.c) % 3 === 0 ? 0 : 1));
+    g.emit("mask_positions", [g.emit("constant", [], { values, shape: [2, T], dtype: "i64" })], {});
+  },
+  varlen_positions: (g, s) => {
+    // cu_seqlens of 1–3 packed sequences (an empty one included sometimes)
+    const lens = [1 + (s.b % 3), s.c % 3, 1 + (s.d % 2)].slice(0, 1 + (s.a % 3));
+    const cu = lens.reduce<number[]>((acc, l) => [...acc, acc[acc.length - 1] + l], [0]);
+    g.emit("varlen_positions", [g.emit("constant", [], { values: cu, shape: [cu.length], dtype: "i32" })], { length: cu[cu.length - 1] });
+  },
   cache_write: (g, s) => {
     // a value seen as a [1, 1, n, D] cache; its first row written back at a position in range
     const x = g.atLeastRank(g.need(s.a), 1);
