@@ -267,9 +267,48 @@ export class Model implements AsyncDisposable {
     return Math.min(max, Math.ceil(needed / 256) * 256);
   }
 
-  /** Whether the artifact takes an attention_mask (compiled with padded: true). */
+  /** Whether the artifact takes rows of different lengths (compiled with padded: true): an attention_mask, or packed tokens. */
   get padded(): boolean {
-    return this.manifest.inputs.some((i) => i.name === "attention_mask");
+    return this.packed || this.manifest.inputs.some((i) => i.name === "attention_mask");
+  }
+
+  /** Whether unpad-varlen packed the artifact: it takes the real tokens end to end ([1, T]) and cu_seqlens. */
+  get packed(): boolean {
+    return this.manifest.inputs.some((i) => i.name === "cu_seqlens");
+  }
+
+  /**
+   * One call of a packed artifact: each row's real tokens (and per-token inputs such as token types)
+   * end to end with cu_seqlens; outputs over the tokens ([1, T, F]) come back as rows [B, S, F] with
+   * token s of row b at slots[b][s] (b·S + column), zeros elsewhere; other outputs as they are.
+   */
+  private async runPacked(rows: number[][], perToken: Map<string, number[][]>, S: number, slots: number[][]): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
+    const T = rows.reduce((a, r) => a + r.length, 0);
+    const flat = [rows.flat()];
+    const ids = this.checkIds(flat, 0);
+    const cu = new Int32Array(rows.length + 1);
+    rows.forEach((r, b) => (cu[b + 1] = cu[b] + r.length));
+    const feed = new Map<string, unknown>([
+      ["input_ids", { dtype: ABI_DTYPE.i64, shape: [1, T], data: ids }],
+      ["cu_seqlens", { dtype: ABI_DTYPE.i32, shape: [rows.length + 1], data: cu }],
+    ]);
+    for (const [name, v] of perToken) if (this.manifest.inputs.some((i) => i.name === name)) feed.set(name, { dtype: ABI_DTYPE.i64, shape: [1, T], data: BigInt64Array.from(v.flat(), (x) => BigInt(x)) });
+    const outs = await this.invoke(feed, () => true);
+    const result = new Map<string, { data: Float32Array; shape: number[] }>();
+    for (const [name, t] of outs) {
+      const h = t as HostTensor;
+      const data = toF32(h);
+      if (h.shape.length < 2 || h.shape[0] !== 1 || h.shape[1] !== T) {
+        result.set(name, { data, shape: h.shape });
+        continue;
+      }
+      const F = h.shape.slice(2).reduce((a, d) => a * d, 1);
+      const out = new Float32Array(rows.length * S * F);
+      let t0 = 0;
+      slots.forEach((row) => row.forEach((slot) => out.set(data.subarray(t0 * F, ++t0 * F), slot * F)));
+      result.set(name, { data: out, shape: [rows.length, S, ...h.shape.slice(2)] });
+    }
+    return result;
   }
 
   /** "decoder" (the artifact returns logits: forward, generate) or "encoder" (hidden states: encode). */
@@ -322,6 +361,15 @@ export class Model implements AsyncDisposable {
       let rows = (typeof inputIds[0] === "number" ? [inputIds as number[]] : inputIds) as number[][];
       let mask: BigInt64Array | undefined;
       let lengths: number[] | undefined;
+      if (this.packed) {
+        // only the real tokens run; the logits come back left-padded like a padded artifact's
+        lengths = rows.map((r) => r.length);
+        if (lengths.some((n) => n === 0)) throw new KilnError("E_USAGE", "a row with no tokens (every row needs at least one real token)");
+        const S = Math.max(...lengths);
+        const slots = rows.map((r, b) => r.map((_t, s) => b * S + S - r.length + s));
+        const out = (await this.runPacked(rows, new Map(), S, slots)).get("logits")!;
+        return { logits: out.data, shape: out.shape, lengths };
+      }
       if (this.padded) {
         // left padding, as Hugging Face pads for generation; the mask says which tokens are real
         lengths = rows.map((r) => r.length);
@@ -345,6 +393,8 @@ export class Model implements AsyncDisposable {
    */
   async *generate(prompt: string | readonly number[], options: SamplingOptions = {}): AsyncGenerator<GeneratedToken, { reason: string; tokens: number[] }> {
     this.expectKind("decoder", "generate");
+    if (!this.manifest.kvCache)
+      throw new KilnError("E_USAGE", "generate() needs a KV cache, and this artifact was compiled without one (kvCache \"none\": prefill only): use forward(), or compile with a cache", { where: this.dir });
     let ids: number[];
     if (typeof prompt === "string") {
       if (!this.tokenizer) throw new KilnError("E_USAGE", "this checkpoint has no tokenizer.json: pass token ids instead of text", { where: this.checkpoint });
@@ -453,6 +503,17 @@ export class Model implements AsyncDisposable {
       }
       if (!this.padded && given.some((n) => n !== S))
         throw new KilnError("E_USAGE", `rows of different lengths (${given.join(", ")}) need a padded artifact (compile with padded: true / --padded)`, { where: this.dir });
+      if (this.packed) {
+        // only the real tokens run (each as if right-padded: positions count from its first token)
+        const real = mask!.map((r) => r.flatMap((m, s) => (m ? [s] : [])));
+        if (real.some((r) => r.length === 0)) throw new KilnError("E_USAGE", "a row with no real token (its attentionMask is all 0)");
+        const slots = real.map((r, b) => r.map((s) => b * S + s));
+        const pick = (x: number[][]) => x.map((r, b) => real[b].map((s) => r[s]));
+        const outs = await this.runPacked(pick(rows), new Map([["token_type_ids", pick(tt)]]), S, slots);
+        const hidden = outs.get("last_hidden_state");
+        if (!hidden) throw new KilnError("E_ARTIFACT", `the encoder has no 'last_hidden_state' output (its outputs: ${[...outs.keys()].join(", ")})`, { where: this.dir });
+        return { lastHiddenState: hidden.data, shape: hidden.shape, poolerOutput: outs.get("pooler_output")?.data, lengths: real.map((r) => r.length) };
+      }
       const ids = this.checkIds(rows, 0);
       const B = rows.length;
       const i64 = (v: number[][]) => ({ dtype: ABI_DTYPE.i64, shape: [B, S], data: BigInt64Array.from(v.flat(), (x) => BigInt(x)) });

@@ -13,6 +13,7 @@ import { dce, fuseAttention } from "../compiler/passes/index.js";
 import llama from "../models/llama.js";
 import { openCheckpoint } from "../runtime/safetensors.js";
 import { bindWeights } from "../runtime/weights.js";
+import { expectKilnError } from "./helpers.js";
 
 const root = join(import.meta.dirname, "fixtures", "llama-gqa");
 const config = llama.fromHF(JSON.parse(readFileSync(join(root, "config.json"), "utf8")));
@@ -121,6 +122,22 @@ describe("padded batches on the cpu target", () => {
       const got: number[] = [];
       for await (const t of model.generate([1, 2, 3], { maxNewTokens: 4 })) got.push(t.id);
       expect(got).toEqual(greedyGenerate(plain, weights, [1, 2, 3], { maxNewTokens: 4 }).slice(3));
+
+      // prefill only (kvCache "none"): unpad-varlen packs the batch, so only the 11 real tokens run
+      const packed = await compile(root, { target: "cpu", padded: true, kvCache: "none", cacheDir, maxSeq: 64 });
+      expect(packed.manifest.inputs.map((i) => `${i.name}[${i.shape.join(",")}]`)).toEqual(["input_ids[1,T]", "cu_seqlens[B+1]"]);
+      expect(packed.explain.map((m) => m.message).join("\n")).toMatch(/unpadded: 2 attention\(s\) run varlen/);
+      await using pm = await loadModel(packed.dir, { checkpoint: root });
+      const p2 = await pm.forward(prompts);
+      expect(p2.shape).toEqual(out.shape);
+      expect(p2.lengths).toEqual([6, 2, 3]);
+      let maxErr = 0;
+      prompts.forEach((p, b) => {
+        for (let i = (b * S + S - p.length) * V; i < (b + 1) * S * V; i++) maxErr = Math.max(maxErr, Math.abs(p2.logits[i] - out.logits[i]));
+        expect(p2.logits.subarray(b * S * V, (b * S + S - p.length) * V).every((x) => x === 0)).toBe(true); // padding: zeros
+      });
+      expect(maxErr).toBeLessThanOrEqual(1e-4);
+      await expectKilnError(pm.generate([1, 2, 3]).next(), "E_USAGE", /KV cache/);
     } finally {
       rmSync(cacheDir, { recursive: true, force: true });
     }

@@ -26,8 +26,12 @@ export interface CompileOptions {
   /** also copy the artifact here (atomically) */
   out?: string;
   cacheDir?: string;
-  /** "static" (default; fixed capacity written in place, decode replayable as a CUDA graph) or "growing" (concatenation); padded builds grow; encoders have none */
-  kvCache?: "static" | "growing";
+  /**
+   * "static" (default; fixed capacity written in place, decode replayable as a CUDA graph),
+   * "growing" (concatenation; padded builds grow), or "none" (prefill only: forward() without
+   * generate(); a padded build is then unpadded by unpad-varlen). Encoders have none.
+   */
+  kvCache?: "static" | "growing" | "none";
   /** bounds of the symbolic dims: batch, and tokens per sequence (prompt + generated) */
   maxBatch?: number;
   maxSeq?: number;
@@ -59,7 +63,7 @@ export interface CompiledArtifact {
   explain: PassMessage[];
 }
 
-export const DEFAULT_PASSES = "quantize-linear,cse,fuse-attention,dce,fuse-elementwise";
+export const DEFAULT_PASSES = "quantize-linear,cse,fuse-attention,unpad-varlen,dce,fuse-elementwise";
 
 export async function compile(model: string | ModelDef<unknown>, o: CompileOptions = {}): Promise<CompiledArtifact> {
   const target = o.target ?? "cpu";
@@ -89,7 +93,10 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   // encoder runs in one pass and has none (padded: attention_mask [B, S])
   const encoder = def.kind === "encoder";
   if (encoder && o.kvCache) throw new KilnError("E_USAGE", `'${def.family}' is an encoder: it has no KV cache (leave out kvCache)`, { where: source });
-  const kvCache = encoder ? false : o.padded ? true : (o.kvCache ?? "static") === "static" ? "static" : true;
+  const want = o.kvCache ?? (o.padded ? "growing" : "static");
+  if (!["static", "growing", "none"].includes(want)) throw new KilnError("E_USAGE", `kvCache must be static, growing or none, got '${want as string}'`);
+  if (o.padded && want === "static") throw new KilnError("E_USAGE", "padded batches use the growing KV cache (or none), not the static one");
+  const kvCache = encoder || want === "none" ? false : want === "static" ? "static" : true;
   let graph = traceModel(def, config, { dtype, kvCache, attentionMask: o.padded ?? false });
   o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
   const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules });
@@ -111,7 +118,7 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
     family: def.family,
     dtype,
     config: json,
-    bounds: { B: maxBatch, S: maxSeq, P: maxSeq, C: maxSeq },
+    bounds: { B: maxBatch, S: maxSeq, P: maxSeq, C: maxSeq, T: maxBatch * maxSeq },
     cacheDir: o.cacheDir,
     onProgress: o.onProgress,
   });

@@ -286,6 +286,6 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
 
 export const fuseAttentionPass: Pass = {
   name: "fuse-attention",
-  description: "softmax(scale·QKᵀ + causal mask)·V, with repeat-kv, becomes one flash_attention op",
+  description: "softmax(scale·QKᵀ [+ causal/padding mask] [+ ALiBi])·V, with repeat-kv, becomes one flash_attention op",
   run: (g, ctx) => fuseAttention(g, (m) => ctx.explain(m)),
 };

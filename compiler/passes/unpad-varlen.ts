@@ -80,7 +80,11 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {})
     if (n.op === "cumsum" || n.op === "cache_write") return `${n.op}${at(n)} is not token-wise`;
     return undefined;
   };
-  for (const n of g.nodes) {
+  // only what the outputs need (fuse-attention leaves the eager nodes for dce)
+  const live = new Set<number>(g.outputs.map((o) => o.value.id));
+  for (let i = g.nodes.length - 1; i >= 0; i--) if (live.has(g.nodes[i].result.id)) for (const o of g.nodes[i].operands) live.add(o.id);
+  const nodes = g.nodes.filter((n) => live.has(n.result.id));
+  for (const n of nodes) {
     const why = refuse(n);
     if (why) {
       explain(`not unpadded: ${why}`);
@@ -100,7 +104,7 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {})
   for (const v of g.params) map.set(v.id, b.param(v.name, { dtype: v.dtype, shape: v.shape }));
   const get = (v: Value): Value => map.get(v.id)!;
   let attentions = 0;
-  for (const n of g.nodes) {
+  for (const n of nodes) {
     const emit = (op: string, operands: Value[], attrs: Node["attrs"]): Value => {
       const type = inferNode({ op, operands, attrs, loc: n.loc });
       return b.node(op, operands, attrs, type, n.loc);
