@@ -1,7 +1,7 @@
 // The compiled cpu target, end to end through the public API: compile() → loadModel() →
 // forward()/generate(), against Hugging Face's logits and tokens and the reference interpreter.
 
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
@@ -103,9 +103,18 @@ describe("quantized linears on the cpu target (quantized on load)", () => {
     expect(packed / bf16).toBeLessThanOrEqual(ratio);
   });
 
-  test("the cuda target refuses quantized linears clearly (its kernels are still to come)", async () => {
-    await expectKilnError(compile(join(FIXTURES, "llama-gqa"), { target: "cuda", quant: "nf4", cacheDir, maxSeq: 64 }), "E_BUILD", /no cuda kernels yet/);
-  });
+  test("the cuda target compiles quantized linears with nvcc (4-bit with double quant, LLM.int8; run on the GPU by quant.gpu.test.ts)", async () => {
+    const dir = join(FIXTURES, "llama-gqa");
+    const built = await Promise.all([
+      compile(dir, { target: "cuda", dtype: "bf16", quant: "nf4", doubleQuant: true, cacheDir, maxSeq: 64 }),
+      compile(dir, { target: "cuda", dtype: "f32", quant: "int8", cacheDir, maxSeq: 64 }),
+    ]);
+    for (const art of built) {
+      expect(art.manifest.target).toBe("cuda");
+      expect(art.manifest.weights.filter((w) => w.quant)).toHaveLength(14);
+      expect(existsSync(join(art.dir, art.manifest.library))).toBe(true);
+    }
+  }, 180_000);
 });
 
 describe("the artifact cache", () => {

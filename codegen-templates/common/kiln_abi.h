@@ -57,6 +57,18 @@ int kiln_num_outputs(void);
  */
 int kiln_forward(void* const* weights, const kiln_tensor* inputs, kiln_tensor* outputs);
 
+/*
+ * Optional (the runtime looks them up with dlsym and quantizes on the host without them):
+ * quantize-on-load on the target. `src` is target memory holding the weight as f32 (already
+ * rounded to the model dtype), `dst` target memory of the packed size (kiln_quant.h: bytes4 /
+ * bytes8), written in the layouts of kiln_quant.h, bit for bit what its host functions write.
+ *   kiln_quantize4: n weights, blockwise absmax (`block`), dq: double quantization, code16: the
+ *     16 code values (host memory).
+ *   kiln_quantize8: an [N, K] weight, int8 with absmax per row (LLM.int8).
+ */
+int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t block, int dq, const double* code16);
+int kiln_quantize8(void* dst, const float* src, int64_t N, int64_t K);
+
 #ifdef __cplusplus
 }
 #endif

@@ -50,48 +50,60 @@ inline int nearest(const double* code, double x) {
   return best;
 }
 
-inline void quantize4(const float* w, int64_t n, int64_t block, bool dq, const double* code, uint8_t* out) {
+// Absmax of each block of `block` weights (exact: the largest |w| as f32).
+inline void absmax_blocks(const float* w, int64_t n, int64_t block, float* absmax) {
   const int64_t nb = blocks4(n, block);
-  std::vector<float> absmax((size_t)nb);
   for (int64_t b = 0; b < nb; b++) {
     double m = 0;
     for (int64_t i = b * block; i < n && i < (b + 1) * block; i++) m = fmax(m, fabs((double)w[i]));
-    absmax[(size_t)b] = (float)m;
+    absmax[b] = (float)m;
   }
-  std::vector<int8_t> dcodes;
-  std::vector<float> dscales;
-  double mean = 0;
-  if (dq && nb > 0) {
-    // double quantization: mean removed, int8 absmax per 256 blocks (quant.ts quantizeAbsmax)
-    double sum = 0;
-    for (int64_t b = 0; b < nb; b++) sum += absmax[(size_t)b];
-    mean = sum / (double)nb;
-    dcodes.assign((size_t)nb, 0);
-    for (int64_t g = 0; g < nb; g += 256) {
-      const int64_t end = g + 256 < nb ? g + 256 : nb;
-      double m = 0;
-      for (int64_t b = g; b < end; b++) m = fmax(m, fabs(absmax[(size_t)b] - mean));
-      const float scale = (float)(m / 127);
-      dscales.push_back(scale);
-      for (int64_t b = g; b < end; b++) {
-        const double c = m > 0 ? js_round(((absmax[(size_t)b] - mean) / m) * 127) : 0;
-        dcodes[(size_t)b] = (int8_t)c;
-        absmax[(size_t)b] = (float)fmax(0.0, mean + c * (double)scale);  // what the codes decode to
-      }
+}
+
+// The tail of the 4-bit layout after the packed codes, from the per-block absmax. Without double
+// quantization it is the absmax itself; with it (QLoRA §3, quant.ts quantizeAbsmax) the absmax
+// minus their mean as int8 codes per 256 blocks, the f32 scales and the f64 mean, and `absmax` is
+// overwritten with what the codes decode to (the values the weights are then quantized against).
+// The cuda target calls this on the host with the absmax it computed on the GPU, so both targets
+// write the same bytes.
+inline int64_t tail4_bytes(int64_t n, int64_t block, bool dq) { return bytes4(n, block, dq) - pad16((n + 1) / 2); }
+inline void tail4(float* absmax, int64_t n, int64_t block, bool dq, uint8_t* tail) {
+  const int64_t nb = blocks4(n, block);
+  memset(tail, 0, (size_t)tail4_bytes(n, block, dq));
+  if (!dq) {
+    memcpy(tail, absmax, 4 * (size_t)nb);
+    return;
+  }
+  if (nb == 0) return;
+  double sum = 0;
+  for (int64_t b = 0; b < nb; b++) sum += absmax[b];
+  const double mean = sum / (double)nb;
+  int8_t* dcodes = (int8_t*)tail;
+  uint8_t* dscales = tail + pad16(nb);
+  for (int64_t g = 0; g < nb; g += 256) {
+    const int64_t end = g + 256 < nb ? g + 256 : nb;
+    double m = 0;
+    for (int64_t b = g; b < end; b++) m = fmax(m, fabs(absmax[b] - mean));
+    const float scale = (float)(m / 127);
+    memcpy(dscales + 4 * (g / 256), &scale, 4);
+    for (int64_t b = g; b < end; b++) {
+      const double c = m > 0 ? js_round(((absmax[b] - mean) / m) * 127) : 0;
+      dcodes[b] = (int8_t)c;
+      absmax[b] = (float)fmax(0.0, mean + c * (double)scale);  // what the codes decode to
     }
   }
-  memset(out, 0, (size_t)bytes4(n, block, dq));
+  memcpy(tail + pad16(nb) + pad16(4 * groups4(n, block)), &mean, 8);
+}
+
+inline void quantize4(const float* w, int64_t n, int64_t block, bool dq, const double* code, uint8_t* out) {
+  std::vector<float> absmax((size_t)blocks4(n, block));
+  absmax_blocks(w, n, block, absmax.data());
+  memset(out, 0, (size_t)pad16((n + 1) / 2));
+  tail4(absmax.data(), n, block, dq, out + pad16((n + 1) / 2));
   for (int64_t i = 0; i < n; i++) {
     const double m = absmax[(size_t)(i / block)];
     const int c = nearest(code, m > 0 ? (double)w[i] / m : 0.0);
     out[i / 2] |= (uint8_t)(i % 2 ? c << 4 : c);
-  }
-  uint8_t* a = out + pad16((n + 1) / 2);
-  if (!dq) memcpy(a, absmax.data(), 4 * (size_t)nb);
-  else if (nb > 0) {
-    memcpy(a, dcodes.data(), (size_t)nb);
-    memcpy(a + pad16(nb), dscales.data(), 4 * dscales.size());
-    memcpy(a + pad16(nb) + pad16(4 * groups4(n, block)), &mean, 8);
   }
 }
 

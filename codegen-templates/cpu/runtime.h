@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <new>
 #include "../common/rt_common.h"
+#include "../common/kiln_quant.h"
 
 namespace kiln {
 namespace rt {
@@ -52,3 +53,17 @@ extern "C" int kiln_free(void* ptr) { free(ptr); return KILN_OK; }
 extern "C" int kiln_upload(void* dst, const void* src, int64_t bytes) { memcpy(dst, src, (size_t)bytes); return KILN_OK; }
 extern "C" int kiln_download(void* dst, const void* src, int64_t bytes) { memcpy(dst, src, (size_t)bytes); return KILN_OK; }
 extern "C" int kiln_synchronize(void) { return KILN_OK; }
+
+// Quantize-on-load (kiln_abi.h): the host functions of kiln_quant.h on host memory.
+extern "C" int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t block, int dq, const double* code16) {
+  return kiln::rt::guard([&] {
+    if (n < 0 || block <= 0) kiln::rt::fail(KILN_ERR_INVALID, "kiln_quantize4: n = %lld, block = %lld", (long long)n, (long long)block);
+    kiln::quant::quantize4(src, n, block, dq != 0, code16, (uint8_t*)dst);
+  });
+}
+extern "C" int kiln_quantize8(void* dst, const float* src, int64_t N, int64_t K) {
+  return kiln::rt::guard([&] {
+    if (N < 0 || K < 0) kiln::rt::fail(KILN_ERR_INVALID, "kiln_quantize8: N = %lld, K = %lld", (long long)N, (long long)K);
+    kiln::quant::quantize8(src, N, K, (uint8_t*)dst);
+  });
+}

@@ -40,7 +40,7 @@ struct HeuristicResult {
 };
 
 enum : int { STATUS_SUCCESS = 0 };
-enum : int { COMPUTE_32F = 68 };               // cublasComputeType_t
+enum : int { COMPUTE_32F = 68, COMPUTE_32I = 72 };  // cublasComputeType_t
 enum : int { OP_N = 0, OP_T = 1 };             // cublasOperation_t
 enum : int {                                   // cublasLtMatmulDescAttributes_t
   DESC_COMPUTE_TYPE = 0,
@@ -189,6 +189,69 @@ static int align_of(const void* p) {
   return al;
 }
 
+// The cached plan of one GEMM configuration (created on first use; p.ok false when cuBLASLt has
+// no algorithm for it). ab/cd: cudaDataType_t of A, B and of C, D; compute/scale: the compute
+// type and the type of alpha and beta. The caller holds the lock.
+static Plan& plan_locked(State& s, int ab, int cd, int compute, int scale, bool transA, bool transB, int64_t m, int64_t n, int64_t k, const void* A,
+                         int64_t lda, int64_t strideA, const void* B, int64_t ldb, int64_t strideB, void* D, int64_t ldd, int64_t strideD, int64_t batch,
+                         const void* bias) {
+  std::vector<int64_t> key = {ab, cd, compute, transA, transB, m, n, k, lda, strideA, ldb, strideB, ldd, strideD, batch, bias != nullptr,
+                              align_of(A), align_of(B), align_of(D)};
+  auto it = s.plans.find(key);
+  if (it != s.plans.end()) return it->second;
+  Plan p;
+  Api& a = s.api;
+  bool good = a.descCreate(&p.desc, compute, scale) == STATUS_SUCCESS;
+  int32_t ta = transA ? OP_T : OP_N, tb = transB ? OP_T : OP_N;
+  uint32_t epi = bias ? EPILOGUE_BIAS : EPILOGUE_DEFAULT;
+  good = good && a.descSet(p.desc, DESC_TRANSA, &ta, sizeof ta) == STATUS_SUCCESS;
+  good = good && a.descSet(p.desc, DESC_TRANSB, &tb, sizeof tb) == STATUS_SUCCESS;
+  good = good && a.descSet(p.desc, DESC_EPILOGUE, &epi, sizeof epi) == STATUS_SUCCESS;
+  if (bias) good = good && a.descSet(p.desc, DESC_BIAS_POINTER, &bias, sizeof bias) == STATUS_SUCCESS;
+  good = good && a.layoutCreate(&p.a, ab, transA ? k : m, transA ? m : k, lda) == STATUS_SUCCESS;
+  good = good && a.layoutCreate(&p.b, ab, transB ? n : k, transB ? k : n, ldb) == STATUS_SUCCESS;
+  good = good && a.layoutCreate(&p.c, cd, m, n, ldd) == STATUS_SUCCESS;
+  if (good && batch > 1) {
+    int32_t bc = (int32_t)batch;
+    Layout ls[3] = {p.a, p.b, p.c};
+    int64_t strides[3] = {strideA, strideB, strideD};
+    for (int i = 0; i < 3; i++) {
+      good = good && a.layoutSet(ls[i], LAYOUT_BATCH_COUNT, &bc, sizeof bc) == STATUS_SUCCESS;
+      good = good && a.layoutSet(ls[i], LAYOUT_STRIDED_BATCH_OFFSET, &strides[i], sizeof strides[i]) == STATUS_SUCCESS;
+    }
+  }
+  Pref pref = nullptr;
+  if (good && a.prefCreate(&pref) == STATUS_SUCCESS) {
+    uint64_t ws = s.workspace_bytes;
+    uint32_t alA = (uint32_t)align_of(A), alB = (uint32_t)align_of(B), alD = (uint32_t)align_of(D);
+    good = good && a.prefSet(pref, PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) == STATUS_SUCCESS;
+    good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_A_BYTES, &alA, sizeof alA) == STATUS_SUCCESS;
+    good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_B_BYTES, &alB, sizeof alB) == STATUS_SUCCESS;
+    good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_C_BYTES, &alD, sizeof alD) == STATUS_SUCCESS;
+    good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_D_BYTES, &alD, sizeof alD) == STATUS_SUCCESS;
+    HeuristicResult res[4];
+    memset(res, 0, sizeof res);
+    int found = 0;
+    good = good && a.heuristic(s.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, res, &found) == STATUS_SUCCESS && found > 0 && res[0].state == STATUS_SUCCESS;
+    if (good) p.algo = res[0].algo;
+    a.prefDestroy(pref);
+  } else {
+    good = false;
+  }
+  p.ok = good;
+  return s.plans.emplace(key, p).first->second;
+}
+
+static void run_locked(State& s, Plan& p, const void* alpha, const void* A, const void* B, const void* beta, void* D, const void* bias, const char* what,
+                       int64_t m, int64_t n, int64_t k, int64_t batch) {
+  Api& a = s.api;
+  if (bias && a.descSet(p.desc, DESC_BIAS_POINTER, &bias, sizeof bias) != STATUS_SUCCESS)
+    rt::fail(KILN_ERR_DEVICE, "cublasLtMatmulDescSetAttribute(bias) failed at %s", what);
+  Status r = a.matmul(s.handle, p.desc, alpha, A, p.a, B, p.b, beta, D, p.c, D, p.c, &p.algo, s.workspace, s.workspace_bytes, cuda::stream());
+  if (r != STATUS_SUCCESS) rt::fail(KILN_ERR_DEVICE, "cublasLtMatmul failed with cublasStatus %d at %s (m=%lld n=%lld k=%lld batch=%lld)", r, what,
+                                    (long long)m, (long long)n, (long long)k, (long long)batch);
+}
+
 // D[b] = op(A[b]) · op(B[b]) (+ bias), column-major as cuBLAS sees it, on the artifact's stream:
 // m×n output with ld m, A is m×k (transA: stored k×m), B is k×n (transB: stored n×k), each
 // matrix of the batch `stride*` elements after the previous. Returns false (nothing launched)
@@ -200,62 +263,26 @@ static bool gemm(int dtype /*cudaDataType_t*/, bool transA, bool transB, int64_t
   if (!load_locked(s)) return false;
   if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || batch > INT32_MAX) return false;
   if (bias && align_of(bias) < 16) return false;
-  std::vector<int64_t> key = {dtype, transA, transB, m, n, k, lda, strideA, ldb, strideB, ldd, strideD, batch, bias != nullptr,
-                              align_of(A), align_of(B), align_of(D)};
-  auto it = s.plans.find(key);
-  if (it == s.plans.end()) {
-    Plan p;
-    Api& a = s.api;
-    bool good = a.descCreate(&p.desc, COMPUTE_32F, (int)CUDA_R_32F) == STATUS_SUCCESS;
-    int32_t ta = transA ? OP_T : OP_N, tb = transB ? OP_T : OP_N;
-    uint32_t epi = bias ? EPILOGUE_BIAS : EPILOGUE_DEFAULT;
-    good = good && a.descSet(p.desc, DESC_TRANSA, &ta, sizeof ta) == STATUS_SUCCESS;
-    good = good && a.descSet(p.desc, DESC_TRANSB, &tb, sizeof tb) == STATUS_SUCCESS;
-    good = good && a.descSet(p.desc, DESC_EPILOGUE, &epi, sizeof epi) == STATUS_SUCCESS;
-    if (bias) good = good && a.descSet(p.desc, DESC_BIAS_POINTER, &bias, sizeof bias) == STATUS_SUCCESS;
-    good = good && a.layoutCreate(&p.a, dtype, transA ? k : m, transA ? m : k, lda) == STATUS_SUCCESS;
-    good = good && a.layoutCreate(&p.b, dtype, transB ? n : k, transB ? k : n, ldb) == STATUS_SUCCESS;
-    good = good && a.layoutCreate(&p.c, dtype, m, n, ldd) == STATUS_SUCCESS;
-    if (good && batch > 1) {
-      int32_t bc = (int32_t)batch;
-      Layout ls[3] = {p.a, p.b, p.c};
-      int64_t strides[3] = {strideA, strideB, strideD};
-      for (int i = 0; i < 3; i++) {
-        good = good && a.layoutSet(ls[i], LAYOUT_BATCH_COUNT, &bc, sizeof bc) == STATUS_SUCCESS;
-        good = good && a.layoutSet(ls[i], LAYOUT_STRIDED_BATCH_OFFSET, &strides[i], sizeof strides[i]) == STATUS_SUCCESS;
-      }
-    }
-    Pref pref = nullptr;
-    if (good && a.prefCreate(&pref) == STATUS_SUCCESS) {
-      uint64_t ws = s.workspace_bytes;
-      uint32_t alA = (uint32_t)align_of(A), alB = (uint32_t)align_of(B), alD = (uint32_t)align_of(D);
-      good = good && a.prefSet(pref, PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) == STATUS_SUCCESS;
-      good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_A_BYTES, &alA, sizeof alA) == STATUS_SUCCESS;
-      good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_B_BYTES, &alB, sizeof alB) == STATUS_SUCCESS;
-      good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_C_BYTES, &alD, sizeof alD) == STATUS_SUCCESS;
-      good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_D_BYTES, &alD, sizeof alD) == STATUS_SUCCESS;
-      HeuristicResult res[4];
-      memset(res, 0, sizeof res);
-      int found = 0;
-      good = good && a.heuristic(s.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, res, &found) == STATUS_SUCCESS && found > 0 &&
-             res[0].state == STATUS_SUCCESS;
-      if (good) p.algo = res[0].algo;
-      a.prefDestroy(pref);
-    } else {
-      good = false;
-    }
-    p.ok = good;
-    it = s.plans.emplace(key, p).first;
-  }
-  Plan& p = it->second;
+  Plan& p = plan_locked(s, dtype, dtype, COMPUTE_32F, (int)CUDA_R_32F, transA, transB, m, n, k, A, lda, strideA, B, ldb, strideB, D, ldd, strideD, batch, bias);
   if (!p.ok) return false;
-  Api& a = s.api;
-  if (bias && a.descSet(p.desc, DESC_BIAS_POINTER, &bias, sizeof bias) != STATUS_SUCCESS)
-    rt::fail(KILN_ERR_DEVICE, "cublasLtMatmulDescSetAttribute(bias) failed at %s", what);
   const float one = 1.0f, zero = 0.0f;
-  Status r = a.matmul(s.handle, p.desc, &one, A, p.a, B, p.b, &zero, D, p.c, D, p.c, &p.algo, s.workspace, s.workspace_bytes, cuda::stream());
-  if (r != STATUS_SUCCESS) rt::fail(KILN_ERR_DEVICE, "cublasLtMatmul failed with cublasStatus %d at %s (m=%lld n=%lld k=%lld batch=%lld)", r, what,
-                                    (long long)m, (long long)n, (long long)k, (long long)batch);
+  run_locked(s, p, &one, A, B, &zero, D, bias, what, m, n, k, batch);
+  return true;
+}
+
+// int8 × int8 → int32 (LLM.int8's inner product on the integer tensor cores): D (m×n, int32,
+// column-major, ld m) = Aᵀ · B with A stored k×m (ld lda) and B stored k×n (ld ldb), the "TN"
+// layout cuBLASLt's integer kernels want. False when cuBLASLt is unavailable or has no algorithm
+// (the caller then runs Kiln's own int8 kernel).
+static bool gemm_i8(int64_t m, int64_t n, int64_t k, const int8_t* A, int64_t lda, const int8_t* B, int64_t ldb, int32_t* D, int64_t ldd, const char* what) {
+  State& s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (!load_locked(s)) return false;
+  if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || k % 4 || lda % 4 || ldb % 4) return false;
+  Plan& p = plan_locked(s, (int)CUDA_R_8I, (int)CUDA_R_32I, COMPUTE_32I, (int)CUDA_R_32I, true, false, m, n, k, A, lda, 0, B, ldb, 0, D, ldd, 0, 1, nullptr);
+  if (!p.ok) return false;
+  const int32_t one = 1, zero = 0;
+  run_locked(s, p, &one, A, B, &zero, D, nullptr, what, m, n, k, 1);
   return true;
 }
 

@@ -962,3 +962,5 @@ void for_each(const F& f, int64_t n) {
 
 }  // namespace cuda
 }  // namespace kiln
+
+#include "quant.cuh"  // qlinear4 / qlinear8 and quantize-on-load (issue 6)

@@ -12,11 +12,13 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../../codegen-templates/common/kiln_abi.h"
@@ -41,6 +43,9 @@ struct Abi {
   int (*num_weights)();
   int (*num_outputs)();
   int (*forward)(void* const*, const kiln_tensor*, kiln_tensor*);
+  // optional: quantize-on-load on the target (null in artifacts built before it)
+  int (*quantize4)(void*, const float*, int64_t, int64_t, int, const double*);
+  int (*quantize8)(void*, const float*, int64_t, int64_t);
 };
 
 const int kDtypeBytes[] = {4, 2, 2, 8, 4, 1, 1, 1};
@@ -168,6 +173,21 @@ struct WeightJob {
   double code[16] = {0};
 };
 
+// Runs f(begin, end) over [0, n) on up to hardware_concurrency threads (chunks of ≥ 1M items).
+template <typename F>
+void ParallelFor(int64_t n, F f) {
+  const int64_t chunk = 1 << 20;
+  int64_t threads = std::min<int64_t>((n + chunk - 1) / chunk, std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 1) return f((int64_t)0, n);
+  std::vector<std::thread> pool;
+  const int64_t per = (n + threads - 1) / threads;
+  for (int64_t t = 0; t < threads; t++) {
+    const int64_t b = t * per, e = std::min(n, b + per);
+    if (b < e) pool.emplace_back([=] { f(b, e); });
+  }
+  for (auto& th : pool) th.join();
+}
+
 // Reads each weight through a read-only mmap of its file, converts it on the host when the
 // dtypes differ, and copies it to the target. Peak host memory: one converted tensor.
 class LoadWorker : public Worker {
@@ -216,15 +236,33 @@ class LoadWorker : public Worker {
       const void* host = src;
       int64_t bytes = j.count * kDtypeBytes[j.dst];
       if (j.quant) {
-        // the weight in its model dtype (f32 values rounded to dst), then quantized (kiln_quant.h)
+        // the weight in its model dtype (f32 values rounded to dst), then quantized (kiln_quant.h):
+        // on the target when the artifact exports kiln_quantize4/8 (the f32 tensor goes up to a
+        // temporary buffer, freed at once: peak target memory ≈ the packed weights + one f32
+        // tensor), else here on the host
         std::vector<float> f((size_t)j.count);
-        if (!Convert(src, j.src, (uint8_t*)f.data(), KILN_F32, j.count)) {
+        bool ok = true;
+        ParallelFor(j.count, [&](int64_t b, int64_t e) {
+          const int64_t sz = kDtypeBytes[j.src];
+          if (!Convert(src + b * sz, j.src, (uint8_t*)(f.data() + b), KILN_F32, e - b)) ok = false;
+          if (j.dst == KILN_BF16) for (int64_t i = b; i < e; i++) f[(size_t)i] = kiln::bf16_bits_to_f32(kiln::f32_to_bf16_bits(f[(size_t)i]));
+          if (j.dst == KILN_F16) for (int64_t i = b; i < e; i++) f[(size_t)i] = kiln::f16_bits_to_f32(kiln::f32_to_f16_bits(f[(size_t)i]));
+        });
+        if (!ok) {
           unmap();
           return Fail("E_USAGE", j.name + ": cannot quantize a weight of dtype " + std::to_string(j.src));
         }
-        if (j.dst == KILN_BF16) for (auto& v : f) v = kiln::bf16_bits_to_f32(kiln::f32_to_bf16_bits(v));
-        if (j.dst == KILN_F16) for (auto& v : f) v = kiln::f16_bits_to_f32(kiln::f32_to_f16_bits(v));
         bytes = j.quant == 1 ? kiln::quant::bytes4(j.count, j.block, j.dq) : kiln::quant::bytes8(j.rows, j.cols);
+        if (j.quant == 1 ? lib->abi.quantize4 != nullptr : lib->abi.quantize8 != nullptr) {
+          std::string err = QuantizeOnTarget(j, f, bytes);
+          if (!err.empty()) {
+            unmap();
+            return Fail("E_RUNTIME", j.name + ": " + err);
+          }
+          done += bytes;
+          Progress(done, total);
+          continue;
+        }
         staging.assign((size_t)bytes, 0);
         if (j.quant == 1) kiln::quant::quantize4(f.data(), j.count, j.block, j.dq, j.code, staging.data());
         else kiln::quant::quantize8(f.data(), j.rows, j.cols, staging.data());
@@ -253,13 +291,7 @@ class LoadWorker : public Worker {
       }
       buffers.push_back(buf);
       done += bytes;
-      if (tsfn) {
-        int64_t* p = new int64_t[2]{done, total};
-        tsfn.NonBlockingCall(p, [](Napi::Env env, Napi::Function cb, int64_t* p) {
-          cb.Call({Napi::Number::New(env, (double)p[0]), Napi::Number::New(env, (double)p[1])});
-          delete[] p;
-        });
-      }
+      Progress(done, total);
     }
     unmap();
     std::lock_guard<std::mutex> g(lib->mu);
@@ -277,6 +309,36 @@ class LoadWorker : public Worker {
   }
 
  private:
+  void Progress(int64_t done, int64_t total) {
+    if (!tsfn) return;
+    int64_t* p = new int64_t[2]{done, total};
+    tsfn.NonBlockingCall(p, [](Napi::Env env, Napi::Function cb, int64_t* p) {
+      cb.Call({Napi::Number::New(env, (double)p[0]), Napi::Number::New(env, (double)p[1])});
+      delete[] p;
+    });
+  }
+  // f (the weight as f32) → a temporary target buffer → kiln_quantize4/8 into a new buffer of
+  // `bytes`, kept in `buffers`; the temporary is freed before returning. "" or the error.
+  std::string QuantizeOnTarget(const WeightJob& j, const std::vector<float>& f, int64_t bytes) {
+    std::lock_guard<std::mutex> g(lib->mu);
+    auto tmp = std::make_shared<Buffer>();
+    tmp->lib = lib;
+    auto buf = std::make_shared<Buffer>();
+    buf->lib = lib;
+    int rc = lib->abi.malloc_(&buf->ptr, bytes);
+    if (rc) return lib->Error("kiln_malloc", rc);
+    buf->bytes = bytes;
+    const int64_t fbytes = 4 * (int64_t)f.size();
+    if ((rc = lib->abi.malloc_(&tmp->ptr, fbytes))) return lib->Error("kiln_malloc (f32 staging)", rc);
+    tmp->bytes = fbytes;
+    if ((rc = lib->abi.upload(tmp->ptr, f.data(), fbytes))) return lib->Error("kiln_upload", rc);
+    rc = j.quant == 1 ? lib->abi.quantize4(buf->ptr, (const float*)tmp->ptr, j.count, j.block, j.dq ? 1 : 0, j.code)
+                      : lib->abi.quantize8(buf->ptr, (const float*)tmp->ptr, j.rows, j.cols);
+    if (rc) return lib->Error(j.quant == 1 ? "kiln_quantize4" : "kiln_quantize8", rc);
+    tmp.reset();  // back to the target's allocator now
+    buffers.push_back(buf);
+    return "";
+  }
   static bool Convert(const uint8_t* src, int s, uint8_t* dst, int d, int64_t n) {
     auto load = [&](int64_t i) -> float {
       uint16_t h;
@@ -408,6 +470,28 @@ class ForwardWorker : public Worker {
   std::vector<InputArg> results;
 };
 
+// The bytes of a target buffer, copied to the host (tests compare quantized weights across targets).
+class DownloadWorker : public Worker {
+ public:
+  DownloadWorker(Napi::Env env, std::shared_ptr<Library> lib, std::shared_ptr<Buffer> buf) : Worker(env), lib(std::move(lib)), buf(std::move(buf)) {}
+  void Execute() override {
+    std::lock_guard<std::mutex> g(lib->mu);
+    host.resize((size_t)buf->bytes);
+    int rc = buf->bytes ? lib->abi.download(host.data(), buf->ptr, buf->bytes) : 0;
+    if (rc) Fail("E_RUNTIME", lib->Error("kiln_download", rc));
+  }
+  void OnOK() override {
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(Env(), host.size());
+    if (!host.empty()) memcpy(ab.Data(), host.data(), host.size());
+    deferred.Resolve(ab);
+  }
+
+ private:
+  std::shared_ptr<Library> lib;
+  std::shared_ptr<Buffer> buf;
+  std::vector<uint8_t> host;
+};
+
 // ------------------------------------------------------------------------------------ Artifact
 
 class Artifact : public Napi::ObjectWrap<Artifact> {
@@ -416,6 +500,7 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
     return DefineClass(env, "Artifact",
                        {InstanceMethod("init", &Artifact::InitDevice), InstanceMethod("loadWeights", &Artifact::LoadWeights),
                         InstanceMethod("forward", &Artifact::Forward), InstanceMethod("memoryInfo", &Artifact::MemoryInfo),
+                        InstanceMethod("download", &Artifact::Download),
                         InstanceAccessor("target", &Artifact::Target, nullptr), InstanceAccessor("hash", &Artifact::Hash, nullptr),
                         InstanceAccessor("counts", &Artifact::Counts, nullptr)});
   }
@@ -455,6 +540,8 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
     KILN_SYM(num_outputs, "kiln_num_outputs")
     KILN_SYM(forward, "kiln_forward")
 #undef KILN_SYM
+    lib->abi.quantize4 = reinterpret_cast<decltype(lib->abi.quantize4)>(dlsym(lib->handle, "kiln_quantize4"));
+    lib->abi.quantize8 = reinterpret_cast<decltype(lib->abi.quantize8)>(dlsym(lib->handle, "kiln_quantize8"));
     if (lib->abi.abi_version() != KILN_ABI_VERSION) {
       MakeError(env, "E_ARTIFACT", lib->path + ": artifact ABI " + std::to_string(lib->abi.abi_version()) + ", this runtime speaks " +
                                        std::to_string(KILN_ABI_VERSION) + ": recompile the model")
@@ -516,6 +603,18 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
     }
     Napi::Function progress = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
     auto* w = new LoadWorker(env, lib, std::move(jobs), progress);
+    w->Queue();
+    return w->Promise();
+  }
+  // download(tensor: DeviceTensor) -> Promise<ArrayBuffer>: its bytes (a quantized weight: the packed layout)
+  Napi::Value Download(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(DeviceTensor::ctor.Value()) || !DeviceTensor::Unwrap(info[0].As<Napi::Object>())->buf) {
+      Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+      d.Reject(MakeError(env, "E_USAGE", "download(tensor): a live DeviceTensor is required").Value());
+      return d.Promise();
+    }
+    auto* w = new DownloadWorker(env, lib, DeviceTensor::Unwrap(info[0].As<Napi::Object>())->buf);
     w->Queue();
     return w->Promise();
   }

@@ -1,0 +1,111 @@
+// Quantized linears on the cuda target (`npm run test:gpu`; CI only compiles them): for nf4 and fp4
+// (± double quantization) and LLM.int8 (threshold 6, and 0.5 so that the outlier decomposition
+// really runs) on test/fixtures/llama-gqa, f32 and bf16 artifacts:
+//   - the weights quantized on load on the GPU (kiln_quantize4/8) are byte for byte the cpu twin's
+//     (downloaded and compared): the dequantized weights are then bit for bit the same;
+//   - the logits of forward at M = 14 (prefill: dequantize + GEMM, int8 tensor-core GEMM), M = 3
+//     and M = 1 (the fused GEMVs) are within tolerance of the reference interpreter running the
+//     same quantized graph (qlinear's semantics: compiler/ir/quant.ts).
+// KILN_GPU_ARTIFACTS: where artifacts are built (default .kiln-cache/gpu); KILN_QUANT_PREBUILT: a
+// folder of artifacts compiled elsewhere, <target>-<dtype>-<case> (`kiln compile … --out`; saves
+// nvcc time on the GPU machine); KILN_GPU_REPORT_QUANT: a file for the measured errors as JSON.
+
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, test } from "@jest/globals";
+import type { Arch } from "../compiler/codegen/build.js";
+import { compile } from "../compiler/codegen/compile.js";
+import type { CompileOptions } from "../compiler/codegen/compile.js";
+import type { Graph } from "../compiler/ir/index.js";
+import { initialCache, parse, run, tensor } from "../compiler/ir/index.js";
+import { loadModel } from "../runtime/api.js";
+import { openCheckpoint, SafetensorsFile } from "../runtime/safetensors.js";
+
+const ROOT = join(import.meta.dirname, "..");
+const FIX = join(import.meta.dirname, "fixtures", "llama-gqa");
+const cacheDir = process.env.KILN_GPU_ARTIFACTS ?? join(ROOT, ".kiln-cache", "gpu");
+const arch = (process.env.KILN_ARCH ?? "sm_90a") as Arch;
+const report: Record<string, unknown> = {};
+afterAll(() => {
+  if (process.env.KILN_GPU_REPORT_QUANT) writeFileSync(process.env.KILN_GPU_REPORT_QUANT, `${JSON.stringify(report, null, 2)}\n`);
+  console.log(`quantized linears on the cuda target:\n${JSON.stringify(report, null, 1)}`);
+});
+
+type Q = Pick<CompileOptions, "quant" | "doubleQuant" | "int8Threshold">;
+const CASES: [string, string, Q][] = [
+  ["nf4", "nf4", { quant: "nf4" }],
+  ["nf4+dq", "nf4dq", { quant: "nf4", doubleQuant: true }],
+  ["fp4", "fp4", { quant: "fp4" }],
+  ["fp4+dq", "fp4dq", { quant: "fp4", doubleQuant: true }],
+  ["int8", "int8", { quant: "int8" }],
+  ["int8 threshold 0.5", "int8t05", { quant: "int8", int8Threshold: 0.5 }],
+];
+const DTYPES = ["f32", "bf16"] as const;
+
+interface Internals {
+  art: { download(t: unknown): Promise<ArrayBuffer> };
+  weights: unknown[];
+}
+
+const ids = (() => {
+  const ref = SafetensorsFile.open(join(FIX, "reference.safetensors"));
+  const all = Array.from(ref.toFloat64("input_ids"));
+  return [all.slice(0, 7), all.slice(7, 14)];
+})();
+
+function relErr(got: ArrayLike<number>, want: ArrayLike<number>): { rel: number; maxAbs: number } {
+  let num = 0, den = 0, maxAbs = 0;
+  for (let i = 0; i < want.length; i++) {
+    const d = got[i] - want[i];
+    num += d * d;
+    den += want[i] * want[i];
+    maxAbs = Math.max(maxAbs, Number.isNaN(d) ? Infinity : Math.abs(d));
+  }
+  return { rel: Math.sqrt(num / den), maxAbs };
+}
+
+/** The artifact's folder and its (quantized) graph: prebuilt, or compiled here. */
+async function artifact(target: "cuda" | "cpu", dtype: string, slug: string, q: Q): Promise<{ dir: string; graph: Graph; manifest: { weights: { quant?: unknown }[] } }> {
+  const pre = process.env.KILN_QUANT_PREBUILT && join(process.env.KILN_QUANT_PREBUILT, `${target}-${dtype}-${slug}`);
+  if (pre && existsSync(join(pre, "manifest.json")))
+    return { dir: pre, graph: parse(readFileSync(join(pre, "model.kir"), "utf8")), manifest: JSON.parse(readFileSync(join(pre, "manifest.json"), "utf8")) };
+  return compile(FIX, { target, arch, dtype: dtype as "f32" | "bf16", cacheDir, maxSeq: 64, ...q });
+}
+
+describe.each(DTYPES)("%s artifacts", (dtype) => {
+  test.each(CASES)("%s: GPU-quantized weights equal the cpu twin's bytes; logits within tolerance of the interpreter", async (label, slug, q) => {
+    const [gpuArt, cpuArt] = await Promise.all([artifact("cuda", dtype, slug, q), artifact("cpu", dtype, slug, q)]);
+    await using gpu = await loadModel(gpuArt.dir, { checkpoint: FIX });
+    await using cpu = await loadModel(cpuArt.dir, { checkpoint: FIX });
+    // bytes of every quantized weight
+    const g = gpu as unknown as Internals, c = cpu as unknown as Internals;
+    let compared = 0, differing = 0, bytes = 0;
+    for (let i = 0; i < gpuArt.manifest.weights.length; i++) {
+      if (!gpuArt.manifest.weights[i].quant) continue;
+      const a = new Uint8Array(await g.art.download(g.weights[i]));
+      const b = new Uint8Array(await c.art.download(c.weights[i]));
+      compared++;
+      bytes += a.length;
+      if (a.length !== b.length || a.some((x, k) => x !== b[k])) differing++;
+    }
+    // logits against the interpreter on the same quantized graph, at three row counts
+    const ck = openCheckpoint(FIX);
+    const weights = Object.fromEntries(gpuArt.graph.params.map((p) => [p.name, { dtype: p.dtype, shape: ck.info(p.name).shape, data: ck.toFloat32(p.name) }]));
+    ck.close();
+    const errs: Record<string, { rel: number; maxAbs: number; cpuRel: number }> = {};
+    for (const [m, rows] of [["M=14", ids], ["M=3", [ids[0].slice(0, 3)]], ["M=1", [ids[1].slice(0, 1)]]] as const) {
+      const S = rows[0].length;
+      const want = run(gpuArt.graph, { input_ids: tensor("i64", [rows.length, S], rows.flat()), ...initialCache(gpuArt.graph, rows.length, S) }, weights).logits.data;
+      const got = (await gpu.forward(rows.map((r) => [...r]))).logits;
+      const twin = (await cpu.forward(rows.map((r) => [...r]))).logits;
+      errs[m] = { ...relErr(got, want), cpuRel: relErr(twin, want).rel };
+    }
+    report[`${dtype} ${label}`] = { quantizedWeights: compared, bytes, differing, logits: errs };
+    expect(compared).toBe(14);
+    expect(differing).toBe(0);
+    // f32: the GEMV's f32 accumulation and f32 activation quantization against f64 in the reference;
+    // bf16: as the dense bf16 artifacts (cuda.gpu.test.ts)
+    const tol = dtype === "f32" ? 2e-3 : 3e-2;
+    for (const e of Object.values(errs)) expect(e.rel).toBeLessThan(tol);
+  }, 600_000);
+});
