@@ -138,6 +138,15 @@ describe("padded batches on the cpu target", () => {
       });
       expect(maxErr).toBeLessThanOrEqual(1e-4);
       await expectKilnError(pm.generate([1, 2, 3]).next(), "E_USAGE", /KV cache/);
+      // lastToken: the logits of each sequence's last token only, [B, 1, V]
+      const last = await compile(root, { target: "cpu", padded: true, kvCache: "none", lastToken: true, cacheDir, maxSeq: 64 });
+      expect(last.manifest.outputs[0].shape).toEqual(["B", 1, V]);
+      await using lm = await loadModel(last.dir, { checkpoint: root });
+      const p3 = await lm.forward(prompts);
+      expect(p3.shape).toEqual([3, 1, V]);
+      let lastErr = 0;
+      for (let b = 0; b < 3; b++) for (let v = 0; v < V; v++) lastErr = Math.max(lastErr, Math.abs(p3.logits[b * V + v] - out.logits[((b + 1) * S - 1) * V + v]));
+      expect(lastErr).toBeLessThanOrEqual(1e-4);
     } finally {
       rmSync(cacheDir, { recursive: true, force: true });
     }

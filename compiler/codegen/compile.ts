@@ -32,6 +32,8 @@ export interface CompileOptions {
    * generate(); a padded build is then unpadded by unpad-varlen). Encoders have none.
    */
   kvCache?: "static" | "growing" | "none";
+  /** packed (unpadded) builds: outputs over the tokens only at each sequence's last token ([B, 1, …]), e.g. the logits a prefill needs */
+  lastToken?: boolean;
   /** bounds of the symbolic dims: batch, and tokens per sequence (prompt + generated) */
   maxBatch?: number;
   maxSeq?: number;
@@ -99,7 +101,7 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   const kvCache = encoder || want === "none" ? false : want === "static" ? "static" : true;
   let graph = traceModel(def, config, { dtype, kvCache, attentionMask: o.padded ?? false });
   o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
-  const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules });
+  const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules, lastToken: o.lastToken });
   graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES), {
     context: ctx,
     onAfterPass: o.onAfterPass ? (p, g) => o.onAfterPass!(p.name, print(g)) : undefined,

@@ -11,7 +11,8 @@
 //   varlen_positions(cu_seqlens), attention becomes flash_attention{varlen} (each
 //   query sees its own sequence only), and a value taken at each sequence's first token (BERT's
 //   pooler: slice [0, 1) of the sequence axis) becomes a gather at cu_seqlens[0..B). Outputs over
-//   the tokens come out packed ([1, T, …]); the runtime puts them back into rows.
+//   the tokens come out packed ([1, T, …]) and the runtime puts them back into rows, or with the
+//   option lastToken are taken at each sequence's last token ([B, 1, …]: the logits a prefill needs).
 // Guarantees: at every real position, the packed graph computes what the padded graph computes
 //   there (test/unpad-varlen.test.ts, random masks on the interpreter); padding is never computed.
 // Leaves alone, saying why: a graph with a KV cache, a mask read by anything else, attention that is
@@ -27,7 +28,12 @@ import type { Pass } from "./manager.js";
 
 const mentions = (d: Dim, sym: string): boolean => typeof d === "string" && dimSymbols(d).includes(sym);
 
-export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {}): Graph {
+export interface UnpadOptions {
+  /** outputs over the tokens are taken at each sequence's last token only ([B, 1, …]): prefill for generation */
+  lastToken?: boolean;
+}
+
+export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {}, opts: UnpadOptions = {}): Graph {
   const mask = g.inputs.find((v) => v.name === "attention_mask");
   const ids = g.inputs.find((v) => v.name === "input_ids");
   if (!mask || !ids) {
@@ -150,7 +156,23 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {})
       }
     map.set(n.result.id, emit(n.op, n.operands.map(get), attrs));
   }
-  for (const o of g.outputs) b.output(o.name, get(o.value));
+  let lastIdx: Value | undefined;
+  for (const o of g.outputs) {
+    const v = get(o.value);
+    if (!opts.lastToken || v.shape.length < 2 || !dimEq(v.shape[0], 1) || !dimEq(v.shape[1], T)) {
+      b.output(o.name, v);
+      continue;
+    }
+    // each sequence's last token: rows cu_seqlens[1..B] − 1 of the packed [T, …]
+    const node = (op: string, operands: Value[], attrs: Node["attrs"]): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
+    if (!lastIdx) {
+      const ends = node("slice", [cu], { axis: 0, start: 1, end: `${B}+1` });
+      lastIdx = node("sub", [ends, node("full", [], { value: 1, shape: [], dtype: "i32" })], {});
+    }
+    const rows = node("reshape", [v], { shape: [T, ...v.shape.slice(2)] });
+    const last = node("gather", [rows, lastIdx], { axis: 0 });
+    b.output(o.name, node("reshape", [last], { shape: [B, 1, ...v.shape.slice(2)] }));
+  }
   explain(`unpadded: ${attentions} attention(s) run varlen over the packed tokens [1, ${T}] of ${B} sequences (cu_seqlens); outputs over the tokens come out packed`);
   return b.graph;
 }
@@ -158,5 +180,5 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {})
 export const unpadVarlenPass: Pass = {
   name: "unpad-varlen",
   description: "a padded batch (input_ids + attention_mask) becomes packed tokens with cu_seqlens: no work on padding",
-  run: (g, ctx) => unpadVarlen(g, (m) => ctx.explain(m)),
+  run: (g, ctx) => unpadVarlen(g, (m) => ctx.explain(m), { lastToken: ctx.options.lastToken === true }),
 };
