@@ -18,6 +18,7 @@ p.add_argument("--out", default="/tmp/kiln-bench/peer.json")
 p.add_argument("--prompt-len", type=int, default=128)
 p.add_argument("--new", type=int, default=128)
 p.add_argument("--runs", type=int, default=3)
+p.add_argument("--make-only", action="store_true", help="only make the checkpoint (bench:padded, bench:quant)")
 a = p.parse_args()
 
 cfg = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -40,6 +41,8 @@ if not os.path.exists(os.path.join(a.ckpt, "config.json")):
     del model
     torch.cuda.empty_cache()
     print(f"made {a.ckpt} in {time.time() - t0:.1f} s", flush=True)
+if a.make_only:
+    raise SystemExit(0)
 
 model = LlamaForCausalLM.from_pretrained(a.ckpt, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
 g = torch.Generator().manual_seed(1)
