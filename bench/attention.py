@@ -7,17 +7,26 @@ library with nvcc, loads it with ctypes and calls it on torch tensors' device po
      inputs each case, output poisoned with NaN first): ||out - ref|| / ||ref|| <= 1e-2 over
      S in {1, 7, 127, 1000, 4097} x head dims {64, 80, 96, 128, 256} x causal x GQA 1/4/8/MQA,
      plus f16, Tk != S, a device-memory causal offset, and every alternative hd128 tile config;
+     varlen batches (packed sequences with cu_seqlens, against SDPA math on each sequence alone),
+     ALiBi (against SDPA math with an explicit f32 bias slope[h] * j) and key masks (against SDPA
+     math with a boolean mask; rows with no visible key against the mean of V, as the op defines);
   2. timing, head dim 128, H = 32, (B, S) = (16,512) ... (1,16384), causal and not: TFLOP/s of
      Kiln beside SDPA's flash (FlashAttention-2) and cuDNN backends in the same run (CUDA events,
-     warm-up, median), and the extra memory each call allocates beyond its output.
+     warm-up, median), and the extra memory each call allocates beyond its output; and one varlen
+     row: 8 sequences of 256, 512, ..., 2048 tokens (9216 in all), H = 32, hd128, causal — Kiln on
+     the packed tokens beside SDPA flash (and Kiln) on the batch padded to [8, 2048], TFLOP/s on
+     the real work (the causal FLOPs of the 8 sequences).
 Writes bench/results/attention-<date>-<commit>.json (and a copy under $OUT when set).
   python3 bench/attention.py               # everything
   python3 bench/attention.py --build-only  # just the .so (bench/tmp/attention-<hash>-<arch>.so)
-Env: KILN_COMMIT (the commit to record), KILN_FA_ARCH (sm_90a / sm_80; default from the device).
+Env: KILN_COMMIT (the commit to record), KILN_FA_ARCH (sm_90a / sm_80; default from the device),
+KILN_FA_VARIANTS=default (time only the default tile config), KILN_FA_ROWS=4x2048,2x4096 (time only
+these (B, S) rows; the varlen row always runs).
 """
 import ctypes
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -58,26 +67,32 @@ ARCH = os.environ.get("KILN_FA_ARCH", "sm_90a" if cap == (9, 0) else f"sm_{cap[0
 lib = ctypes.CDLL(build(ARCH))
 lib.kiln_fa.restype = ctypes.c_int
 lib.kiln_fa.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 7 + [
-    ctypes.c_double, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    ctypes.c_double, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+    ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
 DT = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 VARIANTS_128 = {0: "128x64 4w", 1: "128x32 4w"}  # BMxBN warps, fa2_launch's hd128 set
 
 
-def kiln(q, k, v, causal, scale=None, variant=-1, force=1, offset=None, out=None):
-    """Returns the output, or None when the kernel declined the case."""
+def kiln(q, k, v, causal, scale=None, variant=-1, force=1, offset=None, out=None, alibi=None, key_mask=None, cu=None):
+    """Returns the output, or None when the kernel declined the case. alibi: f32 [Hq]; key_mask: i64 [B, Tk];
+    cu: i32 [N + 1] cu_seqlens (q, k, v packed as [1, H, T, D])."""
     B, Hq, S, D = q.shape
     Hkv, Tk, Dv = k.shape[1], k.shape[2], v.shape[3]
     y = out if out is not None else torch.empty(B, Hq, S, Dv, dtype=q.dtype, device=q.device)
     err = ctypes.create_string_buffer(256)
+    ptr = lambda t: t.data_ptr() if t is not None else None
     rc = lib.kiln_fa(DT[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(), B, Hq, Hkv, S, Tk, D, Dv,
-                     scale if scale is not None else D ** -0.5, int(causal), offset.data_ptr() if offset is not None else None,
-                     variant, force, torch.cuda.current_stream().cuda_stream, err, 256)
+                     scale if scale is not None else D ** -0.5, int(causal), ptr(offset), ptr(alibi), ptr(key_mask), ptr(cu),
+                     cu.numel() if cu is not None else 0, variant, force, torch.cuda.current_stream().cuda_stream, err, 256)
     if rc < 0:
         raise RuntimeError("kiln_fa: " + err.value.decode())
     return y if rc == 1 else None
 
 
-def reference(q, k, v, causal, scale=None, off=None):
+def reference(q, k, v, causal, scale=None, off=None, alibi=None, key_mask=None, j0=0):
+    """SDPA math in f32. alibi: an explicit f32 bias alibi[h] * (j0 + j) (j0: the sequence's first
+    packed index under varlen); key_mask: a boolean mask, and rows with no visible key get the mean
+    of V over all keys (the op's definition; SDPA would give NaN)."""
     r = q.shape[1] // k.shape[1]
     qf, kf, vf = q.float(), k.float().repeat_interleave(r, 1), v.float().repeat_interleave(r, 1)
     S, Tk = q.shape[2], k.shape[2]
@@ -85,8 +100,25 @@ def reference(q, k, v, causal, scale=None, off=None):
     if causal:
         o = Tk - S if off is None else off
         mask = torch.arange(Tk, device=q.device)[None, :] <= torch.arange(S, device=q.device)[:, None] + o
+    if key_mask is not None:
+        km = (key_mask != 0)[:, None, None, :]
+        mask = km if mask is None else (mask[None, None] & km)
+    if alibi is not None:
+        j = torch.arange(Tk, device=q.device, dtype=torch.float32) + j0
+        bias = (alibi.float()[:, None, None] * j[None, None, :]).expand(q.shape[1], S, Tk)[None]
+        if mask is not None:
+            bias = torch.where(mask if mask.dim() == 4 else mask[None, None], bias, float("-inf"))
+        mask = bias
     with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale if scale is not None else q.shape[3] ** -0.5)
+        out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale if scale is not None else q.shape[3] ** -0.5)
+    if key_mask is not None:
+        vis = mask if mask.dtype == torch.bool else mask > float("-inf")
+        vis = vis.expand(q.shape[0], q.shape[1], S, Tk)
+        empty = ~vis.any(-1)  # [B, H, S]
+        if empty.any():
+            mean = vf.mean(2, keepdim=True).expand_as(out)
+            out = torch.where(empty[..., None], mean, out)
+    return out
 
 
 def rel_err(out, ref):
@@ -98,15 +130,57 @@ def rel_err(out, ref):
     return ((o - ref).norm() / ref.norm()).item()
 
 
-def case(B, Hq, Hkv, S, Tk, D, causal, dtype=torch.bfloat16, variant=-1, force=1, off=None):
+def alibi_slopes(H):
+    """BLOOM's slopes (Press et al., 2022): 2^(-8 (h + 1) / H) for H a power of two."""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)], dtype=torch.float32, device="cuda")
+
+
+def key_mask_of(kind, B, Tk):
+    """i64 [B, Tk]: 'right' / 'left' padding (batch row b has Tk - 100 b real keys), 'random' (half hidden),
+    'empty' (batch row 1 hides every key)."""
+    m = torch.ones(B, Tk, dtype=torch.int64, device="cuda")
+    for b in range(B):
+        n = max(Tk - 100 * b, 1)
+        if kind == "right":
+            m[b, n:] = 0
+        elif kind == "left":
+            m[b, :Tk - n] = 0
+        elif kind == "random":
+            m[b] = (torch.rand(Tk, device="cuda") < 0.5).long()
+        elif kind == "empty" and b == 1:
+            m[b] = 0
+    return m
+
+
+def case(B, Hq, Hkv, S, Tk, D, causal, dtype=torch.bfloat16, variant=-1, force=1, off=None, alibi=False, mask=None):
     q = torch.randn(B, Hq, S, D, device="cuda", dtype=dtype)
     k = torch.randn(B, Hkv, Tk, D, device="cuda", dtype=dtype)
     v = torch.randn(B, Hkv, Tk, D, device="cuda", dtype=dtype)
     offt = torch.tensor([off], dtype=torch.int64, device="cuda") if off is not None else None
+    sl = alibi_slopes(Hq) if alibi else None
+    km = key_mask_of(mask, B, Tk) if mask else None
     y = torch.full((B, Hq, S, D), float("nan"), device="cuda", dtype=dtype)
-    out = kiln(q, k, v, causal, variant=variant, force=force, offset=offt, out=y)
+    out = kiln(q, k, v, causal, variant=variant, force=force, offset=offt, out=y, alibi=sl, key_mask=km)
     torch.cuda.synchronize()
-    return rel_err(out, reference(q, k, v, causal, off=off))
+    return rel_err(out, reference(q, k, v, causal, off=off, alibi=sl, key_mask=km))
+
+
+def varlen_case(lens, Hq, Hkv, D, causal, dtype=torch.bfloat16, force=1, alibi=False):
+    """Packed sequences [1, H, T, D] with cu_seqlens, against SDPA math on each sequence alone."""
+    T = sum(lens)
+    cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32, device="cuda")
+    q = torch.randn(1, Hq, T, D, device="cuda", dtype=dtype)
+    k = torch.randn(1, Hkv, T, D, device="cuda", dtype=dtype)
+    v = torch.randn(1, Hkv, T, D, device="cuda", dtype=dtype)
+    sl = alibi_slopes(Hq) if alibi else None
+    y = torch.full((1, Hq, T, D), float("nan"), device="cuda", dtype=dtype)
+    out = kiln(q, k, v, causal, force=force, out=y, alibi=sl, cu=cu)
+    ref = torch.empty(1, Hq, T, D, device="cuda", dtype=torch.float32)
+    for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:]):
+        if b > a:
+            ref[:, :, a:b] = reference(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], causal, alibi=sl, j0=a)
+    torch.cuda.synchronize()
+    return rel_err(out, ref)
 
 
 TOL = 1e-2
@@ -149,6 +223,29 @@ extra += [
     ("S=1 Tk=4097 nc hd128", dict(B=4, Hq=32, Hkv=8, S=1, Tk=4097, D=128, causal=False)),
     ("public entry S=16 c hd256", dict(B=2, Hq=8, Hkv=2, S=16, Tk=16, D=256, causal=True, force=0)),
     ("public entry S=2048 c hd128", dict(B=1, Hq=16, Hkv=16, S=2048, Tk=2048, D=128, causal=True, force=0)),
+    # ALiBi: SDPA math with an explicit f32 bias slope[h] * j
+    ("alibi hd128 S=1000 c g1", dict(B=2, Hq=16, Hkv=16, S=1000, Tk=1000, D=128, causal=True, alibi=True)),
+    ("alibi hd128 S=1000 nc g4", dict(B=2, Hq=16, Hkv=4, S=1000, Tk=1000, D=128, causal=False, alibi=True)),
+    ("alibi hd64 S=4097 c mqa", dict(B=1, Hq=16, Hkv=1, S=4097, Tk=4097, D=64, causal=True, alibi=True)),
+    ("alibi hd80 S=127 nc g1", dict(B=2, Hq=8, Hkv=8, S=127, Tk=127, D=80, causal=False, alibi=True)),
+    ("alibi hd96 S=127 c g4", dict(B=2, Hq=16, Hkv=4, S=127, Tk=127, D=96, causal=True, alibi=True)),
+    ("alibi hd256 S=1000 c g4", dict(B=1, Hq=16, Hkv=4, S=1000, Tk=1000, D=256, causal=True, alibi=True)),
+    ("alibi f16 hd128 S=1000 c g4", dict(B=2, Hq=16, Hkv=4, S=1000, Tk=1000, D=128, causal=True, alibi=True, dtype=torch.float16)),
+    ("alibi S=127 Tk=1000 c (off=Tk-S)", dict(B=2, Hq=16, Hkv=2, S=127, Tk=1000, D=128, causal=True, alibi=True)),
+    ("alibi S=300 Tk=1000 c off=500 (device)", dict(B=2, Hq=8, Hkv=8, S=300, Tk=1000, D=128, causal=True, off=500, alibi=True)),
+    ("alibi hd128 var1 S=1000 c g4", dict(B=2, Hq=16, Hkv=4, S=1000, Tk=1000, D=128, causal=True, alibi=True, variant=1)),
+    ("alibi public entry S=2048 c hd128", dict(B=1, Hq=16, Hkv=16, S=2048, Tk=2048, D=128, causal=True, alibi=True, force=0)),
+    # key masks: SDPA math with a boolean mask (rows with no visible key: the mean of V)
+    ("key mask right nc hd128 S=1000", dict(B=2, Hq=16, Hkv=4, S=1000, Tk=1000, D=128, causal=False, mask="right")),
+    ("key mask right c hd128 S=1000", dict(B=2, Hq=16, Hkv=4, S=1000, Tk=1000, D=128, causal=True, mask="right")),
+    ("key mask left c hd128 S=1000 (empty rows)", dict(B=3, Hq=16, Hkv=4, S=1000, Tk=1000, D=128, causal=True, mask="left")),
+    ("key mask left c hd64 S=4097 mqa (empty rows)", dict(B=2, Hq=16, Hkv=1, S=4097, Tk=4097, D=64, causal=True, mask="left")),
+    ("key mask random nc hd64 S=127", dict(B=2, Hq=8, Hkv=8, S=127, Tk=127, D=64, causal=False, mask="random")),
+    ("key mask random c hd256 S=300", dict(B=2, Hq=8, Hkv=2, S=300, Tk=300, D=256, causal=True, mask="random")),
+    ("key mask empty row nc hd80 S=127", dict(B=2, Hq=8, Hkv=8, S=127, Tk=127, D=80, causal=False, mask="empty")),
+    ("key mask left + alibi c hd128 S=1000", dict(B=3, Hq=16, Hkv=4, S=1000, Tk=1000, D=128, causal=True, mask="left", alibi=True)),
+    ("key mask S=300 Tk=1000 c off=500 hd96", dict(B=2, Hq=8, Hkv=8, S=300, Tk=1000, D=96, causal=True, off=500, mask="right")),
+    ("key mask public entry left c hd128 S=2048", dict(B=2, Hq=16, Hkv=16, S=2048, Tk=2048, D=128, causal=True, mask="left", force=0)),
 ]
 bad = []
 for label, kw in extra:
@@ -159,8 +256,56 @@ for label, kw in extra:
     if not ok:
         bad.append(f"  FAIL {label}: {e:.3g}")
 worst_extra = max(r["rel_err"] for r in results["correctness"] if "label" in r)
-print(f"extra cases: {len(extra)} (hd128 tile variants, f16, Tk != S, device offset, S=1 vs long KV, public entry); worst rel err {worst_extra:.2e}")
+print(f"extra cases: {len(extra)} (hd128 tile variants, f16, Tk != S, device offset, S=1 vs long KV, public entry, ALiBi, key masks); worst rel err {worst_extra:.2e}")
+for tag in ["alibi", "key mask"]:
+    rs = [r for r in results["correctness"] if r.get("label", "").startswith(tag)]
+    print(f"  {tag}: {sum(r['ok'] for r in rs)}/{len(rs)} within {TOL}, worst {max(r['rel_err'] for r in rs):.2e}")
 print("\n".join(bad))
+
+# varlen: packed sequences against SDPA math on each sequence alone
+LENS = [1, 7, 127, 1000, 300]
+VGROUPS = [("g1", 16, 16), ("g4", 16, 4), ("mqa", 16, 1)]
+print(f"varlen (lengths {LENS}, packed) vs SDPA math per sequence, rel err x1e3 (max over g1/g4/mqa)")
+print(f"{'D':>4} | {'non-causal':>10} {'causal':>8}")
+for D in [64, 128]:
+    cells = []
+    for causal in [False, True]:
+        worst = 0.0
+        for name, hq, hkv in VGROUPS:
+            e = varlen_case(LENS, hq, hkv, D, causal)
+            ok = e <= TOL
+            fails += not ok
+            worst = max(worst, e) if e == e else float("nan")
+            results["correctness"].append(dict(label=f"varlen {LENS} hd{D} {'c' if causal else 'nc'} {name}", varlen=LENS, D=D,
+                                               causal=causal, groups=name, dtype="bf16", rel_err=e, ok=ok))
+        cells.append(("%.2f" % (worst * 1e3)) + ("" if worst <= TOL else " FAIL"))
+    print(f"{D:>4} | {cells[0]:>10} {cells[1]:>8}")
+g = torch.Generator().manual_seed(1)
+many = [int(x) for x in torch.randint(1, 70, (40,), generator=g)]  # > 32 sequences: the scan's second chunk
+vextra = [
+    ("varlen hd80 c g4", dict(lens=LENS, Hq=16, Hkv=4, D=80, causal=True)),
+    ("varlen hd96 nc g4", dict(lens=LENS, Hq=16, Hkv=4, D=96, causal=False)),
+    ("varlen hd256 c g4", dict(lens=LENS, Hq=16, Hkv=4, D=256, causal=True)),
+    ("varlen f16 hd128 c g4", dict(lens=LENS, Hq=16, Hkv=4, D=128, causal=True, dtype=torch.float16)),
+    ("varlen alibi hd128 c g4", dict(lens=LENS, Hq=16, Hkv=4, D=128, causal=True, alibi=True)),
+    ("varlen alibi hd64 nc g1", dict(lens=LENS, Hq=16, Hkv=16, D=64, causal=False, alibi=True)),
+    ("varlen 40 short sequences c hd64", dict(lens=many, Hq=8, Hkv=2, D=64, causal=True)),
+    ("varlen 40 short sequences nc hd128 alibi", dict(lens=many, Hq=8, Hkv=8, D=128, causal=False, alibi=True)),
+    ("varlen empty sequences [5,0,200,0,33] c hd128", dict(lens=[5, 0, 200, 0, 33], Hq=8, Hkv=2, D=128, causal=True)),
+    ("varlen lengths 128-aligned [128,256,128] c hd128", dict(lens=[128, 256, 128], Hq=8, Hkv=2, D=128, causal=True)),
+    ("varlen public entry hd128 c g4", dict(lens=LENS, Hq=16, Hkv=4, D=128, causal=True, force=0)),
+    ("varlen public entry alibi hd128 c g4", dict(lens=LENS, Hq=16, Hkv=4, D=128, causal=True, alibi=True, force=0)),
+]
+vworst = 0.0
+for label, kw in vextra:
+    e = varlen_case(**kw)
+    ok = e <= TOL
+    fails += not ok
+    vworst = max(vworst, e) if e == e else float("nan")
+    results["correctness"].append(dict(label=label, **{k: (str(v) if k == "dtype" else v) for k, v in kw.items()}, rel_err=e, ok=ok))
+    if not ok:
+        print(f"  FAIL {label}: {e:.3g}")
+print(f"varlen extra cases: {len(vextra)} (hd80/96/256, f16, ALiBi, 40 sequences, empty sequences, public entry); worst rel err {vworst:.2e}")
 q = torch.randn(1, 8, 7, 128, device="cuda", dtype=torch.bfloat16)
 declined = kiln(q, q, q, True, force=0) is None and kiln(q.float(), q.float(), q.float(), False, force=0) is None
 print("public entry declines S=7 and f32 (caller falls back):", declined)
@@ -203,6 +348,8 @@ def sdpa(backend, q, k, v, causal):
 
 H, D = 32, 128
 ROWS = [(16, 512), (8, 1024), (4, 2048), (2, 4096), (1, 8192), (1, 16384)]
+if os.environ.get("KILN_FA_ROWS"):
+    ROWS = [tuple(int(x) for x in r.split("x")) for r in os.environ["KILN_FA_ROWS"].split(",")]
 only_default = os.environ.get("KILN_FA_VARIANTS", "all") == "default"
 print(f"\ntiming: bf16, H={H}, D={D}, TFLOP/s (4*B*H*S^2*D, /2 causal), median of 30; extra MiB beyond the output")
 hdr = f"{'B':>2} {'S':>5} {'c':>1} | " + ("" if only_default else " ".join(f"v{i:<5}" for i in VARIANTS_128) + " | ")
@@ -235,6 +382,38 @@ for B, S in ROWS:
               f"{t_fa / t_kiln:5.2f} {t_cu / t_kiln:7.2f} | {mib:>16} | {err:.1e}", flush=True)
         del q, k, v, y
         torch.cuda.empty_cache()
+
+# varlen: 8 sequences of 256, 512, ..., 2048 tokens, causal — Kiln on the 9216 packed tokens, beside
+# SDPA flash and Kiln on the batch padded to [8, 2048] (right padding: real rows are unaffected)
+LENS_T = [256 * (i + 1) for i in range(8)]
+T, SMAX, B = sum(LENS_T), max(LENS_T), len(LENS_T)
+real_flops = sum(4 * H * L * L * D / 2 for L in LENS_T)
+cu_t = torch.tensor([0] + list(itertools.accumulate(LENS_T)), dtype=torch.int32, device="cuda")
+qp = torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16)
+kp = torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16)
+vp = torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16)
+pad = lambda x: torch.stack([torch.nn.functional.pad(x[0, :, a:b], (0, 0, 0, SMAX - (b - a))) for a, b in zip(cu_t.tolist()[:-1], cu_t.tolist()[1:])])
+qd, kd, vd = pad(qp), pad(kp), pad(vp)  # [8, H, 2048, D]
+yp, yd = torch.empty_like(qp), torch.empty_like(qd)
+t_var = bench(lambda: kiln(qp, kp, vp, True, force=0, out=yp, cu=cu_t), 30)
+t_fa_pad = bench(sdpa(SDPBackend.FLASH_ATTENTION, qd, kd, vd, True), 30)
+t_kiln_pad = bench(lambda: kiln(qd, kd, vd, True, force=0, out=yd), 30)
+ref_pad = sdpa(SDPBackend.FLASH_ATTENTION, qd, kd, vd, True)()
+kiln(qp, kp, vp, True, force=0, out=yp, cu=cu_t)
+unpad = torch.cat([ref_pad[i, :, :L] for i, L in enumerate(LENS_T)], 1)[None]
+err_var = rel_err(yp, unpad.float())
+rtf = lambda ms: real_flops / ms / 1e9
+vrow = dict(lens=LENS_T, H=H, D=D, causal=True, kiln_varlen_ms=t_var, fa2_padded_ms=t_fa_pad, kiln_padded_ms=t_kiln_pad,
+            kiln_varlen_tflops_real=rtf(t_var), fa2_padded_tflops_real=rtf(t_fa_pad), kiln_padded_tflops_real=rtf(t_kiln_pad),
+            rel_err_vs_fa2_padded=err_var)
+results["varlen_timing"] = vrow
+print(f"\nvarlen: {B} sequences {LENS_T[0]}..{LENS_T[-1]} ({T} tokens), H={H}, D={D}, causal; TFLOP/s on the real work ({real_flops / 1e12:.2f} TFLOP)")
+print(f"  kiln varlen    {t_var:7.3f} ms  {rtf(t_var):6.1f} TFLOP/s")
+print(f"  SDPA FA2 padded {t_fa_pad:6.3f} ms  {rtf(t_fa_pad):6.1f} TFLOP/s   (varlen speedup {t_fa_pad / t_var:.2f}x)")
+print(f"  kiln padded    {t_kiln_pad:7.3f} ms  {rtf(t_kiln_pad):6.1f} TFLOP/s")
+print(f"  rel err varlen vs FA2 padded on real rows: {err_var:.1e}")
+del qp, kp, vp, qd, kd, vd, yp, yd, ref_pad, unpad
+torch.cuda.empty_cache()
 
 commit = os.environ.get("KILN_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
 date = datetime.date.today().isoformat()

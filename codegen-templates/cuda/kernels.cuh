@@ -16,6 +16,7 @@
 #include "../common/kiln_types.h"
 #include "runtime.cuh"
 #include "cublaslt.cuh"
+#include "flash_attn2.cuh"
 
 namespace kiln {
 namespace cuda {
@@ -386,6 +387,7 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   if (rows <= 0) return;
   if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "flash_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
   if (rows > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "flash_attention: %lld rows is too many for one launch", (long long)rows);
+  if (flash_attention_tiled<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream())) return;
   const int64_t splits = (Tk + detail::kChunk - 1) / detail::kChunk;
   const int sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
   // few rows against many keys (decode): split the keys across blocks, then combine
