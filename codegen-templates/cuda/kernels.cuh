@@ -244,7 +244,7 @@ __global__ void k_gather_elems(const T* __restrict__ x, const I* __restrict__ id
 // rows, and one block a row would leave most SMs idle while each walks the whole cache alone. The
 // grid covers the keys' full extent Tk (with the static cache, its capacity: the position lives on
 // the device); splits past the query's last key exit at once. This is the simple kernel for decode
-// and short prompts; the tiled tensor-core FlashAttention-2 kernel is its own work.
+// and short prompts (decode, S < 16); prefill goes to the tiled tensor-core kernel of flash_attn2.cuh.
 static const int kChunk = 64;
 template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
@@ -387,7 +387,11 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   if (rows <= 0) return;
   if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "flash_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
   if (rows > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "flash_attention: %lld rows is too many for one launch", (long long)rows);
-  if (flash_attention_tiled<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream())) return;
+  // the tiled FlashAttention-2 kernel (flash_attn2.cuh) takes what it supports; the rest falls through
+  if (flash_attention_tiled<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream())) {
+    detail::launched("flash_attention (tiled)");
+    return;
+  }
   const int64_t splits = (Tk + detail::kChunk - 1) / detail::kChunk;
   const int sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
   // few rows against many keys (decode): split the keys across blocks, then combine
