@@ -1,7 +1,7 @@
 // Micro-benchmark of the quantized decode GEMVs (codegen-templates/cuda/quant.cuh) on the
 // Llama-2-7B shapes, M = 1, bf16 activations: NF4 (± double quant) and LLM.int8 next to the bf16
-// `linear`, timed with CUDA events (median of 100 after 10 warm-ups, rotating over 4 weight copies
-// to miss L2); bandwidth counts the packed weight bytes. Checks first that the GEMV (M = 1) agrees
+// `linear`, timed with CUDA events over a replayed CUDA graph of 20 calls (median of 15), rotating over 4 weight copies
+// to miss L2; bandwidth counts the packed weight bytes, and the prefill shapes at M = 2048. Checks first that the GEMV (M = 1) agrees
 // with the prefill path (M = 9 identical rows: dequantize + cuBLASLt for 4-bit, the int8 GEMM for
 // int8). Weights are quantized on the GPU by kiln_quantize4/8.
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/qgemv bench/qgemv.cu
@@ -33,16 +33,29 @@ static void ck(int rc, const char* what) {
     exit(1);
   }
 }
+// per call, from a CUDA graph of 20 calls replayed (decode replays its step the same way): the
+// host's launch cost is out of the measurement
 template <typename F>
 static double median_us(F launch) {
   cudaStream_t s = kiln::cuda::stream();
-  const int iters = 100;
+  for (int i = 0; i < 3; i++) launch(i);  // warm: allocator cache, cuBLASLt plans
+  cudaStreamSynchronize(s);
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed);
+  for (int i = 0; i < 20; i++) launch(i);
+  cudaStreamEndCapture(s, &g);
+  if (cudaGraphInstantiate(&ge, g, 0) != cudaSuccess) {
+    fprintf(stderr, "graph instantiate failed\n");
+    exit(1);
+  }
+  const int iters = 15;
   std::vector<cudaEvent_t> ev(2 * iters);
   for (auto& e : ev) cudaEventCreate(&e);
-  for (int i = 0; i < 10; i++) launch(i);
+  for (int i = 0; i < 3; i++) cudaGraphLaunch(ge, s);
   for (int i = 0; i < iters; i++) {
     cudaEventRecord(ev[2 * i], s);
-    launch(i);
+    cudaGraphLaunch(ge, s);
     cudaEventRecord(ev[2 * i + 1], s);
   }
   cudaStreamSynchronize(s);
@@ -50,9 +63,11 @@ static double median_us(F launch) {
   for (int i = 0; i < iters; i++) {
     float ms;
     cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]);
-    t[i] = ms * 1000;
+    t[i] = ms * 1000 / 20;
   }
   std::sort(t.begin(), t.end());
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
   return t[iters / 2];
 }
 
@@ -107,6 +122,17 @@ int main() {
         d = std::max(d, (double)fabsf(kiln::Num<bf16>::load(h1[i]) - kiln::Num<bf16>::load(h9[8 * N + i])));
       (which == 0 ? d4 : d8) = d;
     }
+    // prefill shape M = 2048: bf16 (cuBLASLt) against LLM.int8 (quantize, int8 GEMM, epilogue)
+    bf16 *xp, *yp;
+    cudaMalloc(&xp, 2 * 2048 * K);
+    cudaMalloc(&yp, 2 * 2048 * N);
+    for (int r = 0; r < 2048; r++) cudaMemcpyAsync(xp + r * K, x, 2 * K, cudaMemcpyDeviceToDevice, kiln::cuda::stream());
+    const double pb = median_us([&](int i) { kiln::cuda::linear<bf16>(xp, wb[i % COPIES], nullptr, yp, 2048, N, K); });
+    const double p8 = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(xp, q8[i % COPIES], nullptr, yp, 2048, N, K, 6.0); });
+    const double p4 = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(xp, q4[i % COPIES], nullptr, yp, 2048, N, K, 64, false, nf4); });
+    printf("prefill M=2048 %lld×%lld: bf16 %.1f µs, int8 %.1f µs, nf4 %.1f µs\n", (long long)N, (long long)K, pb, p8, p4);
+    cudaFree(xp);
+    cudaFree(yp);
     const double tb = median_us([&](int i) { kiln::cuda::linear<bf16>(x, wb[i % COPIES], nullptr, y, 1, N, K); });
     const double t4 = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(x, q4[i % COPIES], nullptr, y, 1, N, K, 64, false, nf4); });
     const double t4d = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(x, q4d[i % COPIES], nullptr, y, 1, N, K, 64, true, nf4); });

@@ -3,15 +3,17 @@
 // semantics those of the cpu twins (cpu/kernels.h qlinear4 / qlinear8).
 //
 // - 4-bit, NF4/FP4 with blockwise absmax and optional double quantization (QLoRA, Dettmers et
-//   al., 2023). Decode (M ≤ 8 rows): a fused dequantize-GEMV, one warp per output feature reading
-//   its packed codes 16 bytes (32 weights of one absmax block) at a time, the 16 code values in
-//   shared memory, f32 accumulation, the block's absmax applied once per 32 products. Prefill
+//   al., 2023). Decode (M ≤ 8 rows): a fused dequantize-GEMV, a block of 4 warps per few output
+//   features reading the packed codes 16 bytes (32 weights of one absmax block) at a time, the 16
+//   code values in shared memory, f32 accumulation, the block's absmax applied once per 32
+//   products. Prefill
 //   (larger M): the weight is dequantized into a scratch buffer in the activation dtype exactly
 //   as the cpu twin dequantizes it (f32(code·absmax in f64), rounded to T) and multiplied by the
 //   16-bit path of `linear` (cuBLASLt on the tensor cores; Kiln's tiled GEMM without it).
 // - LLM.int8 (Dettmers et al., 2022): the feature columns holding an outlier (|x| > threshold in
 //   any row) are found and listed; the other columns are quantized per row (absmax int8); int8 ×
-//   int8 → int32 on the integer tensor cores (cuBLASLt, TN) or, for M ≤ 8, a dp4a GEMV; the
+//   int8 → int32 on the integer tensor cores (cuBLASLt, TN) or, for M ≤ 8, a dp4a GEMV after one
+//   kernel that finds the outlier columns and quantizes the rows; the
 //   epilogue scales by the row and feature absmax and adds the outlier columns' products in
 //   floating point against the dequantized int8 weights (quant.ts int8Matmul).
 // - Quantize on load (kiln_quantize4 / kiln_quantize8 of kiln_abi.h): the f32 weight is in device
@@ -91,34 +93,9 @@ __device__ __forceinline__ void load8(const T* p, float* f) {
   }
 }
 
-// 32 weights (one 16-byte piece of codes, all in one absmax block) against MR rows of x.
+// y[m, row] = Σ_k x[m, k] · code[c(row, k)] · absmax(block) (+ bias[row]) for MR ≤ 8 rows of x, any
+// K and block (the general path; k_qgemv4v is the fast one): one warp per output feature, 8 a block.
 template <typename T, int MR>
-__device__ __forceinline__ void dot32(const uint4& pc, float a, const float* tab, const T* __restrict__ x, int64_t K, int64_t k0, float* acc) {
-  const uint32_t w[4] = {pc.x, pc.y, pc.z, pc.w};
-  float part[MR];
-#pragma unroll
-  for (int m = 0; m < MR; m++) part[m] = 0.f;
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    float v[8];
-#pragma unroll
-    for (int e = 0; e < 8; e++) v[e] = tab[(w[j] >> (4 * e)) & 15u];
-#pragma unroll
-    for (int m = 0; m < MR; m++) {
-      float xf[8];
-      load8<T>(x + m * K + k0 + 8 * j, xf);
-#pragma unroll
-      for (int e = 0; e < 8; e++) part[m] = fmaf(v[e], xf[e], part[m]);
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < MR; m++) acc[m] = fmaf(part[m], a, acc[m]);
-}
-
-// y[m, row] = Σ_k x[m, k] · code[c(row, k)] · absmax(block) (+ bias[row]) for MR ≤ 8 rows of x: one
-// warp per output feature, 8 a block. VEC: K and block multiples of 32 and 16-byte aligned
-// operands, so each 16-byte piece of codes is 32 weights of one block; U pieces in flight a lane.
-template <typename T, int MR, bool VEC>
 __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, T* __restrict__ y, int64_t N,
                                                  int64_t K) {
   __shared__ float tab[16];
@@ -131,30 +108,11 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, Q4 q, C
   float acc[MR];
 #pragma unroll
   for (int m = 0; m < MR; m++) acc[m] = 0.f;
-  if (VEC) {
-    const int U = 4;
-    const int64_t KV = K / 32;  // pieces in the row
-    const uint4* w4 = reinterpret_cast<const uint4*>(q.codes) + row * KV;
-    const int64_t b0 = row * K;
-    int64_t i = lane;
-    for (; i + 32 * (U - 1) < KV; i += 32 * U) {
-      uint4 pc[U];
-      float a[U];
+  for (int64_t k = lane; k < K; k += 32) {
+    const int64_t e = row * K + k;
+    const float wv = tab[(q.codes[e >> 1] >> ((e & 1) * 4)) & 15] * absmax_of(q, mean, e / q.block);
 #pragma unroll
-      for (int u = 0; u < U; u++) pc[u] = detail::ld_stream(w4 + i + 32 * u);
-#pragma unroll
-      for (int u = 0; u < U; u++) a[u] = absmax_of(q, mean, (b0 + (i + 32 * u) * 32) / q.block);
-#pragma unroll
-      for (int u = 0; u < U; u++) dot32<T, MR>(pc[u], a[u], tab, x, K, (i + 32 * u) * 32, acc);
-    }
-    for (; i < KV; i += 32) dot32<T, MR>(detail::ld_stream(w4 + i), absmax_of(q, mean, (b0 + i * 32) / q.block), tab, x, K, i * 32, acc);
-  } else {
-    for (int64_t k = lane; k < K; k += 32) {
-      const int64_t e = row * K + k;
-      const float wv = tab[(q.codes[e >> 1] >> ((e & 1) * 4)) & 15] * absmax_of(q, mean, e / q.block);
-#pragma unroll
-      for (int m = 0; m < MR; m++) acc[m] = fmaf(wv, (float)Num<T>::load(x[m * K + k]), acc[m]);
-    }
+    for (int m = 0; m < MR; m++) acc[m] = fmaf(wv, (float)Num<T>::load(x[m * K + k]), acc[m]);
   }
 #pragma unroll
   for (int m = 0; m < MR; m++)
@@ -164,6 +122,87 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, Q4 q, C
     const float b = bias ? (float)Num<T>::load(bias[row]) : 0.f;
 #pragma unroll
     for (int m = 0; m < MR; m++) y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b));
+  }
+}
+
+// The decode GEMV's fast path (K and block multiples of 32, 16-byte aligned operands): a block of
+// 4 warps computes R output features, its 128 lanes splitting K into 16-byte pieces of codes (32
+// weights of one absmax block); the R rows' pieces are loaded together, each piece of x once for
+// the R rows. A code is found by byte offset: (w << 2) & 0x3c3c3c3c puts 4·code of the even
+// elements in the bytes of a word, (w >> 2) & 0x3c3c3c3c those of the odd ones; one byte_perm
+// extracts it and one shared load fetches the value. lb = log2(block), or -1.
+template <typename T, int MR, int R>
+__global__ void __launch_bounds__(128) k_qgemv4v(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, T* __restrict__ y, int64_t N,
+                                                  int64_t K, int lb) {
+  __shared__ float tab[16];
+  __shared__ float red[4][R * MR];
+  if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  const int64_t row0 = (int64_t)blockIdx.x * R;
+  const double mean = q.dq ? __ldg(q.mean) : 0.0;
+  const int64_t KV = K / 32;
+  const char* tb = reinterpret_cast<const char*>(tab);
+  float acc[R][MR];
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int m = 0; m < MR; m++) acc[r][m] = 0.f;
+  for (int64_t p = threadIdx.x; p < KV; p += 128) {
+    uint4 pc[R];
+    float a[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int64_t row = row0 + r < N ? row0 + r : N - 1;  // rows past N: computed, never stored
+      pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>(q.codes) + row * KV + p);
+      const int64_t e = row * K + p * 32;
+      a[r] = absmax_of(q, mean, lb >= 0 ? (e >> lb) : e / q.block);
+    }
+    float part[R][MR];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int m = 0; m < MR; m++) part[r][m] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      float xf[MR][8];
+#pragma unroll
+      for (int m = 0; m < MR; m++) load8<T>(x + m * K + p * 32 + 8 * j, xf[m]);
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint32_t w = j == 0 ? pc[r].x : j == 1 ? pc[r].y : j == 2 ? pc[r].z : pc[r].w;
+        const uint32_t lo = (w << 2) & 0x3c3c3c3cu, hi = (w >> 2) & 0x3c3c3c3cu;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          const float v0 = *reinterpret_cast<const float*>(tb + __byte_perm(lo, 0, 0x4440 + k));
+          const float v1 = *reinterpret_cast<const float*>(tb + __byte_perm(hi, 0, 0x4440 + k));
+#pragma unroll
+          for (int m = 0; m < MR; m++) part[r][m] = fmaf(v1, xf[m][2 * k + 1], fmaf(v0, xf[m][2 * k], part[r][m]));
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int m = 0; m < MR; m++) acc[r][m] = fmaf(part[r][m], a[r], acc[r][m]);
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int m = 0; m < MR; m++) {
+      float v = acc[r][m];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) red[wid][r * MR + m] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x < R * MR) {
+    const int r = threadIdx.x / MR, m = threadIdx.x % MR;
+    const int64_t row = row0 + r;
+    if (row < N) {
+      const float b = bias ? (float)Num<T>::load(bias[row]) : 0.f;
+      y[m * N + row] = Num<T>::store((typename Num<T>::C)(red[0][threadIdx.x] + red[1][threadIdx.x] + red[2][threadIdx.x] + red[3][threadIdx.x] + b));
+    }
   }
 }
 
@@ -219,15 +258,16 @@ __global__ void k_codes4(const float* __restrict__ w, int64_t n, int64_t block, 
   }
 }
 
-// the largest of every thread's m over a block of ≤ 256 threads (all of them call it)
+// the largest of every thread's m over the block (all of its threads call it)
 __device__ __forceinline__ float block_max(float m) {
-  __shared__ float red[8];
+  __shared__ float red[32];
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
   __syncthreads();
   m = 0.f;
   for (int i = 0; i < (int)(blockDim.x >> 5); i++) m = fmaxf(m, red[i]);
+  __syncthreads();  // red is free again
   return m;
 }
 
@@ -252,11 +292,12 @@ __global__ void k_i8_flags(const T* __restrict__ x, int64_t total, int64_t K, fl
     if (fabsf((float)Num<T>::load(x[i])) > threshold) flags[i % K] = 1;
 }
 
-// The ordered list of outlier columns and its length (one block of 1024). small_m > 0: the flags
-// are computed here from the first small_m rows of x (decode: one launch for the whole search).
+// The ordered list of outlier columns and its length (one block of 1024). small_m > 0 (decode):
+// the flags are computed here from the small_m rows of x (none when !decomp), and the rows are
+// quantized here too (as k_i8_quant_rows): one launch before the GEMV.
 template <typename T>
-__global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int small_m, float threshold, int* __restrict__ flags, int64_t K, int* __restrict__ list,
-                                                  int* __restrict__ count) {
+__global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int small_m, bool decomp, float threshold, int* __restrict__ flags, int64_t K,
+                                                  int* __restrict__ list, int* __restrict__ count, int64_t Kp, int8_t* __restrict__ q, float* __restrict__ sx) {
   __shared__ int warp_n[32];
   __shared__ int base;
   if (threadIdx.x == 0) base = 0;
@@ -267,7 +308,8 @@ __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int s
     int f = 0;
     if (k < K) {
       if (small_m > 0) {
-        for (int m = 0; m < small_m; m++) f |= fabsf((float)Num<T>::load(x[m * K + k])) > threshold;
+        if (decomp)
+          for (int m = 0; m < small_m; m++) f |= fabsf((float)Num<T>::load(x[m * K + k])) > threshold;
         flags[k] = f;
       } else {
         f = flags[k];
@@ -285,6 +327,19 @@ __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int s
     __syncthreads();
   }
   if (threadIdx.x == 0) *count = base;
+  for (int m = 0; m < small_m; m++) {  // flags[k] was written by this thread (k ≡ threadIdx.x)
+    const T* xr = x + (int64_t)m * K;
+    float mx = 0.f;
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
+      if (!flags[k]) mx = fmaxf(mx, fabsf((float)Num<T>::load(xr[k])));
+    mx = block_max(mx);
+    if (threadIdx.x == 0) sx[m] = mx / 127.f;
+    for (int64_t k = threadIdx.x; k < Kp; k += blockDim.x) {
+      float v = 0.f;
+      if (k < K && mx > 0.f && !flags[k]) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn((float)Num<T>::load(xr[k]), mx), 127.f), 0.5f));
+      q[(int64_t)m * Kp + k] = (int8_t)v;
+    }
+  }
 }
 
 // per-row absmax int8 of x over the non-outlier columns (one block a row): q rows of Kp ≥ K bytes
@@ -456,10 +511,14 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
     const bool vec = K % 32 == 0 && block % 32 == 0 && detail::aligned16(x) && detail::aligned16(w);
     const int64_t blocks = (N + 7) / 8;
     if (blocks > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "qlinear4: N = %lld is too large", (long long)N);
+    int lb = -1;
+    for (int i = 0; i < 62; i++)
+      if (((int64_t)1 << i) == block) lb = i;
     qdetail::with_rows(M, [&](auto rows) {
       constexpr int MR = decltype(rows)::value;
-      if (vec) qdetail::k_qgemv4<T, MR, true><<<(unsigned)blocks, 256, 0, s>>>(x, q, c, bias, y, N, K);
-      else qdetail::k_qgemv4<T, MR, false><<<(unsigned)blocks, 256, 0, s>>>(x, q, c, bias, y, N, K);
+      constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;  // output features a block (registers: R·MR sums)
+      if (vec) qdetail::k_qgemv4v<T, MR, R><<<(unsigned)((N + R - 1) / R), 128, 0, s>>>(x, q, c, bias, y, N, K, lb);
+      else qdetail::k_qgemv4<T, MR><<<(unsigned)blocks, 256, 0, s>>>(x, q, c, bias, y, N, K);
     });
     detail::launched("qlinear4 (GEMV)");
     return;
@@ -493,19 +552,22 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   int32_t* acc = (int32_t*)(ws + off_acc);
   cudaStream_t s = stream();
   const float thr = (float)threshold;
-  if (!decomp) {
-    rt::check(cudaMemsetAsync(count, 0, 4, s), "cudaMemsetAsync (qlinear8)");
-  } else if (small) {
-    qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, (int)M, thr, flags, K, list, count);
-    detail::launched("qlinear8 (outlier columns)");
+  if (small) {
+    // decode: outlier columns and the rows' int8 in one launch
+    qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, (int)M, decomp, thr, flags, K, list, count, Kp, qx, sx);
+    detail::launched("qlinear8 (outliers, quantize activations)");
   } else {
-    rt::check(cudaMemsetAsync(flags, 0, 4 * K, s), "cudaMemsetAsync (qlinear8)");
-    qdetail::k_i8_flags<T><<<detail::grid_for(M * K, detail::kThreads), detail::kThreads, 0, s>>>(x, M * K, K, thr, flags);
-    qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, 0, thr, flags, K, list, count);
-    detail::launched("qlinear8 (outlier columns)");
+    if (!decomp) {
+      rt::check(cudaMemsetAsync(count, 0, 4, s), "cudaMemsetAsync (qlinear8)");
+    } else {
+      rt::check(cudaMemsetAsync(flags, 0, 4 * K, s), "cudaMemsetAsync (qlinear8)");
+      qdetail::k_i8_flags<T><<<detail::grid_for(M * K, detail::kThreads), detail::kThreads, 0, s>>>(x, M * K, K, thr, flags);
+      qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, 0, true, thr, flags, K, list, count, Kp, qx, sx);
+      detail::launched("qlinear8 (outlier columns)");
+    }
+    qdetail::k_i8_quant_rows<T><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, decomp ? flags : nullptr, qx, sx);
+    detail::launched("qlinear8 (quantize activations)");
   }
-  qdetail::k_i8_quant_rows<T><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, decomp ? flags : nullptr, qx, sx);
-  detail::launched("qlinear8 (quantize activations)");
   if (small) {
     const bool vec = K % 16 == 0 && detail::aligned16(w);
     const unsigned blocks = (unsigned)((N + 7) / 8);
@@ -518,6 +580,9 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   } else {
     // column-major view, TN: accᵀ[N×M] = Wᵀ(stored K×N)ᵀ · qxᵀ(stored K×M)
     if (!lt::gemm_i8(N, M, K, qw, K, qx, Kp, acc, N, "qlinear8")) {
+      static bool noted = false;
+      if (!noted) fprintf(stderr, "kiln: no cuBLASLt int8 GEMM here (m=%lld n=%lld k=%lld); LLM.int8 runs on Kiln's own dp4a kernel (slow)\n", (long long)N, (long long)M, (long long)K);
+      noted = true;
       dim3 grid((unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64));
       qdetail::k_gemm_i8<<<grid, 256, 0, s>>>(qx, Kp, qw, acc, M, N, K);
       detail::launched("qlinear8 (int8 GEMM)");

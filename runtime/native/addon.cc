@@ -240,13 +240,15 @@ class LoadWorker : public Worker {
         // on the target when the artifact exports kiln_quantize4/8 (the f32 tensor goes up to a
         // temporary buffer, freed at once: peak target memory ≈ the packed weights + one f32
         // tensor), else here on the host
-        std::vector<float> f((size_t)j.count);
+        // one host buffer for every weight (no page faults and zero fill per tensor)
+        if (fbuf.size() < (size_t)j.count) fbuf.resize((size_t)j.count);
+        float* f = fbuf.data();
         bool ok = true;
         ParallelFor(j.count, [&](int64_t b, int64_t e) {
           const int64_t sz = kDtypeBytes[j.src];
-          if (!Convert(src + b * sz, j.src, (uint8_t*)(f.data() + b), KILN_F32, e - b)) ok = false;
-          if (j.dst == KILN_BF16) for (int64_t i = b; i < e; i++) f[(size_t)i] = kiln::bf16_bits_to_f32(kiln::f32_to_bf16_bits(f[(size_t)i]));
-          if (j.dst == KILN_F16) for (int64_t i = b; i < e; i++) f[(size_t)i] = kiln::f16_bits_to_f32(kiln::f32_to_f16_bits(f[(size_t)i]));
+          if (!Convert(src + b * sz, j.src, (uint8_t*)(f + b), KILN_F32, e - b)) ok = false;
+          if (j.dst == KILN_BF16 && j.src != KILN_BF16) for (int64_t i = b; i < e; i++) f[i] = kiln::bf16_bits_to_f32(kiln::f32_to_bf16_bits(f[i]));
+          if (j.dst == KILN_F16 && j.src != KILN_F16) for (int64_t i = b; i < e; i++) f[i] = kiln::f16_bits_to_f32(kiln::f32_to_f16_bits(f[i]));
         });
         if (!ok) {
           unmap();
@@ -264,8 +266,8 @@ class LoadWorker : public Worker {
           continue;
         }
         staging.assign((size_t)bytes, 0);
-        if (j.quant == 1) kiln::quant::quantize4(f.data(), j.count, j.block, j.dq, j.code, staging.data());
-        else kiln::quant::quantize8(f.data(), j.rows, j.cols, staging.data());
+        if (j.quant == 1) kiln::quant::quantize4(f, j.count, j.block, j.dq, j.code, staging.data());
+        else kiln::quant::quantize8(f, j.rows, j.cols, staging.data());
         host = staging.data();
       } else if (j.src != j.dst) {
         staging.resize((size_t)bytes);
@@ -319,7 +321,7 @@ class LoadWorker : public Worker {
   }
   // f (the weight as f32) → a temporary target buffer → kiln_quantize4/8 into a new buffer of
   // `bytes`, kept in `buffers`; the temporary is freed before returning. "" or the error.
-  std::string QuantizeOnTarget(const WeightJob& j, const std::vector<float>& f, int64_t bytes) {
+  std::string QuantizeOnTarget(const WeightJob& j, const float* f, int64_t bytes) {
     std::lock_guard<std::mutex> g(lib->mu);
     auto tmp = std::make_shared<Buffer>();
     tmp->lib = lib;
@@ -328,10 +330,10 @@ class LoadWorker : public Worker {
     int rc = lib->abi.malloc_(&buf->ptr, bytes);
     if (rc) return lib->Error("kiln_malloc", rc);
     buf->bytes = bytes;
-    const int64_t fbytes = 4 * (int64_t)f.size();
+    const int64_t fbytes = 4 * j.count;
     if ((rc = lib->abi.malloc_(&tmp->ptr, fbytes))) return lib->Error("kiln_malloc (f32 staging)", rc);
     tmp->bytes = fbytes;
-    if ((rc = lib->abi.upload(tmp->ptr, f.data(), fbytes))) return lib->Error("kiln_upload", rc);
+    if ((rc = lib->abi.upload(tmp->ptr, f, fbytes))) return lib->Error("kiln_upload", rc);
     rc = j.quant == 1 ? lib->abi.quantize4(buf->ptr, (const float*)tmp->ptr, j.count, j.block, j.dq ? 1 : 0, j.code)
                       : lib->abi.quantize8(buf->ptr, (const float*)tmp->ptr, j.rows, j.cols);
     if (rc) return lib->Error(j.quant == 1 ? "kiln_quantize4" : "kiln_quantize8", rc);
@@ -365,6 +367,7 @@ class LoadWorker : public Worker {
   std::shared_ptr<Library> lib;
   std::vector<WeightJob> jobs;
   std::vector<std::shared_ptr<Buffer>> buffers;
+  std::vector<float> fbuf;  // a weight as f32 before quantization
   Napi::ThreadSafeFunction tsfn;
 };
 
