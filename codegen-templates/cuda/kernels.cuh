@@ -222,13 +222,14 @@ __global__ void k_gather(const T* __restrict__ x, const I* __restrict__ idx, T* 
 }
 
 // One thread per output element, for indices already known to be in range.
-template <typename T, typename I>
+template <typename T, typename I, typename E>
 __global__ void k_gather_elems(const T* __restrict__ x, const I* __restrict__ idx, T* __restrict__ y, int64_t n, int64_t inner, int64_t m, int64_t total) {
-  KILN_GRID_STRIDE(int64_t, e, total) {
-    const int64_t c = e % inner, r = e / inner;  // r = o * m + j
-    const int64_t o = r / m, j = r - o * m;
+  // E: the index type of the element loop (32-bit when the tensor allows: cheaper division)
+  KILN_GRID_STRIDE(E, e, total) {
+    const E c = e % (E)inner, r = e / (E)inner;  // r = o * m + j
+    const E o = r / (E)m, j = r - o * (E)m;
     const int64_t i = (int64_t)Num<I>::load(idx[j]);
-    y[e] = x[(o * n + i) * inner + c];
+    y[e] = x[((int64_t)o * n + i) * inner + c];
   }
 }
 
@@ -883,7 +884,8 @@ int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t
     // (e.g. a permutation of the last axis) get one thread per element
     const int64_t total = outer * m * inner;
     if (total <= 0) return -1;
-    detail::k_gather_elems<T, I><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, st>>>(x, idx, y, n, inner, m, total);
+    if (total <= 0x7fffffffLL) detail::k_gather_elems<T, I, uint32_t><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, st>>>(x, idx, y, n, inner, m, total);
+    else detail::k_gather_elems<T, I, uint64_t><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, st>>>(x, idx, y, n, inner, m, total);
     detail::launched("gather");
     return -1;
   }

@@ -198,6 +198,8 @@ struct Profile {
   std::vector<cudaEvent_t> events;     // one per op of the current forward, recorded before it
   std::vector<const char*> kinds;      // the op kind after each event
   int used = 0;
+  // KILN_PROFILE_EVERY=n: print every n forwards (default 32)
+  int every = getenv("KILN_PROFILE_EVERY") && atoi(getenv("KILN_PROFILE_EVERY")) > 0 ? atoi(getenv("KILN_PROFILE_EVERY")) : 32;
   std::map<std::string, std::pair<double, long>> by_kind;  // kind -> (ms, launches) since the last print
 };
 static inline Profile& profile() {
@@ -233,7 +235,7 @@ static inline void op_report() {
     k.first += ms;
     k.second += 1;
   }
-  if (pr.n % 32 == 31) {
+  if (pr.n % pr.every == pr.every - 1) {
     std::vector<std::pair<double, std::string>> rows;
     double total = 0;
     for (auto& kv : pr.by_kind) {
@@ -241,8 +243,8 @@ static inline void op_report() {
       total += kv.second.first;
     }
     std::sort(rows.rbegin(), rows.rend());
-    fprintf(stderr, "kiln profile (GPU time a forward, mean of 32): total %.3f ms\n", total / 32);
-    for (auto& r : rows) fprintf(stderr, "  %-20s %8.3f ms  %6ld launches\n", r.second.c_str(), r.first / 32, pr.by_kind[r.second].second / 32);
+    fprintf(stderr, "kiln profile (GPU time a forward, mean of %d): total %.3f ms\n", pr.every, total / pr.every);
+    for (auto& r : rows) fprintf(stderr, "  %-20s %8.3f ms  %6ld launches\n", r.second.c_str(), r.first / pr.every, pr.by_kind[r.second].second / pr.every);
     pr.by_kind.clear();
   }
 }
@@ -261,8 +263,8 @@ static inline void finish(const char* what) {
     std::chrono::steady_clock::time_point done = std::chrono::steady_clock::now();
     pr.issue_us += std::chrono::duration<double, std::micro>(issued - pr.start).count();
     pr.wait_us += std::chrono::duration<double, std::micro>(done - issued).count();
-    if (++pr.n % 32 == 0) {
-      fprintf(stderr, "kiln profile: %d forwards, mean host issue %.0f us, mean GPU wait after issue %.0f us\n", pr.n, pr.issue_us / 32, pr.wait_us / 32);
+    if (++pr.n % pr.every == 0) {
+      fprintf(stderr, "kiln profile: %d forwards, mean host issue %.0f us, mean GPU wait after issue %.0f us\n", pr.n, pr.issue_us / pr.every, pr.wait_us / pr.every);
       pr.issue_us = pr.wait_us = 0;
     }
   }
