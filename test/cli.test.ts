@@ -1,7 +1,7 @@
 // The `kiln` command, end to end as a user runs it (node bin/kiln.mjs in a child process).
 
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -94,9 +94,11 @@ test("kiln ir --passes prints the IR after a pipeline (quantized, attention fuse
     const r2 = await run("run", join(tmp, "nf4"), "--checkpoint", "test/fixtures/llama-gqa", "--ids", "1,2,3", "--max-new-tokens", "4");
     expect(r2.code).toBe(0);
     expect(r2.stdout.trim().split(" ")).toHaveLength(4);
-    const c = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmp, "never"), "--quant", "nf4", "--target", "cuda", "--cache-dir", join(tmp, "cache"));
+    // an unknown scheme is a clear error before anything is built (the cuda target's quantized kernels compile: runtime-cpu.test.ts)
+    const c = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmp, "never"), "--quant", "nf8", "--target", "cuda", "--cache-dir", join(tmp, "cache"));
     expect(c.code).toBe(1);
-    expect(c.stderr).toContain("error[E_BUILD] quantized linears (--quant nf4) have no cuda kernels yet");
+    expect(c.stderr).toMatch(/'nf8' is invalid. Allowed choices are int8, nf4, fp4/);
+    expect(existsSync(join(tmp, "never"))).toBe(false);
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
