@@ -40,13 +40,13 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
     explain("not unpadded: the graph has no attention_mask and input_ids inputs (not a padded batch)");
     return g;
   }
+  if (g.inputs.some((v) => v.name.startsWith("past.") || v.name === "cache_position")) {
+    explain("not unpadded: the graph has a KV cache (unpad-varlen takes prefill and encoder graphs: compile with kvCache \"none\" / --kv-cache none)");
+    return g;
+  }
   const [B, S] = ids.shape;
   if (typeof B !== "string" || typeof S !== "string" || ids.shape.length !== 2 || !mask.shape.every((d, i) => dimEq(d, ids.shape[i]))) {
     explain(`not unpadded: input_ids ${ids.shape.join(", ")} and attention_mask ${mask.shape.join(", ")} are not the same [B, S] (a KV cache?)`);
-    return g;
-  }
-  if (g.inputs.some((v) => v.name.startsWith("past.") || v.name === "cache_position")) {
-    explain("not unpadded: the graph has a KV cache (unpad-varlen takes prefill/encoder graphs)");
     return g;
   }
   const T = ["T", "T_", "T__"].find((t) => !g.inputs.some((v) => v.shape.some((d) => mentions(d, t))))!;
