@@ -158,6 +158,14 @@ export class Model implements AsyncDisposable {
   /** Loads an artifact and the weights of a Hugging Face checkpoint onto its target. */
   static async load(dir: string, o: LoadOptions): Promise<Model> {
     const manifest = readManifest(dir);
+    const placed = manifest.placement;
+    if (placed && placed.used.some((d) => d !== 0))
+      throw new KilnError(
+        "E_USAGE",
+        `this artifact is placed over ${placed.used.length} device(s) (${placed.used.join(", ")}; compiled with maxMemory): multi-GPU execution is not implemented; ` +
+          `it needs ${Math.max(...placed.used) + 1} GPUs and a runtime that loads each layer onto its device (recompile without maxMemory, or with a budget that fits device 0)`,
+        { where: dir },
+      );
     const b = nativeBinding();
     let art: NativeArtifact;
     try {

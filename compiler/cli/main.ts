@@ -14,7 +14,8 @@ import type { Target } from "../codegen/emit.js";
 import { DTYPE_BYTES } from "../ir/dtype.js";
 import { loadModel } from "../../runtime/api.js";
 import type { Model } from "../../runtime/api.js";
-import { createContext, listPasses, parsePipeline, runPipeline } from "../passes/index.js";
+import { createContext, describePlacement, listPasses, parseMaxMemory, parsePipeline, runPipeline } from "../passes/index.js";
+import type { MaxMemory } from "../passes/index.js";
 import { demo } from "./demo.js";
 import { formatBytes, Progress } from "./progress.js";
 import { loadModelFile, readHFConfig } from "./load-model.js";
@@ -26,6 +27,13 @@ export interface IO {
 const stdio: IO = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
 
 const dtypeOption = () => new Option("--dtype <dtype>", "dtype of weights and activations").choices(["f32", "bf16", "f16"]).default("f32");
+
+/** `--device-memory 0=80GiB,1=80GiB`: sizes per device, as --max-memory takes them but not "auto". */
+function deviceMemory(v: string): Record<number, string> {
+  const m = parseMaxMemory(v, "--device-memory");
+  if (m === "auto") throw new KilnError("E_USAGE", "--device-memory takes each device's size (0=80GiB,1=80GiB), not auto");
+  return m as Record<number, string>;
+}
 
 export function program(io: IO = stdio): Command {
   const p = new Command("kiln")
@@ -76,7 +84,9 @@ export function program(io: IO = stdio): Command {
     .option("--double-quant", "4-bit: quantize the absmax values too (bnb_4bit_use_double_quant)")
     .option("--int8-threshold <t>", "int8: outlier threshold (llm_int8_threshold)", Number)
     .option("--skip-modules <names>", "modules kept in 16 bits, comma-separated (default lm_head)", (v: string) => v.split(",").map((x) => x.trim()).filter(Boolean))
-    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean; padded?: boolean; kvCache?: "static" | "growing" | "none"; lastToken?: boolean; dumpIrAfter?: string; quant?: "int8" | "nf4" | "fp4"; doubleQuant?: boolean; int8Threshold?: number; skipModules?: string[] }) => {
+    .option("--max-memory <budgets>", "place the layers over devices within these budgets: 0=20GiB,1=40GiB, or auto (with --device-memory); recorded in manifest.json", (v) => parseMaxMemory(v))
+    .option("--device-memory <sizes>", "--max-memory auto: each device's memory, 0=80GiB,1=80GiB", (v) => deviceMemory(v))
+    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean; padded?: boolean; kvCache?: "static" | "growing" | "none"; lastToken?: boolean; dumpIrAfter?: string; quant?: "int8" | "nf4" | "fp4"; doubleQuant?: boolean; int8Threshold?: number; skipModules?: string[]; maxMemory?: MaxMemory; deviceMemory?: Record<number, string> }) => {
       const stages = ["trace", "passes", "emit", "compile", "done"];
       const bar = new Progress(`compiling for ${o.target}`, io.err);
       const dump = o.dumpIrAfter?.split(",").map((x) => x.trim());
@@ -156,6 +166,7 @@ export function program(io: IO = stdio): Command {
           `kv cache  ${m.kvCache ? `${m.kvCache.layers} layers, ${m.kvCache.mode ?? "growing"}` : "none"}`,
           `weights   ${m.weights.length} tensors, ${formatBytes(bytes)}`,
           `workspace ${formatBytes(m.workspace.bytes)} at ${Object.entries(m.workspace.at).map(([k, v]) => `${k}=${v}`).join(", ")}`,
+          ...(m.placement ? describePlacement(m.placement).map((line, i) => `${i ? "         " : "placement"} ${line}`) : []),
           "",
         ].join("\n"),
       );

@@ -9,11 +9,12 @@ import { homedir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { $ } from "zx";
-import { bindingDim, evalDim } from "../ir/dim.js";
-import { DTYPE_BYTES } from "../ir/dtype.js";
+import { bindingDim } from "../ir/dim.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph } from "../ir/graph.js";
+import { peakLiveBytes } from "../ir/memory.js";
 import { print } from "../ir/print.js";
+import type { Placement } from "../passes/placement.js";
 import type { Target } from "./emit.js";
 import { emitSource, inPlaceCacheWrites } from "./emit.js";
 
@@ -60,6 +61,8 @@ export interface Manifest {
     /** the static cache's i64 scalar input: tokens already in the cache */
     position?: string;
   } | null;
+  /** the placement pass's map of layers onto devices (compiled with maxMemory); absent otherwise */
+  placement?: Placement;
   library: string;
 }
 
@@ -77,6 +80,8 @@ export interface BuildOptions {
   config?: Record<string, unknown> | null;
   /** upper bounds of symbolic dims (B, S, P, …) */
   bounds: Record<string, number>;
+  /** the layers' devices (placement pass), written into the manifest */
+  placement?: Placement;
   cacheDir?: string;
   /** called as the build goes: "cache-hit" | "emit" | "compile" | "done" */
   onProgress?: (stage: "cache-hit" | "emit" | "compile" | "done", info?: string) => void;
@@ -130,24 +135,7 @@ function compilerCommand(target: Target, arch: Arch): { cmd: string; flags: stri
 }
 
 /** Peak bytes of op results alive at once, at the bounds (reshapes alias their operand). */
-export function workspaceBytes(g: Graph, at: Record<string, number>): number {
-  const root = new Map<number, number>();
-  const size = new Map<number, number>();
-  const last = new Map<number, number>();
-  g.nodes.forEach((n, i) => {
-    root.set(n.result.id, n.op === "reshape" ? (root.get(n.operands[0].id) ?? -1) : n.result.id);
-    if (n.op !== "reshape" && n.op !== "constant") size.set(n.result.id, DTYPE_BYTES[n.result.dtype] * n.result.shape.reduce<number>((a, d) => a * evalDim(d, at), 1));
-    for (const o of n.operands) if (root.has(o.id)) last.set(root.get(o.id)!, i);
-  });
-  for (const o of g.outputs) if (root.has(o.value.id)) last.set(root.get(o.value.id)!, g.nodes.length);
-  let live = 0, peak = 0;
-  g.nodes.forEach((n, i) => {
-    live += size.get(n.result.id) ?? 0;
-    peak = Math.max(peak, live);
-    for (const [r, l] of last) if (l === i) live -= size.get(r) ?? 0;
-  });
-  return peak;
-}
+export const workspaceBytes = (g: Graph, at: Record<string, number>): number => peakLiveBytes(g, at);
 
 /** Builds (or finds in the cache) the artifact of a graph; returns its folder and manifest. */
 export async function buildArtifact(g: Graph, o: BuildOptions): Promise<{ dir: string; manifest: Manifest; cached: boolean }> {
@@ -158,7 +146,7 @@ export async function buildArtifact(g: Graph, o: BuildOptions): Promise<{ dir: s
   const irText = print(g);
   const templates = templateFiles();
   const hash = createHash("sha256")
-    .update(JSON.stringify({ kiln: KILN_VERSION, format: ARTIFACT_FORMAT, abi: ABI_VERSION, target: o.target, arch: o.target === "cuda" ? arch : null, cmd, version, flags, bounds: o.bounds, config: o.config ?? null, family: o.family }))
+    .update(JSON.stringify({ kiln: KILN_VERSION, format: ARTIFACT_FORMAT, abi: ABI_VERSION, target: o.target, arch: o.target === "cuda" ? arch : null, cmd, version, flags, bounds: o.bounds, config: o.config ?? null, family: o.family, ...(o.placement ? { placement: o.placement } : {}) }))
     .update(irText)
     .update(JSON.stringify(templates))
     .update(codegenSources())
@@ -257,6 +245,7 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
           ...(isStatic ? { position: "cache_position" } : {}),
         }
       : null,
+    ...(o.placement ? { placement: o.placement } : {}),
     library: LIBRARY,
   };
 }

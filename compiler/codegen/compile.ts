@@ -9,8 +9,8 @@ import { traceModel } from "../dsl/model.js";
 import type { DType } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph } from "../ir/graph.js";
-import type { PassMessage } from "../passes/index.js";
-import { createContext, parsePipeline, runPipeline } from "../passes/index.js";
+import type { MaxMemory, PassMessage, Placement } from "../passes/index.js";
+import { createContext, dimBounds, parsePipeline, runPipeline } from "../passes/index.js";
 import { modelFor } from "../../models/index.js";
 import { print } from "../ir/print.js";
 import type { Arch, Manifest } from "./build.js";
@@ -51,6 +51,14 @@ export interface CompileOptions {
   int8Threshold?: number;
   /** llm_int8_skip_modules (default ["lm_head"]) */
   skipModules?: string[];
+  /**
+   * place the layers over several devices within these budgets ({ 0: "20GiB", 1: "40GiB" }, or
+   * "auto" with deviceMemory): runs the placement pass after the pipeline and records the map in
+   * manifest.json. The runtime does not run an artifact placed over more than device 0 yet.
+   */
+  maxMemory?: MaxMemory;
+  /** maxMemory "auto": each device's memory */
+  deviceMemory?: Record<string | number, string | number>;
   typecheck?: boolean;
   /** stage callbacks for progress display */
   onProgress?: (stage: "trace" | "passes" | "cache-hit" | "emit" | "compile" | "done", info?: string) => void;
@@ -100,13 +108,6 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   if (o.padded && want === "static") throw new KilnError("E_USAGE", "padded batches use the growing KV cache (or none), not the static one");
   const kvCache = encoder || want === "none" ? false : want === "static" ? "static" : true;
   let graph = traceModel(def, config, { dtype, kvCache, attentionMask: o.padded ?? false });
-  o.onProgress?.("passes", o.passes ?? DEFAULT_PASSES);
-  const ctx = createContext({ quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules, lastToken: o.lastToken });
-  graph = runPipeline(graph, parsePipeline(o.passes ?? DEFAULT_PASSES), {
-    context: ctx,
-    onAfterPass: o.onAfterPass ? (p, g) => o.onAfterPass!(p.name, print(g)) : undefined,
-  });
-
   const maxSeq = o.maxSeq ?? (typeof json.max_position_embeddings === "number" ? json.max_position_embeddings : 4096);
   const maxBatch = o.maxBatch ?? 8;
   for (const [k, v] of Object.entries({ maxSeq, maxBatch }))
@@ -114,13 +115,25 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   const positions = json.max_position_embeddings;
   if (encoder && typeof positions === "number" && maxSeq > positions)
     throw new KilnError("E_USAGE", `maxSeq ${maxSeq} is over the encoder's max_position_embeddings ${positions}`, { where: source });
+  let passes = o.passes ?? DEFAULT_PASSES;
+  if (o.maxMemory !== undefined && !passes.split(",").some((x) => x.trim() === "placement")) passes = `${passes},placement`;
+  o.onProgress?.("passes", passes);
+  const ctx = createContext({
+    quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules, lastToken: o.lastToken,
+    maxMemory: o.maxMemory, deviceMemory: o.deviceMemory, maxBatch, maxSeq,
+  });
+  graph = runPipeline(graph, parsePipeline(passes), {
+    context: ctx,
+    onAfterPass: o.onAfterPass ? (p, g) => o.onAfterPass!(p.name, print(g)) : undefined,
+  });
   const built = await buildArtifact(graph, {
     target,
     arch: o.arch,
     family: def.family,
     dtype,
     config: json,
-    bounds: { B: maxBatch, S: maxSeq, P: maxSeq, C: maxSeq, T: maxBatch * maxSeq },
+    bounds: dimBounds(maxBatch, maxSeq),
+    placement: ctx.results.get("placement") as Placement | undefined,
     cacheDir: o.cacheDir,
     onProgress: o.onProgress,
   });

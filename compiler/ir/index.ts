@@ -12,3 +12,4 @@ export * from "./verify.js";
 export * from "./generate.js";
 export * from "./expr.js";
 export * from "./quant.js";
+export * from "./memory.js";

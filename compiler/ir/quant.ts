@@ -207,3 +207,17 @@ export function int8Matmul(x: ArrayLike<number>, w: ArrayLike<number>, bias: Arr
     }
   return y;
 }
+
+// Stored sizes of quantized weights: the twins of bytes4 / bytes8 in
+// codegen-templates/common/kiln_quant.h (the layouts the runtime quantizes into on load).
+const pad16 = (n: number): number => Math.ceil(n / 16) * 16;
+
+/** Bytes of n weights stored 4-bit (nf4/fp4): packed codes, then f32 absmax per block or the double-quantized tail. */
+export function bytes4(n: number, block: number, doubleQuant: boolean): number {
+  const blocks = Math.ceil(n / block);
+  const groups = Math.ceil(blocks / 256);
+  return pad16(Math.ceil(n / 2)) + (doubleQuant ? pad16(blocks) + pad16(4 * groups) + 8 : 4 * blocks);
+}
+
+/** Bytes of an [N, K] weight stored LLM.int8: the int8 codes padded to 16, then one f64 scale per row. */
+export const bytes8 = (N: number, K: number): number => pad16(N * K) + 8 * N;

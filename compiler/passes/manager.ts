@@ -23,6 +23,8 @@ export interface PassContext {
   explain(message: string): void;
   /** every message so far, in order */
   readonly messages: PassMessage[];
+  /** what analysis passes found, by pass name (placement: its device map), for the codegen to read */
+  readonly results: Map<string, unknown>;
 }
 
 export interface Pass {
@@ -38,6 +40,7 @@ export function createContext(options: Record<string, unknown> = {}): PassContex
     options,
     pass: "",
     messages: [],
+    results: new Map(),
     explain(message) {
       ctx.messages.push({ pass: ctx.pass, message });
     },
