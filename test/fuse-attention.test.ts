@@ -24,7 +24,7 @@ import { bindWeights } from "../runtime/weights.js";
 // encoder's padding bias without a cache); alibi: BLOOM's ALiBi bias added to the scaled scores
 interface Shape {
   B: number; Hkv: number; groups: number; S: number; P: number; D: number; Dv: number; causal: boolean; scaleKind: "mul" | "div"; dtype: DType;
-  statik: boolean; extra: number; padded: boolean; alibi: boolean;
+  statik: boolean; extra: number; padded: boolean; alibi: boolean; window: number;
 }
 
 /** The eager attention as a model file writes it, over inputs q, k, v (and a KV cache when P > 0). */
@@ -37,7 +37,7 @@ function attentionGraph(c: Shape) {
       let scores = c.scaleKind === "mul" ? raw.mul(c.D ** -0.5) : raw.div(Math.sqrt(c.D));
       if (c.alibi) scores = scores.add(alibiBias(c.Hkv * c.groups, k.size(2)).to(q.dtype));
       if (c.padded) scores = scores.add(c.causal ? attentionBias("S", q.dtype) : paddingBias("S", q.dtype)!);
-      else if (c.causal) scores = scores.add(causalMask("S", q.dtype));
+      else if (c.causal) scores = scores.add(causalMask("S", q.dtype, c.window || undefined));
       return { out: scores.float().softmax(-1).to(q.dtype).matmul(v) };
     }
   }
@@ -60,7 +60,7 @@ const arbShape = (dtypes: DType[]): Arbitrary<Shape> =>
     B: fc.integer({ min: 1, max: 2 }), Hkv: fc.integer({ min: 1, max: 2 }), groups: fc.constantFrom(1, 2, 4), S: fc.integer({ min: 1, max: 5 }),
     P: fc.integer({ min: 0, max: 4 }), D: fc.constantFrom(2, 4, 8), Dv: fc.constantFrom(2, 4, 8), causal: fc.boolean(),
     scaleKind: fc.constantFrom("mul" as const, "div" as const), dtype: fc.constantFrom(...dtypes), statik: fc.boolean(), extra: fc.integer({ min: 0, max: 2 }),
-    padded: fc.boolean(), alibi: fc.boolean(),
+    padded: fc.boolean(), alibi: fc.boolean(), window: fc.constantFrom(0, 0, 1, 2, 3),
   }).map((c) => (c.padded ? { ...c, statik: false, P: c.causal ? c.P : 0 } : c)); // padded batches grow their cache; encoders have none
 
 const arbCase = (dtypes: DType[]): Arbitrary<GraphCase> =>
@@ -87,6 +87,7 @@ describe("fuse-attention", () => {
         expect(fa).toHaveLength(1);
         expect(fa[0].attrs).toMatchObject({ causal: c.causal, kv_groups: c.groups, scale: c.scaleKind === "mul" ? Math.fround(c.D ** -0.5) : 1 / Math.fround(Math.sqrt(c.D)) });
         expect(fa[0].attrs.key_mask === true).toBe(c.padded);
+        expect(fa[0].attrs.window).toBe(c.causal && !c.padded && c.window ? c.window : undefined);
         expect((fa[0].attrs.alibi as number[] | undefined)?.length ?? 0).toBe(c.alibi ? c.Hkv * c.groups : 0);
         // the static cache's causal mask is shifted by cache_position: the fused op reads it
         expect(fa[0].operands.map((v) => v.name).slice(3)).toEqual([...(c.statik && c.causal ? ["cache_position"] : []), ...(c.padded ? ["attention_mask"] : [])]);

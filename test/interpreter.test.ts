@@ -407,6 +407,18 @@ describe("static KV cache", () => {
     expect(Array.from(out.a.data)).toEqual([0.5, 0.5, 1 / 3, 1 / 3].map((x) => expect.closeTo(x, 7) as unknown as number));
     expect(() => run(g, { cache, new: fresh, pos: tensor("i64", [], [3]) }, {})).toThrow(/does not fit the capacity 4/);
   });
+
+  test("a sliding window keeps the last `window` keys up to the query", () => {
+    const g = parse(`graph g {
+  input %q: f32[1, 1, 3, 1]
+  input %v: f32[1, 1, 3, 1]
+  %0: f32[1, 1, 3, 1] = flash_attention(%q, %q, %v) {causal = true, kv_groups = 1, scale = 0, window = 2}
+  output y = %0
+}`);
+    const out = run(g, { q: tensor("f32", [1, 1, 3, 1], [1, 2, 3]), v: tensor("f32", [1, 1, 3, 1], [10, 20, 40]) }, {});
+    // scale 0: uniform over the visible keys: {0}, {0, 1}, {1, 2}
+    expect(Array.from(out.y.data)).toEqual([10, 15, 30]);
+  });
 });
 
 describe("padded and packed batches", () => {

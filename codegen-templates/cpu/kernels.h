@@ -246,14 +246,15 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
 }
 
 // flash_attention (the fused eager attention): y[b, h, i] = softmax_j(scale · q[b, h, i] · k[b, h/g, j]) · v[b, h/g, j]
-// over keys j ≤ i + T − S when causal (j ≤ i + *offset with the static cache's position), keys
+// over keys j ≤ i + T − S when causal (j ≤ i + *offset with the static cache's position; within
+// the last `window` of them with a sliding window), keys
 // with key_mask[b, j] ≠ 0 when there is a mask, plus alibi[h] · j when there are slopes; a row
 // that sees no key is the mean of V with a mask, NaN without (the interpreter's rules). f64
 // accumulation, one rounding at the end.
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
                      double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
-                     int64_t n_cu) {
+                     int64_t n_cu, int64_t window) {
   typedef Num<T> Nm;
   const int64_t g = Hkv > 0 ? Hq / Hkv : 1;
   const int64_t shift = offset ? *offset : Tk - S;
@@ -277,6 +278,10 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
             const int64_t end = cu_seqlens[sq + 1];
             last = causal ? i : end - 1;
             if (last > end - 1) last = end - 1;
+          }
+          if (window > 0) {  // a sliding window: only the last `window` keys up to the query
+            const int64_t pos = cu_seqlens ? i : i + shift;
+            if (pos - window + 1 > first) first = pos - window + 1;
           }
           double m = -INFINITY, sum = 0;
           int64_t seen = 0;

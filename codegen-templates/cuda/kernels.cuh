@@ -251,7 +251,8 @@ template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
                                                    float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
                                                    bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
-                                                   const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu) {
+                                                   const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu,
+                                                   int64_t window) {
   constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
   __shared__ float qs[MAXD];
   __shared__ float wm[W], wl[W];
@@ -273,8 +274,12 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
     last = causal ? i : end - 1;
     if (last > end - 1) last = end - 1;
   }
+  if (window > 0) {  // a sliding window: only the last `window` keys up to the query
+    const int64_t pos = cu_seqlens ? i : i + (offset ? *offset : Tk - S);
+    if (pos - window + 1 > first) first = pos - window + 1;
+  }
   float* out = SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
-  const int64_t j0 = SPLIT ? (int64_t)blockIdx.y * kChunk : first;
+  const int64_t j0 = SPLIT ? ((int64_t)blockIdx.y * kChunk > first ? (int64_t)blockIdx.y * kChunk : first) : first;
   int64_t j1 = SPLIT ? j0 + kChunk : Tk;
   if (j1 > last + 1) j1 = last + 1;
   if (j1 > Tk) j1 = Tk;
@@ -383,13 +388,14 @@ __global__ void k_attention_combine(const float* __restrict__ part, T* __restric
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
                      double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
-                     int64_t n_cu) {
+                     int64_t n_cu, int64_t window) {
   const int64_t rows = B * Hq * S;
   if (rows <= 0) return;
   if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "flash_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
   if (rows > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "flash_attention: %lld rows is too many for one launch", (long long)rows);
-  // the tiled FlashAttention-2 kernel (flash_attn2.cuh) takes what it supports; the rest falls through
-  if (flash_attention_tiled<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream())) {
+  // the tiled FlashAttention-2 kernel (flash_attn2.cuh) takes what it supports (no sliding window
+  // yet); the rest falls through
+  if (window <= 0 && flash_attention_tiled<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream())) {
     detail::launched("flash_attention (tiled)");
     return;
   }
@@ -398,14 +404,14 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   // few rows against many keys (decode): split the keys across blocks, then combine
   if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535 && !key_mask && !cu_seqlens) {
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
-    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu);
+    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window);
     detail::launched("flash_attention (split KV)");
     detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv);
     detail::launched("flash_attention (combine)");
     rt::release(part);
     return;
   }
-  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu);
+  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window);
   detail::launched("flash_attention");
 }
 

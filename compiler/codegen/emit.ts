@@ -432,7 +432,7 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
         lines.push(`const float* a${n.result.id} = (const float*)rt::constant(${ALIBI_CONSTANT_BASE + n.result.id}, alibi${n.result.id}, sizeof(alibi${n.result.id}));`);
         alibi = `a${n.result.id}`;
       }
-      lines.push(`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask}, ${cu});`);
+      lines.push(`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask}, ${cu}, ${(n.attrs.window as number | undefined) ?? 0});`);
       return lines;
     }
     case "mask_positions":

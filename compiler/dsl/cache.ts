@@ -49,12 +49,18 @@ export function keyLength(S: Dim): Dim {
   return st ? st.capacity : positions(S).end;
 }
 
-/** Causal mask [S, T] (T = keyLength(S)): 0 where key j ≤ the query's position, −inf after. */
-export function causalMask(S: Dim, dtype: DType = "f32"): Tensor {
+/**
+ * Causal mask [S, T] (T = keyLength(S)): 0 where key j ≤ the query's position, −inf after. With a
+ * sliding `window` (Mistral's sliding_window) keys more than window − 1 before the query are hidden too.
+ */
+export function causalMask(S: Dim, dtype: DType = "f32", window?: number): Tensor {
   const T = keyLength(S);
   const i = queryPositions(S).reshape(S, 1);
   const j = arange(0, T).reshape(1, T);
-  return where(j.gt(i), full([], -Infinity, dtype), full([], 0, dtype));
+  const hidden = full([], -Infinity, dtype);
+  if (window === undefined) return where(j.gt(i), hidden, full([], 0, dtype));
+  if (!(Number.isInteger(window) && window >= 1)) throw new KilnError("E_USAGE", `a sliding window must be a positive integer, got ${window}`);
+  return where(j.gt(i), hidden, where(j.le(i.sub(window)), hidden, full([], 0, dtype)));
 }
 
 /** Appends this step's keys and values ([B, H, S, D]) to the cache of `layer`; returns all of them ([B, H, P+S, D]). */

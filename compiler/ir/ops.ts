@@ -626,7 +626,9 @@ def({
 //           sees the keys of its own sequence only (up to itself when causal). FlashAttention-2's
 //           variable-length form (Dao, 2023); what unpad-varlen makes of a padded batch.
 // `alibi` (Press et al., 2022) holds one slope per query head, already multiplied by whatever
-// multiplies the bias in the model's eager form: score(h, i, j) += alibi[h] · j.
+// multiplies the bias in the model's eager form: score(h, i, j) += alibi[h] · j. `window` (with
+// `causal`; Mistral's sliding window) keeps only the last `window` keys up to the query: a query at
+// position p sees key j iff p − window < j ≤ p.
 // Rows that see no key: NaN without `key_mask` (the eager softmax of an all −inf row); with it the
 // mean of V over all T keys, which is what the eager form computes when masks add the dtype's
 // lowest finite value (every score equal). The reference accumulates in f64 and rounds once.
@@ -636,6 +638,7 @@ def({
   attrs: {
     causal: { kind: "bool" }, scale: { kind: "float" }, kv_groups: { kind: "int" },
     alibi: { kind: "floats", optional: true }, key_mask: { kind: "bool", optional: true }, varlen: { kind: "bool", optional: true },
+    window: { kind: "int", optional: true },
   },
   infer: (ops, a) => {
     const [q, k, v] = ops;
@@ -651,6 +654,7 @@ def({
     if (hasMask && !mask) fail("key_mask is set but there is no mask operand");
     if (offset && (offset.dtype !== "i64" || offset.shape.length !== 0)) fail(`the offset operand must be an i64 scalar, got ${offset.dtype}${formatShape(offset.shape)}`);
     if (offset && a.causal !== true) fail("an offset operand needs causal = true");
+    if (a.window !== undefined && (a.causal !== true || !((a.window as number) >= 1))) fail(`window must be a positive integer with causal = true, got ${a.window as number}`);
     if (q.shape.length !== 4 || k.shape.length !== 4 || v.shape.length !== 4)
       fail(`flash_attention takes [B, H, S, D] operands, got ${formatShape(q.shape)}, ${formatShape(k.shape)}, ${formatShape(v.shape)}`);
     const g = a.kv_groups as number;
@@ -698,7 +702,9 @@ def({
             while (sq + 2 < cu.length && cu[sq + 1] <= i) sq++;
             [first, end] = [cu[sq], cu[sq + 1]];
           }
-          const last = Math.min(causal ? (cu ? i : i + shift) : end - 1, end - 1, T - 1);
+          const pos = cu ? i : i + shift; // the query's position among the keys
+          const last = Math.min(causal ? pos : end - 1, end - 1, T - 1);
+          if (a.window !== undefined) first = Math.max(first, pos - (a.window as number) + 1);
           for (let j = 0; j < T; j++) {
             if (j < first || j > last || (mask && mask.data[b * T + j] === 0)) { p[j] = -Infinity; continue; }
             let s = 0;

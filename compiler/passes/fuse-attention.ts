@@ -2,7 +2,8 @@
 // Matches (as models write it, after cse/dce, before fuse-elementwise):
 //   matmul( [cast] softmax( [cast] scores, -1 ), V ), where scores is Q · transpose(K, -2, -1)
 //   under scalar muls/divs (the scale, on either side, in any order) plus additive terms:
-//   - the causal mask where(key > query, −inf, 0) over arange(0, T) and arange(T − S, T) (a growing
+//   - the causal mask where(key > query, −inf, 0) (with a sliding window: where(key > query, −inf,
+//     where(key ≤ query − w, −inf, 0))) over arange(0, T) and arange(T − S, T) (a growing
 //     KV cache of T − S tokens) or arange(0, S) + p, p an i64 scalar (the static cache's position:
 //     the fused op takes p);
 //   - Hugging Face's padded causal bias where(key ≤ query, where(keyOk, 0, lowest), lowest) and an
@@ -40,6 +41,8 @@ interface Match {
   keyMask?: Value;
   /** ALiBi slopes per query head (times what multiplies the bias) */
   alibi?: number[];
+  /** a sliding window of keys */
+  window?: number;
 }
 
 type Result = { ok: true; m: Match } | { ok: false; why: string };
@@ -115,11 +118,21 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
    * padded causal bias where(j ≤ i, where(keyOk, 0, lowest), lowest); or an encoder's padding bias
    * where(keyOk, 0, lowest). Returns the causal offset ("aligned" or cache_position) and the key mask.
    */
-  const maskOf = (m: Value, S: Dim, T: Dim): { causal?: "aligned" | Value; keys?: Value } | undefined => {
+  const maskOf = (m: Value, S: Dim, T: Dim): { causal?: "aligned" | Value; keys?: Value; window?: number } | undefined => {
     const w = op(m, "where");
     if (!w) return undefined;
     const [c, a, b] = w.operands;
     const gt = op(c, "greater");
+    // a sliding window: where(j > i, −inf, where(j ≤ i − w, −inf, 0)) over the same i and j
+    const win = gt && op(b, "where");
+    const le0 = win && op(win.operands[0], "less_equal");
+    const shifted = le0 && op(le0.operands[1], "sub");
+    if (gt && win && le0 && shifted && scalarFull(a) === -Infinity && scalarFull(win.operands[1]) === -Infinity && scalarFull(win.operands[2]) === 0) {
+      const window = scalarFull(shifted.operands[1]);
+      const sameAxes = le0.operands[0].id === gt.operands[0].id && shifted.operands[0].id === gt.operands[1].id;
+      const causal = causalPair(gt.operands[0], gt.operands[1], S, T);
+      return causal && sameAxes && window !== undefined && Number.isInteger(window) && window >= 1 ? { causal, window } : undefined;
+    }
     if (gt && scalarFull(a) === -Infinity && scalarFull(b) === 0) {
       const causal = causalPair(gt.operands[0], gt.operands[1], S, T);
       return causal ? { causal } : undefined;
@@ -224,12 +237,14 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
     let offset: Value | undefined;
     let keyMask: Value | undefined;
     let alibi: number[] | undefined;
+    let window: number | undefined;
     for (const t of terms) {
       const m = maskOf(t.v, S, T);
       if (m && t.factor > 0 && !causal && !keyMask) {
         causal = m.causal !== undefined;
         if (m.causal && m.causal !== "aligned") offset = m.causal;
         keyMask = m.keys;
+        window = m.window;
         continue;
       }
       const slopes = alibiOf(t.v, q.shape[1], T);
@@ -240,7 +255,7 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
       return { ok: false, why: m ? "two masks are added to the scores" : "a term added to the scores is neither a causal or padding mask nor ALiBi" };
     }
     if (q.dtype !== k.base.dtype || q.dtype !== v.base.dtype || out.result.dtype !== q.dtype) return { ok: false, why: "Q, K, V and the output differ in dtype" };
-    return { ok: true, m: { q, k: k.base, v: v.base, groups: k.n, scale, causal, offset, keyMask, alibi } };
+    return { ok: true, m: { q, k: k.base, v: v.base, groups: k.n, scale, causal, offset, keyMask, alibi, window } };
   };
 
   const b = GraphBuilder.from(g);
@@ -261,8 +276,8 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
       nodes.push(here);
       continue;
     }
-    const { q, k, v, groups, scale, causal, offset, keyMask, alibi } = r.m;
-    const attrs = { causal, kv_groups: groups, scale, ...(alibi ? { alibi } : {}), ...(keyMask ? { key_mask: true } : {}) };
+    const { q, k, v, groups, scale, causal, offset, keyMask, alibi, window } = r.m;
+    const attrs = { causal, kv_groups: groups, scale, ...(alibi ? { alibi } : {}), ...(keyMask ? { key_mask: true } : {}), ...(window ? { window } : {}) };
     const fusedOperands = [q, k, v, ...(offset ? [offset] : []), ...(keyMask ? [keyMask] : [])];
     let type;
     try {
@@ -276,7 +291,7 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
     nodes.push(n.loc ? { op: "flash_attention", operands: fusedOperands, attrs, result: y, loc: n.loc } : { op: "flash_attention", operands: fusedOperands, attrs, result: y });
     replace.set(n.result.id, y);
     fused++;
-    const what = [causal ? (offset ? "causal from the static cache's position" : "causal") : "", keyMask ? "padding mask" : "", alibi ? "ALiBi" : ""].filter(Boolean);
+    const what = [causal ? (offset ? "causal from the static cache's position" : "causal") : "", window ? `sliding window ${window}` : "", keyMask ? "padding mask" : "", alibi ? "ALiBi" : ""].filter(Boolean);
     explain(`attention${at}: fused (${what.join(" + ") || "no mask"}, kv_groups ${groups}, scale ${scale})`);
   }
   if (fused === 0) return g;
