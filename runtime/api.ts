@@ -292,6 +292,9 @@ export class Model implements AsyncDisposable {
    */
   private async runPacked(rows: number[][], perToken: Map<string, number[][]>, S: number, slots: number[][]): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
     const T = rows.reduce((a, r) => a + r.length, 0);
+    const { dims } = this.manifest;
+    if (dims.B && rows.length > dims.B.max) throw new KilnError("E_USAGE", `batch of ${rows.length} is over the artifact's bound B ≤ ${dims.B.max} (compile with a larger maxBatch)`);
+    if (dims.T && T > dims.T.max) throw new KilnError("E_USAGE", `${T} tokens in all are over the artifact's bound T ≤ ${dims.T.max} (maxBatch × maxSeq)`);
     const flat = [rows.flat()];
     const ids = this.checkIds(flat, 0);
     const cu = new Int32Array(rows.length + 1);

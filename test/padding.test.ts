@@ -138,6 +138,8 @@ describe("padded batches on the cpu target", () => {
       });
       expect(maxErr).toBeLessThanOrEqual(1e-4);
       await expectKilnError(pm.generate([1, 2, 3]).next(), "E_USAGE", /KV cache/);
+      await expectKilnError(pm.forward(Array.from({ length: 9 }, () => [1, 2])), "E_USAGE", /batch of 9 is over the artifact's bound B ≤ 8/);
+      await expectKilnError(pm.forward([[1], []]), "E_USAGE", /a row with no tokens/);
       // lastToken: the logits of each sequence's last token only, [B, 1, V]
       const last = await compile(root, { target: "cpu", padded: true, kvCache: "none", lastToken: true, cacheDir, maxSeq: 64 });
       expect(last.manifest.outputs[0].shape).toEqual(["B", 1, V]);
