@@ -12,6 +12,7 @@ import type { Manifest, TensorSpec } from "../compiler/codegen/build.js";
 import { readManifest } from "../compiler/codegen/build.js";
 import { ABI_DTYPE } from "../compiler/codegen/emit.js";
 import type { DType } from "../compiler/ir/dtype.js";
+import { DTYPE_BYTES } from "../compiler/ir/dtype.js";
 import { KilnError } from "../compiler/ir/errors.js";
 import { bf16BitsToF32, f16BitsToF32 } from "../compiler/ir/numeric.js";
 import { codeOf } from "../compiler/ir/quant.js";
@@ -24,7 +25,6 @@ import { checkWeights } from "./weights.js";
 // ---------------------------------------------------------------- the native binding
 
 type CacheValue = { dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor;
-const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i64: 8, i32: 4, i8: 1, u8: 1, bool: 1 };
 
 interface DeviceTensor {
   readonly dtype: number;

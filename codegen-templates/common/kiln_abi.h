@@ -14,6 +14,12 @@ extern "C" {
 
 enum kiln_dtype { KILN_F32 = 0, KILN_F16 = 1, KILN_BF16 = 2, KILN_I64 = 3, KILN_I32 = 4, KILN_I8 = 5, KILN_U8 = 6, KILN_BOOL = 7 };
 
+/* bytes of one element of a kiln_dtype (0 for an unknown one) */
+static inline int64_t kiln_dtype_bytes(int32_t dtype) {
+  static const int64_t size[8] = {4, 2, 2, 8, 4, 1, 1, 1};
+  return dtype >= 0 && dtype < 8 ? size[dtype] : 0;
+}
+
 typedef struct kiln_tensor {
   int32_t dtype; /* enum kiln_dtype */
   int32_t rank;

@@ -377,8 +377,7 @@ static inline void check_replayed_gathers() {
   if (bad != ~0ULL) fail(KILN_ERR_INVALID, "gather: an index at position %llu is out of range (a token id outside the vocabulary?)", bad);
 }
 static inline int64_t tensor_bytes(const kiln_tensor& t) {
-  static const int64_t size[8] = {4, 2, 2, 8, 4, 1, 1, 1};
-  int64_t n = t.dtype >= 0 && t.dtype < 8 ? size[t.dtype] : 1;
+  int64_t n = kiln_dtype_bytes(t.dtype);
   for (int k = 0; k < t.rank; k++) n *= t.shape[k];
   return n;
 }

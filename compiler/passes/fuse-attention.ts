@@ -59,7 +59,7 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
     const n = op(v, "full");
     return n && (n.attrs.shape as Dim[]).length === 0 ? roundScalar(n.result.dtype, n.attrs.value as number) : undefined;
   };
-  const skipCast = (v: Value): Value => op(v, "cast")?.operands[0] ?? v;
+  const skipCast = (v: Value): Value => (op(v, "cast") ? skipCast(op(v, "cast")!.operands[0]) : v);
 
   /** [B, Hkv, T, D] under repeat-kv (reshape ∘ expand ∘ reshape), with the repeat count. */
   const unrepeat = (v: Value): { base: Value; n: number } => {
@@ -160,9 +160,8 @@ export function fuseAttention(g: Graph, explain: (msg: string) => void = () => {
     return undefined;
   };
   /** ALiBi: [cast] slopes · keys, slopes a constant [1, H, 1, 1], keys the key positions [1, 1, 1, T] as floats. */
-  const skipCasts = (v: Value): Value => (op(v, "cast") ? skipCasts(op(v, "cast")!.operands[0]) : v);
   const alibiOf = (t: Value, H: Dim, T: Dim): number[] | undefined => {
-    const m = op(skipCasts(t), "mul");
+    const m = op(skipCast(t), "mul");
     if (!m) return undefined;
     for (const [sl, kp] of [m.operands, [...m.operands].reverse()]) {
       const slopes = constValues(sl);

@@ -24,6 +24,7 @@ import { canonDim, dimEq, dimSymbols } from "../ir/dim.js";
 import type { Graph, Node, Value } from "../ir/graph.js";
 import { GraphBuilder, locString } from "../ir/graph.js";
 import { inferNode } from "../ir/verify.js";
+import { dce } from "./dce.js";
 import type { Pass } from "./manager.js";
 
 const mentions = (d: Dim, sym: string): boolean => typeof d === "string" && dimSymbols(d).includes(sym);
@@ -83,13 +84,11 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
       const [a, b] = n.operands;
       if (mentions(a.shape[a.shape.length - 1], S) || mentions(b.shape[b.shape.length - 2], S)) return `matmul${at(n)} contracts over the sequence`;
     }
-    if (n.op === "cumsum" || n.op === "cache_write") return `${n.op}${at(n)} is not token-wise`;
+    if (n.op === "cache_write") return `${n.op}${at(n)} is not token-wise`;
     return undefined;
   };
   // only what the outputs need (fuse-attention leaves the eager nodes for dce)
-  const live = new Set<number>(g.outputs.map((o) => o.value.id));
-  for (let i = g.nodes.length - 1; i >= 0; i--) if (live.has(g.nodes[i].result.id)) for (const o of g.nodes[i].operands) live.add(o.id);
-  const nodes = g.nodes.filter((n) => live.has(n.result.id));
+  const nodes = dce(g).nodes;
   for (const n of nodes) {
     const why = refuse(n);
     if (why) {

@@ -48,7 +48,6 @@ struct Abi {
   int (*quantize8)(void*, const float*, int64_t, int64_t);
 };
 
-const int kDtypeBytes[] = {4, 2, 2, 8, 4, 1, 1, 1};
 
 Napi::Error MakeError(Napi::Env env, const std::string& code, const std::string& msg) {
   Napi::Error e = Napi::Error::New(env, msg);
@@ -210,7 +209,7 @@ class LoadWorker : public Worker {
     };
     std::vector<uint8_t> staging;
     int64_t done = 0, total = 0;
-    for (auto& j : jobs) total += j.count * kDtypeBytes[j.dst];
+    for (auto& j : jobs) total += j.count * kiln_dtype_bytes(j.dst);
     for (auto& j : jobs) {
       if (j.file != mapped_path) {
         unmap();
@@ -227,14 +226,14 @@ class LoadWorker : public Worker {
         }
         mapped_path = j.file;
       }
-      int64_t src_bytes = j.count * kDtypeBytes[j.src];
+      int64_t src_bytes = j.count * kiln_dtype_bytes(j.src);
       if (j.offset < 0 || (size_t)(j.offset + src_bytes) > map_size) {
         unmap();
         return Fail("E_SAFETENSORS", j.file + " (" + j.name + "): tensor data is past the end of the file (truncated?)");
       }
       const uint8_t* src = (const uint8_t*)map + j.offset;
       const void* host = src;
-      int64_t bytes = j.count * kDtypeBytes[j.dst];
+      int64_t bytes = j.count * kiln_dtype_bytes(j.dst);
       if (j.quant) {
         // the weight in its model dtype (f32 values rounded to dst), then quantized (kiln_quant.h):
         // on the target when the artifact exports kiln_quantize4/8 (the f32 tensor goes up to a
@@ -245,7 +244,7 @@ class LoadWorker : public Worker {
         float* f = fbuf.data();
         bool ok = true;
         ParallelFor(j.count, [&](int64_t b, int64_t e) {
-          const int64_t sz = kDtypeBytes[j.src];
+          const int64_t sz = kiln_dtype_bytes(j.src);
           if (!Convert(src + b * sz, j.src, (uint8_t*)(f + b), KILN_F32, e - b)) ok = false;
           if (j.dst == KILN_BF16 && j.src != KILN_BF16) for (int64_t i = b; i < e; i++) f[i] = kiln::bf16_bits_to_f32(kiln::f32_to_bf16_bits(f[i]));
           if (j.dst == KILN_F16 && j.src != KILN_F16) for (int64_t i = b; i < e; i++) f[i] = kiln::f16_bits_to_f32(kiln::f32_to_f16_bits(f[i]));
@@ -304,7 +303,7 @@ class LoadWorker : public Worker {
     Napi::Env env = Env();
     Napi::Array out = Napi::Array::New(env, buffers.size());
     for (size_t i = 0; i < buffers.size(); i++) {
-      std::vector<int64_t> shape{(int64_t)(buffers[i]->bytes / kDtypeBytes[jobs[i].dst])};
+      std::vector<int64_t> shape{(int64_t)(buffers[i]->bytes / kiln_dtype_bytes(jobs[i].dst))};
       out[i] = WrapTensor(env, buffers[i], jobs[i].dst, shape);
     }
     deferred.Resolve(out);
@@ -430,7 +429,7 @@ class ForwardWorker : public Worker {
         b = std::make_shared<Buffer>();
         b->lib = lib;
         b->ptr = out[j].data;
-        b->bytes = n * kDtypeBytes[out[j].dtype];
+        b->bytes = n * kiln_dtype_bytes(out[j].dtype);
       }
       results.push_back({out[j].dtype, shape, {}, b});
     }
