@@ -59,7 +59,7 @@ static inline int64_t numel(const Shape& s) {
   return n;
 }
 
-static inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+using kiln::aligned16;
 
 // A shape with the strides of NOPS operands over it, dims of size 1 dropped and neighbours merged
 // wherever every operand is contiguous across them (so most strided ops run at rank 1–3).
@@ -171,6 +171,15 @@ __global__ void k_cast(const T* __restrict__ x, U* __restrict__ y, int64_t n) {
 template <typename F>
 __global__ void k_for_each(const F f, int64_t n) {
   KILN_GRID_STRIDE(int64_t, i, n) f(i);
+}
+
+// The same in chunks of F::W elements (16-byte loads and stores, one offset computation per
+// operand and chunk); the n % W elements past the last chunk one a thread.
+template <typename F>
+__global__ void k_for_each_chunks(const F f, int64_t chunks, int64_t n) {
+  KILN_GRID_STRIDE(int64_t, c, chunks) f.chunk(c * F::W);
+  const int64_t t = chunks * F::W + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < n) f(t);
 }
 
 template <typename T>
@@ -966,11 +975,18 @@ inline void varlen_positions(const int32_t* cu, float* y, int64_t n_cu, int64_t 
   detail::launched("varlen_positions");
 }
 
-// Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).
+// Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f), in
+// chunks of F::W elements where the functor allows them (aligned pointers, and W dividing the
+// innermost dim where an operand broadcasts), else one element a thread.
 template <typename F>
 void for_each(const F& f, int64_t n) {
   if (n <= 0) return;
-  detail::k_for_each<F><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(f, n);
+  if (f.chunkable()) {
+    const int64_t chunks = n / F::W;
+    detail::k_for_each_chunks<F><<<detail::grid_for(chunks > 0 ? chunks : 1, detail::kThreads), detail::kThreads, 0, stream()>>>(f, chunks, n);
+  } else {
+    detail::k_for_each<F><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(f, n);
+  }
   detail::launched("fused elementwise");
 }
 
