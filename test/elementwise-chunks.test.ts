@@ -2,10 +2,12 @@
 // 16-byte runs, one offset computation per operand) against the reference interpreter, bit for bit,
 // on the host twin: each functor runs through cpu/kernels.h's for_each once with aligned buffers
 // (chunks, plus the tail) and once with every buffer shifted by one element (misaligned: the
-// scalar path). The cuda target runs the same functor methods.
+// scalar path). The cuda target runs the same functor methods (bench/membound.cu checks them on
+// the GPU against the old one-element-a-thread kernels); and that bench's functors are checked
+// here to be what the codegen writes today.
 
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, test } from "@jest/globals";
@@ -160,4 +162,15 @@ describe("chunked fused elementwise kernels (host twin)", () => {
       });
     }
   }, 60_000);
+});
+
+test("bench/membound.cu holds the functors the codegen writes today", () => {
+  const bench = readFileSync(join(root, "bench/membound.cu"), "utf8");
+  const block = bench.split("// BEGIN emitted\n")[1]?.split("// END emitted")[0];
+  const ir = /\/\* IR of the functors below:\n([\s\S]*?)\*\//.exec(bench)?.[1];
+  expect({ block: block !== undefined, ir: ir !== undefined }).toEqual({ block: true, ir: true });
+  const g = parse(ir!);
+  const names = new Map<number, string>();
+  const emitted = g.nodes.map((n) => `${emitElementwise(n, names).functor}\n\n`).join("");
+  expect(block).toBe(emitted);
 });
