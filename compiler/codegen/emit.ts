@@ -285,7 +285,7 @@ export function emitElementwise(n: Node, name: Map<number, string>): { functor: 
   const own = cstrides(out);
   const reads = n.operands.map((v, k) => {
     const st = broadcastStrides(v.shape, out);
-    const contig = v.shape.length <= out.length && st.every((s, i) => out[i] === 1 || s === own[i]);
+    const contig = st.every((s, i) => out[i] === 1 || s === own[i]);
     const kind = contig ? "contig" : st.every((s) => s === "0") ? "scalar" : st[st.length - 1] === "0" ? "col" : "row";
     return { k, v, st, kind, C: ctypeC(v.dtype), T: CTYPE[v.dtype] };
   });
@@ -314,12 +314,13 @@ export function emitElementwise(n: Node, name: Map<number, string>): { functor: 
     return v;
   };
   const root = gen(parseExpr(n.attrs.expr as string));
-  const at = (r: (typeof reads)[number]): string =>
-    r.kind === "contig" ? "i" : r.kind === "scalar" ? "0" : `kiln::offset_of(i, out, s${r.k})`;
-  const chunkLoad = (r: (typeof reads)[number]): string =>
+  type Read = (typeof reads)[number];
+  // where operand r's value of element i is
+  const offset = (r: Read): string => (r.kind === "contig" ? "i" : r.kind === "scalar" ? "0" : `kiln::offset_of(i, out, s${r.k})`);
+  const chunkLoad = (r: Read): string =>
     r.kind === "contig" || r.kind === "row"
-      ? `${r.C} x${r.k}[W]; kiln::load_run<W>(x${r.k}, a${r.k} + ${at(r)});`
-      : `const ${r.C} x${r.k} = kiln::Num<${r.T}>::load(a${r.k}[${at(r)}]);`;
+      ? `${r.C} x${r.k}[W]; kiln::load_run<W>(x${r.k}, a${r.k} + ${offset(r)});`
+      : `const ${r.C} x${r.k} = kiln::Num<${r.T}>::load(a${r.k}[${offset(r)}]);`;
   const aligned = ["y", ...runs.map((r) => `a${r.k}`)].map((p) => `kiln::aligned16(${p})`);
   if (strided.length) aligned.push("out.d[out.rank - 1] % W == 0");
   const functor = [
@@ -334,7 +335,7 @@ export function emitElementwise(n: Node, name: Map<number, string>): { functor: 
     `    return kiln::Num<${T}>::store(${root});`,
     `  }`,
     `  KILN_HD void operator()(int64_t i) const {`,
-    `    y[i] = at(${reads.map((r) => `kiln::Num<${r.T}>::load(a${r.k}[${at(r)}])`).join(", ")});`,
+    `    y[i] = at(${reads.map((r) => `kiln::Num<${r.T}>::load(a${r.k}[${offset(r)}])`).join(", ")});`,
     `  }`,
     `  KILN_HD void chunk(int64_t i) const {`,
     ...reads.map((r) => `    ${chunkLoad(r)}`),
