@@ -7,6 +7,7 @@
 import type { Dim } from "../ir/dim.js";
 import { bindingDim, dimSymbols } from "../ir/dim.js";
 import type { DType } from "../ir/dtype.js";
+import { DTYPE_BYTES } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph, Node, Value } from "../ir/graph.js";
 import { locString, typeString } from "../ir/graph.js";
@@ -266,54 +267,87 @@ const isFloatDType = (d: DType): boolean => d === "f32" || d === "bf16" || d ===
 /** The compute type of a dtype in generated code (kiln::Num<T>::C). */
 const ctypeC = (d: DType): string => (isFloatDType(d) ? "float" : "double");
 
-/** A fused `elementwise` op: a functor evaluating its expression at one element, and its launch. */
-function emitElementwise(n: Node, name: Map<number, string>): { functor: string; call: string } {
+/**
+ * A fused `elementwise` op: a functor and its launch. `at` is the expression at one element, from
+ * its operands' values; `operator()(i)` evaluates element i (the scalar path); `chunk(i)` evaluates
+ * the W elements from i (a multiple of W, within one innermost row) with one offset computation per
+ * operand and 16-byte loads and stores (W: 16 bytes of the narrowest type moved in runs). Each
+ * operand is read, by its strides over the output, as the same element (`contig`), one value for
+ * the whole tensor (`scalar`), or through offset_of: a run along the innermost dim (`row`, e.g. a
+ * norm's weight) or one value per chunk (`col`, e.g. a [T, 1] statistic). `chunkable()` tells the
+ * target's for_each whether the chunks may run: every run 16-byte aligned, and W dividing the
+ * innermost dim where an operand broadcasts (weights and inputs may sit at any offset).
+ */
+export function emitElementwise(n: Node, name: Map<number, string>): { functor: string; call: string } {
   const id = n.result.id;
   const out = n.result.shape;
-  const expr = parseExpr(n.attrs.expr as string);
-  const fields: string[] = [];
-  const lines: string[] = [];
-  n.operands.forEach((v, k) => {
-    fields.push(`const ${CTYPE[v.dtype]}* a${k}; kiln::Strides s${k}; bool c${k};`);
-    lines.push(`const ${ctypeC(v.dtype)} x${k} = kiln::Num<${CTYPE[v.dtype]}>::load(a${k}[c${k} ? i : kiln::offset_of(i, out, s${k})]);`);
+  const T = CTYPE[n.result.dtype];
+  const own = cstrides(out);
+  const reads = n.operands.map((v, k) => {
+    const st = broadcastStrides(v.shape, out);
+    const contig = st.every((s, i) => out[i] === 1 || s === own[i]);
+    const kind = contig ? "contig" : st.every((s) => s === "0") ? "scalar" : st[st.length - 1] === "0" ? "col" : "row";
+    return { k, v, st, kind, C: ctypeC(v.dtype), T: CTYPE[v.dtype] };
   });
+  const runs = reads.filter((r) => r.kind === "contig" || r.kind === "row");
+  const W = 16 / Math.min(DTYPE_BYTES[n.result.dtype], ...runs.map((r) => DTYPE_BYTES[r.v.dtype]));
+  const strided = reads.filter((r) => r.kind === "row" || r.kind === "col");
+
+  const lines: string[] = [];
   let t = 0;
-  const gen = (e: Expr): { v: string; d: DType } => {
-    if (e.kind === "arg") return { v: `x${e.index}`, d: n.operands[e.index].dtype };
-    const T = CTYPE[e.dtype], C = ctypeC(e.dtype);
+  const gen = (e: Expr): string => {
+    if (e.kind === "arg") return `x${e.index}`;
+    const C = ctypeC(e.dtype);
     let val: string;
     if (e.kind === "lit") val = `(${C})${fmtDouble(e.value)}`;
     else {
       const a = e.args.map(gen);
-      if (e.op in UNARY) val = `kiln::${UNARY[e.op]}()(${a[0].v})`;
-      else if (e.op === "div" && !isFloatDType(e.dtype)) val = `kiln::OpIntDiv()(${a[0].v}, ${a[1].v})`;
-      else if (e.op in BINARY) val = `(${C})kiln::${BINARY[e.op]}()(${a[0].v}, ${a[1].v})`;
-      else if (e.op === "where") val = `(${a[0].v} != 0 ? ${a[1].v} : ${a[2].v})`;
-      else if (e.op === "cast") val = `(${C})${a[0].v}`;
+      if (e.op in UNARY) val = `kiln::${UNARY[e.op]}()(${a[0]})`;
+      else if (e.op === "div" && !isFloatDType(e.dtype)) val = `kiln::OpIntDiv()(${a[0]}, ${a[1]})`;
+      else if (e.op in BINARY) val = `(${C})kiln::${BINARY[e.op]}()(${a[0]}, ${a[1]})`;
+      else if (e.op === "where") val = `(${a[0]} != 0 ? ${a[1]} : ${a[2]})`;
+      else if (e.op === "cast") val = `(${C})${a[0]}`;
       else throw new KilnError("E_BUILD", `'${e.op}' in an elementwise expression has no code generator`);
     }
     const v = `t${t++}`;
-    lines.push(`const ${C} ${v} = kiln::rnd<${T}>(${val});`);
-    return { v, d: e.dtype };
+    lines.push(`const ${C} ${v} = kiln::rnd<${CTYPE[e.dtype]}>(${val});`);
+    return v;
   };
-  const root = gen(expr);
-  const T = CTYPE[n.result.dtype];
-  lines.push(`y[i] = kiln::Num<${T}>::store(${root.v});`);
+  const root = gen(parseExpr(n.attrs.expr as string));
+  type Read = (typeof reads)[number];
+  // where operand r's value of element i is
+  const offset = (r: Read): string => (r.kind === "contig" ? "i" : r.kind === "scalar" ? "0" : `kiln::offset_of(i, out, s${r.k})`);
+  const chunkLoad = (r: Read): string =>
+    r.kind === "contig" || r.kind === "row"
+      ? `${r.C} x${r.k}[W]; kiln::load_run<W>(x${r.k}, a${r.k} + ${offset(r)});`
+      : `const ${r.C} x${r.k} = kiln::Num<${r.T}>::load(a${r.k}[${offset(r)}]);`;
+  const aligned = ["y", ...runs.map((r) => `a${r.k}`)].map((p) => `kiln::aligned16(${p})`);
+  if (strided.length) aligned.push("out.d[out.rank - 1] % W == 0");
   const functor = [
     `// ${n.attrs.expr as string}`,
     `struct F${id} {`,
-    `  ${fields.join("\n  ")}`,
+    ...reads.map((r) => `  const ${r.T}* a${r.k};${r.kind === "row" || r.kind === "col" ? ` kiln::Strides s${r.k};` : ""} // ${r.kind}`),
     `  ${T}* y;`,
     `  kiln::Shape out;`,
-    `  KILN_HD void operator()(int64_t i) const {`,
+    `  static constexpr int W = ${W};`,
+    `  KILN_HD ${T} at(${reads.map((r) => `const ${r.C} x${r.k}`).join(", ")}) const {`,
     ...lines.map((l) => `    ${l}`),
+    `    return kiln::Num<${T}>::store(${root});`,
     `  }`,
+    `  KILN_HD void operator()(int64_t i) const {`,
+    `    y[i] = at(${reads.map((r) => `kiln::Num<${r.T}>::load(a${r.k}[${offset(r)}])`).join(", ")});`,
+    `  }`,
+    `  KILN_HD void chunk(int64_t i) const {`,
+    ...reads.map((r) => `    ${chunkLoad(r)}`),
+    `    ${T} r[W];`,
+    `    KILN_UNROLL`,
+    `    for (int j = 0; j < W; j++) r[j] = at(${reads.map((r) => (r.kind === "contig" || r.kind === "row" ? `x${r.k}[j]` : `x${r.k}`)).join(", ")});`,
+    `    kiln::store_run<W>(y + i, r);`,
+    `  }`,
+    `  bool chunkable() const { return ${aligned.join(" && ")}; }`,
     `};`,
   ].join("\n");
-  const init = n.operands.map((v, k) => {
-    const contig = v.shape.length === out.length && v.shape.every((d, i) => d === out[i]);
-    return `${name.get(v.id)}, ${stridesLit(broadcastStrides(v.shape, out))}, ${contig}`;
-  });
+  const init = reads.map((r) => (r.kind === "row" || r.kind === "col" ? `${name.get(r.v.id)}, ${stridesLit(r.st)}` : name.get(r.v.id)!));
   return { functor, call: `K::for_each(F${id}{${init.join(", ")}, v${id}, ${shapeLit(out.map(cdim))}}, ${cprod(out)});` };
 }
 
