@@ -169,6 +169,21 @@ describe("fuse-norm", () => {
     const wide = explainOf(body(1, "3, 4"));
     expect(wide.f).toBe(wide.g);
     expect(wide.why).toEqual(["norm: not fused: the normalized row is not only multiplied by weights f32[4]"]);
+    // a rank-1 row squared after normalizing: the "weight" is the norm's own result
+    const self = explainOf(`graph g {
+  input %x: f32[4]
+  %0: f32[] = full() {dtype = f32, shape = [], value = 2}
+  %1: f32[4] = pow(%x, %0)
+  %2: f32[1] = reduce_mean(%1) {axis = 0, keepdim = true}
+  %3: f32[] = full() {dtype = f32, shape = [], value = 0}
+  %4: f32[1] = add(%2, %3)
+  %5: f32[1] = rsqrt(%4)
+  %6: f32[4] = mul(%x, %5)
+  %7: f32[4] = mul(%6, %6)
+  output y = %7
+}`);
+    expect(self.f).toBe(self.g);
+    expect(self.why).toEqual(["norm: not fused: a weight or bias is computed from the norm itself"]);
     // the fused form of the last-axis norm runs and prints back
     const ok = explainOf(body(1, "4"));
     expect(ops(ok.f)).toEqual(["rms_norm"]);

@@ -119,6 +119,8 @@ export function fuseNorm(g: Graph, explain: (msg: string) => void = () => {}): G
       if (outputs.has(n.result.id)) return no(`an intermediate (${n.op}) is a graph output`);
       if ((uses.get(n.result.id) ?? []).some((u) => !inside.has(u.result.id))) return no(`an intermediate (${n.op}) is read outside the norm`);
     }
+    // a weight computed from the norm itself (rank-1 rows: mul(n, n)) cannot be an operand of it
+    if (outs.some((o) => o.affine.some((v) => inside.has(v.id)))) return no("a weight or bias is computed from the norm itself");
     nodes.push(...outs.map((o) => o.root));
     // the input cast and the scalar constants go too where nothing else reads them
     const alsoRead = (v: Value): boolean => outputs.has(v.id) || (uses.get(v.id) ?? []).some((u) => !inside.has(u.result.id));
