@@ -1080,3 +1080,4 @@ void for_each(const F& f, int64_t n) {
 }  // namespace kiln
 
 #include "quant.cuh"  // qlinear4 / qlinear8 and quantize-on-load (issue 6)
+#include "norm.cuh"   // rms_norm / layer_norm

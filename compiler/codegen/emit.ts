@@ -469,6 +469,15 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       lines.push(`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask}, ${cu}, ${(n.attrs.window as number | undefined) ?? 0});`);
       return lines;
     }
+    case "rms_norm":
+    case "layer_norm": {
+      // rows of the last dim; the weight (and bias) [D] of x's dtype (cpu/kernels.h, cuda/norm.cuh)
+      const rows = cprod(x0.shape.slice(0, -1));
+      const D = cdim(x0.shape[x0.shape.length - 1]);
+      const eps = fmtDouble(n.attrs.eps as number);
+      if (n.op === "rms_norm") return [`K::rms_norm<${T}>(${xs[0]}, ${xs[1]}, ${y}, ${rows}, ${D}, ${eps});`];
+      return [`K::layer_norm<${T}>(${xs[0]}, ${xs[1]}, ${xs[2] ?? "nullptr"}, ${y}, ${rows}, ${D}, ${eps});`];
+    }
     case "mask_positions":
       return [`K::mask_positions(${xs[0]}, ${y}, ${cdim(x0.shape[0])}, ${cdim(x0.shape[1])});`];
     case "varlen_positions":
