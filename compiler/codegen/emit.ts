@@ -13,7 +13,7 @@ import type { Graph, Node, Value } from "../ir/graph.js";
 import { locString, typeString } from "../ir/graph.js";
 import { printNode } from "../ir/print.js";
 import type { Expr } from "../ir/expr.js";
-import { parseExpr } from "../ir/expr.js";
+import { parseExpr, printExpr } from "../ir/expr.js";
 import type { FourBit } from "../ir/quant.js";
 import { codeOf } from "../ir/quant.js";
 
@@ -197,8 +197,11 @@ export function emitSource(g: Graph, o: EmitOptions): string {
         if (!consts.some((c) => c.includes(`${table}[16]`))) consts.push(`static const double ${table}[16] = {${codeOf(scheme as FourBit).map((v) => fmtDouble(v)).join(", ")}};`);
         body.push(`  K::qlinear4<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table});`);
       }
-    } else if (n.op === "elementwise") {
-      const { functor, call } = emitElementwise(n, name);
+    } else if (n.op === "elementwise" || LONE_ELEMENTWISE.has(n.op)) {
+      // a lone arithmetic op (one fuse-elementwise left alone: nothing to fuse with) runs as a
+      // one-op expression, so it gets the functor's vectorized chunks too
+      const e = n.op === "elementwise" ? n : asExpression(n);
+      const { functor, call } = emitElementwise(e, name);
       kernels.push(functor);
       body.push(`  ${call}`);
     } else body.push(...emitOp(n, name, where, constants).map((l) => `  ${l}`));
@@ -266,6 +269,13 @@ export function emitSource(g: Graph, o: EmitOptions): string {
 const isFloatDType = (d: DType): boolean => d === "f32" || d === "bf16" || d === "f16";
 /** The compute type of a dtype in generated code (kiln::Num<T>::C). */
 const ctypeC = (d: DType): string => (isFloatDType(d) ? "float" : "double");
+
+const LONE_ELEMENTWISE = new Set([...Object.keys(UNARY), ...Object.keys(BINARY), "where", "cast"]);
+/** A lone unary/binary/where/cast node as the one-op `elementwise` node computing the same. */
+function asExpression(n: Node): Node {
+  const expr: Expr = { kind: "op", op: n.op, dtype: n.result.dtype, args: n.operands.map((_v, index) => ({ kind: "arg", index })) };
+  return { op: "elementwise", operands: n.operands, attrs: { expr: printExpr(expr) }, result: n.result };
+}
 
 /**
  * A fused `elementwise` op: a functor and its launch. `at` is the expression at one element, from
