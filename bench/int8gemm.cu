@@ -19,6 +19,7 @@
 #include "cuda/runtime.cuh"
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 extern "C" const char* kiln_artifact_hash(void) { return "bench-int8gemm"; }
@@ -127,6 +128,80 @@ static double rel(const float* a, const float* b, int64_t n) {
   }
   const double r = sqrt(num / den);
   return r == r ? r : INFINITY;
+}
+
+// x as T (bf16 or f32) on the device and its exact f32 values on the host
+template <typename T>
+static std::vector<float> make_x(T* x, float* xf, int64_t n) {
+  std::vector<float> h((size_t)n);
+  if (std::is_same<T, float>::value) {
+    cu(cudaMemcpy(x, xf, 4 * n, cudaMemcpyDeviceToDevice), "copy");
+    cu(cudaMemcpy(h.data(), xf, 4 * n, cudaMemcpyDeviceToHost), "download");
+  } else {
+    k_to_bf16<<<1024, 256, 0, kiln::cuda::stream()>>>(xf, (bf16*)x, n);
+    h = down((const bf16*)x, n);
+  }
+  return h;
+}
+template <typename T>
+static std::vector<float> down_t(const T* d, int64_t n) {
+  if (!std::is_same<T, float>::value) return down((const bf16*)d, n);
+  std::vector<float> h((size_t)n);
+  cu(cudaMemcpy(h.data(), d, 4 * n, cudaMemcpyDeviceToHost), "download");
+  return h;
+}
+
+// Edges: rows, features and K that are not multiples of the tiles (K = 202: no cuBLASLt, no
+// mma.sync kernel, the dp4a fallback and the scalar flag/quantize kernels), f32 activations (the bf16 hi + lo outlier product), 3 outlier columns, bias; lt and
+// own each against the f32 reference and each other.
+template <typename T>
+static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string& failures) {
+  cudaStream_t s = kiln::cuda::stream();
+  float *xf, *wf, *wd, *yref, *bf;
+  T *x, *y, *b;
+  uint8_t* q8;
+  int* hot;
+  cu(cudaMalloc(&xf, 4 * M * K), "malloc");
+  cu(cudaMalloc(&wf, 4 * N * K), "malloc");
+  cu(cudaMalloc(&wd, 4 * N * K), "malloc");
+  cu(cudaMalloc(&yref, 4 * M * N), "malloc");
+  cu(cudaMalloc(&bf, 4 * N), "malloc");
+  cu(cudaMalloc(&x, sizeof(T) * M * K), "malloc");
+  cu(cudaMalloc(&y, sizeof(T) * M * N), "malloc");
+  cu(cudaMalloc(&b, sizeof(T) * N), "malloc");
+  cu(cudaMalloc(&q8, kiln::quant::bytes8(N, K)), "malloc");
+  cu(cudaMalloc(&hot, 4 * 3), "malloc");
+  const int hh[3] = {1, (int)(K / 2), (int)(K - 1)};
+  cu(cudaMemcpy(hot, hh, sizeof hh, cudaMemcpyHostToDevice), "upload");
+  k_rand<<<1024, 256, 0, s>>>(wf, N * K, K, 11, 0.05f, hot, 0, 1.f);
+  ck(kiln_quantize8(q8, wf, N, K), "quantize8");
+  k_deq8<<<1024, 256, 0, s>>>(q8, N, K, wd);
+  k_rand<<<1024, 256, 0, s>>>(bf, N, N, 13, 1.f, hot, 0, 1.f);
+  k_rand<<<1024, 256, 0, s>>>(xf, M * K, K, 17, 4.f, hot, 3, 20.f);
+  std::vector<float> xh = make_x<T>(x, xf, M * K), bh = make_x<T>(b, bf, N);
+  cu(cudaMemcpy(xf, xh.data(), 4 * M * K, cudaMemcpyHostToDevice), "upload");
+  k_ref<<<dim3((unsigned)((N + 15) / 16), (unsigned)((M + 15) / 16)), dim3(16, 16), 0, s>>>(xf, wd, yref, M, N, K);
+  std::vector<float> ref((size_t)(M * N));
+  cu(cudaMemcpy(ref.data(), yref, 4 * M * N, cudaMemcpyDeviceToHost), "download");
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) ref[(size_t)(m * N + n)] += bh[(size_t)n];
+  std::vector<float> first;
+  char label[96];
+  for (int v = 0; v < 2; v++) {
+    Q::i8_mode() = v == 0 ? Q::I8_LT : Q::I8_OWN;
+    snprintf(label, sizeof label, "edge %s M=%lld N=%lld K=%lld %s", tname, (long long)M, (long long)N, (long long)K, Q::i8_name(Q::i8_mode()));
+    cu(cudaMemset(y, 0xff, sizeof(T) * M * N), "memset");
+    kiln::cuda::qlinear8<T>(x, q8, b, y, M, N, K, 6.0);
+    ck(kiln_synchronize(), label);
+    std::vector<float> got = down_t<T>(y, M * N);
+    const double e = rel(got.data(), ref.data(), M * N);
+    if (v == 0) first = got;
+    const double d = v == 0 ? 0 : rel(got.data(), first.data(), M * N);
+    printf("%s: rel err %.2e, vs lt %.2e\n", label, e, d);
+    if (!(e <= 1.5e-2) || !(d <= 3e-3)) failures += std::string(" [") + label + "]";
+  }
+  Q::i8_mode() = Q::I8_AUTO;
+  cudaFree(xf), cudaFree(wf), cudaFree(wd), cudaFree(yref), cudaFree(bf), cudaFree(x), cudaFree(y), cudaFree(b), cudaFree(q8), cudaFree(hot);
 }
 
 int main() {
@@ -252,6 +327,11 @@ int main() {
     cudaFree(acc);
     cudaFree(hot);
   }
+  printf("\n");
+  edge<float>(300, 999, 1024, "f32", failures);
+  edge<bf16>(300, 999, 1024, "bf16", failures);
+  edge<float>(130, 256, 208, "f32", failures);
+  edge<bf16>(70, 130, 202, "bf16", failures);
   printf("\nTARGET (qlinear8 auto ≤ bf16 linear): %d of %d shapes\n", met, rows);
   if (!failures.empty()) {
     printf("CHECK FAIL:%s\n", failures.c_str());

@@ -521,21 +521,24 @@ __global__ void __launch_bounds__(256) k_gemm_i8(const int8_t* __restrict__ qx, 
 // 128 output features, 8 warps as 2 × 4 warp tiles of 64 × 32:
 //   1. the int8 products, Σ_k qx[m, k] · qw[n, k] in int32: either read from the int32 matrix that
 //      cuBLASLt's integer GEMM wrote (OWN = false), or computed here (OWN = true) by mma.sync
-//      m16n8k32 s8 from a 4-stage cp.async pipeline of 64-byte k-slices (K a multiple of 16);
+//      m16n8k32 s8 from a 3-stage cp.async pipeline of 128-byte k-slices (K a multiple of 16);
 //   2. f = acc · sx[m] (the activation row's scale), in f32;
 //   3. the outlier feature dimensions as the paper does them: the cnt listed columns of x and the
-//      same columns of the weight gathered into dense 16-bit tiles (32 columns at a time) and
+//      same columns of the weight gathered into dense 16-bit tiles (64 columns at a time) and
 //      multiplied on the tensor cores (mma m16n8k16, f32 accumulation) into f: x in its own 16-bit
 //      type (exact), f32 x as a bf16 pair hi + lo (error ≈ 2⁻¹⁷ relative), the int8 weight codes
 //      exactly (|code| ≤ 127 is exact in bf16 and f16);
 //   4. y = f · sw[n] + bias[n] — the cpu twin's acc·sx·sw + (Σ x·code)·sw + b up to f32 rounding.
-// Shared tiles are rows of 64 bytes whose four 16-byte chunks are XOR-swizzled by (row / 2) % 4, so
-// that an ldmatrix of 8 rows reads 8 distinct bank groups; an int8 k32 step and a 16-bit k16 step
-// are the same 32 bytes of a row, so both use the same fragment loads.
+// Shared tiles are rows of 128 bytes (a k-slice: 128 int8 codes or 64 16-bit values) whose eight
+// 16-byte chunks are XOR-swizzled by row % 8, so that an ldmatrix of 8 rows reads 8 distinct bank
+// groups; an int8 k32 step and a 16-bit k16 step are the same 32 bytes of a row, so both use the
+// same fragment loads. Blocks walk the rows of x fastest: the blocks resident together share
+// weight tiles, and x (the smaller operand at prefill) stays in L2.
 namespace i8 {
-constexpr int BM = 128, BN = 128, BK = 64, STAGES = 4, THREADS = 256;
+constexpr int BM = 128, BN = 128, BK = 128, STAGES = 3, THREADS = 256;
 constexpr int TILE = BM * BK;  // bytes of one operand tile (BM == BN)
-__device__ __forceinline__ int off(int r, int c) { return r * BK + ((c ^ ((r >> 1) & 3)) << 4); }
+constexpr int STEPS = BK / 32;  // 32-byte k-steps of a slice
+__device__ __forceinline__ int off(int r, int c) { return r * BK + ((c ^ (r & 7)) << 4); }
 
 __device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -543,7 +546,7 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// One 32-byte k-step (s = 0, 1 of a 64-byte slice) of the warp's 4 × 4 m16n8 tiles: fragments of A
+// One 32-byte k-step (s < STEPS of a slice) of the warp's 4 × 4 m16n8 tiles: fragments of A
 // (rows wm·64…) and B (rows wn·32…) by ldmatrix, then mma(i, j, a, b0, b1) on each tile.
 template <typename F>
 __device__ __forceinline__ void warp_step(uint32_t sa, uint32_t sb, int s, int wm, int wn, int lane, F mma) {
@@ -577,16 +580,16 @@ template <typename T, bool OWN>
 constexpr int smem_bytes() { return OWN ? STAGES * 2 * TILE : (std::is_same<T, float>::value ? 3 : 2) * TILE; }
 
 // y[m, n] for n in [n_begin, n_end) (all of N when OWN); acc: the int32 products of those columns,
-// acc[m · ldacc + n − n_begin] (OWN: unused). Grid: x over 128 features from n_begin, y over 128 rows.
+// acc[m · ldacc + n − n_begin] (OWN: unused). Grid: x over 128 rows, y over 128 features from n_begin.
 template <typename T, bool OWN>
-__global__ void __launch_bounds__(THREADS) k_gemm(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, const int32_t* __restrict__ acc,
+__global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, const int32_t* __restrict__ acc,
                                                   int64_t ldacc, const float* __restrict__ sx, const double* __restrict__ sw, const T* __restrict__ x,
                                                   const int* __restrict__ list, const int* __restrict__ count, const T* __restrict__ bias, T* __restrict__ y,
                                                   int64_t M, int64_t N, int64_t K, int64_t n_begin, int64_t n_end) {
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t s0 = fa2::smem_u32(smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3, g = lane >> 2, tg = lane & 3;
-  const int64_t m0 = (int64_t)blockIdx.y * BM, n0 = n_begin + (int64_t)blockIdx.x * BN;
+  const int64_t m0 = (int64_t)blockIdx.x * BM, n0 = n_begin + (int64_t)blockIdx.y * BN;
   float f[4][4][4];  // [m16 tile][n8 tile][c0…c3]: rows g, g, g+8, g+8; columns 2tg, 2tg+1, 2tg, 2tg+1
   if (OWN) {
     int c[4][4][4];
@@ -597,11 +600,11 @@ __global__ void __launch_bounds__(THREADS) k_gemm(const int8_t* __restrict__ qx,
 #pragma unroll
         for (int e = 0; e < 4; e++) c[i][j][e] = 0;
     const int64_t nk = (Kp + BK - 1) / BK;
-    auto load = [&](int64_t kt) {  // the 64-byte k-slice kt of both tiles into its stage, zero past the edges
+    auto load = [&](int64_t kt) {  // the k-slice kt of both tiles into its stage, zero past the edges
       const uint32_t sa = s0 + (uint32_t)(kt % STAGES) * 2 * TILE, sb = sa + TILE;
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int idx = threadIdx.x + h * THREADS, r = idx >> 2, ch = idx & 3;
+      for (int h = 0; h < TILE / 16 / THREADS; h++) {
+        const int idx = threadIdx.x + h * THREADS, r = idx / (BK / 16), ch = idx % (BK / 16);
         const int64_t k = kt * BK + ch * 16;
         const bool pa = m0 + r < M && k < Kp, pb = n0 + r < n_end && k < K;
         fa2::cp_async16(sa + off(r, ch), pa ? qx + (m0 + r) * Kp + k : qx, pa);
@@ -620,7 +623,7 @@ __global__ void __launch_bounds__(THREADS) k_gemm(const int8_t* __restrict__ qx,
       fa2::cp_async_commit();
       const uint32_t sa = s0 + (uint32_t)(kt % STAGES) * 2 * TILE;
 #pragma unroll
-      for (int s = 0; s < 2; s++)
+      for (int s = 0; s < STEPS; s++)
         warp_step(sa, sa + TILE, s, wm, wn, lane, [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { mma_s8(c[i][j], a, b0, b1); });
     }
     fa2::cp_async_wait<0>();
@@ -659,15 +662,16 @@ __global__ void __launch_bounds__(THREADS) k_gemm(const int8_t* __restrict__ qx,
         }
       }
   }
-  // the outlier columns: 32 at a time gathered into 16-bit tiles (A: x, B: the weight codes)
+  // the outlier columns: BK / 2 at a time gathered into 16-bit tiles (A: x, B: the weight codes)
   typedef typename Split<T>::U U;
   constexpr bool LO = std::is_same<T, float>::value;
   uint16_t* sh = reinterpret_cast<uint16_t*>(smem);
   const int cnt = *count;
-  for (int j0 = 0; j0 < cnt; j0 += 32) {
-    const int jj = threadIdx.x & 31;
+  constexpr int JS = BK / 2;  // columns a round
+  for (int j0 = 0; j0 < cnt; j0 += JS) {
+    const int jj = threadIdx.x % JS;
     const int64_t col = j0 + jj < cnt ? (int64_t)__ldg(list + j0 + jj) : -1;
-    for (int r = threadIdx.x >> 5; r < BM; r += THREADS / 32) {
+    for (int r = threadIdx.x / JS; r < BM; r += THREADS / JS) {
       const int o = (off(r, jj >> 3) >> 1) + (jj & 7);  // in 16-bit elements
       uint16_t hi = 0, lo = 0, w = 0;
       if (col >= 0 && m0 + r < M) Split<T>::run(x[(m0 + r) * K + col], hi, lo);
@@ -678,7 +682,7 @@ __global__ void __launch_bounds__(THREADS) k_gemm(const int8_t* __restrict__ qx,
     }
     __syncthreads();
 #pragma unroll
-    for (int s = 0; s < 2; s++) {
+    for (int s = 0; s < STEPS; s++) {
       warp_step(s0, s0 + TILE, s, wm, wn, lane, [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { fa2::Mma<U>::run(f[i][j], a, b0, b1); });
       if (LO)
         warp_step(s0 + 2 * TILE, s0 + TILE, s, wm, wn, lane,
@@ -783,7 +787,7 @@ static void i8_launch(const I8Gemm<T>& g, const int32_t* acc, int64_t ldacc, int
   static bool attr = false;  // opting in to > 48 KiB of shared memory, once per instantiation
   if (!attr) rt::check(cudaFuncSetAttribute(i8::k_gemm<T, OWN>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
   attr = true;
-  const dim3 grid((unsigned)((n_end - n_begin + i8::BN - 1) / i8::BN), (unsigned)((g.M + i8::BM - 1) / i8::BM));
+  const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((n_end - n_begin + i8::BN - 1) / i8::BN));
   i8::k_gemm<T, OWN><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, acc, ldacc, g.sx, g.sw, g.x, g.list, g.count, g.bias, g.y, g.M, g.N, g.K, n_begin,
                                                       n_end);
   detail::launched(OWN ? "qlinear8 (int8 GEMM, outliers)" : "qlinear8 (scales, outliers)");
@@ -908,7 +912,7 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   const bool decomp = threshold > 0 && isfinite(threshold);
   const int64_t Kp = (K + 15) / 16 * 16;
   const bool small = M <= 8;
-  if (!small && ((M + qdetail::i8::BM - 1) / qdetail::i8::BM > 65535 || (N + qdetail::i8::BN - 1) / qdetail::i8::BN > 0x7fffffffLL))
+  if (!small && ((N + qdetail::i8::BN - 1) / qdetail::i8::BN > 65535 || (M + qdetail::i8::BM - 1) / qdetail::i8::BM > 0x7fffffffLL))
     rt::fail(KILN_ERR_INVALID, "qlinear8: M = %lld, N = %lld is too large", (long long)M, (long long)N);
   // one workspace: flags[K], list[K], count, sx[M], qx[M·Kp]
   const int64_t off_list = quant::pad16(4 * K), off_count = off_list + quant::pad16(4 * K), off_sx = off_count + 16, off_qx = off_sx + quant::pad16(4 * M),
