@@ -293,30 +293,6 @@ __global__ void __launch_bounds__(256) k_quantize8(const float* __restrict__ w, 
 
 // ---------------------------------------------------------------- LLM.int8
 
-// outlier columns of the large-M path: flags[k] = 1 when some |x[m, k]| > threshold. Row-parallel:
-// a thread owns V adjacent columns (VEC: one 16-byte load of x a row; K a multiple of V, x 16-byte
-// aligned) and walks `rows` rows; it stores 1 only for a column it saw exceed (flags are zeroed
-// before; racing stores all write 1).
-template <typename T, bool VEC>
-__global__ void __launch_bounds__(256) k_i8_flags(const T* __restrict__ x, int64_t M, int64_t K, int rows, float threshold, int* __restrict__ flags) {
-  constexpr int V = VEC ? detail::Vec<T>::E : 1;
-  const int64_t k0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
-  if (k0 >= K) return;
-  const int64_t m0 = (int64_t)blockIdx.y * rows, m1 = m0 + rows < M ? m0 + rows : M;
-  uint32_t hit = 0;  // bit v: column k0 + v
-#pragma unroll 4
-  for (int64_t m = m0; m < m1; m++) {
-    float f[V];
-    if (VEC) detail::Vec<T>::unpack(__ldg(reinterpret_cast<const uint4*>(x + m * K + k0)), f);
-    else f[0] = (float)Num<T>::load(x[m * K + k0]);
-#pragma unroll
-    for (int v = 0; v < V; v++) hit |= (uint32_t)(fabsf(f[v]) > threshold) << v;
-  }
-#pragma unroll
-  for (int v = 0; v < V; v++)
-    if ((hit >> v) & 1u) flags[k0 + v] = 1;
-}
-
 // The ordered list of outlier columns and its length (one block of 1024). small_m > 0 (decode):
 // the flags are computed here from the small_m rows of x (none when !decomp), and the rows are
 // quantized here too (as k_i8_quant_rows): one launch before the GEMV.
@@ -367,46 +343,94 @@ __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int s
   }
 }
 
-// per-row absmax int8 of x over the non-outlier columns (one block a row): q rows of Kp ≥ K bytes
-// (zero past K and at outlier columns), scale sx[m] = absmax/127. VEC: 16-byte loads of x and E
-// codes stored at once (K a multiple of E = 16/sizeof(T), x 16-byte aligned); the row's second
-// read comes from L1.
+// A row of x, E elements at a time (VEC: 16-byte loads, K a multiple of E = 16/sizeof(T), x 16-byte
+// aligned; else one): the block's absmax over the elements that skip(k, |x|) keeps, and the codes
+// floor(x/absmax·127 + 0.5) (0 where skipped, past K up to Kp), as the cpu twin rounds them.
 template <typename T, bool VEC>
-__global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, int64_t K, int64_t Kp, const int* __restrict__ flags, int8_t* __restrict__ q,
-                                                       float* __restrict__ sx) {
-  constexpr int E = VEC ? detail::Vec<T>::E : 1;
-  const int64_t m = blockIdx.x, KE = K / E;
-  const T* xr = x + m * K;
-  int8_t* qr = q + m * Kp;
-  auto load = [&](int64_t i, float* f) {
+struct Row {
+  static constexpr int E = VEC ? detail::Vec<T>::E : 1;
+  __device__ static __forceinline__ void load(const T* xr, int64_t i, float* f) {
     if (VEC) detail::Vec<T>::unpack(__ldg(reinterpret_cast<const uint4*>(xr) + i), f);
     else f[0] = (float)Num<T>::load(xr[i]);
-  };
-  float mx = 0.f;
-  for (int64_t i = threadIdx.x; i < KE; i += blockDim.x) {
-    float f[E];
-    load(i, f);
-#pragma unroll
-    for (int e = 0; e < E; e++)
-      if (!(flags && flags[i * E + e])) mx = fmaxf(mx, fabsf(f[e]));
   }
-  mx = block_max(mx);
-  if (threadIdx.x == 0) sx[m] = mx / 127.f;
-  for (int64_t i = threadIdx.x; i < KE; i += blockDim.x) {
-    float f[E];
-    load(i, f);
-    uint32_t w[(E + 3) / 4] = {};
+  template <typename S>
+  __device__ static float absmax(const T* xr, int64_t K, S skip) {
+    float mx = 0.f;
+    for (int64_t i = threadIdx.x; i < K / E; i += blockDim.x) {
+      float f[E];
+      load(xr, i, f);
 #pragma unroll
-    for (int e = 0; e < E; e++) {
-      float v = 0.f;
-      if (mx > 0.f && !(flags && flags[i * E + e])) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn(f[e], mx), 127.f), 0.5f));
-      w[e >> 2] |= (uint32_t)(uint8_t)(int8_t)v << (8 * (e & 3));
+      for (int e = 0; e < E; e++)
+        if (!skip(i * E + e, fabsf(f[e]))) mx = fmaxf(mx, fabsf(f[e]));
     }
-    if (E == 8) *reinterpret_cast<uint2*>(qr + i * 8) = make_uint2(w[0], w[(E + 3) / 4 - 1]);
-    else if (E == 4) *reinterpret_cast<uint32_t*>(qr + i * 4) = w[0];
-    else qr[i] = (int8_t)w[0];
+    return block_max(mx);
   }
-  for (int64_t k = K + threadIdx.x; k < Kp; k += blockDim.x) qr[k] = 0;
+  template <typename S>
+  __device__ static void codes(const T* xr, int64_t K, int64_t Kp, float mx, S skip, int8_t* qr) {
+    for (int64_t i = threadIdx.x; i < K / E; i += blockDim.x) {
+      float f[E];
+      load(xr, i, f);
+      uint32_t w[(E + 3) / 4] = {};
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        float v = 0.f;
+        if (mx > 0.f && !skip(i * E + e, fabsf(f[e]))) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn(f[e], mx), 127.f), 0.5f));
+        w[e >> 2] |= (uint32_t)(uint8_t)(int8_t)v << (8 * (e & 3));
+      }
+      if (E == 8) *reinterpret_cast<uint2*>(qr + i * 8) = make_uint2(w[0], w[(E + 3) / 4 - 1]);
+      else if (E == 4) *reinterpret_cast<uint32_t*>(qr + i * 4) = w[0];
+      else qr[i] = (int8_t)w[0];
+    }
+    for (int64_t k = K + threadIdx.x; k < Kp; k += blockDim.x) qr[k] = 0;
+  }
+};
+
+// The rows' int8 at prefill, one block a row, in one read of x (plus one from L1): absmax over the
+// row's elements with |x| ≤ threshold, sx[m] = absmax/127, the codes (0 where |x| > threshold);
+// every column where |x| > threshold gets flags[k] = 1 (zeroed before; racing stores all write 1;
+// threshold ∞ without the decomposition). The paper's absmax is over the columns that no row
+// flags: that differs only where another row flagged this row's largest column, and
+// k_i8_fix_rows then repairs the row (and zeroes the codes of every flagged column).
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, int64_t K, int64_t Kp, float threshold, int* __restrict__ flags,
+                                                       int8_t* __restrict__ q, float* __restrict__ sx) {
+  const int64_t m = blockIdx.x;
+  const T* xr = x + m * K;
+  const float mx = Row<T, VEC>::absmax(xr, K, [&](int64_t k, float a) {
+    if (!(a > threshold)) return false;
+    flags[k] = 1;
+    return true;
+  });
+  if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
+  Row<T, VEC>::codes(xr, K, Kp, mx, [&](int64_t, float a) { return a > threshold; }, q + m * Kp);
+}
+
+// After k_i8_quant_rows and the list (one block a row): the codes of the listed (outlier) columns
+// become 0; a row whose absmax was at a column that another row flagged (a listed column with |x| ≤
+// threshold and |x|/127 ≥ sx) is quantized again over the unflagged columns, as the cpu twin does.
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(256) k_i8_fix_rows(const T* __restrict__ x, int64_t K, int64_t Kp, float threshold, const int* __restrict__ flags,
+                                                     const int* __restrict__ list, const int* __restrict__ count, int8_t* __restrict__ q,
+                                                     float* __restrict__ sx) {
+  const int cnt = *count;
+  if (cnt == 0) return;
+  const int64_t m = blockIdx.x;
+  const T* xr = x + m * K;
+  int8_t* qr = q + m * Kp;
+  const float s = sx[m];
+  bool redo = false;
+  for (int j = threadIdx.x; j < cnt; j += blockDim.x) {
+    const float a = fabsf((float)Num<T>::load(xr[list[j]]));
+    redo |= s > 0.f && a <= threshold && __fdiv_rn(a, 127.f) >= s;
+  }
+  if (!__syncthreads_or(redo)) {
+    for (int j = threadIdx.x; j < cnt; j += blockDim.x) qr[list[j]] = 0;
+    return;
+  }
+  auto flagged = [&](int64_t k, float) { return flags[k] != 0; };
+  const float mx = Row<T, VEC>::absmax(xr, K, flagged);
+  if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
+  Row<T, VEC>::codes(xr, K, Kp, mx, flagged, qr);
 }
 
 // Σ over the outlier columns of x[m, k] · qw[n, k] (the weight dequantized: times sw[n] by the caller)
@@ -940,23 +964,20 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
     rt::release(ws);
     return;
   }
-  // prefill: outlier columns (row-parallel), their list, the rows' int8 (a block a row), the product
+  // prefill: the rows' int8 and the outlier flags in one pass over x, the list of outlier columns,
+  // the rows' repair (outlier codes zeroed; absmax redone where another row flagged its maximum)
   const bool vx = K % detail::Vec<T>::E == 0 && detail::aligned16(x);
-  if (!decomp) {
-    rt::check(cudaMemsetAsync(count, 0, 4, s), "cudaMemsetAsync (qlinear8)");
-  } else {
-    rt::check(cudaMemsetAsync(flags, 0, 4 * K, s), "cudaMemsetAsync (qlinear8)");
-    const int64_t cols = vx ? K / detail::Vec<T>::E : K;
-    const int64_t rows = (M + 65534) / 65535 > 16 ? (M + 65534) / 65535 : 16;
-    const dim3 grid((unsigned)((cols + 255) / 256), (unsigned)((M + rows - 1) / rows));
-    if (vx) qdetail::k_i8_flags<T, true><<<grid, 256, 0, s>>>(x, M, K, (int)rows, thr, flags);
-    else qdetail::k_i8_flags<T, false><<<grid, 256, 0, s>>>(x, M, K, (int)rows, thr, flags);
+  const float cut = decomp ? thr : INFINITY;
+  rt::check(cudaMemsetAsync(decomp ? (void*)flags : (void*)count, 0, decomp ? 4 * K : 4, s), "cudaMemsetAsync (qlinear8)");
+  if (vx) qdetail::k_i8_quant_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, flags, qx, sx);
+  else qdetail::k_i8_quant_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, flags, qx, sx);
+  detail::launched("qlinear8 (quantize activations, outlier columns)");
+  if (decomp) {
     qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, 0, true, thr, flags, K, list, count, Kp, qx, sx);
+    if (vx) qdetail::k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, thr, flags, list, count, qx, sx);
+    else qdetail::k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, thr, flags, list, count, qx, sx);
     detail::launched("qlinear8 (outlier columns)");
   }
-  if (vx) qdetail::k_i8_quant_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, decomp ? flags : nullptr, qx, sx);
-  else qdetail::k_i8_quant_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, decomp ? flags : nullptr, qx, sx);
-  detail::launched("qlinear8 (quantize activations)");
   const qdetail::I8Gemm<T> g = {x, qx, Kp, qw, sw, sx, list, count, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
   const int how = qdetail::i8_choose<T>(g, s);
   const int64_t cols = how == qdetail::I8_LT_CHUNKED && qdetail::i8_chunk(M) < N ? qdetail::i8_chunk(M) : N;
