@@ -343,6 +343,20 @@ __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int s
   }
 }
 
+// x[m, k] as the 16-bit operand of the outlier product: its own bits (16-bit T), or bf16 hi + lo (f32).
+template <typename T> struct Split {
+  typedef T U;
+  __device__ static __forceinline__ void run(T v, uint16_t& hi, uint16_t&) { hi = v.bits; }
+};
+template <> struct Split<float> {
+  typedef bf16 U;
+  __device__ static __forceinline__ void run(float v, uint16_t& hi, uint16_t& lo) {
+    hi = Num<bf16>::store(v).bits;
+    const float r = v - Num<bf16>::load(Num<bf16>::store(v));
+    lo = isfinite(r) ? Num<bf16>::store(r).bits : 0;
+  }
+};
+
 // A row of x, E elements at a time (VEC: 16-byte loads, K a multiple of E = 16/sizeof(T), x 16-byte
 // aligned; else one): the block's absmax over the elements that skip(k, |x|) keeps, and the codes
 // floor(x/absmax·127 + 0.5) (0 where skipped, past K up to Kp), as the cpu twin rounds them.
@@ -405,13 +419,15 @@ __global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, 
   Row<T, VEC>::codes(xr, K, Kp, mx, [&](int64_t, float a) { return a > threshold; }, q + m * Kp);
 }
 
-// After k_i8_quant_rows and the list (one block a row): the codes of the listed (outlier) columns
-// become 0; a row whose absmax was at a column that another row flagged (a listed column with |x| ≤
-// threshold and |x|/127 ≥ sx) is quantized again over the unflagged columns, as the cpu twin does.
+// After k_i8_quant_rows and the list (one block a row): the listed (outlier) columns of the row are
+// gathered, as 16-bit operands, into xo[m, j] (row stride Cp; for f32 x the lo parts M·Cp further;
+// zero from cnt up to a multiple of 64); their codes become 0; a row whose absmax was at a column
+// that another row flagged (a listed column with |x| ≤ threshold and |x|/127 ≥ sx) is quantized
+// again over the unflagged columns, as the cpu twin does.
 template <typename T, bool VEC>
-__global__ void __launch_bounds__(256) k_i8_fix_rows(const T* __restrict__ x, int64_t K, int64_t Kp, float threshold, const int* __restrict__ flags,
+__global__ void __launch_bounds__(256) k_i8_fix_rows(const T* __restrict__ x, int64_t M, int64_t K, int64_t Kp, float threshold, const int* __restrict__ flags,
                                                      const int* __restrict__ list, const int* __restrict__ count, int8_t* __restrict__ q,
-                                                     float* __restrict__ sx) {
+                                                     float* __restrict__ sx, uint16_t* __restrict__ xo, int64_t Cp) {
   const int cnt = *count;
   if (cnt == 0) return;
   const int64_t m = blockIdx.x;
@@ -419,9 +435,16 @@ __global__ void __launch_bounds__(256) k_i8_fix_rows(const T* __restrict__ x, in
   int8_t* qr = q + m * Kp;
   const float s = sx[m];
   bool redo = false;
-  for (int j = threadIdx.x; j < cnt; j += blockDim.x) {
-    const float a = fabsf((float)Num<T>::load(xr[list[j]]));
-    redo |= s > 0.f && a <= threshold && __fdiv_rn(a, 127.f) >= s;
+  for (int j = threadIdx.x; j < (cnt + 63) / 64 * 64; j += blockDim.x) {
+    uint16_t hi = 0, lo = 0;
+    if (j < cnt) {
+      const T v = xr[list[j]];
+      const float a = fabsf((float)Num<T>::load(v));
+      redo |= s > 0.f && a <= threshold && __fdiv_rn(a, 127.f) >= s;
+      Split<T>::run(v, hi, lo);
+    }
+    xo[m * Cp + j] = hi;
+    if (std::is_same<T, float>::value) xo[(M + m) * Cp + j] = lo;
   }
   if (!__syncthreads_or(redo)) {
     for (int j = threadIdx.x; j < cnt; j += blockDim.x) qr[list[j]] = 0;
@@ -547,11 +570,12 @@ __global__ void __launch_bounds__(256) k_gemm_i8(const int8_t* __restrict__ qx, 
 //      cuBLASLt's integer GEMM wrote (OWN = false), or computed here (OWN = true) by mma.sync
 //      m16n8k32 s8 from a 3-stage cp.async pipeline of 128-byte k-slices (K a multiple of 16);
 //   2. f = acc · sx[m] (the activation row's scale), in f32;
-//   3. the outlier feature dimensions as the paper does them: the cnt listed columns of x and the
-//      same columns of the weight gathered into dense 16-bit tiles (64 columns at a time) and
-//      multiplied on the tensor cores (mma m16n8k16, f32 accumulation) into f: x in its own 16-bit
-//      type (exact), f32 x as a bf16 pair hi + lo (error ≈ 2⁻¹⁷ relative), the int8 weight codes
-//      exactly (|code| ≤ 127 is exact in bf16 and f16);
+//   3. the outlier feature dimensions as the paper does them: the cnt listed columns of x (made a
+//      dense 16-bit matrix once, by k_i8_fix_rows) and the same columns of the weight (gathered
+//      here into 16-bit tiles), 64 columns at a time, multiplied on the tensor cores (mma
+//      m16n8k16, f32 accumulation) into f: x in its own 16-bit type (exact), f32 x as a bf16
+//      pair hi + lo (error ≈ 2⁻¹⁷ relative), the int8 weight codes exactly (|code| ≤ 127 is
+//      exact in bf16 and f16);
 //   4. y = f · sw[n] + bias[n] — the cpu twin's acc·sx·sw + (Σ x·code)·sw + b up to f32 rounding.
 // Shared tiles are rows of 128 bytes (a k-slice: 128 int8 codes or 64 16-bit values) whose eight
 // 16-byte chunks are XOR-swizzled by row % 8, so that an ldmatrix of 8 rows reads 8 distinct bank
@@ -585,20 +609,6 @@ __device__ __forceinline__ void warp_step(uint32_t sa, uint32_t sb, int s, int w
     for (int j = 0; j < 4; j++) mma(i, j, a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
 }
 
-// x[m, k] as the 16-bit operand of the outlier product: its own bits (16-bit T), or bf16 hi + lo (f32).
-template <typename T> struct Split {
-  typedef T U;
-  __device__ static __forceinline__ void run(T v, uint16_t& hi, uint16_t&) { hi = v.bits; }
-};
-template <> struct Split<float> {
-  typedef bf16 U;
-  __device__ static __forceinline__ void run(float v, uint16_t& hi, uint16_t& lo) {
-    hi = Num<bf16>::store(v).bits;
-    const float r = v - Num<bf16>::load(Num<bf16>::store(v));
-    lo = isfinite(r) ? Num<bf16>::store(r).bits : 0;
-  }
-};
-
 // Shared memory of a launch: the pipeline (OWN), else one tile pair (and the lo tile of f32 x).
 template <typename T, bool OWN>
 constexpr int smem_bytes() { return OWN ? STAGES * 2 * TILE : (std::is_same<T, float>::value ? 3 : 2) * TILE; }
@@ -607,9 +617,10 @@ constexpr int smem_bytes() { return OWN ? STAGES * 2 * TILE : (std::is_same<T, f
 // acc[m · ldacc + n − n_begin] (OWN: unused). Grid: x over 128 rows, y over 128 features from n_begin.
 template <typename T, bool OWN>
 __global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, const int32_t* __restrict__ acc,
-                                                  int64_t ldacc, const float* __restrict__ sx, const double* __restrict__ sw, const T* __restrict__ x,
-                                                  const int* __restrict__ list, const int* __restrict__ count, const T* __restrict__ bias, T* __restrict__ y,
-                                                  int64_t M, int64_t N, int64_t K, int64_t n_begin, int64_t n_end) {
+                                                  int64_t ldacc, const float* __restrict__ sx, const double* __restrict__ sw, const int* __restrict__ list,
+                                                  const int* __restrict__ count, const uint16_t* __restrict__ xo, int64_t Cp,
+                                                  const T* __restrict__ bias, T* __restrict__ y, int64_t M, int64_t N, int64_t K, int64_t n_begin,
+                                                  int64_t n_end) {
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t s0 = fa2::smem_u32(smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3, g = lane >> 2, tg = lane & 3;
@@ -686,24 +697,28 @@ __global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ 
         }
       }
   }
-  // the outlier columns: BK / 2 at a time gathered into 16-bit tiles (A: x, B: the weight codes)
+  // the outlier columns, BK / 2 at a time: A from the dense xo (k_i8_fix_rows gathered it), B
+  // gathered here from the weight codes
   typedef typename Split<T>::U U;
   constexpr bool LO = std::is_same<T, float>::value;
   uint16_t* sh = reinterpret_cast<uint16_t*>(smem);
   const int cnt = *count;
   constexpr int JS = BK / 2;  // columns a round
   for (int j0 = 0; j0 < cnt; j0 += JS) {
+#pragma unroll
+    for (int h = 0; h < TILE / 16 / THREADS; h++) {
+      const int idx = threadIdx.x + h * THREADS, r = idx / (BK / 16), ch = idx % (BK / 16);
+      const bool p = m0 + r < M;
+      const uint16_t* src = xo + (p ? m0 + r : 0) * Cp + j0 + ch * 8;
+      fa2::cp_async16(s0 + off(r, ch), src, p);
+      if (LO) fa2::cp_async16(s0 + 2 * TILE + off(r, ch), src + M * Cp, p);
+    }
+    fa2::cp_async_commit();
     const int jj = threadIdx.x % JS;
     const int64_t col = j0 + jj < cnt ? (int64_t)__ldg(list + j0 + jj) : -1;
-    for (int r = threadIdx.x / JS; r < BM; r += THREADS / JS) {
-      const int o = (off(r, jj >> 3) >> 1) + (jj & 7);  // in 16-bit elements
-      uint16_t hi = 0, lo = 0, w = 0;
-      if (col >= 0 && m0 + r < M) Split<T>::run(x[(m0 + r) * K + col], hi, lo);
-      if (col >= 0 && n0 + r < n_end) w = Num<U>::store((float)qw[(n0 + r) * K + col]).bits;
-      sh[o] = hi;
-      sh[TILE / 2 + o] = w;
-      if (LO) sh[TILE + o] = lo;
-    }
+    for (int r = threadIdx.x / JS; r < BN; r += THREADS / JS)
+      sh[TILE / 2 + (off(r, jj >> 3) >> 1) + (jj & 7)] = col >= 0 && n0 + r < n_end ? Num<U>::store((float)qw[(n0 + r) * K + col]).bits : (uint16_t)0;
+    fa2::cp_async_wait<0>();
     __syncthreads();
 #pragma unroll
     for (int s = 0; s < STEPS; s++) {
@@ -790,7 +805,6 @@ static int64_t i8_chunk(int64_t M) {
 // The operands of one large-M qlinear8 after its activations are quantized.
 template <typename T>
 struct I8Gemm {
-  const T* x;
   const int8_t* qx;
   int64_t Kp;
   const int8_t* qw;
@@ -798,6 +812,8 @@ struct I8Gemm {
   const float* sx;
   const int* list;
   const int* count;
+  const uint16_t* xo;  // the outlier columns of x, 16-bit, row stride Cp (k_i8_fix_rows)
+  int64_t Cp;
   const T* bias;
   T* y;
   int64_t M, N, K;
@@ -812,7 +828,7 @@ static void i8_launch(const I8Gemm<T>& g, const int32_t* acc, int64_t ldacc, int
   if (!attr) rt::check(cudaFuncSetAttribute(i8::k_gemm<T, OWN>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
   attr = true;
   const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((n_end - n_begin + i8::BN - 1) / i8::BN));
-  i8::k_gemm<T, OWN><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, acc, ldacc, g.sx, g.sw, g.x, g.list, g.count, g.bias, g.y, g.M, g.N, g.K, n_begin,
+  i8::k_gemm<T, OWN><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, acc, ldacc, g.sx, g.sw, g.list, g.count, g.xo, g.Cp, g.bias, g.y, g.M, g.N, g.K, n_begin,
                                                       n_end);
   detail::launched(OWN ? "qlinear8 (int8 GEMM, outliers)" : "qlinear8 (scales, outliers)");
 }
@@ -972,18 +988,22 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   if (vx) qdetail::k_i8_quant_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, flags, qx, sx);
   else qdetail::k_i8_quant_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, flags, qx, sx);
   detail::launched("qlinear8 (quantize activations, outlier columns)");
+  // the outlier columns of x, dense and 16-bit (f32 x: hi then lo), for the tensor-core outlier product
+  const int64_t Cp = (K + 63) / 64 * 64;
+  uint16_t* xo = decomp ? (uint16_t*)rt::alloc(2 * M * Cp * (std::is_same<T, float>::value ? 2 : 1), "qlinear8 (outlier columns of x)") : nullptr;
   if (decomp) {
     qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, 0, true, thr, flags, K, list, count, Kp, qx, sx);
-    if (vx) qdetail::k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, thr, flags, list, count, qx, sx);
-    else qdetail::k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, thr, flags, list, count, qx, sx);
+    if (vx) qdetail::k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, flags, list, count, qx, sx, xo, Cp);
+    else qdetail::k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, flags, list, count, qx, sx, xo, Cp);
     detail::launched("qlinear8 (outlier columns)");
   }
-  const qdetail::I8Gemm<T> g = {x, qx, Kp, qw, sw, sx, list, count, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
+  const qdetail::I8Gemm<T> g = {qx, Kp, qw, sw, sx, list, count, xo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
   const int how = qdetail::i8_choose<T>(g, s);
   const int64_t cols = how == qdetail::I8_LT_CHUNKED && qdetail::i8_chunk(M) < N ? qdetail::i8_chunk(M) : N;
   int32_t* acc = how == qdetail::I8_OWN && g.own_ok ? nullptr : (int32_t*)rt::alloc(4 * M * cols, "qlinear8 (int32 products)");
   qdetail::i8_run<T>(how, g, acc, s);
   if (acc) rt::release(acc);
+  if (xo) rt::release(xo);
   rt::release(ws);
 }
 
