@@ -871,7 +871,7 @@ static int i8_choose(const I8Gemm<T>& g, cudaStream_t s) {
   while (mb < g.M) mb <<= 1;
   static std::mutex mu;
   static std::map<std::tuple<int64_t, int64_t, int64_t, int>, int> chosen;
-  const auto key = std::make_tuple(mb, g.N, g.K, (int)sizeof(T) + (int)Is16<T>::value);
+  const auto key = std::make_tuple(mb, g.N, g.K, std::is_same<T, bf16>::value ? 1 : std::is_same<T, f16>::value ? 2 : 4);
   {
     std::lock_guard<std::mutex> lock(mu);
     auto it = chosen.find(key);
