@@ -525,8 +525,8 @@ __global__ void __launch_bounds__(256) k_qgemv8(const T* __restrict__ x, const i
   }
 }
 
-// int8 GEMM without cuBLASLt: acc[m, n] = Σ_k qx[m, k] · qw[n, k], 64×64 tiles, 32-deep k-steps,
-// dp4a on 4×4 outputs a thread.
+// int8 GEMM of last resort (no cuBLASLt algorithm and K not a multiple of 16, so no i8::k_gemm):
+// acc[m, n] = Σ_k qx[m, k] · qw[n, k] (ld N), 64×64 tiles, 32-deep k-steps, dp4a on 4×4 outputs a thread.
 __global__ void __launch_bounds__(256) k_gemm_i8(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, int32_t* __restrict__ acc, int64_t M,
                                                  int64_t N, int64_t K) {
   __shared__ int sa[64][9], sb[64][9];  // 8 words (32 bytes) of k a row, padded against bank conflicts
