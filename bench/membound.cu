@@ -168,12 +168,20 @@ struct F12 {
     return kiln::Num<kiln::bf16>::store(t5);
   }
   KILN_HD void operator()(int64_t i) const {
-    y[i] = at(kiln::Num<kiln::bf16>::load(a0[kiln::offset_of(i, out, s0)]), kiln::Num<kiln::bf16>::load(a1[i]), kiln::Num<float>::load(a2[kiln::offset_of(i, out, s2)]), kiln::Num<float>::load(a3[0]));
+    int64_t q_ = i;
+    int64_t c2; q_ = kiln::divmod(q_, (int64_t)4096, &c2);
+    const int64_t c1 = q_;
+    (void)q_;
+    y[i] = at(kiln::Num<kiln::bf16>::load(a0[c2 * s0.s[2]]), kiln::Num<kiln::bf16>::load(a1[i]), kiln::Num<float>::load(a2[c1 * s2.s[1]]), kiln::Num<float>::load(a3[0]));
   }
   KILN_HD void chunk(int64_t i) const {
-    float x0[W]; kiln::load_run<W>(x0, a0 + kiln::offset_of(i, out, s0));
+    int64_t q_ = i;
+    int64_t c2; q_ = kiln::divmod(q_, (int64_t)4096, &c2);
+    const int64_t c1 = q_;
+    (void)q_;
+    float x0[W]; kiln::load_run<W>(x0, a0 + c2 * s0.s[2]);
     float x1[W]; kiln::load_run<W>(x1, a1 + i);
-    const float x2 = kiln::Num<float>::load(a2[kiln::offset_of(i, out, s2)]);
+    const float x2 = kiln::Num<float>::load(a2[c1 * s2.s[1]]);
     const float x3 = kiln::Num<float>::load(a3[0]);
     kiln::bf16 r[W];
     KILN_UNROLL
@@ -282,14 +290,22 @@ struct F16 {
     return kiln::Num<kiln::bf16>::store(t4);
   }
   KILN_HD void operator()(int64_t i) const {
-    y[i] = at(kiln::Num<kiln::bf16>::load(a0[i]), kiln::Num<kiln::bf16>::load(a1[kiln::offset_of(i, out, s1)]), kiln::Num<kiln::bf16>::load(a2[i]), kiln::Num<float>::load(a3[kiln::offset_of(i, out, s3)]), kiln::Num<kiln::bf16>::load(a4[kiln::offset_of(i, out, s4)]));
+    int64_t q_ = i;
+    int64_t c3; q_ = kiln::divmod(q_, (int64_t)128, &c3);
+    int64_t c2; q_ = kiln::divmod(q_, out.d[2], &c2);
+    (void)q_;
+    y[i] = at(kiln::Num<kiln::bf16>::load(a0[i]), kiln::Num<kiln::bf16>::load(a1[c2 * s1.s[2] + c3 * s1.s[3]]), kiln::Num<kiln::bf16>::load(a2[i]), kiln::Num<float>::load(a3[c3 * s3.s[3]]), kiln::Num<kiln::bf16>::load(a4[c2 * s4.s[2] + c3 * s4.s[3]]));
   }
   KILN_HD void chunk(int64_t i) const {
+    int64_t q_ = i;
+    int64_t c3; q_ = kiln::divmod(q_, (int64_t)128, &c3);
+    int64_t c2; q_ = kiln::divmod(q_, out.d[2], &c2);
+    (void)q_;
     float x0[W]; kiln::load_run<W>(x0, a0 + i);
-    float x1[W]; kiln::load_run<W>(x1, a1 + kiln::offset_of(i, out, s1));
+    float x1[W]; kiln::load_run<W>(x1, a1 + c2 * s1.s[2] + c3 * s1.s[3]);
     float x2[W]; kiln::load_run<W>(x2, a2 + i);
-    float x3[W]; kiln::load_run<W>(x3, a3 + kiln::offset_of(i, out, s3));
-    float x4[W]; kiln::load_run<W>(x4, a4 + kiln::offset_of(i, out, s4));
+    float x3[W]; kiln::load_run<W>(x3, a3 + c3 * s3.s[3]);
+    float x4[W]; kiln::load_run<W>(x4, a4 + c2 * s4.s[2] + c3 * s4.s[3]);
     kiln::bf16 r[W];
     KILN_UNROLL
     for (int j = 0; j < W; j++) r[j] = at(x0[j], x1[j], x2[j], x3[j], x4[j]);

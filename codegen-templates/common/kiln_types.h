@@ -144,6 +144,15 @@ KILN_HD int64_t offset_of(int64_t k, const Shape& shape, const Strides& st) {
   return off;
 }
 
+// k / d, with k − (k / d)·d in *c: 32-bit division whenever the numbers fit (several times cheaper
+// on the GPU); with d a literal the compiler turns it into a multiply. Fused elementwise functors
+// split an element index into coordinates once with it and share them among their operands.
+KILN_HD int64_t divmod(int64_t k, int64_t d, int64_t* c) {
+  const int64_t q = ((((uint64_t)k | (uint64_t)d) >> 31) == 0) ? (int64_t)((uint32_t)k / (uint32_t)d) : k / d;
+  *c = k - q * d;
+  return q;
+}
+
 // ---- chunks of a fused elementwise kernel: W consecutive elements of one innermost row, loaded
 // and stored as 16-byte words. The codegen's functors call these; the targets' for_each run them
 // only where every pointer read or written in runs is 16-byte aligned (checked at run time).

@@ -10,7 +10,7 @@ import type { DType } from "../ir/dtype.js";
 import { DTYPE_BYTES } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph, Node, Value } from "../ir/graph.js";
-import { locString, typeString } from "../ir/graph.js";
+import { locString, typeString, usesOf } from "../ir/graph.js";
 import { printNode } from "../ir/print.js";
 import type { Expr } from "../ir/expr.js";
 import { parseExpr, printExpr } from "../ir/expr.js";
@@ -138,11 +138,15 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   const kept = new Set(g.outputs.map((x) => x.value.id));
   const opRoots = new Set<number>();
   const inPlace = inPlaceCacheWrites(g);
+  // transposes and constant-index gathers read only by elementwise ops are not materialized:
+  // those ops read through them (views)
+  const views = elementwiseViews(g);
+  const readsOf = (n: Node): Value[] => [...n.operands, ...n.operands.flatMap((x) => (views.has(x.id) ? [views.get(x.id)!.src] : []))];
   g.nodes.forEach((n, i) => {
     const aliasing = n.op === "reshape" || inPlace.has(n.result.id);
     root.set(n.result.id, aliasing ? root.get(n.operands[0].id)! : n.result.id);
-    if (!aliasing && n.op !== "constant") opRoots.add(n.result.id); // constants live in the library
-    for (const x of n.operands) lastUse.set(root.get(x.id)!, i);
+    if (!aliasing && n.op !== "constant" && !views.has(n.result.id)) opRoots.add(n.result.id); // constants live in the library
+    for (const x of readsOf(n)) lastUse.set(root.get(x.id)!, i);
   });
   for (const x of g.outputs) kept.add(root.get(x.value.id)!);
 
@@ -152,6 +156,10 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     name.set(n.result.id, y);
     const T = CTYPE[n.result.dtype];
     const where = `${printNode(n, ref).split(" loc(")[0]}${n.loc ? ` at ${locString(n.loc)}` : ""}`;
+    if (views.has(n.result.id)) {
+      body.push(`  // ${printNode(n, ref)} (not materialized: its readers read ${ref(views.get(n.result.id)!.src)} through it)`);
+      return;
+    }
     body.push(`  // ${printNode(n, ref)}`);
     if (n.op === "reshape") {
       const c = constants.get(n.operands[0].id);
@@ -201,13 +209,13 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       // a lone arithmetic op (one fuse-elementwise left alone: nothing to fuse with) runs as a
       // one-op expression, so it gets the functor's vectorized chunks too
       const e = n.op === "elementwise" ? n : asExpression(n);
-      const { functor, call } = emitElementwise(e, name);
+      const { functor, call } = emitElementwise(e, name, views);
       kernels.push(functor);
       body.push(`  ${call}`);
     } else body.push(...emitOp(n, name, where, constants).map((l) => `  ${l}`));
     // free operands whose buffers die here
     const freed = new Set<number>();
-    for (const x of n.operands) {
+    for (const x of readsOf(n)) {
       const r = root.get(x.id)!;
       if (lastUse.get(r) === i && opRoots.has(r) && !kept.has(r) && !freed.has(r)) {
         freed.add(r);
@@ -277,6 +285,65 @@ function asExpression(n: Node): Node {
   return { op: "elementwise", operands: n.operands, attrs: { expr: printExpr(expr) }, result: n.result };
 }
 
+/** An elementwise operand read through a transpose and/or a constant-index gather of `src`. */
+export interface View {
+  /** the materialized value read */
+  src: Value;
+  /** the view's dim i is src's dim perm[i] (perm keeps the last dim in place) */
+  perm: number[];
+  /** a gather along the last dim with these constant indices (on the target: the constant `value`) */
+  table?: { value: Value; values: number[] };
+}
+
+/**
+ * The transposes (the last dim kept in place) and last-axis gathers with constant indices (RoPE's
+ * rotate-half) whose every reader is an elementwise op of the same shape (or such a gather): those
+ * readers read the source through them (strides, and the index table), so no kernel copies the
+ * data. The graph's meaning is unchanged; only where the target computes the indexing moves.
+ */
+export function elementwiseViews(g: Graph): Map<number, View> {
+  const uses = usesOf(g);
+  const outputs = new Set(g.outputs.map((o) => o.value.id));
+  const constVals = new Map<number, number[]>();
+  for (const n of g.nodes) {
+    if (n.op === "constant") constVals.set(n.result.id, n.attrs.values as number[]);
+    else if (n.op === "reshape" && constVals.has(n.operands[0].id)) constVals.set(n.result.id, constVals.get(n.operands[0].id)!);
+  }
+  const same = (a: readonly Dim[], b: readonly Dim[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+  const readsAsView = (u: Node, v: Value) => (u.op === "elementwise" || LONE_ELEMENTWISE.has(u.op)) && same(u.result.shape, v.shape);
+  const absorbed = new Set<number>();
+  const candidate = (n: Node): boolean => {
+    const r = n.result.shape.length;
+    if (r === 0 || outputs.has(n.result.id)) return false;
+    if (n.op === "transpose") return (n.attrs.perm as number[])[r - 1] === r - 1;
+    if (n.op !== "gather") return false;
+    const [x, idx] = n.operands;
+    const ax = (n.attrs.axis as number) < 0 ? (n.attrs.axis as number) + x.shape.length : (n.attrs.axis as number);
+    const vals = constVals.get(idx.id);
+    const L = x.shape[x.shape.length - 1];
+    return ax === x.shape.length - 1 && idx.shape.length === 1 && typeof L === "number" && !!vals && vals.length === L && vals.every((i) => Number.isInteger(i) && i >= 0 && i < L);
+  };
+  for (let i = g.nodes.length - 1; i >= 0; i--) {
+    const n = g.nodes[i];
+    if (!candidate(n)) continue;
+    const us = uses.get(n.result.id) ?? [];
+    const ok = us.length > 0 && us.every((u) => readsAsView(u, n.result) || (n.op === "transpose" && u.op === "gather" && absorbed.has(u.result.id) && u.operands[0].id === n.result.id && !u.operands.slice(1).some((o) => o.id === n.result.id)));
+    if (ok) absorbed.add(n.result.id);
+  }
+  const views = new Map<number, View>();
+  for (const n of g.nodes) {
+    if (!absorbed.has(n.result.id)) continue;
+    const x = n.operands[0];
+    if (n.op === "transpose") views.set(n.result.id, { src: x, perm: [...(n.attrs.perm as number[])] });
+    else {
+      const inner = views.get(x.id);
+      const table = { value: n.operands[1], values: constVals.get(n.operands[1].id)! };
+      views.set(n.result.id, inner ? { ...inner, table } : { src: x, perm: x.shape.map((_d, k) => k), table });
+    }
+  }
+  return views;
+}
+
 /**
  * A fused `elementwise` op: a functor and its launch. `at` is the expression at one element, from
  * its operands' values; `operator()(i)` evaluates element i (the scalar path); `chunk(i)` evaluates
@@ -288,20 +355,31 @@ function asExpression(n: Node): Node {
  * target's for_each whether the chunks may run: every run 16-byte aligned, and W dividing the
  * innermost dim where an operand broadcasts (weights and inputs may sit at any offset).
  */
-export function emitElementwise(n: Node, name: Map<number, string>): { functor: string; call: string } {
+export function emitElementwise(n: Node, name: Map<number, string>, views: Map<number, View> = new Map()): { functor: string; call: string } {
   const id = n.result.id;
   const out = n.result.shape;
   const T = CTYPE[n.result.dtype];
   const own = cstrides(out);
   const reads = n.operands.map((v, k) => {
+    const view = views.get(v.id);
+    if (view) {
+      // src's strides permuted (the shapes are equal: no broadcast); a gather's last dim is
+      // indexed through its table instead (src's last stride is 1)
+      const ss = cstrides(view.src.shape);
+      const st = out.map((d, i) => (d === 1 || (view.table && i === out.length - 1) ? "0" : ss[view.perm[i]]));
+      return { k, v: view.src, st, kind: "view", view, C: ctypeC(v.dtype), T: CTYPE[v.dtype] };
+    }
     const st = broadcastStrides(v.shape, out);
     const contig = st.every((s, i) => out[i] === 1 || s === own[i]);
     const kind = contig ? "contig" : st.every((s) => s === "0") ? "scalar" : st[st.length - 1] === "0" ? "col" : "row";
-    return { k, v, st, kind, C: ctypeC(v.dtype), T: CTYPE[v.dtype] };
+    return { k, v, st, kind, view: undefined as View | undefined, C: ctypeC(v.dtype), T: CTYPE[v.dtype] };
   });
-  const runs = reads.filter((r) => r.kind === "contig" || r.kind === "row");
+  const runs = reads.filter((r) => r.kind === "contig" || r.kind === "row" || r.kind === "view");
   const W = 16 / Math.min(DTYPE_BYTES[n.result.dtype], ...runs.map((r) => DTYPE_BYTES[r.v.dtype]));
-  const strided = reads.filter((r) => r.kind === "row" || r.kind === "col");
+  const strided = reads.filter((r) => r.kind === "row" || r.kind === "col" || r.kind === "view");
+  // a gathered view runs in chunks only where its table maps each aligned chunk to an aligned run
+  const tableRuns = (vals: number[]): boolean =>
+    vals.length % W === 0 && vals.every((x, c) => (c % W === 0 ? x % W === 0 : x === vals[c - 1] + 1));
 
   const lines: string[] = [];
   let t = 0;
@@ -326,17 +404,48 @@ export function emitElementwise(n: Node, name: Map<number, string>): { functor: 
   const root = gen(parseExpr(n.attrs.expr as string));
   type Read = (typeof reads)[number];
   // where operand r's value of element i is
-  const offset = (r: Read): string => (r.kind === "contig" ? "i" : r.kind === "scalar" ? "0" : `kiln::offset_of(i, out, s${r.k})`);
+  // The element's coordinates, computed once and shared by the strided operands: dims of size 1
+  // are skipped, literal dims divide by a constant, the outermost moving dim needs no division.
+  const moving = out.map((d, i) => i).filter((i) => out[i] !== 1 && strided.some((r) => r.st[i] !== "0"));
+  const lowest = out.findIndex((d) => d !== 1);
+  const coords: string[] = [];
+  if (strided.length) {
+    coords.push("int64_t q_ = i;");
+    for (let i = out.length - 1; i >= 0; i--) {
+      if (out[i] === 1) continue;
+      if (i < (moving[0] ?? out.length)) break;
+      const d = typeof out[i] === "number" ? `(int64_t)${out[i]}` : `out.d[${i}]`;
+      if (i === lowest) coords.push(`const int64_t c${i} = q_;`);
+      else coords.push(`int64_t c${i}; q_ = kiln::divmod(q_, ${d}, &c${i});`);
+      if (!moving.includes(i)) coords.push(`(void)c${i};`);
+    }
+    coords.push("(void)q_;");
+  }
+  const dot = (r: Read): string => {
+    const terms = moving.filter((i) => r.st[i] !== "0").map((i) => `c${i} * s${r.k}.s[${i}]`);
+    return terms.length ? terms.join(" + ") : "0";
+  };
+  const offset = (r: Read): string =>
+    r.kind === "contig"
+      ? "i"
+      : r.kind === "scalar"
+        ? "0"
+        : r.view?.table
+          ? `${dot(r)} + g${r.k}[i % ${r.view.table.values.length}]`
+          : dot(r);
   const chunkLoad = (r: Read): string =>
-    r.kind === "contig" || r.kind === "row"
+    r.kind === "contig" || r.kind === "row" || r.kind === "view"
       ? `${r.C} x${r.k}[W]; kiln::load_run<W>(x${r.k}, a${r.k} + ${offset(r)});`
       : `const ${r.C} x${r.k} = kiln::Num<${r.T}>::load(a${r.k}[${offset(r)}]);`;
   const aligned = ["y", ...runs.map((r) => `a${r.k}`)].map((p) => `kiln::aligned16(${p})`);
   if (strided.length) aligned.push("out.d[out.rank - 1] % W == 0");
+  if (reads.some((r) => r.view?.table && !tableRuns(r.view.table.values))) aligned.push("false");
   const functor = [
     `// ${n.attrs.expr as string}`,
     `struct F${id} {`,
-    ...reads.map((r) => `  const ${r.T}* a${r.k};${r.kind === "row" || r.kind === "col" ? ` kiln::Strides s${r.k};` : ""} // ${r.kind}`),
+    ...reads.map(
+      (r) => `  const ${r.T}* a${r.k};${r.kind === "row" || r.kind === "col" || r.kind === "view" ? ` kiln::Strides s${r.k};` : ""}${r.view?.table ? ` const ${CTYPE[r.view.table.value.dtype]}* g${r.k};` : ""} // ${r.kind}`,
+    ),
     `  ${T}* y;`,
     `  kiln::Shape out;`,
     `  static constexpr int W = ${W};`,
@@ -345,19 +454,25 @@ export function emitElementwise(n: Node, name: Map<number, string>): { functor: 
     `    return kiln::Num<${T}>::store(${root});`,
     `  }`,
     `  KILN_HD void operator()(int64_t i) const {`,
+    ...coords.map((l) => `    ${l}`),
     `    y[i] = at(${reads.map((r) => `kiln::Num<${r.T}>::load(a${r.k}[${offset(r)}])`).join(", ")});`,
     `  }`,
     `  KILN_HD void chunk(int64_t i) const {`,
+    ...coords.map((l) => `    ${l}`),
     ...reads.map((r) => `    ${chunkLoad(r)}`),
     `    ${T} r[W];`,
     `    KILN_UNROLL`,
-    `    for (int j = 0; j < W; j++) r[j] = at(${reads.map((r) => (r.kind === "contig" || r.kind === "row" ? `x${r.k}[j]` : `x${r.k}`)).join(", ")});`,
+    `    for (int j = 0; j < W; j++) r[j] = at(${reads.map((r) => (r.kind === "contig" || r.kind === "row" || r.kind === "view" ? `x${r.k}[j]` : `x${r.k}`)).join(", ")});`,
     `    kiln::store_run<W>(y + i, r);`,
     `  }`,
     `  bool chunkable() const { return ${aligned.join(" && ")}; }`,
     `};`,
   ].join("\n");
-  const init = reads.map((r) => (r.kind === "row" || r.kind === "col" ? `${name.get(r.v.id)}, ${stridesLit(r.st)}` : name.get(r.v.id)!));
+  const init = reads.map((r) =>
+    r.kind === "row" || r.kind === "col" || r.kind === "view"
+      ? `${name.get(r.v.id)}, ${stridesLit(r.st)}${r.view?.table ? `, ${name.get(r.view.table.value.id)}` : ""}`
+      : name.get(r.v.id)!,
+  );
   return { functor, call: `K::for_each(F${id}{${init.join(", ")}, v${id}, ${shapeLit(out.map(cdim))}}, ${cprod(out)});` };
 }
 
