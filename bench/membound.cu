@@ -136,21 +136,25 @@ graph membound {
   input %rot: bf16[1, 32, T, 128]
   input %sign: f32[128]
   input %sin: bf16[1, 1, T, 128]
+  input %xd: bf16[1, T, D]
   param %w: bf16[4096]
+  param %wd: bf16[D]
   %0: bf16[1, T, 4096] = elementwise(%w, %x, %m, %eps) {expr = "(mul:bf16 $0 (cast:bf16 (mul:f32 (cast:f32 $1) (rsqrt:f32 (add:f32 $2 $3)))))"}
   %1: bf16[1, T, 11008] = elementwise(%gate, %up) {expr = "(mul:bf16 (silu:bf16 $0) $1)"}
   %2: bf16[1, T, 4096] = elementwise(%x, %r, %0) {expr = "(add:bf16 (add:bf16 $0 $1) $2)"}
   %3: f32[1, T, 4096] = elementwise(%x, %r) {expr = "(cast:f32 (add:bf16 $0 $1))"}
   %4: bf16[1, 32, T, 128] = elementwise(%q, %cos, %rot, %sign, %sin) {expr = "(add:bf16 (mul:bf16 $0 $1) (mul:bf16 (mul:bf16 $2 (cast:bf16 $3)) $4))"}
+  %5: bf16[1, T, D] = elementwise(%wd, %xd, %m, %eps) {expr = "(mul:bf16 $0 (cast:bf16 (mul:f32 (cast:f32 $1) (rsqrt:f32 (add:f32 $2 $3)))))"}
   output a = %0
   output b = %1
   output c = %2
   output d = %3
   output e = %4
+  output f = %5
 }*/
 // BEGIN emitted
 // (mul:bf16 $0 (cast:bf16 (mul:f32 (cast:f32 $1) (rsqrt:f32 (add:f32 $2 $3)))))
-struct F12 {
+struct F14 {
   const kiln::bf16* a0; kiln::Strides s0; // row
   const kiln::bf16* a1; // contig
   const float* a2; kiln::Strides s2; // col
@@ -192,7 +196,7 @@ struct F12 {
 };
 
 // (mul:bf16 (silu:bf16 $0) $1)
-struct F13 {
+struct F15 {
   const kiln::bf16* a0; // contig
   const kiln::bf16* a1; // contig
   kiln::bf16* y;
@@ -218,7 +222,7 @@ struct F13 {
 };
 
 // (add:bf16 (add:bf16 $0 $1) $2)
-struct F14 {
+struct F16 {
   const kiln::bf16* a0; // contig
   const kiln::bf16* a1; // contig
   const kiln::bf16* a2; // contig
@@ -246,7 +250,7 @@ struct F14 {
 };
 
 // (cast:f32 (add:bf16 $0 $1))
-struct F15 {
+struct F17 {
   const kiln::bf16* a0; // contig
   const kiln::bf16* a1; // contig
   float* y;
@@ -272,7 +276,7 @@ struct F15 {
 };
 
 // (add:bf16 (mul:bf16 $0 $1) (mul:bf16 (mul:bf16 $2 (cast:bf16 $3)) $4))
-struct F16 {
+struct F18 {
   const kiln::bf16* a0; // contig
   const kiln::bf16* a1; kiln::Strides s1; // row
   const kiln::bf16* a2; // contig
@@ -312,6 +316,48 @@ struct F16 {
     kiln::store_run<W>(y + i, r);
   }
   bool chunkable() const { return kiln::aligned16(y) && kiln::aligned16(a0) && kiln::aligned16(a1) && kiln::aligned16(a2) && kiln::aligned16(a3) && kiln::aligned16(a4) && out.d[out.rank - 1] % W == 0; }
+};
+
+// (mul:bf16 $0 (cast:bf16 (mul:f32 (cast:f32 $1) (rsqrt:f32 (add:f32 $2 $3)))))
+struct F19 {
+  const kiln::bf16* a0; kiln::Strides s0; // row
+  const kiln::bf16* a1; // contig
+  const float* a2; kiln::Strides s2; // col
+  const float* a3; // scalar
+  kiln::bf16* y;
+  kiln::Shape out;
+  static constexpr int W = 8;
+  KILN_HD kiln::bf16 at(const float x0, const float x1, const float x2, const float x3) const {
+    const float t0 = kiln::rnd<float>((float)x1);
+    const float t1 = kiln::rnd<float>((float)kiln::OpAdd()(x2, x3));
+    const float t2 = kiln::rnd<float>(kiln::OpRsqrt()(t1));
+    const float t3 = kiln::rnd<float>((float)kiln::OpMul()(t0, t2));
+    const float t4 = kiln::rnd<kiln::bf16>((float)t3);
+    const float t5 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(x0, t4));
+    return kiln::Num<kiln::bf16>::store(t5);
+  }
+  KILN_HD void operator()(int64_t i) const {
+    int64_t q_ = i;
+    int64_t c2; q_ = kiln::divmod(q_, out.d[2], &c2);
+    const int64_t c1 = q_;
+    (void)q_;
+    y[i] = at(kiln::Num<kiln::bf16>::load(a0[c2 * s0.s[2]]), kiln::Num<kiln::bf16>::load(a1[i]), kiln::Num<float>::load(a2[c1 * s2.s[1]]), kiln::Num<float>::load(a3[0]));
+  }
+  KILN_HD void chunk(int64_t i) const {
+    int64_t q_ = i;
+    int64_t c2; q_ = kiln::divmod(q_, out.d[2], &c2);
+    const int64_t c1 = q_;
+    (void)q_;
+    float x0[W]; kiln::load_run<W>(x0, a0 + c2 * s0.s[2]);
+    float x1[W]; kiln::load_run<W>(x1, a1 + i);
+    const float x2 = kiln::Num<float>::load(a2[c1 * s2.s[1]]);
+    const float x3 = kiln::Num<float>::load(a3[0]);
+    kiln::bf16 r[W];
+    KILN_UNROLL
+    for (int j = 0; j < W; j++) r[j] = at(x0[j], x1[j], x2, x3);
+    kiln::store_run<W>(y + i, r);
+  }
+  bool chunkable() const { return kiln::aligned16(y) && kiln::aligned16(a0) && kiln::aligned16(a1) && out.d[out.rank - 1] % W == 0; }
 };
 
 // END emitted
@@ -431,19 +477,19 @@ int main(int argc, char** argv) {
   // the RMSNorm chain: y = w · bf16(f32(x) · rsqrt(m + eps)), w [H], m [1, T, 1], eps []
   cases.push_back({"rmsnorm chain x*rsqrt(m+eps)*w", (size_t)(T * H * 2), b2 * T * H * 2 + 2 * H + 4 * T,
                    [=](void* y) { old_for_each(OldRms{w, wS, false, x, own(sTH), true, m, mS, false, eps, strides({}), false, (bf16*)y, sTH}, T * H); },
-                   [=](void* y) { K::for_each(F12{w, wS, x, m, mS, eps, (bf16*)y, sTH}, T * H); }});
+                   [=](void* y) { K::for_each(F14{w, wS, x, m, mS, eps, (bf16*)y, sTH}, T * H); }});
   cases.push_back({"silu(g)*u [T, 11008]", (size_t)(T * I * 2), 3.0 * T * I * 2,
                    [=](void* y) { old_for_each(OldSiluMul{gate, own(sTI), true, up, own(sTI), true, (bf16*)y, sTI}, T * I); },
-                   [=](void* y) { K::for_each(F13{gate, up, (bf16*)y, sTI}, T * I); }});
+                   [=](void* y) { K::for_each(F15{gate, up, (bf16*)y, sTI}, T * I); }});
   cases.push_back({"residual add x+r+z", (size_t)(T * H * 2), 4.0 * T * H * 2,
                    [=](void* y) { old_for_each(OldAdd3{x, own(sTH), true, r, own(sTH), true, up, own(sTH), true, (bf16*)y, sTH}, T * H); },
-                   [=](void* y) { K::for_each(F14{x, r, up, (bf16*)y, sTH}, T * H); }});
+                   [=](void* y) { K::for_each(F16{x, r, up, (bf16*)y, sTH}, T * H); }});
   cases.push_back({"residual add -> f32", (size_t)(T * H * 4), 2.0 * T * H * 2 + 4.0 * T * H,
                    [=](void* y) { old_for_each(OldAddF32{x, own(sTH), true, r, own(sTH), true, (float*)y, sTH}, T * H); },
-                   [=](void* y) { K::for_each(F15{x, r, (float*)y, sTH}, T * H); }});
+                   [=](void* y) { K::for_each(F17{x, r, (float*)y, sTH}, T * H); }});
   cases.push_back({"rope chain q*cos+rot(q)*sin", (size_t)(NH * T * HD * 2), 3.0 * NH * T * HD * 2 + 2.0 * T * HD * 2 + 4 * HD,
                    [=](void* y) { old_for_each(OldRope{q, own(sQ), true, cosb, cS, false, rot, own(sQ), true, sign, signS, false, sinb, cS, false, (bf16*)y, sQ}, NH * T * HD); },
-                   [=](void* y) { K::for_each(F16{q, cosb, cS, rot, sign, signS, sinb, cS, (bf16*)y, sQ}, NH * T * HD); }});
+                   [=](void* y) { K::for_each(F18{q, cosb, cS, rot, sign, signS, sinb, cS, (bf16*)y, sQ}, NH * T * HD); }});
   cases.push_back({"rope gather rotate_half(q)", (size_t)(NH * T * HD * 2), 2.0 * NH * T * HD * 2,
                    [=](void* y) { old_gather(q, half, (bf16*)y, NH * T, HD, 1, HD); },
                    [=](void* y) { K::gather(q, half, (bf16*)y, NH * T, HD, 1, HD, false); }});
@@ -461,18 +507,18 @@ int main(int argc, char** argv) {
   // edge cases (checked, not timed): each takes a fallback or a partial path of the new code
   const int64_t t2 = 37;
   const kiln::Shape odd = shape({1, t2, 4100}), tail = shape({1, 1, 8 * 1001 + 5});
-  cases.push_back({"check: rmsnorm, innermost 4100 (scalar path)", (size_t)(t2 * 4100 * 2), 0,
+  cases.push_back({"check: rmsnorm, innermost D = 4100 (scalar path)", (size_t)(t2 * 4100 * 2), 0,
                    [=](void* y) { old_for_each(OldRms{w, strides({0, 0, 1}), false, x, own(odd), true, m, mS, false, eps, strides({}), false, (bf16*)y, odd}, t2 * 4100); },
-                   [=](void* y) { K::for_each(F12{w, strides({0, 0, 1}), x, m, mS, eps, (bf16*)y, odd}, t2 * 4100); }});
+                   [=](void* y) { K::for_each(F19{w, strides({0, 0, 1}), x, m, mS, eps, (bf16*)y, odd}, t2 * 4100); }});
   cases.push_back({"check: rmsnorm, x and w misaligned", (size_t)(t2 * H * 2), 0,
                    [=](void* y) { old_for_each(OldRms{w + 1, wS, false, x + 3, own(shape({1, t2, H})), true, m, mS, false, eps, strides({}), false, (bf16*)y, shape({1, t2, H})}, t2 * H); },
-                   [=](void* y) { K::for_each(F12{w + 1, wS, x + 3, m, mS, eps, (bf16*)y, shape({1, t2, H})}, t2 * H); }});
+                   [=](void* y) { K::for_each(F14{w + 1, wS, x + 3, m, mS, eps, (bf16*)y, shape({1, t2, H})}, t2 * H); }});
   cases.push_back({"check: silu*u, 8*1001+5 elements (chunks + tail)", (size_t)(tail.d[2] * 2), 0,
                    [=](void* y) { old_for_each(OldSiluMul{gate, own(tail), true, up, own(tail), true, (bf16*)y, tail}, tail.d[2]); },
-                   [=](void* y) { K::for_each(F13{gate, up, (bf16*)y, tail}, tail.d[2]); }});
+                   [=](void* y) { K::for_each(F15{gate, up, (bf16*)y, tail}, tail.d[2]); }});
   cases.push_back({"check: add -> f32, misaligned output", (size_t)(t2 * H * 4 + 4), 0,
                    [=](void* y) { old_for_each(OldAddF32{x, own(shape({1, t2, H})), true, r, own(shape({1, t2, H})), true, (float*)y + 1, shape({1, t2, H})}, t2 * H); },
-                   [=](void* y) { K::for_each(F15{x, r, (float*)y + 1, shape({1, t2, H})}, t2 * H); }, 4});
+                   [=](void* y) { K::for_each(F17{x, r, (float*)y + 1, shape({1, t2, H})}, t2 * H); }, 4});
   cases.push_back({"check: gather, random permutation (no runs)", (size_t)(NH * t2 * HD * 2), 0,
                    [=](void* y) { old_gather(q, perm, (bf16*)y, NH * t2, HD, 1, HD); },
                    [=](void* y) { K::gather(q, perm, (bf16*)y, NH * t2, HD, 1, HD, false); }});
