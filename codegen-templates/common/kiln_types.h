@@ -198,5 +198,14 @@ template <typename T>
 KILN_HD typename Num<T>::C rnd(typename Num<T>::C x) { return Num<T>::load(Num<T>::store(x)); }
 template <>
 KILN_HD float rnd<float>(float x) { return x; }
+// bf16: the same bits as load(store(x)), in fewer instructions (fused chains round every
+// intermediate, and on the GPU that rounding, not memory, bounds chains such as RoPE's):
+// round to nearest even on the integer bits, the upper half kept; NaN quieted as store does it.
+template <>
+KILN_HD float rnd<bf16>(float x) {
+  const uint32_t b = f32_bits(x);
+  if (x != x) return bits_f32((b | 0x00400000u) & 0xffff0000u);
+  return bits_f32((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
+}
 
 }  // namespace kiln
