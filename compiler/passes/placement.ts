@@ -119,7 +119,7 @@ function budgetsOf(spec: Readonly<Record<string | number, string | number>>, wha
 }
 
 /** The symbolic dims' bounds compile() gives: B sequences of S tokens, cache capacity C = P = S, T = B·S packed tokens. */
-export const dimBounds = (maxBatch: number, maxSeq: number): Record<string, number> => ({ B: maxBatch, S: maxSeq, P: maxSeq, C: maxSeq, T: maxBatch * maxSeq });
+export const dimBounds = (maxBatch: number, maxSeq: number): Record<string, number> => ({ B: maxBatch, N: maxBatch, S: maxSeq, P: maxSeq, C: maxSeq, T: maxBatch * maxSeq });
 
 // ---------------------------------------------------------------- groups
 
