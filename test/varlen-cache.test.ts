@@ -2,7 +2,7 @@
 // (tokens [1, T], cu_seqlens, a cache row and past length per sequence) for every decoder family,
 // and the packed graph gives each sequence what the static graph gives that sequence run alone:
 // random numbers of sequences, past lengths (decode, prefill, and mixes), new lengths and cache
-// rows (property test). The three ops' shape rules, round-trip and run-time checks.
+// rows (property test). The ops themselves, by hand: test/interpreter.test.ts.
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -12,7 +12,6 @@ import type { ModelDef } from "../compiler/dsl/index.js";
 import { traceModel } from "../compiler/dsl/index.js";
 import type { Graph, Tensor } from "../compiler/ir/index.js";
 import { initialCache, parse, print, run, tensor } from "../compiler/ir/index.js";
-import { verify } from "../compiler/ir/verify.js";
 import { createContext, cse, dce, fuseAttention, runPipeline, parsePipeline, unpadVarlen } from "../compiler/passes/index.js";
 import { modelFor } from "../models/index.js";
 import { openCheckpoint } from "../runtime/safetensors.js";
@@ -107,52 +106,6 @@ describe("the packed graph gives each sequence what it gets alone (property)", (
       }),
       { numRuns: 12, seed: 5 },
     );
-  });
-});
-
-describe("the varlen cache ops", () => {
-  const graph = (slotType = "i32") => `graph t {
-  input %cache: f32[2, 1, 4, 2]
-  input %update: f32[1, 1, T, 2]
-  input %q: f32[1, 2, T, 2]
-  input %cu: i32[N+1]
-  input %slot: ${slotType}[N]
-  input %pos: i64[N]
-  %0: f32[2, 1, 4, 2] = varlen_cache_write(%cache, %update, %cu, %slot, %pos)
-  %1: f32[1, 2, T, 2] = varlen_cache_attention(%q, %0, %0, %cu, %slot, %pos) {kv_groups = 2, scale = 0.5, window = 2}
-  %2: i64[T] = varlen_cache_positions(%cu, %pos) {length = T}
-  output cache = %0
-  output y = %1
-  output at = %2
-}
-`;
-  const feed = (cu: number[], slot: number[], pos: number[]) => {
-    const T = cu[cu.length - 1];
-    return {
-      cache: tensor("f32", [2, 1, 4, 2], Array.from({ length: 16 }, (_v, i) => i)), update: tensor("f32", [1, 1, T, 2], Array.from({ length: 2 * T }, (_v, i) => -1 - i)),
-      q: tensor("f32", [1, 2, T, 2], Array<number>(4 * T).fill(1)), cu: tensor("i32", [cu.length], cu), slot: tensor("i32", [slot.length], slot), pos: tensor("i64", [pos.length], pos),
-    };
-  };
-  test("round-trip, positions, writes into each sequence's row, attention over keys 0..position (window 2)", () => {
-    const g = parse(graph());
-    expect(print(parse(print(g)))).toBe(print(g));
-    // sequence 0: 1 token at position 3 of row 1; sequence 1: 2 tokens at positions 0, 1 of row 0
-    const out = run(g, feed([0, 1, 3], [1, 0], [3, 0]), {});
-    expect(Array.from(out.at.data)).toEqual([3, 0, 1]);
-    const c = Array.from(out.cache.data);
-    expect(c.slice(0, 4)).toEqual([-3, -4, -5, -6]); // row 0, positions 0 and 1
-    expect(c.slice(8 + 6, 16)).toEqual([-1, -2]); // row 1, position 3
-    expect(c.slice(8, 14)).toEqual([8, 9, 10, 11, 12, 13]); // row 1 before it: untouched
-    // query 1 (sequence 1, position 0) sees only its own key, for both query heads
-    expect(Array.from(out.y.data.slice(2, 4))).toEqual([-3, -4]);
-    expect(Array.from(out.y.data.slice(8, 10))).toEqual([-3, -4]);
-  });
-  test("shape rules and run-time checks name what is wrong", () => {
-    expect(() => verify(parse(graph("i64")))).toThrow(/cache_slot must be i32 \[N\]/);
-    const g = parse(graph());
-    expect(() => run(g, feed([0, 1, 2], [1, 1], [0, 0]), {})).toThrow(/cache slot 1 is given to two sequences/);
-    expect(() => run(g, feed([0, 2], [0], [3]), {})).toThrow(/sequence 0: 2 tokens at position 3 do not fit the cache's capacity 4/);
-    expect(() => run(g, feed([0, 1], [2], [0]), {})).toThrow(/cache slot 2 is not in \[0, 2\)/);
   });
 });
 
