@@ -130,7 +130,9 @@ async function compilerVersion(cmd: string): Promise<string> {
 }
 
 function compilerCommand(target: Target, arch: Arch): { cmd: string; flags: string[]; source: string } {
-  if (target === "cpu") return { cmd: process.env.KILN_CXX ?? "g++", flags: ["-std=c++17", "-O3", "-fPIC", "-shared", "-fopenmp", "-Wall", "-Wno-unused-variable", "-Wno-unused-function"], source: "model.cpp" };
+  // -z nodelete: the binding dlcloses the library when its last buffer is freed, which would unmap
+  // libgomp under OpenMP worker threads still spinning after a parallel region (a SIGSEGV at exit)
+  if (target === "cpu") return { cmd: process.env.KILN_CXX ?? "g++", flags: ["-std=c++17", "-O3", "-fPIC", "-shared", "-fopenmp", "-Wl,-z,nodelete", "-Wall", "-Wno-unused-variable", "-Wno-unused-function"], source: "model.cpp" };
   const sm = arch.replace("sm_", "");
   return {
     cmd: process.env.KILN_NVCC ?? "nvcc",
