@@ -7,4 +7,6 @@ export default {
   testMatch: ["<rootDir>/test/**/*.test.ts"],
   testPathIgnorePatterns: ["\\.gpu\\.test\\.ts$"],
   testTimeout: 120000,
+  // engineers keep git worktrees under .wt/ (ignored): not part of this package
+  modulePathIgnorePatterns: ["<rootDir>/.wt/"],
 };

@@ -8,6 +8,7 @@
 #include "common/kiln_types.h"
 #include "cuda/kernels.cuh"
 #include "cuda/runtime.cuh"
+#include "timing.cuh"
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -25,36 +26,6 @@ __global__ void k_random(bf16* p, int64_t n, uint32_t seed, float scale) {
     float u = (float)(h & 0xffffff) / 16777216.0f - 0.5f;
     p[i] = kiln::Num<bf16>::store(u * scale);
   }
-}
-
-static void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-    exit(1);
-  }
-}
-
-template <typename F>
-static double median_us(F launch, int warm, int iters) {
-  cudaStream_t s = kiln::cuda::stream();
-  std::vector<cudaEvent_t> ev(2 * iters);
-  for (auto& e : ev) ck(cudaEventCreate(&e), "event");
-  for (int i = 0; i < warm; i++) launch(i);
-  for (int i = 0; i < iters; i++) {
-    ck(cudaEventRecord(ev[2 * i], s), "record");
-    launch(i);
-    ck(cudaEventRecord(ev[2 * i + 1], s), "record");
-  }
-  ck(cudaStreamSynchronize(s), "sync");
-  std::vector<double> t(iters);
-  for (int i = 0; i < iters; i++) {
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]), "elapsed");
-    t[i] = ms * 1000.0;
-  }
-  for (auto& e : ev) cudaEventDestroy(e);
-  std::sort(t.begin(), t.end());
-  return t[iters / 2];
 }
 
 int main(int argc, char** argv) {

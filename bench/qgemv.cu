@@ -9,6 +9,7 @@
 #include "common/kiln_types.h"
 #include "cuda/kernels.cuh"
 #include "cuda/runtime.cuh"
+#include "graph_timer.cuh"
 #include <algorithm>
 #include <vector>
 
@@ -32,43 +33,6 @@ static void ck(int rc, const char* what) {
     fprintf(stderr, "%s failed: %s\n", what, kiln_last_error());
     exit(1);
   }
-}
-// per call, from a CUDA graph of 20 calls replayed (decode replays its step the same way): the
-// host's launch cost is out of the measurement
-template <typename F>
-static double median_us(F launch) {
-  cudaStream_t s = kiln::cuda::stream();
-  for (int i = 0; i < 3; i++) launch(i);  // warm: allocator cache, cuBLASLt plans
-  cudaStreamSynchronize(s);
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed);
-  for (int i = 0; i < 20; i++) launch(i);
-  cudaStreamEndCapture(s, &g);
-  if (cudaGraphInstantiate(&ge, g, 0) != cudaSuccess) {
-    fprintf(stderr, "graph instantiate failed\n");
-    exit(1);
-  }
-  const int iters = 15;
-  std::vector<cudaEvent_t> ev(2 * iters);
-  for (auto& e : ev) cudaEventCreate(&e);
-  for (int i = 0; i < 3; i++) cudaGraphLaunch(ge, s);
-  for (int i = 0; i < iters; i++) {
-    cudaEventRecord(ev[2 * i], s);
-    cudaGraphLaunch(ge, s);
-    cudaEventRecord(ev[2 * i + 1], s);
-  }
-  cudaStreamSynchronize(s);
-  std::vector<double> t(iters);
-  for (int i = 0; i < iters; i++) {
-    float ms;
-    cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]);
-    t[i] = ms * 1000 / 20;
-  }
-  std::sort(t.begin(), t.end());
-  cudaGraphExecDestroy(ge);
-  cudaGraphDestroy(g);
-  return t[iters / 2];
 }
 
 int main() {

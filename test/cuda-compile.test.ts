@@ -27,12 +27,15 @@ const skip = process.env.KILN_SKIP_NVCC === "1";
     expect({ nvcc: hasNvcc }).toEqual({ nvcc: true });
   });
 
+  // the int8 cases instantiate qlinear8 (LLM.int8's tensor-core kernels) for bf16 and for f32
   test.each([
-    ["llama-gqa", "sm_90a", "bf16", false],
-    ["llama-mqa-tied", "sm_80", "f32", false],
-    ["llama3-rope", "sm_90a", "bf16", true],
-  ] as const)("%s for %s (%s, padded %s)", async (fixture, arch, dtype, padded) => {
-    const art = await compile(join(import.meta.dirname, "fixtures", fixture), { target: "cuda", arch, dtype, cacheDir, maxSeq: 64, padded });
+    ["llama-gqa", "sm_90a", "bf16", false, undefined],
+    ["llama-mqa-tied", "sm_80", "f32", false, undefined],
+    ["llama3-rope", "sm_90a", "bf16", true, undefined],
+    ["llama-gqa", "sm_90a", "bf16", false, "int8"],
+    ["llama-gqa", "sm_80", "f32", false, "int8"],
+  ] as const)("%s for %s (%s, padded %s, quant %s)", async (fixture, arch, dtype, padded, quant) => {
+    const art = await compile(join(import.meta.dirname, "fixtures", fixture), { target: "cuda", arch, dtype, cacheDir, maxSeq: 64, padded, quant });
     expect(art.manifest.target).toBe("cuda");
     expect(art.manifest.arch).toBe(arch);
     // the library holds device code for exactly that architecture

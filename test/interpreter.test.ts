@@ -444,6 +444,27 @@ describe("padded and packed batches", () => {
   });
 });
 
+describe("fused norms", () => {
+  test("rms_norm: x · rsqrt(mean(x²) + eps) · w per row; the normalized value rounds to x's dtype before w", () => {
+    // row [3, 4]: mean of squares 12.5; row [1, 1]: 1, so y = w there
+    const y = op1("rms_norm", [f([2, 2], [3, 4, 1, 1]), f([2], [1, 2])], { eps: 0 });
+    const r = fr(1 / Math.sqrt(12.5));
+    expect(vals(y)).toEqual([fr(3 * r), fr(fr(4 * r) * 2), 1, 2]);
+    // eps counts: mean 0 + eps 0.25 → rsqrt 2
+    expect(vals(op1("rms_norm", [f([1, 2], [0, 0.5]), f([2], [1, 1])], { eps: 0.25 }))).toEqual([0, fr(0.5 * fr(1 / Math.sqrt(0.375)))]);
+    // bf16: the row [1, 1] normalizes to 1, so y = w
+    expect(vals(op1("rms_norm", [t("bf16", [2], [1, 1]), t("bf16", [2], [3, 0.5])], { eps: 0 }))).toEqual([3, 0.5]);
+  });
+
+  test("layer_norm: (x − mean) · rsqrt(var + eps) · w + b per row", () => {
+    // row [1, 3]: mean 2, centered [-1, 1], variance 1
+    expect(vals(op1("layer_norm", [f([1, 2], [1, 3]), f([2], [2, 3]), f([2], [0.5, 0.5])], { eps: 0 }))).toEqual([-1.5, 3.5]);
+    // a constant row with eps 0: 0 · rsqrt(0) = 0 · inf = NaN, as the eager graph gives
+    expect(vals(op1("layer_norm", [t("bf16", [2, 2], [1, 3, 5, 5]), t("bf16", [2], [2, 3])], { eps: 0 }))).toEqual([-2, 3, NaN, NaN]);
+    expect(() => op1("layer_norm", [f([1, 2], [1, 3]), f([3], [1, 1, 1])], { eps: 0 })).toThrow(/weight \[3\] must be \[2\]/);
+  });
+});
+
 describe("elementwise (fused chains)", () => {
   test("evaluates its expression with broadcasting and per-node rounding", () => {
     const g = parse(`graph g {

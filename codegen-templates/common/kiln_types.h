@@ -144,6 +144,55 @@ KILN_HD int64_t offset_of(int64_t k, const Shape& shape, const Strides& st) {
   return off;
 }
 
+// k / d, with k − (k / d)·d in *c: 32-bit division whenever the numbers fit (several times cheaper
+// on the GPU); with d a literal the compiler turns it into a multiply. Fused elementwise functors
+// split an element index into coordinates once with it and share them among their operands.
+KILN_HD int64_t divmod(int64_t k, int64_t d, int64_t* c) {
+  const int64_t q = ((((uint64_t)k | (uint64_t)d) >> 31) == 0) ? (int64_t)((uint32_t)k / (uint32_t)d) : k / d;
+  *c = k - q * d;
+  return q;
+}
+
+// ---- chunks of a fused elementwise kernel: W consecutive elements of one innermost row, loaded
+// and stored as 16-byte words. The codegen's functors call these; the targets' for_each run them
+// only where every pointer read or written in runs is 16-byte aligned (checked at run time).
+#ifdef __CUDACC__
+#define KILN_UNROLL _Pragma("unroll")
+#else
+#define KILN_UNROLL
+#endif
+struct alignas(16) Word16 { uint32_t w[4]; };
+
+KILN_HD bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+// x[0, W) = the W elements at p (16-byte aligned), in T's compute type
+template <int W, typename T>
+KILN_HD void load_run(typename Num<T>::C* x, const T* p) {
+  static_assert((W * sizeof(T)) % 16 == 0, "a run is whole 16-byte words");
+  constexpr int PER = 16 / sizeof(T);
+  KILN_UNROLL
+  for (int v = 0; v < W / PER; v++) {
+    const Word16 q = reinterpret_cast<const Word16*>(p)[v];
+    T e[PER];
+    memcpy(e, &q, 16);
+    KILN_UNROLL
+    for (int k = 0; k < PER; k++) x[v * PER + k] = Num<T>::load(e[k]);
+  }
+}
+
+// the W values r at p (16-byte aligned)
+template <int W, typename T>
+KILN_HD void store_run(T* p, const T* r) {
+  static_assert((W * sizeof(T)) % 16 == 0, "a run is whole 16-byte words");
+  constexpr int PER = 16 / sizeof(T);
+  KILN_UNROLL
+  for (int v = 0; v < W / PER; v++) {
+    Word16 q;
+    memcpy(&q, r + v * PER, 16);
+    reinterpret_cast<Word16*>(p)[v] = q;
+  }
+}
+
 // x rounded to what T holds, back in T's compute type (how a fused chain stores intermediates).
 template <typename T>
 KILN_HD typename Num<T>::C rnd(typename Num<T>::C x) { return Num<T>::load(Num<T>::store(x)); }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <math.h>
 #include "../common/kiln_types.h"
+#include "../common/kiln_norm.h"
 #include "../common/kiln_quant.h"
 #include "../common/rt_common.h"
 
@@ -164,6 +165,44 @@ void reduce(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
       y[o * inner + i] = Nm::store((typename Nm::C)acc);
     }
 }
+
+// rms_norm / layer_norm (ir/ops.ts) over `rows` rows of D, a row a thread: the eager steps, rounded
+// where the interpreter rounds (common/kiln_norm.h), the sums in f64 in index order as
+// reduce_mean's. LayerNorm when LAYER; no bias where b is null.
+template <bool LAYER, typename T>
+void norm_rows(const T* x, const T* w, const T* b, T* y, int64_t rows, int64_t D, double eps_d) {
+  typedef Num<T> Nm;
+  const float eps = (float)eps_d;
+#pragma omp parallel for schedule(static) if (rows * D > 32768)
+  for (int64_t r = 0; r < rows; r++) {
+    const T* xr = x + r * D;
+    T* yr = y + r * D;
+    float mu = 0;
+    if (LAYER) {
+      double s = 0;
+      for (int64_t j = 0; j < D; j++) s += (double)Nm::load(xr[j]);
+      mu = (float)(s / (double)D);
+    }
+    double s = 0;
+    for (int64_t j = 0; j < D; j++) {
+      const float h = LAYER ? sub_rn(Nm::load(xr[j]), mu) : Nm::load(xr[j]);
+      s += (double)mul_rn(h, h);
+    }
+    const float inv = norm_inv(s, D, eps);
+    for (int64_t j = 0; j < D; j++) {
+      const float h = LAYER ? sub_rn(Nm::load(xr[j]), mu) : Nm::load(xr[j]);
+      yr[j] = norm_out<T>(h, inv, w[j], b ? b + j : nullptr);
+    }
+  }
+}
+
+// RMSNorm (Zhang & Sennrich, 2019) of each row of D, times w
+template <typename T>
+void rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t D, double eps) { norm_rows<false, T>(x, w, nullptr, y, rows, D, eps); }
+
+// LayerNorm (Ba et al., 2016) of each row of D, times w, plus b (null: none)
+template <typename T>
+void layer_norm(const T* x, const T* w, const T* b, T* y, int64_t rows, int64_t D, double eps) { norm_rows<true, T>(x, w, b, y, rows, D, eps); }
 
 // y[o, j, :] = x[o, idx[j], :]; returns the position of the first out-of-range index, or -1.
 // `check` is false when the indices are a constant the compiler already checked.
@@ -424,8 +463,17 @@ void varlen_cache_attention(const T* q, const T* k, const T* v, const int32_t* c
 }
 
 // Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).
+// Where the functor allows it, in the chunks of the cuda target (W elements of one row, 16-byte
+// runs), which also lets the host compiler vectorize; the same values either way.
 template <typename F>
 void for_each(const F& f, int64_t n) {
+  if (f.chunkable()) {
+    const int64_t chunks = n / F::W;
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (int64_t c = 0; c < chunks; c++) f.chunk(c * F::W);
+    for (int64_t i = chunks * F::W; i < n; i++) f(i);
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; i++) f(i);
 }

@@ -7,7 +7,9 @@
 //
 // Hot path: `linear` in bf16/f16 at decode (M ≤ 8 rows) is a bandwidth-bound GEMV, one warp per
 // output feature streaming its weight row with 16-byte loads; larger M goes to cuBLASLt (loaded
-// at run time, cublaslt.cuh) or, without it, a tiled SIMT GEMM.
+// at run time, cublaslt.cuh) or, without it, a tiled SIMT GEMM. The memory-bound kernels (fused
+// elementwise, strided copies, gathers) move 16-byte words where pointers and shapes allow it and
+// fall back to one element a thread where they do not (bench/membound.cu measures both).
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -59,7 +61,7 @@ static inline int64_t numel(const Shape& s) {
   return n;
 }
 
-static inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+using kiln::aligned16;
 
 // A shape with the strides of NOPS operands over it, dims of size 1 dropped and neighbours merged
 // wherever every operand is contiguous across them (so most strided ops run at rank 1–3).
@@ -173,6 +175,15 @@ __global__ void k_for_each(const F f, int64_t n) {
   KILN_GRID_STRIDE(int64_t, i, n) f(i);
 }
 
+// The same in chunks of F::W elements (16-byte loads and stores, one offset computation per
+// operand and chunk); the n % W elements past the last chunk one a thread.
+template <typename F>
+__global__ void k_for_each_chunks(const F f, int64_t chunks, int64_t n) {
+  KILN_GRID_STRIDE(int64_t, c, chunks) f.chunk(c * F::W);
+  const int64_t t = chunks * F::W + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < n) f(t);
+}
+
 template <typename T>
 __global__ void k_fill(T* __restrict__ y, T v, int64_t n) {
   KILN_GRID_STRIDE(int64_t, i, n) y[i] = v;
@@ -190,6 +201,35 @@ __global__ void k_copy_strided(const T* __restrict__ x, T* __restrict__ y, Geo<2
     offsets<2, I>(i, g, off);
     y[off[1]] = x[off[0]];
   }
+}
+
+// The widest unit (16, 8 or 4 bytes, else the element) a strided copy of elements of `size` bytes
+// can move instead of single elements: the innermost dim contiguous on both sides, its bytes and
+// every other stride's bytes multiples of the unit, both pointers aligned to it. A transpose
+// [T, H, 128] → [H, T, 128] of bf16 then moves 16 words of 16 bytes a row instead of 128 elements.
+static inline int copy_unit(const void* x, const void* y, const Geo<2>& g, int size) {
+  const int r = g.rank - 1;
+  if (r < 0 || g.s[0][r] != 1 || g.s[1][r] != 1) return size;
+  for (int u = 16; u > size; u /= 2) {
+    bool ok = (uintptr_t)x % u == 0 && (uintptr_t)y % u == 0 && g.d[r] * size % u == 0;
+    for (int i = 0; i < r; i++) ok = ok && g.s[0][i] * size % u == 0 && g.s[1][i] * size % u == 0;
+    if (ok) return u;
+  }
+  return size;
+}
+
+// The copy of g (in elements of `size` bytes) in units of sizeof(U) bytes, as copy_unit allows.
+template <typename U>
+static void copy_units(const void* x, void* y, Geo<2> g, int64_t n, int size) {
+  const int k = (int)sizeof(U) / size, r = g.rank - 1;
+  if (k > 1) {
+    g.d[r] /= k;
+    for (int i = 0; i < r; i++) g.s[0][i] /= k, g.s[1][i] /= k;
+    n /= k;
+  }
+  const unsigned grid = grid_for(n, kThreads);
+  if (n <= 0x7fffffffLL) k_copy_strided<U, uint32_t><<<grid, kThreads, 0, stream()>>>((const U*)x, (U*)y, g, n);
+  else k_copy_strided<U, uint64_t><<<grid, kThreads, 0, stream()>>>((const U*)x, (U*)y, g, n);
 }
 
 // ---------------------------------------------------------------- gather
@@ -230,6 +270,41 @@ __global__ void k_gather_elems(const T* __restrict__ x, const I* __restrict__ id
     const E o = r / (E)m, j = r - o * (E)m;
     const int64_t i = (int64_t)Num<I>::load(idx[j]);
     y[e] = x[((int64_t)o * n + i) * inner + c];
+  }
+}
+
+// Along the last axis (inner = 1), indices known to be in range, 16-byte words of V = 16/sizeof(T)
+// outputs (V | n, V | m, 16-byte aligned x and y; m/V ≤ kRunsMax): each block first marks which
+// words of the index table are an aligned run idx[cV + k] = a + k (a % V == 0; RoPE's rotate-half,
+// slices and block permutations are all runs) and keeps their source word a/V in shared memory;
+// a run is then one 16-byte copy a word, anything else V element loads into one 16-byte store.
+static const int kRunsMax = 2048;
+template <typename T, typename I, typename E>
+__global__ void k_gather_runs(const T* __restrict__ x, const I* __restrict__ idx, T* __restrict__ y, int64_t n, int64_t m, int64_t words) {
+  constexpr int V = 16 / sizeof(T);
+  __shared__ int32_t src[kRunsMax];
+  const E per = (E)(m / V);  // words a row
+  for (int c = threadIdx.x; c < (int)per; c += blockDim.x) {
+    const int64_t a = (int64_t)Num<I>::load(idx[c * V]);
+    bool run = a % V == 0;
+    for (int k = 1; k < V; k++) run = run && (int64_t)Num<I>::load(idx[c * V + k]) == a + k;
+    src[c] = run ? (int32_t)(a / V) : -1;
+  }
+  __syncthreads();
+  const uint4* x4 = reinterpret_cast<const uint4*>(x);
+  uint4* y4 = reinterpret_cast<uint4*>(y);
+  KILN_GRID_STRIDE(E, w, words) {
+    const E r = w / per, c = w - r * per;
+    const int32_t s = src[c];
+    if (s >= 0) {
+      y4[w] = x4[(int64_t)r * (n / V) + s];
+    } else {
+      T v[V];
+      for (int k = 0; k < V; k++) v[k] = x[(int64_t)r * n + (int64_t)Num<I>::load(idx[(int64_t)c * V + k])];
+      uint4 q;
+      memcpy(&q, v, 16);
+      y4[w] = q;
+    }
   }
 }
 
@@ -901,9 +976,12 @@ void copy_strided(const T* x, T* y, Shape shape, Strides sx, Strides sy) {
     rt::check(cudaMemcpyAsync(y, x, (size_t)n * sizeof(T), cudaMemcpyDeviceToDevice, stream()), "cudaMemcpyAsync (copy_strided)");
     return;
   }
-  const unsigned grid = detail::grid_for(n, detail::kThreads);
-  if (n <= 0x7fffffffLL) detail::k_copy_strided<T, uint32_t><<<grid, detail::kThreads, 0, stream()>>>(x, y, g, n);
-  else detail::k_copy_strided<T, uint64_t><<<grid, detail::kThreads, 0, stream()>>>(x, y, g, n);
+  switch (detail::copy_unit(x, y, g, (int)sizeof(T))) {
+    case 16: detail::copy_units<uint4>(x, y, g, n, (int)sizeof(T)); break;
+    case 8: detail::copy_units<uint2>(x, y, g, n, (int)sizeof(T)); break;
+    case 4: detail::copy_units<uint32_t>(x, y, g, n, (int)sizeof(T)); break;
+    default: detail::copy_units<T>(x, y, g, n, (int)sizeof(T));
+  }
   detail::launched("copy_strided");
 }
 
@@ -1007,6 +1085,23 @@ int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t
     // (e.g. a permutation of the last axis) get one thread per element
     const int64_t total = outer * m * inner;
     if (total <= 0) return -1;
+    const int V = 16 / (int)sizeof(T);
+    const bool words = detail::aligned16(x) && detail::aligned16(y);
+    if (words && inner * (int64_t)sizeof(T) % 16 == 0) {
+      // rows of whole 16-byte words: the same gather over words
+      const int64_t w = inner * (int64_t)sizeof(T) / 16, tw = total / V;
+      if (tw <= 0x7fffffffLL) detail::k_gather_elems<uint4, I, uint32_t><<<detail::grid_for(tw, detail::kThreads), detail::kThreads, 0, st>>>((const uint4*)x, idx, (uint4*)y, n, w, m, tw);
+      else detail::k_gather_elems<uint4, I, uint64_t><<<detail::grid_for(tw, detail::kThreads), detail::kThreads, 0, st>>>((const uint4*)x, idx, (uint4*)y, n, w, m, tw);
+      detail::launched("gather");
+      return -1;
+    }
+    if (words && inner == 1 && n % V == 0 && m % V == 0 && m / V <= detail::kRunsMax) {
+      const int64_t tw = total / V;
+      if (tw <= 0x7fffffffLL) detail::k_gather_runs<T, I, uint32_t><<<detail::grid_for(tw, detail::kThreads), detail::kThreads, 0, st>>>(x, idx, y, n, m, tw);
+      else detail::k_gather_runs<T, I, uint64_t><<<detail::grid_for(tw, detail::kThreads), detail::kThreads, 0, st>>>(x, idx, y, n, m, tw);
+      detail::launched("gather");
+      return -1;
+    }
     if (total <= 0x7fffffffLL) detail::k_gather_elems<T, I, uint32_t><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, st>>>(x, idx, y, n, inner, m, total);
     else detail::k_gather_elems<T, I, uint64_t><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, st>>>(x, idx, y, n, inner, m, total);
     detail::launched("gather");
@@ -1083,11 +1178,18 @@ inline void varlen_positions(const int32_t* cu, float* y, int64_t n_cu, int64_t 
   detail::launched("varlen_positions");
 }
 
-// Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).
+// Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f), in
+// chunks of F::W elements where the functor allows them (aligned pointers, and W dividing the
+// innermost dim where an operand broadcasts), else one element a thread.
 template <typename F>
 void for_each(const F& f, int64_t n) {
   if (n <= 0) return;
-  detail::k_for_each<F><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(f, n);
+  if (f.chunkable()) {
+    const int64_t chunks = n / F::W;
+    detail::k_for_each_chunks<F><<<detail::grid_for(chunks > 0 ? chunks : 1, detail::kThreads), detail::kThreads, 0, stream()>>>(f, chunks, n);
+  } else {
+    detail::k_for_each<F><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(f, n);
+  }
   detail::launched("fused elementwise");
 }
 
@@ -1095,3 +1197,4 @@ void for_each(const F& f, int64_t n) {
 }  // namespace kiln
 
 #include "quant.cuh"  // qlinear4 / qlinear8 and quantize-on-load (issue 6)
+#include "norm.cuh"   // rms_norm / layer_norm

@@ -11,11 +11,14 @@
 //   as the cpu twin dequantizes it (f32(code·absmax in f64), rounded to T) and multiplied by the
 //   16-bit path of `linear` (cuBLASLt on the tensor cores; Kiln's tiled GEMM without it).
 // - LLM.int8 (Dettmers et al., 2022): the feature columns holding an outlier (|x| > threshold in
-//   any row) are found and listed; the other columns are quantized per row (absmax int8); int8 ×
-//   int8 → int32 on the integer tensor cores (cuBLASLt, TN) or, for M ≤ 8, a dp4a GEMV after one
-//   kernel that finds the outlier columns and quantizes the rows; the
-//   epilogue scales by the row and feature absmax and adds the outlier columns' products in
-//   floating point against the dequantized int8 weights (quant.ts int8Matmul).
+//   any row) are found and listed; the other columns are quantized per row (absmax int8). Decode
+//   (M ≤ 8): one kernel finds the outlier columns and quantizes the rows, then a dp4a GEMV whose
+//   epilogue scales by the row and feature absmax and adds the outlier columns' products against
+//   the dequantized int8 weights (quant.ts int8Matmul). Prefill: a row-parallel flag pass, the
+//   list, a block a row to quantize, then int8 × int8 → int32 on the integer tensor cores —
+//   cuBLASLt's IMMA GEMM or Kiln's own mma.sync kernel (i8::k_gemm, picked by timing; see
+//   KILN_INT8_GEMM) — with the outlier columns gathered into dense 16-bit tiles and multiplied on
+//   the tensor cores in the same kernel as the scaling, bias and store.
 // - Quantize on load (kiln_quantize4 / kiln_quantize8 of kiln_abi.h): the f32 weight is in device
 //   memory; absmax, nearest code (ties to the smaller index, in f64, exactly as kiln_quant.h) and
 //   int8 rounding run on the GPU; double quantization's mean, int8 codes and scales are computed
@@ -25,6 +28,11 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 #include "../common/kiln_types.h"
@@ -285,13 +293,6 @@ __global__ void __launch_bounds__(256) k_quantize8(const float* __restrict__ w, 
 
 // ---------------------------------------------------------------- LLM.int8
 
-// outlier columns: flags[k] = 1 when some |x[m, k]| > threshold (large M; many blocks)
-template <typename T>
-__global__ void k_i8_flags(const T* __restrict__ x, int64_t total, int64_t K, float threshold, int* __restrict__ flags) {
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-    if (fabsf((float)Num<T>::load(x[i])) > threshold) flags[i % K] = 1;
-}
-
 // The ordered list of outlier columns and its length (one block of 1024). small_m > 0 (decode):
 // the flags are computed here from the small_m rows of x (none when !decomp), and the rows are
 // quantized here too (as k_i8_quant_rows): one launch before the GEMV.
@@ -342,23 +343,117 @@ __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int s
   }
 }
 
-// per-row absmax int8 of x over the non-outlier columns (one block a row): q rows of Kp ≥ K bytes
-// (zero past K and at outlier columns), scale sx[m] = absmax/127
-template <typename T>
-__global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, int64_t K, int64_t Kp, const int* __restrict__ flags, int8_t* __restrict__ q,
-                                                       float* __restrict__ sx) {
+// x[m, k] as the 16-bit operand of the outlier product: its own bits (16-bit T), or bf16 hi + lo (f32).
+template <typename T> struct Split {
+  typedef T U;
+  __device__ static __forceinline__ void run(T v, uint16_t& hi, uint16_t&) { hi = v.bits; }
+};
+template <> struct Split<float> {
+  typedef bf16 U;
+  __device__ static __forceinline__ void run(float v, uint16_t& hi, uint16_t& lo) {
+    hi = Num<bf16>::store(v).bits;
+    const float r = v - Num<bf16>::load(Num<bf16>::store(v));
+    lo = isfinite(r) ? Num<bf16>::store(r).bits : 0;
+  }
+};
+
+// A row of x, E elements at a time (VEC: 16-byte loads, K a multiple of E = 16/sizeof(T), x 16-byte
+// aligned; else one): the block's absmax over the elements that skip(k, |x|) keeps, and the codes
+// floor(x/absmax·127 + 0.5) (0 where skipped, past K up to Kp), as the cpu twin rounds them.
+template <typename T, bool VEC>
+struct Row {
+  static constexpr int E = VEC ? detail::Vec<T>::E : 1;
+  __device__ static __forceinline__ void load(const T* xr, int64_t i, float* f) {
+    if (VEC) detail::Vec<T>::unpack(__ldg(reinterpret_cast<const uint4*>(xr) + i), f);
+    else f[0] = (float)Num<T>::load(xr[i]);
+  }
+  template <typename S>
+  __device__ static float absmax(const T* xr, int64_t K, S skip) {
+    float mx = 0.f;
+    for (int64_t i = threadIdx.x; i < K / E; i += blockDim.x) {
+      float f[E];
+      load(xr, i, f);
+#pragma unroll
+      for (int e = 0; e < E; e++)
+        if (!skip(i * E + e, fabsf(f[e]))) mx = fmaxf(mx, fabsf(f[e]));
+    }
+    return block_max(mx);
+  }
+  template <typename S>
+  __device__ static void codes(const T* xr, int64_t K, int64_t Kp, float mx, S skip, int8_t* qr) {
+    for (int64_t i = threadIdx.x; i < K / E; i += blockDim.x) {
+      float f[E];
+      load(xr, i, f);
+      uint32_t w[(E + 3) / 4] = {};
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        float v = 0.f;
+        if (mx > 0.f && !skip(i * E + e, fabsf(f[e]))) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn(f[e], mx), 127.f), 0.5f));
+        w[e >> 2] |= (uint32_t)(uint8_t)(int8_t)v << (8 * (e & 3));
+      }
+      if (E == 8) *reinterpret_cast<uint2*>(qr + i * 8) = make_uint2(w[0], w[(E + 3) / 4 - 1]);
+      else if (E == 4) *reinterpret_cast<uint32_t*>(qr + i * 4) = w[0];
+      else qr[i] = (int8_t)w[0];
+    }
+    for (int64_t k = K + threadIdx.x; k < Kp; k += blockDim.x) qr[k] = 0;
+  }
+};
+
+// The rows' int8 at prefill, one block a row, in one read of x (plus one from L1): absmax over the
+// row's elements with |x| ≤ threshold, sx[m] = absmax/127, the codes (0 where |x| > threshold);
+// every column where |x| > threshold gets flags[k] = 1 (zeroed before; racing stores all write 1;
+// threshold ∞ without the decomposition). The paper's absmax is over the columns that no row
+// flags: that differs only where another row flagged this row's largest column, and
+// k_i8_fix_rows then repairs the row (and zeroes the codes of every flagged column).
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, int64_t K, int64_t Kp, float threshold, int* __restrict__ flags,
+                                                       int8_t* __restrict__ q, float* __restrict__ sx) {
   const int64_t m = blockIdx.x;
   const T* xr = x + m * K;
-  float mx = 0.f;
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
-    if (!(flags && flags[k])) mx = fmaxf(mx, fabsf((float)Num<T>::load(xr[k])));
-  mx = block_max(mx);
-  if (threadIdx.x == 0) sx[m] = mx / 127.f;
-  for (int64_t k = threadIdx.x; k < Kp; k += blockDim.x) {
-    float v = 0.f;
-    if (k < K && mx > 0.f && !(flags && flags[k])) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn((float)Num<T>::load(xr[k]), mx), 127.f), 0.5f));
-    q[m * Kp + k] = (int8_t)v;
+  const float mx = Row<T, VEC>::absmax(xr, K, [&](int64_t k, float a) {
+    if (!(a > threshold)) return false;
+    flags[k] = 1;
+    return true;
+  });
+  if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
+  Row<T, VEC>::codes(xr, K, Kp, mx, [&](int64_t, float a) { return a > threshold; }, q + m * Kp);
+}
+
+// After k_i8_quant_rows and the list (one block a row): the listed (outlier) columns of the row are
+// gathered, as 16-bit operands, into xo[m, j] (row stride Cp; for f32 x the lo parts M·Cp further;
+// zero from cnt up to a multiple of 64); their codes become 0; a row whose absmax was at a column
+// that another row flagged (a listed column with |x| ≤ threshold and |x|/127 ≥ sx) is quantized
+// again over the unflagged columns, as the cpu twin does.
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(256) k_i8_fix_rows(const T* __restrict__ x, int64_t M, int64_t K, int64_t Kp, float threshold, const int* __restrict__ flags,
+                                                     const int* __restrict__ list, const int* __restrict__ count, int8_t* __restrict__ q,
+                                                     float* __restrict__ sx, uint16_t* __restrict__ xo, int64_t Cp) {
+  const int cnt = *count;
+  if (cnt == 0) return;
+  const int64_t m = blockIdx.x;
+  const T* xr = x + m * K;
+  int8_t* qr = q + m * Kp;
+  const float s = sx[m];
+  bool redo = false;
+  for (int j = threadIdx.x; j < (cnt + 63) / 64 * 64; j += blockDim.x) {
+    uint16_t hi = 0, lo = 0;
+    if (j < cnt) {
+      const T v = xr[list[j]];
+      const float a = fabsf((float)Num<T>::load(v));
+      redo |= s > 0.f && a <= threshold && __fdiv_rn(a, 127.f) >= s;
+      Split<T>::run(v, hi, lo);
+    }
+    xo[m * Cp + j] = hi;
+    if (std::is_same<T, float>::value) xo[(M + m) * Cp + j] = lo;
   }
+  if (!__syncthreads_or(redo)) {
+    for (int j = threadIdx.x; j < cnt; j += blockDim.x) qr[list[j]] = 0;
+    return;
+  }
+  auto flagged = [&](int64_t k, float) { return flags[k] != 0; };
+  const float mx = Row<T, VEC>::absmax(xr, K, flagged);
+  if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
+  Row<T, VEC>::codes(xr, K, Kp, mx, flagged, qr);
 }
 
 // Σ over the outlier columns of x[m, k] · qw[n, k] (the weight dequantized: times sw[n] by the caller)
@@ -430,8 +525,8 @@ __global__ void __launch_bounds__(256) k_qgemv8(const T* __restrict__ x, const i
   }
 }
 
-// int8 GEMM without cuBLASLt: acc[m, n] = Σ_k qx[m, k] · qw[n, k], 64×64 tiles, 32-deep k-steps,
-// dp4a on 4×4 outputs a thread.
+// int8 GEMM of last resort (no cuBLASLt algorithm and K not a multiple of 16, so no i8::k_gemm):
+// acc[m, n] = Σ_k qx[m, k] · qw[n, k] (ld N), 64×64 tiles, 32-deep k-steps, dp4a on 4×4 outputs a thread.
 __global__ void __launch_bounds__(256) k_gemm_i8(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, int32_t* __restrict__ acc, int64_t M,
                                                  int64_t N, int64_t K) {
   __shared__ int sa[64][9], sb[64][9];  // 8 words (32 bytes) of k a row, padded against bank conflicts
@@ -466,21 +561,204 @@ __global__ void __launch_bounds__(256) k_gemm_i8(const int8_t* __restrict__ qx, 
     }
 }
 
-// the LLM.int8 epilogue of the large-M path: y = acc · sx[m] · sw[n] + outliers · sw[n] + bias
-template <typename T>
-__global__ void k_i8_epilogue(const int32_t* __restrict__ acc, const T* __restrict__ x, const float* __restrict__ sx, const int8_t* __restrict__ qw,
-                              const double* __restrict__ sw, const int* __restrict__ list, const int* __restrict__ count, const T* __restrict__ bias,
-                              T* __restrict__ y, int64_t M, int64_t N, int64_t K) {
+// ---------------------------------------------------------------- LLM.int8 prefill on the tensor cores
+//
+// One kernel template does the paper's matrix multiplication (LLM.int8, Dettmers et al., 2022, §3.2:
+// "vector-wise quantization" plus the "mixed-precision decomposition") on tiles of 128 rows of x ×
+// 128 output features, 8 warps as 2 × 4 warp tiles of 64 × 32:
+//   1. the int8 products, Σ_k qx[m, k] · qw[n, k] in int32: either read from the int32 matrix that
+//      cuBLASLt's integer GEMM wrote (OWN = false), or computed here (OWN = true) by mma.sync
+//      m16n8k32 s8 from a 3-stage cp.async pipeline of 128-byte k-slices (K a multiple of 16);
+//   2. f = acc · sx[m] (the activation row's scale), in f32;
+//   3. the outlier feature dimensions as the paper does them: the cnt listed columns of x (made a
+//      dense 16-bit matrix once, by k_i8_fix_rows) and the same columns of the weight (gathered
+//      here into 16-bit tiles), 64 columns at a time, multiplied on the tensor cores (mma
+//      m16n8k16, f32 accumulation) into f: x in its own 16-bit type (exact), f32 x as a bf16
+//      pair hi + lo (error ≈ 2⁻¹⁷ relative), the int8 weight codes exactly (|code| ≤ 127 is
+//      exact in bf16 and f16);
+//   4. y = f · sw[n] + bias[n] — the cpu twin's acc·sx·sw + (Σ x·code)·sw + b up to f32 rounding.
+// Shared tiles are rows of 128 bytes (a k-slice: 128 int8 codes or 64 16-bit values) whose eight
+// 16-byte chunks are XOR-swizzled by row % 8, so that an ldmatrix of 8 rows reads 8 distinct bank
+// groups; an int8 k32 step and a 16-bit k16 step are the same 32 bytes of a row, so both use the
+// same fragment loads. Blocks walk the rows of x fastest: the blocks resident together share
+// weight tiles, and x (the smaller operand at prefill) stays in L2.
+namespace i8 {
+constexpr int BM = 128, BN = 128, BK = 128, STAGES = 3, THREADS = 256;
+constexpr int TILE = BM * BK;  // bytes of one operand tile (BM == BN)
+constexpr int STEPS = BK / 32;  // 32-byte k-steps of a slice
+__device__ __forceinline__ int off(int r, int c) { return r * BK + ((c ^ (r & 7)) << 4); }
+
+__device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// One 32-byte k-step (s < STEPS of a slice) of the warp's 4 × 4 m16n8 tiles: fragments of A
+// (rows wm·64…) and B (rows wn·32…) by ldmatrix, then mma(i, j, a, b0, b1) on each tile.
+template <typename F>
+__device__ __forceinline__ void warp_step(uint32_t sa, uint32_t sb, int s, int wm, int wn, int lane, F mma) {
+  uint32_t a[4][4], b[2][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) fa2::ldsm_x4(a[i], sa + off(wm * 64 + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * s + (lane >> 4)));
+#pragma unroll
+  for (int p = 0; p < 2; p++) fa2::ldsm_x4(b[p], sb + off(wn * 32 + p * 16 + (lane & 7) + (lane >> 4) * 8, 2 * s + ((lane >> 3) & 1)));
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) mma(i, j, a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
+}
+
+// Shared memory of a launch: the pipeline (OWN), else one tile pair (and the lo tile of f32 x).
+template <typename T, bool OWN>
+constexpr int smem_bytes() { return OWN ? STAGES * 2 * TILE : (std::is_same<T, float>::value ? 3 : 2) * TILE; }
+
+// y[m, n] for n in [n_begin, n_end) (all of N when OWN); acc: the int32 products of those columns,
+// acc[m · ldacc + n − n_begin] (OWN: unused). Grid: x over 128 rows, y over 128 features from n_begin.
+template <typename T, bool OWN>
+__global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, const int32_t* __restrict__ acc,
+                                                  int64_t ldacc, const float* __restrict__ sx, const double* __restrict__ sw, const int* __restrict__ list,
+                                                  const int* __restrict__ count, const uint16_t* __restrict__ xo, int64_t Cp,
+                                                  const T* __restrict__ bias, T* __restrict__ y, int64_t M, int64_t N, int64_t K, int64_t n_begin,
+                                                  int64_t n_end) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t s0 = fa2::smem_u32(smem);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3, g = lane >> 2, tg = lane & 3;
+  const int64_t m0 = (int64_t)blockIdx.x * BM, n0 = n_begin + (int64_t)blockIdx.y * BN;
+  float f[4][4][4];  // [m16 tile][n8 tile][c0…c3]: rows g, g, g+8, g+8; columns 2tg, 2tg+1, 2tg, 2tg+1
+  if (OWN) {
+    int c[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) c[i][j][e] = 0;
+    const int64_t nk = (Kp + BK - 1) / BK;
+    auto load = [&](int64_t kt) {  // the k-slice kt of both tiles into its stage, zero past the edges
+      const uint32_t sa = s0 + (uint32_t)(kt % STAGES) * 2 * TILE, sb = sa + TILE;
+#pragma unroll
+      for (int h = 0; h < TILE / 16 / THREADS; h++) {
+        const int idx = threadIdx.x + h * THREADS, r = idx / (BK / 16), ch = idx % (BK / 16);
+        const int64_t k = kt * BK + ch * 16;
+        const bool pa = m0 + r < M && k < Kp, pb = n0 + r < n_end && k < K;
+        fa2::cp_async16(sa + off(r, ch), pa ? qx + (m0 + r) * Kp + k : qx, pa);
+        fa2::cp_async16(sb + off(r, ch), pb ? qw + (n0 + r) * K + k : qw, pb);
+      }
+    };
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+      if (st < nk) load(st);
+      fa2::cp_async_commit();
+    }
+    for (int64_t kt = 0; kt < nk; kt++) {
+      fa2::cp_async_wait<STAGES - 2>();
+      __syncthreads();  // slice kt is in; every warp is done with the stage the next load overwrites
+      if (kt + STAGES - 1 < nk) load(kt + STAGES - 1);
+      fa2::cp_async_commit();
+      const uint32_t sa = s0 + (uint32_t)(kt % STAGES) * 2 * TILE;
+#pragma unroll
+      for (int s = 0; s < STEPS; s++)
+        warp_step(sa, sa + TILE, s, wm, wn, lane, [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { mma_s8(c[i][j], a, b0, b1); });
+    }
+    fa2::cp_async_wait<0>();
+    __syncthreads();  // the tiles are free for the outlier part
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int64_t r = m0 + wm * 64 + i * 16 + g;
+      const float s_lo = r < M ? sx[r] : 0.f, s_hi = r + 8 < M ? sx[r + 8] : 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) f[i][j][e] = (float)c[i][j][e] * (e < 2 ? s_lo : s_hi);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int64_t r = m0 + wm * 64 + i * 16 + g + 8 * h;
+        const float sr = r < M ? sx[r] : 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          const int64_t n = n0 + wn * 32 + j * 8 + tg * 2;
+          const int32_t* ap = acc + (r < M ? r : 0) * ldacc + (n - n_begin);
+          int a0 = 0, a1 = 0;
+          if (r < M && n + 1 < n_end && ((ldacc | n_begin) & 1) == 0) {
+            const int2 v = __ldg(reinterpret_cast<const int2*>(ap));
+            a0 = v.x;
+            a1 = v.y;
+          } else if (r < M) {
+            if (n < n_end) a0 = __ldg(ap);
+            if (n + 1 < n_end) a1 = __ldg(ap + 1);
+          }
+          f[i][j][2 * h] = (float)a0 * sr;
+          f[i][j][2 * h + 1] = (float)a1 * sr;
+        }
+      }
+  }
+  // the outlier columns, BK / 2 at a time: A from the dense xo (k_i8_fix_rows gathered it), B
+  // gathered here from the weight codes
+  typedef typename Split<T>::U U;
+  constexpr bool LO = std::is_same<T, float>::value;
+  uint16_t* sh = reinterpret_cast<uint16_t*>(smem);
   const int cnt = *count;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < M * N; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t m = i / N, n = i % N;
-    const float swf = (float)sw[n];
-    float v = (float)acc[i] * sx[m] * swf;
-    if (cnt) v += outlier_sum<T>(x, qw, list, cnt, m, n, K, 0, 1) * swf;
-    if (bias) v += (float)Num<T>::load(bias[n]);
-    y[i] = Num<T>::store((typename Num<T>::C)v);
+  constexpr int JS = BK / 2;  // columns a round
+  for (int j0 = 0; j0 < cnt; j0 += JS) {
+#pragma unroll
+    for (int h = 0; h < TILE / 16 / THREADS; h++) {
+      const int idx = threadIdx.x + h * THREADS, r = idx / (BK / 16), ch = idx % (BK / 16);
+      const bool p = m0 + r < M;
+      const uint16_t* src = xo + (p ? m0 + r : 0) * Cp + j0 + ch * 8;
+      fa2::cp_async16(s0 + off(r, ch), src, p);
+      if (LO) fa2::cp_async16(s0 + 2 * TILE + off(r, ch), src + M * Cp, p);
+    }
+    fa2::cp_async_commit();
+    const int jj = threadIdx.x % JS;
+    const int64_t col = j0 + jj < cnt ? (int64_t)__ldg(list + j0 + jj) : -1;
+    for (int r = threadIdx.x / JS; r < BN; r += THREADS / JS)
+      sh[TILE / 2 + (off(r, jj >> 3) >> 1) + (jj & 7)] = col >= 0 && n0 + r < n_end ? Num<U>::store((float)qw[(n0 + r) * K + col]).bits : (uint16_t)0;
+    fa2::cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < STEPS; s++) {
+      warp_step(s0, s0 + TILE, s, wm, wn, lane, [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { fa2::Mma<U>::run(f[i][j], a, b0, b1); });
+      if (LO)
+        warp_step(s0 + 2 * TILE, s0 + TILE, s, wm, wn, lane,
+                  [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { fa2::Mma<U>::run(f[i][j], a, b0, b1); });
+    }
+    __syncthreads();
+  }
+  // y = f · sw[n] + bias[n]
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const int64_t n = n0 + wn * 32 + j * 8 + tg * 2;
+    float swn[2], bn[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      swn[e] = n + e < n_end ? (float)sw[n + e] : 0.f;
+      bn[e] = bias && n + e < n_end ? (float)Num<T>::load(bias[n + e]) : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int64_t r = m0 + wm * 64 + i * 16 + g + 8 * h;
+        if (r >= M) continue;
+        T* yp = y + r * N + n;
+        const T v0 = Num<T>::store((typename Num<T>::C)(f[i][j][2 * h] * swn[0] + bn[0]));
+        const T v1 = Num<T>::store((typename Num<T>::C)(f[i][j][2 * h + 1] * swn[1] + bn[1]));
+        if (sizeof(T) == 2 && n + 1 < n_end && (N & 1) == 0 && ((uintptr_t)y & 3) == 0) {  // both in one 4-byte store (n is even)
+          T pair[2] = {v0, v1};
+          *reinterpret_cast<uint32_t*>(yp) = *reinterpret_cast<const uint32_t*>(pair);
+        } else {
+          if (n < n_end) yp[0] = v0;
+          if (n + 1 < n_end) yp[1] = v1;
+        }
+      }
   }
 }
+}  // namespace i8
 
 // f(std::integral_constant<int, M>()) for M in 1…8 (the GEMVs' rows, a template parameter)
 template <typename F>
@@ -495,6 +773,140 @@ static void with_rows(int64_t M, F f) {
     case 7: f(std::integral_constant<int, 7>()); break;
     case 8: f(std::integral_constant<int, 8>()); break;
   }
+}
+
+// How the large-M LLM.int8 product runs (KILN_INT8_GEMM): "lt", cuBLASLt's integer GEMM into an
+// int32 matrix, then i8::k_gemm<T, false> (scales, outliers, bias); "lt-chunked", the same over
+// column chunks whose int32 products (≤ 16 MiB) are read back while still in L2; "own",
+// i8::k_gemm<T, true> alone (one launch, no int32 matrix); "auto" (the default), the fastest of
+// those, timed once per (M rounded up to a power of 2, N, K, dtype) on the first call outside a
+// CUDA graph capture (inside one: "lt").
+enum { I8_AUTO = 0, I8_LT = 1, I8_LT_CHUNKED = 2, I8_OWN = 3 };
+static int& i8_mode() {
+  static int mode = [] {
+    const char* e = getenv("KILN_INT8_GEMM");
+    if (!e || !*e || !strcmp(e, "auto")) return (int)I8_AUTO;
+    if (!strcmp(e, "lt")) return (int)I8_LT;
+    if (!strcmp(e, "lt-chunked")) return (int)I8_LT_CHUNKED;
+    if (!strcmp(e, "own")) return (int)I8_OWN;
+    rt::fail(KILN_ERR_INVALID, "KILN_INT8_GEMM = \"%s\": expected auto, lt, lt-chunked or own", e);
+    return (int)I8_AUTO;
+  }();
+  return mode;
+}
+static const char* i8_name(int how) { return how == I8_LT ? "lt" : how == I8_LT_CHUNKED ? "lt-chunked" : how == I8_OWN ? "own" : "auto"; }
+
+// columns of one chunk of "lt-chunked": int32 products of at most 16 MiB, at least 256 columns
+static int64_t i8_chunk(int64_t M) {
+  const int64_t c = ((int64_t)16 << 20) / (4 * M) / i8::BN * i8::BN;
+  return c < 256 ? 256 : c;
+}
+
+// The operands of one large-M qlinear8 after its activations are quantized.
+template <typename T>
+struct I8Gemm {
+  const int8_t* qx;
+  int64_t Kp;
+  const int8_t* qw;
+  const double* sw;
+  const float* sx;
+  const int* list;
+  const int* count;
+  const uint16_t* xo;  // the outlier columns of x, 16-bit, row stride Cp (k_i8_fix_rows)
+  int64_t Cp;
+  const T* bias;
+  T* y;
+  int64_t M, N, K;
+  bool own_ok;  // K % 16 == 0 and 16-byte aligned codes: the mma.sync kernel can read them
+};
+
+// i8::k_gemm over the columns [n_begin, n_end)
+template <typename T, bool OWN>
+static void i8_launch(const I8Gemm<T>& g, const int32_t* acc, int64_t ldacc, int64_t n_begin, int64_t n_end, cudaStream_t s) {
+  constexpr int bytes = i8::smem_bytes<T, OWN>();
+  static bool attr = false;  // opting in to > 48 KiB of shared memory, once per instantiation
+  if (!attr) rt::check(cudaFuncSetAttribute(i8::k_gemm<T, OWN>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
+  attr = true;
+  const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((n_end - n_begin + i8::BN - 1) / i8::BN));
+  i8::k_gemm<T, OWN><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, acc, ldacc, g.sx, g.sw, g.list, g.count, g.xo, g.Cp, g.bias, g.y, g.M, g.N, g.K, n_begin,
+                                                      n_end);
+  detail::launched(OWN ? "qlinear8 (int8 GEMM, outliers)" : "qlinear8 (scales, outliers)");
+}
+
+// y of a large-M qlinear8 the way `how` says; acc: room for the int32 products (4·M·N bytes; unused by "own").
+template <typename T>
+static void i8_run(int how, const I8Gemm<T>& g, int32_t* acc, cudaStream_t s) {
+  if (how == I8_OWN && g.own_ok) return i8_launch<T, true>(g, nullptr, 0, 0, g.N, s);
+  const int64_t step = how == I8_LT_CHUNKED ? i8_chunk(g.M) : g.N;
+  for (int64_t n = 0; n < g.N; n += step) {
+    const int64_t nc = step < g.N - n ? step : g.N - n;
+    // column-major view, TN: accᵀ[nc×M] = (W rows n…)ᵀ(stored K×nc)ᵀ · qxᵀ(stored Kp×M)
+    if (lt::gemm_i8(nc, g.M, g.K, g.qw + n * g.K, g.K, g.qx, g.Kp, acc, nc, "qlinear8")) {
+      i8_launch<T, false>(g, acc, nc, n, n + nc, s);
+      continue;
+    }
+    static bool noted = false;
+    if (!noted)
+      fprintf(stderr, "kiln: no cuBLASLt int8 GEMM here (m=%lld n=%lld k=%lld); LLM.int8 runs on Kiln's own %s kernel\n", (long long)nc, (long long)g.M,
+              (long long)g.K, g.own_ok ? "mma.sync" : "dp4a (slow: K is not a multiple of 16)");
+    noted = true;
+    if (g.own_ok) {
+      i8_launch<T, true>(g, nullptr, 0, n, n + nc, s);
+    } else {
+      const dim3 grid((unsigned)((nc + 63) / 64), (unsigned)((g.M + 63) / 64));
+      k_gemm_i8<<<grid, 256, 0, s>>>(g.qx, g.Kp, g.qw + n * g.K, acc, g.M, nc, g.K);
+      detail::launched("qlinear8 (int8 GEMM)");
+      i8_launch<T, false>(g, acc, nc, n, n + nc, s);
+    }
+  }
+}
+
+// The variant of i8_mode() for this call; "auto" times the candidates once per shape.
+template <typename T>
+static int i8_choose(const I8Gemm<T>& g, cudaStream_t s) {
+  const int mode = i8_mode();
+  if (mode != I8_AUTO) return mode;
+  if (!lt::available()) return g.own_ok ? I8_OWN : I8_LT;
+  int64_t mb = 1;
+  while (mb < g.M) mb <<= 1;
+  static std::mutex mu;
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int>, int> chosen;
+  const auto key = std::make_tuple(mb, g.N, g.K, std::is_same<T, bf16>::value ? 1 : std::is_same<T, f16>::value ? 2 : 4);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = chosen.find(key);
+    if (it != chosen.end()) return it->second;
+  }
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  rt::check(cudaStreamIsCapturing(s, &cs), "cudaStreamIsCapturing (qlinear8)");
+  if (cs != cudaStreamCaptureStatusNone) return I8_LT;
+  int cands[3], nc = 0;
+  cands[nc++] = I8_LT;
+  if (g.N > i8_chunk(g.M)) cands[nc++] = I8_LT_CHUNKED;
+  if (g.own_ok) cands[nc++] = I8_OWN;
+  int32_t* acc = (int32_t*)rt::alloc(4 * g.M * g.N, "qlinear8 (int32 products)");
+  cudaEvent_t ev[2];
+  for (auto& e : ev) rt::check(cudaEventCreate(&e), "cudaEventCreate (qlinear8)");
+  int best = I8_LT;
+  float best_ms = INFINITY;
+  for (int i = 0; i < nc; i++) {
+    i8_run<T>(cands[i], g, acc, s);  // warm: plans, shared-memory opt-in
+    rt::check(cudaEventRecord(ev[0], s), "cudaEventRecord (qlinear8)");
+    i8_run<T>(cands[i], g, acc, s);
+    rt::check(cudaEventRecord(ev[1], s), "cudaEventRecord (qlinear8)");
+    rt::check(cudaEventSynchronize(ev[1]), "cudaEventSynchronize (qlinear8)");
+    float ms = 0;
+    rt::check(cudaEventElapsedTime(&ms, ev[0], ev[1]), "cudaEventElapsedTime (qlinear8)");
+    if (ms < best_ms) best = cands[i], best_ms = ms;
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  rt::release(acc);
+  const char* verbose = getenv("KILN_VERBOSE");
+  if (verbose && *verbose && strcmp(verbose, "0") != 0)
+    fprintf(stderr, "kiln: qlinear8 M≤%lld N=%lld K=%lld: %s (%.1f µs)\n", (long long)mb, (long long)g.N, (long long)g.K, i8_name(best), best_ms * 1e3);
+  std::lock_guard<std::mutex> lock(mu);
+  chosen[key] = best;
+  return best;
 }
 
 }  // namespace qdetail
@@ -540,35 +952,23 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   const bool decomp = threshold > 0 && isfinite(threshold);
   const int64_t Kp = (K + 15) / 16 * 16;
   const bool small = M <= 8;
-  // one workspace: flags[K], list[K], count, sx[M], qx[M·Kp], and the int32 products (large M)
+  if (!small && ((N + qdetail::i8::BN - 1) / qdetail::i8::BN > 65535 || (M + qdetail::i8::BM - 1) / qdetail::i8::BM > 0x7fffffffLL))
+    rt::fail(KILN_ERR_INVALID, "qlinear8: M = %lld, N = %lld is too large", (long long)M, (long long)N);
+  // one workspace: flags[K], list[K], count, sx[M], qx[M·Kp]
   const int64_t off_list = quant::pad16(4 * K), off_count = off_list + quant::pad16(4 * K), off_sx = off_count + 16, off_qx = off_sx + quant::pad16(4 * M),
-                off_acc = off_qx + quant::pad16(M * Kp), total = off_acc + (small ? 0 : 4 * M * N);
+                total = off_qx + quant::pad16(M * Kp);
   uint8_t* ws = (uint8_t*)rt::alloc(total, "qlinear8 (workspace)");
   int* flags = (int*)ws;
   int* list = (int*)(ws + off_list);
   int* count = (int*)(ws + off_count);
   float* sx = (float*)(ws + off_sx);
   int8_t* qx = (int8_t*)(ws + off_qx);
-  int32_t* acc = (int32_t*)(ws + off_acc);
   cudaStream_t s = stream();
   const float thr = (float)threshold;
   if (small) {
-    // decode: outlier columns and the rows' int8 in one launch
+    // decode: outlier columns and the rows' int8 in one launch, then the dp4a GEMV
     qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, (int)M, decomp, thr, flags, K, list, count, Kp, qx, sx);
     detail::launched("qlinear8 (outliers, quantize activations)");
-  } else {
-    if (!decomp) {
-      rt::check(cudaMemsetAsync(count, 0, 4, s), "cudaMemsetAsync (qlinear8)");
-    } else {
-      rt::check(cudaMemsetAsync(flags, 0, 4 * K, s), "cudaMemsetAsync (qlinear8)");
-      qdetail::k_i8_flags<T><<<detail::grid_for(M * K, detail::kThreads), detail::kThreads, 0, s>>>(x, M * K, K, thr, flags);
-      qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, 0, true, thr, flags, K, list, count, Kp, qx, sx);
-      detail::launched("qlinear8 (outlier columns)");
-    }
-    qdetail::k_i8_quant_rows<T><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, decomp ? flags : nullptr, qx, sx);
-    detail::launched("qlinear8 (quantize activations)");
-  }
-  if (small) {
     const bool vec = K % 16 == 0 && detail::aligned16(w);
     const unsigned blocks = (unsigned)((N + 7) / 8);
     qdetail::with_rows(M, [&](auto rows) {
@@ -577,19 +977,33 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
       else qdetail::k_qgemv8<T, MR, false><<<blocks, 256, 0, s>>>(x, qx, Kp, sx, qw, sw, list, count, bias, y, N, K);
     });
     detail::launched("qlinear8 (GEMV)");
-  } else {
-    // column-major view, TN: accᵀ[N×M] = Wᵀ(stored K×N)ᵀ · qxᵀ(stored K×M)
-    if (!lt::gemm_i8(N, M, K, qw, K, qx, Kp, acc, N, "qlinear8")) {
-      static bool noted = false;
-      if (!noted) fprintf(stderr, "kiln: no cuBLASLt int8 GEMM here (m=%lld n=%lld k=%lld); LLM.int8 runs on Kiln's own dp4a kernel (slow)\n", (long long)N, (long long)M, (long long)K);
-      noted = true;
-      dim3 grid((unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64));
-      qdetail::k_gemm_i8<<<grid, 256, 0, s>>>(qx, Kp, qw, acc, M, N, K);
-      detail::launched("qlinear8 (int8 GEMM)");
-    }
-    qdetail::k_i8_epilogue<T><<<detail::grid_for(M * N, detail::kThreads), detail::kThreads, 0, s>>>(acc, x, sx, qw, sw, list, count, bias, y, M, N, K);
-    detail::launched("qlinear8 (epilogue)");
+    rt::release(ws);
+    return;
   }
+  // prefill: the rows' int8 and the outlier flags in one pass over x, the list of outlier columns,
+  // the rows' repair (outlier codes zeroed; absmax redone where another row flagged its maximum)
+  const bool vx = K % detail::Vec<T>::E == 0 && detail::aligned16(x);
+  const float cut = decomp ? thr : INFINITY;
+  rt::check(cudaMemsetAsync(decomp ? (void*)flags : (void*)count, 0, decomp ? 4 * K : 4, s), "cudaMemsetAsync (qlinear8)");
+  if (vx) qdetail::k_i8_quant_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, flags, qx, sx);
+  else qdetail::k_i8_quant_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, flags, qx, sx);
+  detail::launched("qlinear8 (quantize activations, outlier columns)");
+  // the outlier columns of x, dense and 16-bit (f32 x: hi then lo), for the tensor-core outlier product
+  const int64_t Cp = (K + 63) / 64 * 64;
+  uint16_t* xo = decomp ? (uint16_t*)rt::alloc(2 * M * Cp * (std::is_same<T, float>::value ? 2 : 1), "qlinear8 (outlier columns of x)") : nullptr;
+  if (decomp) {
+    qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, 0, true, thr, flags, K, list, count, Kp, qx, sx);
+    if (vx) qdetail::k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, flags, list, count, qx, sx, xo, Cp);
+    else qdetail::k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, flags, list, count, qx, sx, xo, Cp);
+    detail::launched("qlinear8 (outlier columns)");
+  }
+  const qdetail::I8Gemm<T> g = {qx, Kp, qw, sw, sx, list, count, xo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
+  const int how = qdetail::i8_choose<T>(g, s);
+  const int64_t cols = how == qdetail::I8_LT_CHUNKED && qdetail::i8_chunk(M) < N ? qdetail::i8_chunk(M) : N;
+  int32_t* acc = how == qdetail::I8_OWN && g.own_ok ? nullptr : (int32_t*)rt::alloc(4 * M * cols, "qlinear8 (int32 products)");
+  qdetail::i8_run<T>(how, g, acc, s);
+  if (acc) rt::release(acc);
+  if (xo) rt::release(xo);
   rt::release(ws);
 }
 

@@ -197,10 +197,14 @@ struct Profile {
   int n = 0;
   std::vector<cudaEvent_t> events;     // one per op of the current forward, recorded before it
   std::vector<const char*> kinds;      // the op kind after each event
+  std::vector<std::chrono::steady_clock::time_point> host;  // host clock at each event
   int used = 0;
   // KILN_PROFILE_EVERY=n: print every n forwards (default 32)
   int every = getenv("KILN_PROFILE_EVERY") && atoi(getenv("KILN_PROFILE_EVERY")) > 0 ? atoi(getenv("KILN_PROFILE_EVERY")) : 32;
   std::map<std::string, std::pair<double, long>> by_kind;  // kind -> (ms, launches) since the last print
+  std::map<std::string, double> host_by_kind;               // kind -> host ms spent issuing it
+  double entry_ms = 0;                                      // host ms from begin() to the first op
+  bool begun = false;                                       // a forward began (finish also ends kiln_synchronize)
 };
 static inline Profile& profile() {
   static Profile p;
@@ -210,6 +214,7 @@ static inline void begin(const char* what) {
   (void)what;
   if (profile().on) profile().start = std::chrono::steady_clock::now();
   profile().used = 0;
+  profile().begun = true;
 }
 // Marks the start of an op (KILN_PROFILE=ops); the next mark or the end of the forward ends it.
 static inline void op_mark(const char* kind) {
@@ -220,8 +225,10 @@ static inline void op_mark(const char* kind) {
     check(cudaEventCreate(&e), "cudaEventCreate (profile)");
     pr.events.push_back(e);
     pr.kinds.push_back(kind);
+    pr.host.push_back({});
   }
   pr.kinds[pr.used] = kind;
+  pr.host[pr.used] = std::chrono::steady_clock::now();
   check(cudaEventRecord(pr.events[pr.used++], state().stream), "cudaEventRecord (profile)");
 }
 static inline void op_report() {
@@ -234,7 +241,9 @@ static inline void op_report() {
     auto& k = pr.by_kind[pr.kinds[i]];
     k.first += ms;
     k.second += 1;
+    pr.host_by_kind[pr.kinds[i]] += std::chrono::duration<double, std::milli>(pr.host[i + 1] - pr.host[i]).count();
   }
+  if (pr.used > 0) pr.entry_ms += std::chrono::duration<double, std::milli>(pr.host[0] - pr.start).count();
   if (pr.n % pr.every == pr.every - 1) {
     std::vector<std::pair<double, std::string>> rows;
     double total = 0;
@@ -243,9 +252,14 @@ static inline void op_report() {
       total += kv.second.first;
     }
     std::sort(rows.rbegin(), rows.rend());
-    fprintf(stderr, "kiln profile (GPU time a forward, mean of %d): total %.3f ms\n", pr.every, total / pr.every);
-    for (auto& r : rows) fprintf(stderr, "  %-20s %8.3f ms  %6ld launches\n", r.second.c_str(), r.first / pr.every, pr.by_kind[r.second].second / pr.every);
+    double host = 0;
+    for (auto& kv : pr.host_by_kind) host += kv.second;
+    fprintf(stderr, "kiln profile (a forward, mean of %d): GPU %.3f ms; host issuing %.3f ms, host before the first op %.3f ms\n", pr.every, total / pr.every, host / pr.every, pr.entry_ms / pr.every);
+    for (auto& r : rows)
+      fprintf(stderr, "  %-20s GPU %8.3f ms  host %8.3f ms  %6ld launches\n", r.second.c_str(), r.first / pr.every, pr.host_by_kind[r.second] / pr.every, pr.by_kind[r.second].second / pr.every);
     pr.by_kind.clear();
+    pr.host_by_kind.clear();
+    pr.entry_ms = 0;
   }
 }
 static inline bool capturing();
@@ -256,10 +270,12 @@ static inline void finish(const char* what) {
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) fail(KILN_ERR_DEVICE, "CUDA error %s (%s) before the end of %s", cudaGetErrorName(e), cudaGetErrorString(e), what);
   Profile& pr = profile();
-  if (pr.ops) op_report();
+  const bool timed = pr.begun;
+  pr.begun = false;
+  if (pr.ops && timed) op_report();
   std::chrono::steady_clock::time_point issued = std::chrono::steady_clock::now();
   e = cudaStreamSynchronize(state().stream);
-  if (pr.on) {
+  if (pr.on && timed) {
     std::chrono::steady_clock::time_point done = std::chrono::steady_clock::now();
     pr.issue_us += std::chrono::duration<double, std::micro>(issued - pr.start).count();
     pr.wait_us += std::chrono::duration<double, std::micro>(done - issued).count();

@@ -7,12 +7,13 @@
 import type { Dim } from "../ir/dim.js";
 import { bindingDim, dimSymbols } from "../ir/dim.js";
 import type { DType } from "../ir/dtype.js";
+import { DTYPE_BYTES } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph, Node, Value } from "../ir/graph.js";
-import { locString, typeString } from "../ir/graph.js";
+import { locString, typeString, usesOf } from "../ir/graph.js";
 import { printNode } from "../ir/print.js";
 import type { Expr } from "../ir/expr.js";
-import { parseExpr } from "../ir/expr.js";
+import { parseExpr, printExpr } from "../ir/expr.js";
 import type { FourBit } from "../ir/quant.js";
 import { codeOf } from "../ir/quant.js";
 
@@ -137,11 +138,15 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   const kept = new Set(g.outputs.map((x) => x.value.id));
   const opRoots = new Set<number>();
   const inPlace = inPlaceCacheWrites(g);
+  // transposes and constant-index gathers read only by elementwise ops are not materialized:
+  // those ops read through them (views)
+  const views = elementwiseViews(g);
+  const readsOf = (n: Node): Value[] => [...n.operands, ...n.operands.flatMap((x) => (views.has(x.id) ? [views.get(x.id)!.src] : []))];
   g.nodes.forEach((n, i) => {
     const aliasing = n.op === "reshape" || inPlace.has(n.result.id);
     root.set(n.result.id, aliasing ? root.get(n.operands[0].id)! : n.result.id);
-    if (!aliasing && n.op !== "constant") opRoots.add(n.result.id); // constants live in the library
-    for (const x of n.operands) lastUse.set(root.get(x.id)!, i);
+    if (!aliasing && n.op !== "constant" && !views.has(n.result.id)) opRoots.add(n.result.id); // constants live in the library
+    for (const x of readsOf(n)) lastUse.set(root.get(x.id)!, i);
   });
   for (const x of g.outputs) kept.add(root.get(x.value.id)!);
 
@@ -151,6 +156,10 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     name.set(n.result.id, y);
     const T = CTYPE[n.result.dtype];
     const where = `${printNode(n, ref).split(" loc(")[0]}${n.loc ? ` at ${locString(n.loc)}` : ""}`;
+    if (views.has(n.result.id)) {
+      body.push(`  // ${printNode(n, ref)} (not materialized: its readers read ${ref(views.get(n.result.id)!.src)} through it)`);
+      return;
+    }
     body.push(`  // ${printNode(n, ref)}`);
     if (n.op === "reshape") {
       const c = constants.get(n.operands[0].id);
@@ -200,14 +209,17 @@ export function emitSource(g: Graph, o: EmitOptions): string {
         if (!consts.some((c) => c.includes(`${table}[16]`))) consts.push(`static const double ${table}[16] = {${codeOf(scheme as FourBit).map((v) => fmtDouble(v)).join(", ")}};`);
         body.push(`  K::qlinear4<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table});`);
       }
-    } else if (n.op === "elementwise") {
-      const { functor, call } = emitElementwise(n, name);
+    } else if (n.op === "elementwise" || LONE_ELEMENTWISE.has(n.op)) {
+      // a lone arithmetic op (one fuse-elementwise left alone: nothing to fuse with) runs as a
+      // one-op expression, so it gets the functor's vectorized chunks too
+      const e = n.op === "elementwise" ? n : asExpression(n);
+      const { functor, call } = emitElementwise(e, name, views);
       kernels.push(functor);
       body.push(`  ${call}`);
     } else body.push(...emitOp(n, name, where, constants).map((l) => `  ${l}`));
     // free operands whose buffers die here
     const freed = new Set<number>();
-    for (const x of n.operands) {
+    for (const x of readsOf(n)) {
       const r = root.get(x.id)!;
       if (lastUse.get(r) === i && opRoots.has(r) && !kept.has(r) && !freed.has(r)) {
         freed.add(r);
@@ -270,54 +282,201 @@ const isFloatDType = (d: DType): boolean => d === "f32" || d === "bf16" || d ===
 /** The compute type of a dtype in generated code (kiln::Num<T>::C). */
 const ctypeC = (d: DType): string => (isFloatDType(d) ? "float" : "double");
 
-/** A fused `elementwise` op: a functor evaluating its expression at one element, and its launch. */
-function emitElementwise(n: Node, name: Map<number, string>): { functor: string; call: string } {
+const LONE_ELEMENTWISE = new Set([...Object.keys(UNARY), ...Object.keys(BINARY), "where", "cast"]);
+/** A lone unary/binary/where/cast node as the one-op `elementwise` node computing the same. */
+function asExpression(n: Node): Node {
+  const expr: Expr = { kind: "op", op: n.op, dtype: n.result.dtype, args: n.operands.map((_v, index) => ({ kind: "arg", index })) };
+  return { op: "elementwise", operands: n.operands, attrs: { expr: printExpr(expr) }, result: n.result };
+}
+
+/** An elementwise operand read through a transpose and/or a constant-index gather of `src`. */
+export interface View {
+  /** the materialized value read */
+  src: Value;
+  /** the view's dim i is src's dim perm[i] (perm keeps the last dim in place) */
+  perm: number[];
+  /** a gather along the last dim with these constant indices (on the target: the constant `value`) */
+  table?: { value: Value; values: number[] };
+}
+
+/**
+ * The transposes (the last dim kept in place) and last-axis gathers with constant indices (RoPE's
+ * rotate-half) whose every reader is an elementwise op of the same shape (or such a gather): those
+ * readers read the source through them (strides, and the index table), so no kernel copies the
+ * data. The graph's meaning is unchanged; only where the target computes the indexing moves.
+ */
+export function elementwiseViews(g: Graph): Map<number, View> {
+  const uses = usesOf(g);
+  const outputs = new Set(g.outputs.map((o) => o.value.id));
+  const constVals = new Map<number, number[]>();
+  for (const n of g.nodes) {
+    if (n.op === "constant") constVals.set(n.result.id, n.attrs.values as number[]);
+    else if (n.op === "reshape" && constVals.has(n.operands[0].id)) constVals.set(n.result.id, constVals.get(n.operands[0].id)!);
+  }
+  const same = (a: readonly Dim[], b: readonly Dim[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+  const readsAsView = (u: Node, v: Value) => (u.op === "elementwise" || LONE_ELEMENTWISE.has(u.op)) && same(u.result.shape, v.shape);
+  const absorbed = new Set<number>();
+  const candidate = (n: Node): boolean => {
+    const r = n.result.shape.length;
+    if (r === 0 || outputs.has(n.result.id)) return false;
+    if (n.op === "transpose") return (n.attrs.perm as number[])[r - 1] === r - 1;
+    if (n.op !== "gather") return false;
+    const [x, idx] = n.operands;
+    const ax = (n.attrs.axis as number) < 0 ? (n.attrs.axis as number) + x.shape.length : (n.attrs.axis as number);
+    const vals = constVals.get(idx.id);
+    const L = x.shape[x.shape.length - 1];
+    return ax === x.shape.length - 1 && idx.shape.length === 1 && typeof L === "number" && !!vals && vals.length === L && vals.every((i) => Number.isInteger(i) && i >= 0 && i < L);
+  };
+  for (let i = g.nodes.length - 1; i >= 0; i--) {
+    const n = g.nodes[i];
+    if (!candidate(n)) continue;
+    const us = uses.get(n.result.id) ?? [];
+    const ok = us.length > 0 && us.every((u) => readsAsView(u, n.result) || (n.op === "transpose" && u.op === "gather" && absorbed.has(u.result.id) && u.operands[0].id === n.result.id && !u.operands.slice(1).some((o) => o.id === n.result.id)));
+    if (ok) absorbed.add(n.result.id);
+  }
+  const views = new Map<number, View>();
+  for (const n of g.nodes) {
+    if (!absorbed.has(n.result.id)) continue;
+    const x = n.operands[0];
+    if (n.op === "transpose") views.set(n.result.id, { src: x, perm: [...(n.attrs.perm as number[])] });
+    else {
+      const inner = views.get(x.id);
+      const table = { value: n.operands[1], values: constVals.get(n.operands[1].id)! };
+      views.set(n.result.id, inner ? { ...inner, table } : { src: x, perm: x.shape.map((_d, k) => k), table });
+    }
+  }
+  return views;
+}
+
+/**
+ * A fused `elementwise` op: a functor and its launch. `at` is the expression at one element, from
+ * its operands' values; `operator()(i)` evaluates element i (the scalar path); `chunk(i)` evaluates
+ * the W elements from i (a multiple of W, within one innermost row) with one offset computation per
+ * operand and 16-byte loads and stores (W: 16 bytes of the narrowest type moved in runs). Each
+ * operand is read, by its strides over the output, as the same element (`contig`), one value for
+ * the whole tensor (`scalar`), or through offset_of: a run along the innermost dim (`row`, e.g. a
+ * norm's weight) or one value per chunk (`col`, e.g. a [T, 1] statistic). `chunkable()` tells the
+ * target's for_each whether the chunks may run: every run 16-byte aligned, and W dividing the
+ * innermost dim where an operand broadcasts (weights and inputs may sit at any offset).
+ */
+export function emitElementwise(n: Node, name: Map<number, string>, views: Map<number, View> = new Map()): { functor: string; call: string } {
   const id = n.result.id;
   const out = n.result.shape;
-  const expr = parseExpr(n.attrs.expr as string);
-  const fields: string[] = [];
-  const lines: string[] = [];
-  n.operands.forEach((v, k) => {
-    fields.push(`const ${CTYPE[v.dtype]}* a${k}; kiln::Strides s${k}; bool c${k};`);
-    lines.push(`const ${ctypeC(v.dtype)} x${k} = kiln::Num<${CTYPE[v.dtype]}>::load(a${k}[c${k} ? i : kiln::offset_of(i, out, s${k})]);`);
+  const T = CTYPE[n.result.dtype];
+  const own = cstrides(out);
+  const reads = n.operands.map((v, k) => {
+    const view = views.get(v.id);
+    if (view) {
+      // src's strides permuted (the shapes are equal: no broadcast); a gather's last dim is
+      // indexed through its table instead (src's last stride is 1)
+      const ss = cstrides(view.src.shape);
+      const st = out.map((d, i) => (d === 1 || (view.table && i === out.length - 1) ? "0" : ss[view.perm[i]]));
+      return { k, v: view.src, st, kind: "view", view, C: ctypeC(v.dtype), T: CTYPE[v.dtype] };
+    }
+    const st = broadcastStrides(v.shape, out);
+    const contig = st.every((s, i) => out[i] === 1 || s === own[i]);
+    const kind = contig ? "contig" : st.every((s) => s === "0") ? "scalar" : st[st.length - 1] === "0" ? "col" : "row";
+    return { k, v, st, kind, view: undefined as View | undefined, C: ctypeC(v.dtype), T: CTYPE[v.dtype] };
   });
+  const runs = reads.filter((r) => r.kind === "contig" || r.kind === "row" || r.kind === "view");
+  const W = 16 / Math.min(DTYPE_BYTES[n.result.dtype], ...runs.map((r) => DTYPE_BYTES[r.v.dtype]));
+  const strided = reads.filter((r) => r.kind === "row" || r.kind === "col" || r.kind === "view");
+  // a gathered view runs in chunks only where its table maps each aligned chunk to an aligned run
+  const tableRuns = (vals: number[]): boolean =>
+    vals.length % W === 0 && vals.every((x, c) => (c % W === 0 ? x % W === 0 : x === vals[c - 1] + 1));
+
+  const lines: string[] = [];
   let t = 0;
-  const gen = (e: Expr): { v: string; d: DType } => {
-    if (e.kind === "arg") return { v: `x${e.index}`, d: n.operands[e.index].dtype };
-    const T = CTYPE[e.dtype], C = ctypeC(e.dtype);
+  const gen = (e: Expr): string => {
+    if (e.kind === "arg") return `x${e.index}`;
+    const C = ctypeC(e.dtype);
     let val: string;
     if (e.kind === "lit") val = `(${C})${fmtDouble(e.value)}`;
     else {
       const a = e.args.map(gen);
-      if (e.op in UNARY) val = `kiln::${UNARY[e.op]}()(${a[0].v})`;
-      else if (e.op === "div" && !isFloatDType(e.dtype)) val = `kiln::OpIntDiv()(${a[0].v}, ${a[1].v})`;
-      else if (e.op in BINARY) val = `(${C})kiln::${BINARY[e.op]}()(${a[0].v}, ${a[1].v})`;
-      else if (e.op === "where") val = `(${a[0].v} != 0 ? ${a[1].v} : ${a[2].v})`;
-      else if (e.op === "cast") val = `(${C})${a[0].v}`;
+      if (e.op in UNARY) val = `kiln::${UNARY[e.op]}()(${a[0]})`;
+      else if (e.op === "div" && !isFloatDType(e.dtype)) val = `kiln::OpIntDiv()(${a[0]}, ${a[1]})`;
+      else if (e.op in BINARY) val = `(${C})kiln::${BINARY[e.op]}()(${a[0]}, ${a[1]})`;
+      else if (e.op === "where") val = `(${a[0]} != 0 ? ${a[1]} : ${a[2]})`;
+      else if (e.op === "cast") val = `(${C})${a[0]}`;
       else throw new KilnError("E_BUILD", `'${e.op}' in an elementwise expression has no code generator`);
     }
     const v = `t${t++}`;
-    lines.push(`const ${C} ${v} = kiln::rnd<${T}>(${val});`);
-    return { v, d: e.dtype };
+    lines.push(`const ${C} ${v} = kiln::rnd<${CTYPE[e.dtype]}>(${val});`);
+    return v;
   };
-  const root = gen(expr);
-  const T = CTYPE[n.result.dtype];
-  lines.push(`y[i] = kiln::Num<${T}>::store(${root.v});`);
+  const root = gen(parseExpr(n.attrs.expr as string));
+  type Read = (typeof reads)[number];
+  // where operand r's value of element i is
+  // The element's coordinates, computed once and shared by the strided operands: dims of size 1
+  // are skipped, literal dims divide by a constant, the outermost moving dim needs no division.
+  const moving = out.map((d, i) => i).filter((i) => out[i] !== 1 && strided.some((r) => r.st[i] !== "0"));
+  const lowest = out.findIndex((d) => d !== 1);
+  const coords: string[] = [];
+  if (strided.length) {
+    coords.push("int64_t q_ = i;");
+    for (let i = out.length - 1; i >= 0; i--) {
+      if (out[i] === 1) continue;
+      if (i < (moving[0] ?? out.length)) break;
+      const d = typeof out[i] === "number" ? `(int64_t)${out[i]}` : `out.d[${i}]`;
+      if (i === lowest) coords.push(`const int64_t c${i} = q_;`);
+      else coords.push(`int64_t c${i}; q_ = kiln::divmod(q_, ${d}, &c${i});`);
+      if (!moving.includes(i)) coords.push(`(void)c${i};`);
+    }
+    coords.push("(void)q_;");
+  }
+  const dot = (r: Read): string => {
+    const terms = moving.filter((i) => r.st[i] !== "0").map((i) => `c${i} * s${r.k}.s[${i}]`);
+    return terms.length ? terms.join(" + ") : "0";
+  };
+  const offset = (r: Read): string =>
+    r.kind === "contig"
+      ? "i"
+      : r.kind === "scalar"
+        ? "0"
+        : r.view?.table
+          ? `${dot(r)} + g${r.k}[i % ${r.view.table.values.length}]`
+          : dot(r);
+  const chunkLoad = (r: Read): string =>
+    r.kind === "contig" || r.kind === "row" || r.kind === "view"
+      ? `${r.C} x${r.k}[W]; kiln::load_run<W>(x${r.k}, a${r.k} + ${offset(r)});`
+      : `const ${r.C} x${r.k} = kiln::Num<${r.T}>::load(a${r.k}[${offset(r)}]);`;
+  const aligned = ["y", ...runs.map((r) => `a${r.k}`)].map((p) => `kiln::aligned16(${p})`);
+  if (strided.length) aligned.push("out.d[out.rank - 1] % W == 0");
+  if (reads.some((r) => r.view?.table && !tableRuns(r.view.table.values))) aligned.push("false");
   const functor = [
     `// ${n.attrs.expr as string}`,
     `struct F${id} {`,
-    `  ${fields.join("\n  ")}`,
+    ...reads.map(
+      (r) => `  const ${r.T}* a${r.k};${r.kind === "row" || r.kind === "col" || r.kind === "view" ? ` kiln::Strides s${r.k};` : ""}${r.view?.table ? ` const ${CTYPE[r.view.table.value.dtype]}* g${r.k};` : ""} // ${r.kind}`,
+    ),
     `  ${T}* y;`,
     `  kiln::Shape out;`,
-    `  KILN_HD void operator()(int64_t i) const {`,
+    `  static constexpr int W = ${W};`,
+    `  KILN_HD ${T} at(${reads.map((r) => `const ${r.C} x${r.k}`).join(", ")}) const {`,
     ...lines.map((l) => `    ${l}`),
+    `    return kiln::Num<${T}>::store(${root});`,
     `  }`,
+    `  KILN_HD void operator()(int64_t i) const {`,
+    ...coords.map((l) => `    ${l}`),
+    `    y[i] = at(${reads.map((r) => `kiln::Num<${r.T}>::load(a${r.k}[${offset(r)}])`).join(", ")});`,
+    `  }`,
+    `  KILN_HD void chunk(int64_t i) const {`,
+    ...coords.map((l) => `    ${l}`),
+    ...reads.map((r) => `    ${chunkLoad(r)}`),
+    `    ${T} r[W];`,
+    `    KILN_UNROLL`,
+    `    for (int j = 0; j < W; j++) r[j] = at(${reads.map((r) => (r.kind === "contig" || r.kind === "row" || r.kind === "view" ? `x${r.k}[j]` : `x${r.k}`)).join(", ")});`,
+    `    kiln::store_run<W>(y + i, r);`,
+    `  }`,
+    `  bool chunkable() const { return ${aligned.join(" && ")}; }`,
     `};`,
   ].join("\n");
-  const init = n.operands.map((v, k) => {
-    const contig = v.shape.length === out.length && v.shape.every((d, i) => d === out[i]);
-    return `${name.get(v.id)}, ${stridesLit(broadcastStrides(v.shape, out))}, ${contig}`;
-  });
+  const init = reads.map((r) =>
+    r.kind === "row" || r.kind === "col" || r.kind === "view"
+      ? `${name.get(r.v.id)}, ${stridesLit(r.st)}${r.view?.table ? `, ${name.get(r.view.table.value.id)}` : ""}`
+      : name.get(r.v.id)!,
+  );
   return { functor, call: `K::for_each(F${id}{${init.join(", ")}, v${id}, ${shapeLit(out.map(cdim))}}, ${cprod(out)});` };
 }
 
@@ -453,6 +612,15 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       const alibi = lines.length ? `a${n.result.id}` : "nullptr";
       lines.push(`K::varlen_cache_attention<${T}>(${xs.slice(0, 6).join(", ")}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${alibi}, ${(n.attrs.window as number | undefined) ?? 0});`);
       return lines;
+    }
+    case "rms_norm":
+    case "layer_norm": {
+      // rows of the last dim; the weight (and bias) [D] of x's dtype (cpu/kernels.h, cuda/norm.cuh)
+      const rows = cprod(x0.shape.slice(0, -1));
+      const D = cdim(x0.shape[x0.shape.length - 1]);
+      const eps = fmtDouble(n.attrs.eps as number);
+      if (n.op === "rms_norm") return [`K::rms_norm<${T}>(${xs[0]}, ${xs[1]}, ${y}, ${rows}, ${D}, ${eps});`];
+      return [`K::layer_norm<${T}>(${xs[0]}, ${xs[1]}, ${xs[2] ?? "nullptr"}, ${y}, ${rows}, ${D}, ${eps});`];
     }
     case "mask_positions":
       return [`K::mask_positions(${xs[0]}, ${y}, ${cdim(x0.shape[0])}, ${cdim(x0.shape[1])});`];

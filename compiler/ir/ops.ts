@@ -430,6 +430,65 @@ for (const [name, r] of Object.entries(REDUCE))
     },
   });
 
+// ---------------------------------------------------------------- fused norms
+
+// RMSNorm (Zhang & Sennrich, 2019) and LayerNorm (Ba et al., 2016) over the last axis, as one op
+// each (what fuse-norm makes of the eager form Hugging Face writes and models/ traces). x [..., D]
+// in f16/bf16/f32, weight (and LayerNorm's bias) [D] of x's dtype; the result has x's type.
+// The reference is the eager graph step for step, so fusing is bit-identical on the interpreter:
+//   h = f32(x); every f32 step rounded to f32 (mean: an f64 sum in index order, divided by D,
+//   then rounded, as reduce_mean); eps rounded to f32 (the eager scalar `full` is f32);
+//   r = f32(1 / sqrt(f32(mean(q) + eps))) where q = h² (rms) or (h − mean(h))² (layer);
+//   n = f32(h · r) [layer: with h − mean(h)], rounded to x's dtype (`.to(input_dtype)`);
+//   y = round(n · w) [+ b, rounded again], in x's dtype.
+const NORMS = { rms_norm: [2, 2], layer_norm: [2, 3] } as const;
+for (const [name, arity] of Object.entries(NORMS))
+  def({
+    name,
+    arity: [arity[0], arity[1]],
+    attrs: { eps: { kind: "float" } },
+    infer: (ts) => {
+      const [x, ...affine] = ts;
+      needFloat(x);
+      sameDType(ts);
+      if (x.shape.length < 1) fail(`${name} needs an input of rank >= 1 (it normalizes the last axis), got ${formatShape(x.shape)}`);
+      const D = x.shape[x.shape.length - 1];
+      for (const [k, t] of affine.entries())
+        if (t.shape.length !== 1 || !dimEq(t.shape[0], D))
+          fail(`${name} ${k === 0 ? "weight" : "bias"} ${formatShape(t.shape)} must be [${D}], the input's last dim`);
+      return { dtype: x.dtype, shape: [...x.shape] };
+    },
+    eval: ([x, w, b], a, out) => {
+      const y = alloc(out.dtype, out.shape);
+      const D = x.shape[x.shape.length - 1];
+      const rows = D === 0 ? 0 : x.data.length / D;
+      const f = Math.fround;
+      const eps = f(a.eps as number);
+      const h = new Float64Array(D);
+      for (let r = 0; r < rows; r++) {
+        const o = r * D;
+        let mu = 0;
+        if (name === "layer_norm") {
+          let s = 0;
+          for (let j = 0; j < D; j++) s += x.data[o + j];
+          mu = f(s / D);
+        }
+        let s = 0;
+        for (let j = 0; j < D; j++) {
+          h[j] = name === "layer_norm" ? f(x.data[o + j] - mu) : x.data[o + j];
+          s += f(h[j] * h[j]);
+        }
+        const inv = f(1 / Math.sqrt(f(f(s / D) + eps)));
+        for (let j = 0; j < D; j++) {
+          const n = roundScalar(x.dtype, f(h[j] * inv));
+          const v = roundScalar(x.dtype, n * w.data[j]);
+          y.data[o + j] = b ? roundScalar(x.dtype, v + b.data[j]) : v;
+        }
+      }
+      return y;
+    },
+  });
+
 // ---------------------------------------------------------------- data movement
 
 def({

@@ -354,6 +354,14 @@ const binary = (name: string): Builder => (g, s) => {
 
 const axisOf = (r: number, k: number): number => (k % 2 ? (k >> 1) % r : ((k >> 1) % r) - r);
 
+/** rms_norm / layer_norm over a value's last dim, with a weight (and sometimes a bias) of it */
+const norm = (g: Gen, s: Step, name: "rms_norm" | "layer_norm"): void => {
+  const x = g.asFloat(g.numeric(g.atLeastRank(g.need(s.a), 1)));
+  const D = x.shape[x.shape.length - 1];
+  const affine = [g.param([D], x.dtype), ...(name === "layer_norm" && s.d % 2 ? [g.param([D], x.dtype)] : [])];
+  g.emit(name, [x, ...affine], { eps: [1e-5, 1e-6, 0, Math.abs(s.v)][s.c % 4] });
+};
+
 const BUILDERS: Record<string, Builder> = {
   ...Object.fromEntries(
     ["neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "silu", "relu", "gelu", "gelu_tanh", "cos", "sin"].map((n) => [n, unary(n)]),
@@ -554,6 +562,8 @@ const BUILDERS: Record<string, Builder> = {
     const alibi: Record<string, number[]> = s.c % 3 === 1 ? { alibi: [[0.5, -0.25, 0.125][s.b % 3]] } : {}; // one query head: one slope
     g.emit("flash_attention", [q, kv, s.d % 3 === 0 ? q : kv, ...offset], { causal: s.d % 2 === 0, scale, kv_groups: 1, ...alibi });
   },
+  rms_norm: (g, s) => norm(g, s, "rms_norm"),
+  layer_norm: (g, s) => norm(g, s, "layer_norm"),
   mask_positions: (g, s) => {
     // an attention_mask-like constant: 0/1 rows, some padded on the left, some on the right
     const T = 1 + (s.b % 4);
