@@ -16,6 +16,8 @@ import { DTYPE_BYTES } from "../compiler/ir/dtype.js";
 import { KilnError } from "../compiler/ir/errors.js";
 import { bf16BitsToF32, f16BitsToF32 } from "../compiler/ir/numeric.js";
 import { codeOf } from "../compiler/ir/quant.js";
+import type { BatchResult, RowToken } from "./batch.js";
+import { generateRows } from "./batch.js";
 import type { SamplingOptions } from "./sampling.js";
 import { generateTokens, validateSamplingOptions } from "./sampling.js";
 import { openCheckpoint } from "./safetensors.js";
@@ -122,6 +124,16 @@ export interface GeneratedToken {
   /** the text this token adds (when the checkpoint has a tokenizer) */
   text?: string;
   index: number;
+}
+
+/** A token of generateBatch: which prompt it continues, its text, and (option `logits`) its logits. */
+export interface BatchToken extends RowToken {
+  text?: string;
+}
+
+export interface BatchOptions {
+  /** attach to each token the logits it was chosen from */
+  logits?: boolean;
 }
 
 const DTYPE_OF = Object.fromEntries(Object.entries(ABI_DTYPE).map(([k, v]) => [v, k])) as Record<number, DType>;
@@ -261,7 +273,7 @@ export class Model implements AsyncDisposable {
       const s = this.spec(name);
       const shape = s.shape.map((d) => (d === "B" ? B : d === "P" ? 0 : d === "C" ? C : (d as number)));
       if (shape.some((d) => typeof d !== "number")) throw new KilnError("E_ARTIFACT", `cache input '${name}' has dims ${s.shape.join(", ")} that the runtime cannot size`, { where: this.dir });
-      const bytes = this.staticCache ? shape.reduce((a, d) => a * d, 1) * DTYPE_BYTES[s.dtype as DType] : 0;
+      const bytes = this.staticCache || this.varlenCache ? shape.reduce((a, d) => a * d, 1) * DTYPE_BYTES[s.dtype as DType] : 0;
       if (!zeros.has(bytes)) zeros.set(bytes, new Uint8Array(bytes));
       m.set(name, { dtype: ABI_DTYPE[s.dtype as DType], shape, data: zeros.get(bytes)! });
     }
@@ -278,6 +290,11 @@ export class Model implements AsyncDisposable {
   /** Whether the artifact takes rows of different lengths (compiled with padded: true): an attention_mask, or packed tokens. */
   get padded(): boolean {
     return this.packed || this.manifest.inputs.some((i) => i.name === "attention_mask");
+  }
+
+  /** Whether the artifact has the varlen KV cache (kvCache "varlen"): packed tokens, a cache row per sequence. */
+  get varlenCache(): boolean {
+    return this.manifest.kvCache?.mode === "varlen";
   }
 
   /** Whether unpad-varlen packed the artifact: it takes the real tokens end to end ([1, T]) and cu_seqlens. */
@@ -304,9 +321,19 @@ export class Model implements AsyncDisposable {
       ["cu_seqlens", { dtype: ABI_DTYPE.i32, shape: [rows.length + 1], data: cu }],
     ]);
     for (const [name, v] of perToken) if (this.manifest.inputs.some((i) => i.name === name)) feed.set(name, { dtype: ABI_DTYPE.i64, shape: [1, T], data: BigInt64Array.from(v.flat(), (x) => BigInt(x)) });
-    const outs = await this.invoke(feed, () => true);
+    if (this.varlenCache) {
+      // a fresh cache row per sequence, from position 0 (the cache is dropped after the call)
+      for (const [k, v] of this.newCache(rows.length, this.capacityFor(Math.max(...rows.map((r) => r.length))))) feed.set(k, v);
+      feed.set("cache_slot", { dtype: ABI_DTYPE.i32, shape: [rows.length], data: Int32Array.from(rows.keys()) });
+      feed.set("cache_position", { dtype: ABI_DTYPE.i64, shape: [rows.length], data: new BigInt64Array(rows.length) });
+    }
+    const outs = await this.invoke(feed, (name) => !name.startsWith("present."));
     const result = new Map<string, { data: Float32Array; shape: number[] }>();
     for (const [name, t] of outs) {
+      if (name.startsWith("present.")) {
+        (t as DeviceTensor).free();
+        continue;
+      }
       const h = t as HostTensor;
       const data = toF32(h);
       if (h.shape.length < 2 || h.shape[0] !== 1 || h.shape[1] !== T) {
@@ -404,6 +431,16 @@ export class Model implements AsyncDisposable {
    */
   async *generate(prompt: string | readonly number[], options: SamplingOptions = {}): AsyncGenerator<GeneratedToken, { reason: string; tokens: number[] }> {
     this.expectKind("decoder", "generate");
+    if (this.varlenCache) {
+      // one row of a batch: the same loop, the same cache
+      const gen = this.generateBatch([prompt], options);
+      for (;;) {
+        const r = await gen.next();
+        if (r.done) return r.value.rows[0];
+        const { id, index, text } = r.value;
+        yield { id, index, text };
+      }
+    }
     if (!this.manifest.kvCache)
       throw new KilnError("E_USAGE", "generate() needs a KV cache, and this artifact was compiled without one (kvCache \"none\": prefill only): use forward(), or compile with a cache", { where: this.dir });
     let ids: number[];
@@ -463,8 +500,101 @@ export class Model implements AsyncDisposable {
       const onDevice = [...cache.values()].every((t) => typeof (t as DeviceTensor).free === "function");
       if (this.staticCache && onDevice && !this.disposed && (!this.kept || this.kept.capacity < capacity)) {
         this.dropKept();
-        this.kept = { capacity, tensors: cache as Map<string, DeviceTensor> };
+        this.kept = { capacity, rows: 1, tensors: cache as Map<string, DeviceTensor> };
       } else freeCache();
+    }
+  }
+
+  /**
+   * Generates after each of several prompts (text with a tokenizer, or token ids) at once, on an
+   * artifact compiled with kvCache "varlen" (`--kv-cache varlen`); yields tokens tagged with their
+   * row as they come. `options`: one SamplingOptions for every row, or one per prompt (each row's
+   * own maxNewTokens, stop tokens, sampling, seed), used as generate() uses them. The prompts' real
+   * tokens run as one packed prefill, each in its own cache row; then each call feeds one token of
+   * each unfinished row, and a row leaves the batch as soon as it ends. The return value has each
+   * row's result and `stats`: the tokens and rows of each model call.
+   */
+  async *generateBatch(prompts: readonly (string | readonly number[])[], options: SamplingOptions | readonly SamplingOptions[] = {}, o: BatchOptions = {}): AsyncGenerator<BatchToken, BatchResult> {
+    this.expectKind("decoder", "generateBatch");
+    if (!this.varlenCache)
+      throw new KilnError("E_USAGE", `generateBatch() needs the varlen KV cache, and this artifact's is ${this.manifest.kvCache?.mode ?? "none"}: compile with kvCache "varlen" (kiln compile --kv-cache varlen)`, { where: this.dir });
+    if (!Array.isArray(prompts) || prompts.length === 0) throw new KilnError("E_USAGE", "generateBatch needs at least one prompt");
+    const { dims } = this.manifest;
+    const most = dims.N?.max ?? Infinity;
+    if (prompts.length > most) throw new KilnError("E_USAGE", `${prompts.length} prompts are over the artifact's bound of ${most} sequences (compile with a larger maxBatch)`, { where: this.dir });
+    const rows = prompts.map((p, r) => {
+      let ids: number[];
+      if (typeof p === "string") {
+        if (!this.tokenizer) throw new KilnError("E_USAGE", "this checkpoint has no tokenizer.json: pass token ids instead of text", { where: this.checkpoint });
+        ids = this.tokenizer.encode(p);
+      } else ids = [...p];
+      if (ids.length === 0) throw new KilnError("E_USAGE", `prompt ${r} is empty (every prompt needs at least one token)`);
+      this.checkIds([ids], 0);
+      return ids;
+    });
+    const perRow = Array.isArray(options) ? (options as readonly SamplingOptions[]) : prompts.map(() => options as SamplingOptions);
+    if (perRow.length !== rows.length) throw new KilnError("E_USAGE", `${perRow.length} sets of sampling options for ${rows.length} prompts (give one, or one per prompt)`);
+    const opts = perRow.map((x) => ({ ...x, stopTokens: x.stopTokens ?? this.tokenizer?.eosTokenIds }));
+    const maxNew = opts.map((x) => validateSamplingOptions(x).maxNewTokens);
+    const C = dims.C?.max ?? Infinity;
+    rows.forEach((ids, r) => {
+      if (ids.length + maxNew[r] > C)
+        throw new KilnError("E_USAGE", `prompt ${r}: ${ids.length} tokens + maxNewTokens ${maxNew[r]} are over the artifact's cache capacity ${C} (compile with a larger maxSeq)`);
+    });
+    // the cache: a row per prompt (row r's slot is r), reused from an earlier call when it is big enough
+    const needed = Math.max(...rows.map((ids, r) => ids.length + maxNew[r]));
+    let capacity: number;
+    let cache: Map<string, unknown>;
+    if (this.kept && this.kept.capacity >= needed && this.kept.rows >= rows.length) ({ capacity, tensors: cache } = this.kept);
+    else {
+      this.dropKept();
+      capacity = this.capacityFor(needed);
+      cache = this.newCache(rows.length, capacity);
+    }
+    const cacheRows = this.kept?.tensors === cache ? this.kept.rows : rows.length;
+    this.kept = undefined;
+    const past = rows.map(() => 0);
+    const step = (calls: { row: number; ids: number[] }[]): Promise<Float32Array[]> =>
+      this.serial(async () => {
+        const N = calls.length;
+        const flat = calls.flatMap((c) => c.ids);
+        const cu = new Int32Array(N + 1);
+        calls.forEach((c, n) => (cu[n + 1] = cu[n] + c.ids.length));
+        const feed = new Map(cache);
+        feed.set("input_ids", { dtype: ABI_DTYPE.i64, shape: [1, flat.length], data: BigInt64Array.from(flat, (x) => BigInt(x)) });
+        feed.set("cu_seqlens", { dtype: ABI_DTYPE.i32, shape: [N + 1], data: cu });
+        feed.set("cache_slot", { dtype: ABI_DTYPE.i32, shape: [N], data: Int32Array.from(calls, (c) => c.row) });
+        feed.set("cache_position", { dtype: ABI_DTYPE.i64, shape: [N], data: BigInt64Array.from(calls, (c) => BigInt(past[c.row])) });
+        const outs = await this.invoke(feed, (n) => n === "logits");
+        for (const t of cache.values()) if (typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
+        cache = new Map([...outs].filter(([k]) => k.startsWith("present.")).map(([k, v]) => [k.replace(/^present\./, "past."), v]));
+        for (const c of calls) past[c.row] += c.ids.length;
+        // logits at each sequence's last token: [N, 1, V] (lastToken builds), or rows of the packed [1, T, V]
+        const logits = outs.get("logits") as HostTensor;
+        const all = toF32(logits);
+        const V = logits.shape[logits.shape.length - 1];
+        const lastToken = logits.shape[0] === N && logits.shape[1] === 1;
+        return calls.map((_c, n) => all.slice((lastToken ? n : cu[n + 1] - 1) * V, ((lastToken ? n : cu[n + 1] - 1) + 1) * V));
+      });
+    const streams = rows.map(() => (this.tokenizer ? new TextStreamer(this.tokenizer, { skipSpecialTokens: true }) : undefined));
+    const gen = generateRows(step, rows, opts, o.logits === true);
+    try {
+      for (;;) {
+        const r = await gen.next();
+        if (r.done) return r.value;
+        const t = r.value;
+        const s = streams[t.row];
+        const last = t.index === maxNew[t.row] - 1 || (opts[t.row].stopTokens ?? []).includes(t.id);
+        yield { ...t, text: s ? s.push(t.id) + (last ? s.end() : "") : undefined };
+      }
+    } finally {
+      await this.queue;
+      const onDevice = [...cache.values()].every((t) => typeof (t as DeviceTensor).free === "function");
+      const kept = this.kept as Model["kept"]; // another call may have kept one meanwhile
+      if (onDevice && !this.disposed && (!kept || kept.capacity < capacity || kept.rows < cacheRows)) {
+        this.dropKept();
+        this.kept = { capacity, rows: cacheRows, tensors: cache as Map<string, DeviceTensor> };
+      } else for (const t of cache.values()) if (typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
     }
   }
 
@@ -541,8 +671,8 @@ export class Model implements AsyncDisposable {
     });
   }
 
-  /** The static KV cache a finished generate left for the next one (see generate). */
-  private kept: { capacity: number; tensors: Map<string, DeviceTensor> } | undefined;
+  /** The static or varlen KV cache a finished generate / generateBatch left for the next one (rows: its cache rows). */
+  private kept: { capacity: number; rows: number; tensors: Map<string, DeviceTensor> } | undefined;
   private dropKept(): void {
     for (const t of this.kept?.tensors.values() ?? []) t.free();
     this.kept = undefined;

@@ -152,3 +152,24 @@ test("kiln demo writes a checkpoint, compiles, loads and generates text", async 
     rmSync(join(dir, ".."), { recursive: true, force: true });
   }
 });
+
+test("kiln compile --kv-cache varlen packs the cache; inspect says so; kiln run generates through it", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "kiln-varlen-"));
+  try {
+    const out = join(tmp, "varlen");
+    const c = await run("compile", "test/fixtures/llama-gqa", "--out", out, "--kv-cache", "varlen", "--max-batch", "2", "--max-seq", "32", "--explain", "--cache-dir", join(tmp, "cache"));
+    expect(c.code).toBe(0);
+    expect(c.stderr).toMatch(/unpad-varlen: packed with the varlen cache: 2 attention\(s\)/);
+    const i = await run("inspect", out);
+    expect(i.stdout).toMatch(/kv cache  2 layers, varlen/);
+    expect(i.stdout).toMatch(/N ≤ 2 \(cu_seqlens dim 0 − 1\)/);
+    const r = await run("run", out, "--checkpoint", "test/fixtures/llama-gqa", "--ids", "5,17,200", "--max-new-tokens", "3");
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim().split(" ").map(Number)).toHaveLength(3);
+    const bad = await run("compile", "test/fixtures/llama-gqa", "--out", join(tmp, "x"), "--kv-cache", "paged", "--cache-dir", join(tmp, "cache"));
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/kvCache must be static, growing, none or varlen, got 'paged'/);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}, 120_000);

@@ -42,5 +42,12 @@ const skip = process.env.KILN_SKIP_NVCC === "1";
     const lib = readFileSync(join(art.dir, art.manifest.library));
     expect(lib.includes(Buffer.from(arch))).toBe(true);
   }, 300_000);
+
+  test("falcon-alibi with the varlen KV cache (bf16, ALiBi): the varlen cache kernels compile", async () => {
+    const art = await compile(join(import.meta.dirname, "fixtures", "falcon-alibi"), { target: "cuda", arch: "sm_90a", dtype: "bf16", cacheDir, maxSeq: 64, kvCache: "varlen" });
+    expect(art.manifest.kvCache?.mode).toBe("varlen");
+    const src = readFileSync(join(art.dir, "model.cu"), "utf8");
+    for (const k of ["varlen_cache_write", "varlen_cache_attention"]) expect(src).toContain(`K::${k}`);
+  }, 300_000);
 });
 

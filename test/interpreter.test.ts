@@ -4,7 +4,7 @@
 
 import { describe, expect, test } from "@jest/globals";
 import type { Attrs, DType, Tensor } from "../compiler/ir/index.js";
-import { GraphBuilder, inferNode, KilnError, OPS, parse, run, tensor } from "../compiler/ir/index.js";
+import { GraphBuilder, inferNode, KilnError, OPS, parse, run, tensor, verify } from "../compiler/ir/index.js";
 
 const covered = new Set<string>();
 
@@ -480,6 +480,51 @@ describe("elementwise (fused chains)", () => {
     // 1.00390625 + 0.5 = 1.50390625 rounds to bf16 1.5 (8 significant bits)
     expect(Array.from(out.y.data)).toEqual([1.5, 2.5, 3.5, 1.5, -0.5, 0.5]);
     expect(Array.from(out.z.data)).toEqual([1, 1, 1, 1, 0, 0]);
+  });
+});
+
+describe("the varlen KV cache (packed sequences, a cache row each)", () => {
+  const graph = (slotType = "i32") => `graph t {
+  input %cache: f32[2, 1, 4, 2]
+  input %update: f32[1, 1, T, 2]
+  input %q: f32[1, 2, T, 2]
+  input %cu: i32[N+1]
+  input %slot: ${slotType}[N]
+  input %pos: i64[N]
+  %0: f32[2, 1, 4, 2] = varlen_cache_write(%cache, %update, %cu, %slot, %pos)
+  %1: f32[1, 2, T, 2] = varlen_cache_attention(%q, %0, %0, %cu, %slot, %pos) {kv_groups = 2, scale = 0.5, window = 2}
+  %2: i64[T] = varlen_cache_positions(%cu, %pos) {length = T}
+  output cache = %0
+  output y = %1
+  output at = %2
+}
+`;
+  const feed = (cu: number[], slot: number[], pos: number[]) => {
+    const T = cu[cu.length - 1];
+    return {
+      cache: tensor("f32", [2, 1, 4, 2], Array.from({ length: 16 }, (_v, i) => i)), update: tensor("f32", [1, 1, T, 2], Array.from({ length: 2 * T }, (_v, i) => -1 - i)),
+      q: tensor("f32", [1, 2, T, 2], Array<number>(4 * T).fill(1)), cu: tensor("i32", [cu.length], cu), slot: tensor("i32", [slot.length], slot), pos: tensor("i64", [pos.length], pos),
+    };
+  };
+  test("positions, writes into each sequence's row, attention over keys 0..position (window 2)", () => {
+    // sequence 0: 1 token at position 3 of row 1; sequence 1: 2 tokens at positions 0, 1 of row 0
+    const out = runText(graph(), feed([0, 1, 3], [1, 0], [3, 0]));
+    expect(Array.from(out.at.data)).toEqual([3, 0, 1]);
+    const c = Array.from(out.cache.data);
+    expect(c.slice(0, 4)).toEqual([-3, -4, -5, -6]); // row 0, positions 0 and 1
+    expect(c.slice(8 + 6, 16)).toEqual([-1, -2]); // row 1, position 3
+    expect(c.slice(8, 14)).toEqual([8, 9, 10, 11, 12, 13]); // row 1 before it: untouched
+    // query 1 (sequence 1, position 0) sees only its own key, for both query heads
+    expect(Array.from(out.y.data.slice(2, 4))).toEqual([-3, -4]);
+    expect(Array.from(out.y.data.slice(8, 10))).toEqual([-3, -4]);
+  });
+  test("shape rules and run-time checks name what is wrong", () => {
+    expect(() => verify(parse(graph("i64")))).toThrow(/cache_slot must be i32 \[N\]/);
+    expect(() => verify(parse(graph().replace("[1, 1, T, 2]", "[2, 1, T, 2]")))).toThrow(/a packed \[1, H, T, D\] update/);
+    const g = parse(graph());
+    expect(() => run(g, feed([0, 1, 2], [1, 1], [0, 0]), {})).toThrow(/cache slot 1 is given to two sequences/);
+    expect(() => run(g, feed([0, 2], [0], [3]), {})).toThrow(/sequence 0: 2 tokens at position 3 do not fit the cache's capacity 4/);
+    expect(() => run(g, feed([0, 1], [2], [0]), {})).toThrow(/cache slot 2 is not in \[0, 2\)/);
   });
 });
 

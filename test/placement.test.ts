@@ -133,7 +133,7 @@ describe("the llama-gqa fixture, by hand", () => {
   test("the KV cache grows with the bounds: B·C·H·D·2 per layer", () => {
     const p = place(g, { maxMemory: { 0: "1GB" }, maxSeq: 100, maxBatch: 3 });
     expect(p.bytes[0].kvCache).toBe(2 * (3 * 2 * 100 * 8 * 4 * 2));
-    expect(p.at).toEqual({ B: 3, S: 100, P: 100, C: 100, T: 300 });
+    expect(p.at).toEqual({ B: 3, N: 3, S: 100, P: 100, C: 100, T: 300 });
   });
 
   test("an impossible budget names the group, the device, what it needs and has, and the totals", () => {
@@ -277,7 +277,7 @@ describe("compile({ maxMemory }), kiln inspect, and the runtime", () => {
     expect(p.layers).toEqual([0, 1]);
     expect([p.embed, p.head, p.used]).toEqual([0, 1, [0, 1]]);
     expect(p.bytes[0].budget).toBe(300 * 1024);
-    expect(p.at).toEqual({ B: 1, S: 16, P: 16, C: 16, T: 16 });
+    expect(p.at).toEqual({ B: 1, N: 1, S: 16, P: 16, C: 16, T: 16 });
     expect(JSON.parse(readFileSync(join(art.dir, "manifest.json"), "utf8")).placement).toEqual(p);
     expect(art.explain.filter((m) => m.pass === "placement")).toHaveLength(2);
 

@@ -383,6 +383,85 @@ inline void varlen_positions(const int32_t* cu, float* y, int64_t n_cu, int64_t 
   }
 }
 
+// ---------------------------------------------------------------- the varlen KV cache
+// N sequences packed end to end (cu_seqlens), each with its own cache row (slot[n]) and past length
+// (pos[n]): token t of sequence n sits at pos[n] + t − cu[n] of row slot[n] (vLLM's per-sequence
+// cache slots, Kwon et al., 2023; contiguous rows, no paging). The checks the interpreter makes.
+inline void check_varlen_cache(const char* what, const int32_t* cu, const int32_t* slot, const int64_t* pos, int64_t N, int64_t B, int64_t C, int64_t T) {
+  if (cu[0] != 0 || cu[N] != T) rt::fail(KILN_ERR_INVALID, "%s: cu_seqlens must run from 0 to the %lld packed tokens, got %d .. %d", what, (long long)T, cu[0], cu[N]);
+  for (int64_t n = 0; n < N; n++) {
+    const int64_t len = (int64_t)cu[n + 1] - cu[n];
+    if (len < 0) rt::fail(KILN_ERR_INVALID, "%s: cu_seqlens must not decrease (sequence %lld)", what, (long long)n);
+    if (pos[n] < 0 || pos[n] + len > C) rt::fail(KILN_ERR_INVALID, "%s: sequence %lld: %lld tokens at position %lld do not fit the cache's capacity %lld", what, (long long)n, (long long)len, (long long)pos[n], (long long)C);
+    if (!slot) continue;
+    if (slot[n] < 0 || slot[n] >= B) rt::fail(KILN_ERR_INVALID, "%s: sequence %lld: cache slot %d is not in [0, %lld)", what, (long long)n, slot[n], (long long)B);
+    for (int64_t m = 0; m < n; m++)
+      if (slot[m] == slot[n]) rt::fail(KILN_ERR_INVALID, "%s: cache slot %d is given to two sequences", what, slot[n]);
+  }
+}
+
+// Absolute positions of the packed tokens (i64 [T]): pos[n] + t − cu[n].
+inline void varlen_cache_positions(const int32_t* cu, const int64_t* pos, int64_t* y, int64_t N, int64_t T) {
+  check_varlen_cache("varlen_cache_positions", cu, nullptr, pos, N, 0, INT64_MAX, T);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t t = cu[n]; t < cu[n + 1]; t++) y[t] = pos[n] + t - cu[n];
+}
+
+// Each packed token's keys or values (update [H, T, D]) into cache [B, H, C, D] at [slot, :, position, :].
+template <typename T>
+void varlen_cache_write(T* cache, const T* update, const int32_t* cu, const int32_t* slot, const int64_t* pos, int64_t N, int64_t B, int64_t H, int64_t C, int64_t Tq, int64_t D) {
+  check_varlen_cache("varlen_cache_write", cu, slot, pos, N, B, C, Tq);
+#pragma omp parallel for collapse(2) schedule(static) if (H * Tq * D > 32768)
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = cu[n]; t < cu[n + 1]; t++)
+        memcpy(cache + (((int64_t)slot[n] * H + h) * C + pos[n] + t - cu[n]) * D, update + (h * Tq + t) * D, sizeof(T) * (size_t)D);
+}
+
+// Causal attention of packed queries q [Hq, T, D] against their sequences' cache rows k [B, Hkv, C, D],
+// v [B, Hkv, C, Dv]: the query at position p sees keys 0..p of its row (the last `window` of them with
+// a sliding window), score scale · q·k + alibi[h] · j. f64 accumulation, one rounding at the end.
+template <typename T>
+void varlen_cache_attention(const T* q, const T* k, const T* v, const int32_t* cu, const int32_t* slot, const int64_t* pos, T* y, int64_t N, int64_t B,
+                            int64_t Hq, int64_t Hkv, int64_t Tq, int64_t C, int64_t D, int64_t Dv, double scale, const float* alibi, int64_t window) {
+  typedef Num<T> Nm;
+  check_varlen_cache("varlen_cache_attention", cu, slot, pos, N, B, C, Tq);
+  const int64_t g = Hkv > 0 ? Hq / Hkv : 1;
+#pragma omp parallel
+  {
+    double* p = new double[C > 0 ? C : 1];
+    double* acc = new double[Dv > 0 ? Dv : 1];
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t h = 0; h < Hq; h++)
+      for (int64_t t = 0; t < Tq; t++) {
+        int64_t n = 0;
+        while (n + 1 < N && cu[n + 1] <= t) n++;
+        const int64_t last = pos[n] + t - cu[n];
+        const int64_t first = window > 0 && last - window + 1 > 0 ? last - window + 1 : 0;
+        const T* qr = q + (h * Tq + t) * D;
+        const T* kb = k + ((int64_t)slot[n] * Hkv + h / g) * C * D;
+        const T* vb = v + ((int64_t)slot[n] * Hkv + h / g) * C * Dv;
+        double m = -INFINITY, sum = 0;
+        for (int64_t j = first; j <= last; j++) {
+          double s = 0;
+          for (int64_t d = 0; d < D; d++) s += (double)Nm::load(qr[d]) * (double)Nm::load(kb[j * D + d]);
+          p[j] = s * scale + (alibi ? (double)alibi[h] * (double)j : 0.0);
+          if (p[j] > m || p[j] != p[j]) m = p[j];
+        }
+        for (int64_t d = 0; d < Dv; d++) acc[d] = 0;
+        for (int64_t j = first; j <= last; j++) {
+          const double e = exp(p[j] - m);
+          sum += e;
+          for (int64_t d = 0; d < Dv; d++) acc[d] += e * (double)Nm::load(vb[j * Dv + d]);
+        }
+        T* yr = y + (h * Tq + t) * Dv;
+        for (int64_t d = 0; d < Dv; d++) yr[d] = Nm::store((float)(acc[d] / sum));
+      }
+    delete[] p;
+    delete[] acc;
+  }
+}
+
 // Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f).
 // Where the functor allows it, in the chunks of the cuda target (W elements of one row, 16-byte
 // runs), which also lets the host compiler vectorize; the same values either way.

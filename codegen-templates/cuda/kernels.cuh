@@ -322,59 +322,24 @@ __global__ void k_gather_runs(const T* __restrict__ x, const I* __restrict__ idx
 // the device); splits past the query's last key exit at once. This is the simple kernel for decode
 // and short prompts (decode, S < 16); prefill goes to the tiled tensor-core kernel of flash_attn2.cuh.
 static const int kChunk = 64;
+
+// One query row (qrow, D values) against keys [j0, j1) of one head (kb [Tk, D], vb [Tk, Dv]), by the
+// block's 4 warps: score scale · q·k + slope · j, keys with km[j] = 0 skipped. Unsplit it writes
+// the row (yrow); split it writes the partial state [max, sum, acc[Dv]] to `out`. A row that saw no
+// key is the mean of V over Tk keys with a key mask, else NaN (combined rows: NaN).
 template <typename T, bool SPLIT>
-__global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
-                                                   float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
-                                                   bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
-                                                   const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu,
-                                                   int64_t window) {
+__device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* __restrict__ kb, const T* __restrict__ vb, T* __restrict__ yrow, float* __restrict__ out,
+                                           int64_t j0, int64_t j1, int D, int Dv, float scale, float slope, const int64_t* __restrict__ km, int64_t Tk) {
   constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
   __shared__ float qs[MAXD];
   __shared__ float wm[W], wl[W];
   __shared__ float wacc[W][MAXD];
-  const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
-  const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
-  const int64_t g = Hq / Hkv;
-  int64_t last = causal ? i + (offset ? *offset : Tk - S) : Tk - 1;
-  int64_t first = 0;
-  if (cu_seqlens) {  // packed sequences: the keys of query i's own sequence (binary search)
-    int64_t lo = 0, hi = n_cu - 2;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi + 1) / 2;
-      if (cu_seqlens[mid] <= i) lo = mid;
-      else hi = mid - 1;
-    }
-    first = cu_seqlens[lo];
-    const int64_t end = cu_seqlens[lo + 1];
-    last = causal ? i : end - 1;
-    if (last > end - 1) last = end - 1;
-  }
-  if (window > 0) {  // a sliding window: only the last `window` keys up to the query
-    const int64_t pos = cu_seqlens ? i : i + (offset ? *offset : Tk - S);
-    if (pos - window + 1 > first) first = pos - window + 1;
-  }
-  float* out = SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
-  const int64_t j0 = SPLIT ? ((int64_t)blockIdx.y * kChunk > first ? (int64_t)blockIdx.y * kChunk : first) : first;
-  int64_t j1 = SPLIT ? j0 + kChunk : Tk;
-  if (j1 > last + 1) j1 = last + 1;
-  if (j1 > Tk) j1 = Tk;
-  if (SPLIT && j0 >= j1) {
-    if (threadIdx.x == 0) {
-      out[0] = -INFINITY;
-      out[1] = 0.f;
-    }
-    return;
-  }
-  const T* kb = k + (b * Hkv + h / g) * Tk * D;
-  const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = Num<T>::load(q[row * D + d]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = Num<T>::load(qrow[d]);
   __syncthreads();
   float m = -INFINITY, l = 0.f, acc[PER];
 #pragma unroll
   for (int e = 0; e < PER; e++) acc[e] = 0.f;
-  const int64_t* km = key_mask ? key_mask + b * Tk : nullptr;
-  const float slope = alibi ? alibi[h] : 0.f;
   for (int64_t j = j0 + warp; j < j1; j += W) {
     if (km && km[j] == 0) continue;  // a padded key (the whole warp skips it)
     const T* kr = kb + j * D;
@@ -429,11 +394,55 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
         for (int64_t j = 0; j < Tk; j++) mean += Num<T>::load(vb[j * Dv + d]);
         mean /= (float)Tk;
       }
-      y[row * Dv + d] = Num<T>::store(mean);
+      yrow[d] = Num<T>::store(mean);
     } else {
-      y[row * Dv + d] = Num<T>::store(a / L);
+      yrow[d] = Num<T>::store(a / L);
     }
   }
+}
+
+template <typename T, bool SPLIT>
+__global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
+                                                   float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
+                                                   bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
+                                                   const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu,
+                                                   int64_t window) {
+  const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
+  const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
+  const int64_t g = Hq / Hkv;
+  int64_t last = causal ? i + (offset ? *offset : Tk - S) : Tk - 1;
+  int64_t first = 0;
+  if (cu_seqlens) {  // packed sequences: the keys of query i's own sequence (binary search)
+    int64_t lo = 0, hi = n_cu - 2;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (cu_seqlens[mid] <= i) lo = mid;
+      else hi = mid - 1;
+    }
+    first = cu_seqlens[lo];
+    const int64_t end = cu_seqlens[lo + 1];
+    last = causal ? i : end - 1;
+    if (last > end - 1) last = end - 1;
+  }
+  if (window > 0) {  // a sliding window: only the last `window` keys up to the query
+    const int64_t pos = cu_seqlens ? i : i + (offset ? *offset : Tk - S);
+    if (pos - window + 1 > first) first = pos - window + 1;
+  }
+  float* out = SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
+  const int64_t j0 = SPLIT ? ((int64_t)blockIdx.y * kChunk > first ? (int64_t)blockIdx.y * kChunk : first) : first;
+  int64_t j1 = SPLIT ? ((int64_t)blockIdx.y + 1) * kChunk : Tk;  // the split's own chunk, even when `first` cuts into it
+  if (j1 > last + 1) j1 = last + 1;
+  if (j1 > Tk) j1 = Tk;
+  if (SPLIT && j0 >= j1) {
+    if (threadIdx.x == 0) {
+      out[0] = -INFINITY;
+      out[1] = 0.f;
+    }
+    return;
+  }
+  const T* kb = k + (b * Hkv + h / g) * Tk * D;
+  const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
+  attend_row<T, SPLIT>(q + row * D, kb, vb, y + row * Dv, out, j0, j1, D, Dv, scale, alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk);
 }
 
 // Merges the splits of a row: rescales each partial state to the common max and adds.
@@ -456,6 +465,71 @@ __global__ void k_attention_combine(const float* __restrict__ part, T* __restric
     }
     y[row * Dv + d] = Num<T>::store(M == -INFINITY ? NAN : a / L);
   }
+}
+
+// ---------------------------------------------------------------- the varlen KV cache
+// N sequences packed end to end (cu_seqlens [N + 1]), each with its cache row slot[n] and past
+// length pos[n]: token t of sequence n sits at pos[n] + t − cu[n] of that row (vLLM's per-sequence
+// cache slots, Kwon et al., 2023; contiguous rows, no paging). Everything per sequence stays on the
+// device, so a decode step of N rows replays as a CUDA graph whatever its positions.
+
+/** The sequence of packed token t (binary search over cu_seqlens). */
+__device__ __forceinline__ int64_t sequence_of(const int32_t* __restrict__ cu, int64_t N, int64_t t) {
+  int64_t lo = 0, hi = N - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (cu[mid] <= t) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+__global__ void k_varlen_cache_positions(const int32_t* __restrict__ cu, const int64_t* __restrict__ pos, int64_t* __restrict__ y, int64_t N, int64_t T) {
+  KILN_GRID_STRIDE(int64_t, t, T) {
+    const int64_t n = sequence_of(cu, N, t);
+    y[t] = pos[n] + t - cu[n];
+  }
+}
+
+template <typename T>
+__global__ void k_varlen_cache_write(T* __restrict__ cache, const T* __restrict__ update, const int32_t* __restrict__ cu, const int32_t* __restrict__ slot,
+                                     const int64_t* __restrict__ pos, int64_t N, int64_t B, int64_t H, int64_t C, int64_t Tq, int64_t D) {
+  KILN_GRID_STRIDE(int64_t, e, H * Tq * D) {
+    const int64_t d = e % D, t = (e / D) % Tq, h = e / (D * Tq);
+    const int64_t n = sequence_of(cu, N, t);
+    const int64_t p = pos[n] + t - cu[n], s = slot[n];
+    if (s >= 0 && s < B && p >= 0 && p < C) cache[((s * H + h) * C + p) * D + d] = update[e];  // the runtime checked the bounds; never write past them
+  }
+}
+
+// One block per (head, packed query) — split over the keys like k_attention for decode — reading
+// the keys 0..position of its sequence's cache row through attend_row.
+template <typename T, bool SPLIT>
+__global__ void __launch_bounds__(128) k_varlen_cache_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y, float* __restrict__ part,
+                                                                const int32_t* __restrict__ cu, const int32_t* __restrict__ slot, const int64_t* __restrict__ pos,
+                                                                int64_t N, int64_t B, int64_t Hq, int64_t Hkv, int64_t Tq, int64_t C, int D, int Dv, float scale,
+                                                                const float* __restrict__ alibi, int64_t window) {
+  const int64_t row = blockIdx.x;  // h * Tq + t
+  const int64_t t = row % Tq, h = row / Tq;
+  const int64_t n = sequence_of(cu, N, t);
+  const int64_t s = slot[n];
+  int64_t last = pos[n] + t - cu[n];
+  if (last > C - 1) last = C - 1;
+  if (s < 0 || s >= B) last = -1;  // out of range (the runtime checks): no key, NaN
+  const int64_t first = window > 0 && last - window + 1 > 0 ? last - window + 1 : 0;
+  float* out = SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
+  const int64_t j0 = SPLIT ? ((int64_t)blockIdx.y * kChunk > first ? (int64_t)blockIdx.y * kChunk : first) : first;
+  int64_t j1 = SPLIT ? ((int64_t)blockIdx.y + 1) * kChunk : C;
+  if (j1 > last + 1) j1 = last + 1;
+  if (SPLIT && j0 >= j1) {
+    if (threadIdx.x == 0) {
+      out[0] = -INFINITY;
+      out[1] = 0.f;
+    }
+    return;
+  }
+  const int64_t kv = (s < 0 || s >= B ? 0 : s) * Hkv + h / (Hq / Hkv);
+  attend_row<T, SPLIT>(q + row * D, k + kv * C * D, v + kv * C * Dv, y + row * Dv, out, j0, j1, D, Dv, scale, alibi ? alibi[h] : 0.f, nullptr, C);
 }
 
 }  // namespace detail
@@ -488,6 +562,49 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   }
   detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window);
   detail::launched("flash_attention");
+}
+
+// Absolute positions of the packed tokens of the varlen cache (i64 [T]): pos[n] + t − cu[n].
+inline void varlen_cache_positions(const int32_t* cu, const int64_t* pos, int64_t* y, int64_t N, int64_t T) {
+  if (T <= 0 || N < 1) return;
+  detail::k_varlen_cache_positions<<<detail::grid_for(T, detail::kThreads), detail::kThreads, 0, stream()>>>(cu, pos, y, N, T);
+  detail::launched("varlen_cache_positions");
+}
+
+// Each packed token's keys or values (update [H, T, D]) into cache [B, H, C, D] at [slot, :, position, :];
+// the runtime checks slots and positions before the call.
+template <typename T>
+void varlen_cache_write(T* cache, const T* update, const int32_t* cu, const int32_t* slot, const int64_t* pos, int64_t N, int64_t B, int64_t H, int64_t C, int64_t Tq, int64_t D) {
+  const int64_t total = H * Tq * D;
+  if (total <= 0 || N < 1) return;
+  detail::k_varlen_cache_write<T><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, stream()>>>(cache, update, cu, slot, pos, N, B, H, C, Tq, D);
+  detail::launched("varlen_cache_write");
+}
+
+// Causal attention of packed queries q [Hq, T, D] against their sequences' cache rows k [B, Hkv, C, D],
+// v [B, Hkv, C, Dv]. Decode (few query rows) splits the keys across blocks (flash-decoding) and
+// combines; a long prefill runs one block a query row, which is correct but not the tiled
+// tensor-core kernel (flash_attn2.cuh reads packed keys, not cache rows).
+template <typename T>
+void varlen_cache_attention(const T* q, const T* k, const T* v, const int32_t* cu, const int32_t* slot, const int64_t* pos, T* y, int64_t N, int64_t B,
+                            int64_t Hq, int64_t Hkv, int64_t Tq, int64_t C, int64_t D, int64_t Dv, double scale, const float* alibi, int64_t window) {
+  const int64_t rows = Hq * Tq;
+  if (rows <= 0 || N < 1) return;
+  if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "varlen_cache_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
+  if (rows > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "varlen_cache_attention: %lld rows is too many for one launch", (long long)rows);
+  const int64_t splits = (C + detail::kChunk - 1) / detail::kChunk;
+  const int sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535) {
+    float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "varlen_cache_attention split-KV partials");
+    detail::k_varlen_cache_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, cu, slot, pos, N, B, Hq, Hkv, Tq, C, (int)D, (int)Dv, (float)scale, alibi, window);
+    detail::launched("varlen_cache_attention (split KV)");
+    detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv);
+    detail::launched("varlen_cache_attention (combine)");
+    rt::release(part);
+    return;
+  }
+  detail::k_varlen_cache_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, cu, slot, pos, N, B, Hq, Hkv, Tq, C, (int)D, (int)Dv, (float)scale, alibi, window);
+  detail::launched("varlen_cache_attention");
 }
 
 namespace detail {

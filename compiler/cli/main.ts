@@ -77,7 +77,7 @@ export function program(io: IO = stdio): Command {
     .option("--no-typecheck", "skip type-checking the model file")
     .option("--explain", "say what each pass rewrote or left alone, and why")
     .option("--padded", "take an attention_mask, for batches of prompts of different lengths")
-    .option("--kv-cache <mode>", "static (default), growing (default with --padded), or none (prefill only; --padded then runs packed, on real tokens only)")
+    .option("--kv-cache <mode>", "static (default), growing (default with --padded), none (prefill only; --padded then runs packed, on real tokens only), or varlen (packed batched generation: a cache row per sequence, no work on padding)")
     .option("--last-token", "packed builds: outputs at each sequence's last token only (prefill logits)")
     .option("--dump-ir-after <passes>", "print the IR after these passes (comma-separated names, or all) to stderr")
     .addOption(new Option("--quant <scheme>", "quantize the linears: LLM.int8 or 4-bit (bitsandbytes' schemes)").choices(["int8", "nf4", "fp4"]))
@@ -86,7 +86,7 @@ export function program(io: IO = stdio): Command {
     .option("--skip-modules <names>", "modules kept in 16 bits, comma-separated (default lm_head)", (v: string) => v.split(",").map((x) => x.trim()).filter(Boolean))
     .option("--max-memory <budgets>", "place the layers over devices within these budgets: 0=20GiB,1=40GiB, or auto (with --device-memory); recorded in manifest.json", (v) => parseMaxMemory(v))
     .option("--device-memory <sizes>", "--max-memory auto: each device's memory, 0=80GiB,1=80GiB", (v) => deviceMemory(v))
-    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean; padded?: boolean; kvCache?: "static" | "growing" | "none"; lastToken?: boolean; dumpIrAfter?: string; quant?: "int8" | "nf4" | "fp4"; doubleQuant?: boolean; int8Threshold?: number; skipModules?: string[]; maxMemory?: MaxMemory; deviceMemory?: Record<number, string> }) => {
+    .action(async (model: string, o: { config?: string; target: Target; arch: Arch; dtype?: "f32" | "bf16" | "f16"; out: string; maxSeq?: number; maxBatch: number; passes: string; cacheDir?: string; typecheck: boolean; explain?: boolean; padded?: boolean; kvCache?: "static" | "growing" | "none" | "varlen"; lastToken?: boolean; dumpIrAfter?: string; quant?: "int8" | "nf4" | "fp4"; doubleQuant?: boolean; int8Threshold?: number; skipModules?: string[]; maxMemory?: MaxMemory; deviceMemory?: Record<number, string> }) => {
       const stages = ["trace", "passes", "emit", "compile", "done"];
       const bar = new Progress(`compiling for ${o.target}`, io.err);
       const dump = o.dumpIrAfter?.split(",").map((x) => x.trim());

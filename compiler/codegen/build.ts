@@ -56,10 +56,15 @@ export interface Manifest {
     layers: number;
     inputs: string[];
     outputs: string[];
-    /** "growing": past [B, H, P, D] → present [B, H, P+S, D]; "static": [B, H, C, D] written in place at `position` */
-    mode: "growing" | "static";
-    /** the static cache's i64 scalar input: tokens already in the cache */
+    /**
+     * "growing": past [B, H, P, D] → present [B, H, P+S, D]; "static": [B, H, C, D] written in place
+     * at `position`; "varlen": [B, H, C, D] with a row per sequence (`slot`), packed tokens
+     */
+    mode: "growing" | "static" | "varlen";
+    /** the static cache's i64 scalar input (tokens already in the cache); the varlen cache's i64 [N], one per sequence */
     position?: string;
+    /** the varlen cache's i32 [N] input: each sequence's cache row */
+    slot?: string;
   } | null;
   /** the placement pass's map of layers onto devices (compiled with maxMemory); absent otherwise */
   placement?: Placement;
@@ -125,7 +130,9 @@ async function compilerVersion(cmd: string): Promise<string> {
 }
 
 function compilerCommand(target: Target, arch: Arch): { cmd: string; flags: string[]; source: string } {
-  if (target === "cpu") return { cmd: process.env.KILN_CXX ?? "g++", flags: ["-std=c++17", "-O3", "-fPIC", "-shared", "-fopenmp", "-Wall", "-Wno-unused-variable", "-Wno-unused-function"], source: "model.cpp" };
+  // -z nodelete: the binding dlcloses the library when its last buffer is freed, which would unmap
+  // libgomp under OpenMP worker threads still spinning after a parallel region (a SIGSEGV at exit)
+  if (target === "cpu") return { cmd: process.env.KILN_CXX ?? "g++", flags: ["-std=c++17", "-O3", "-fPIC", "-shared", "-fopenmp", "-Wl,-z,nodelete", "-Wall", "-Wno-unused-variable", "-Wno-unused-function"], source: "model.cpp" };
   const sm = arch.replace("sm_", "");
   return {
     cmd: process.env.KILN_NVCC ?? "nvcc",
@@ -205,6 +212,7 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
   const pasts = g.inputs.filter((v) => v.name.startsWith("past."));
   const aliased = inPlaceCacheWrites(g);
   const isStatic = g.inputs.some((v) => v.name === "cache_position");
+  const isVarlen = isStatic && g.inputs.some((v) => v.name === "cache_slot");
   if (isStatic && aliased.size !== pasts.length) throw new KilnError("E_BUILD", `a static KV cache must be written in place: ${aliased.size} of ${pasts.length} past.* inputs are`);
   const quantOf = new Map<number, WeightQuant>();
   for (const n of g.nodes)
@@ -241,8 +249,9 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
           layers: new Set(pasts.map((v) => v.name.split(".")[1])).size,
           inputs: pasts.map((v) => v.name),
           outputs: g.outputs.filter((x) => x.name.startsWith("present.")).map((x) => x.name),
-          mode: isStatic ? ("static" as const) : ("growing" as const),
+          mode: isVarlen ? ("varlen" as const) : isStatic ? ("static" as const) : ("growing" as const),
           ...(isStatic ? { position: "cache_position" } : {}),
+          ...(isVarlen ? { slot: "cache_slot" } : {}),
         }
       : null,
     ...(o.placement ? { placement: o.placement } : {}),

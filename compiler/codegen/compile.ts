@@ -28,10 +28,13 @@ export interface CompileOptions {
   cacheDir?: string;
   /**
    * "static" (default; fixed capacity written in place, decode replayable as a CUDA graph),
-   * "growing" (concatenation; padded builds grow), or "none" (prefill only: forward() without
-   * generate(); a padded build is then unpadded by unpad-varlen). Encoders have none.
+   * "growing" (concatenation; padded builds grow), "none" (prefill only: forward() without
+   * generate(); a padded build is then unpadded by unpad-varlen), or "varlen" (packed tokens of
+   * any number of sequences, each with its own cache row: generateBatch() on prompts of different
+   * lengths with no work on padding; outputs at each sequence's last token unless lastToken is
+   * false). Encoders have none.
    */
-  kvCache?: "static" | "growing" | "none";
+  kvCache?: "static" | "growing" | "none" | "varlen";
   /** packed (unpadded) builds: outputs over the tokens only at each sequence's last token ([B, 1, …]), e.g. the logits a prefill needs */
   lastToken?: boolean;
   /** bounds of the symbolic dims: batch, and tokens per sequence (prompt + generated) */
@@ -104,9 +107,12 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   const encoder = def.kind === "encoder";
   if (encoder && o.kvCache) throw new KilnError("E_USAGE", `'${def.family}' is an encoder: it has no KV cache (leave out kvCache)`, { where: source });
   const want = o.kvCache ?? (o.padded ? "growing" : "static");
-  if (!["static", "growing", "none"].includes(want)) throw new KilnError("E_USAGE", `kvCache must be static, growing or none, got '${want as string}'`);
+  if (!["static", "growing", "none", "varlen"].includes(want)) throw new KilnError("E_USAGE", `kvCache must be static, growing, none or varlen, got '${want as string}'`);
   if (o.padded && want === "static") throw new KilnError("E_USAGE", "padded batches use the growing KV cache (or none), not the static one");
-  const kvCache = encoder || want === "none" ? false : want === "static" ? "static" : true;
+  if (o.padded && want === "varlen") throw new KilnError("E_USAGE", "the varlen KV cache takes packed prompts of any lengths already: leave out padded");
+  // the varlen cache is traced static, then packed by unpad-varlen (varlenCache)
+  const varlenCache = want === "varlen";
+  const kvCache = encoder || want === "none" ? false : want === "static" || varlenCache ? "static" : true;
   let graph = traceModel(def, config, { dtype, kvCache, attentionMask: o.padded ?? false });
   const maxSeq = o.maxSeq ?? (typeof json.max_position_embeddings === "number" ? json.max_position_embeddings : 4096);
   const maxBatch = o.maxBatch ?? 8;
@@ -119,13 +125,17 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   if (o.maxMemory !== undefined && !passes.split(",").some((x) => x.trim() === "placement")) passes = `${passes},placement`;
   o.onProgress?.("passes", passes);
   const ctx = createContext({
-    quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules, lastToken: o.lastToken,
+    quant: o.quant, doubleQuant: o.doubleQuant, int8Threshold: o.int8Threshold, skipModules: o.skipModules, lastToken: o.lastToken ?? varlenCache, varlenCache,
     maxMemory: o.maxMemory, deviceMemory: o.deviceMemory, maxBatch, maxSeq,
   });
   graph = runPipeline(graph, parsePipeline(passes), {
     context: ctx,
     onAfterPass: o.onAfterPass ? (p, g) => o.onAfterPass!(p.name, print(g)) : undefined,
   });
+  if (varlenCache && !graph.inputs.some((v) => v.name === "cache_slot")) {
+    const why = ctx.messages.filter((m) => m.pass === "unpad-varlen").map((m) => m.message);
+    throw new KilnError("E_USAGE", `kvCache "varlen": ${def.family} could not be packed (${why.join("; ") || `the pipeline '${passes}' has no unpad-varlen`})`, { where: source });
+  }
   const built = await buildArtifact(graph, {
     target,
     arch: o.arch,

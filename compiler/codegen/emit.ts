@@ -85,7 +85,7 @@ export function inPlaceCacheWrites(g: Graph): Map<number, string> {
   const m = new Map<number, string>();
   for (const n of g.nodes) {
     const c = n.operands[0];
-    if (n.op === "cache_write" && c.kind === "input" && reads.get(c.id) === 1) m.set(n.result.id, c.name);
+    if ((n.op === "cache_write" || n.op === "varlen_cache_write") && c.kind === "input" && reads.get(c.id) === 1) m.set(n.result.id, c.name);
   }
   return m;
 }
@@ -178,7 +178,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       return;
     }
     body.push(`  rt::op_mark(${JSON.stringify(n.op)});`);
-    if (n.op === "cache_write") {
+    if (n.op === "cache_write" || n.op === "varlen_cache_write") {
       const [c, u, p] = n.operands;
       const [B, H, C, D] = c.shape;
       if (inPlace.has(n.result.id)) body.push(`  ${T}* ${y} = ${name.get(c.id)}; // written in place`);
@@ -186,10 +186,14 @@ export function emitSource(g: Graph, o: EmitOptions): string {
         body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
         body.push(`  rt::copy(${y}, ${name.get(c.id)}, (int64_t)sizeof(${T}) * ${cprod(c.shape)});`);
       }
-      body.push(`  K::cache_write<${T}>(${y}, ${name.get(u.id)}, ${name.get(p.id)}, ${cdim(B)} * ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)});`);
+      if (n.op === "cache_write") body.push(`  K::cache_write<${T}>(${y}, ${name.get(u.id)}, ${name.get(p.id)}, ${cdim(B)} * ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)});`);
     } else body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
     if (n.op === "cache_write") {
       // emitted above
+    } else if (n.op === "varlen_cache_write") {
+      const [c, u, cu, slot, pos] = n.operands;
+      const [B, H, C, D] = c.shape;
+      body.push(`  K::varlen_cache_write<${T}>(${y}, ${name.get(u.id)}, ${name.get(cu.id)}, ${name.get(slot.id)}, ${name.get(pos.id)}, ${cdim(slot.shape[0])}, ${cdim(B)}, ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)});`);
     } else if (n.op === "qlinear") {
       // the same call on both targets: the cuda wrappers (cuda/quant.cuh) take the host code table
       // and pass its 16 values to the kernels by value
@@ -476,6 +480,16 @@ export function emitElementwise(n: Node, name: Map<number, string>, views: Map<n
   return { functor, call: `K::for_each(F${id}{${init.join(", ")}, v${id}, ${shapeLit(out.map(cdim))}}, ${cprod(out)});` };
 }
 
+/** An attention's ALiBi slopes as `a<id>`, living in the library and uploaded once (constant ids past the graph's value ids); no lines without slopes. */
+function alibiTable(n: Node): string[] {
+  const slopes = (n.attrs.alibi as number[] | undefined) ?? [];
+  if (!slopes.length) return [];
+  return [
+    `static const float alibi${n.result.id}[] = {${slopes.map((x) => `${fmtDouble(Math.fround(x))}f`).join(", ")}};`,
+    `const float* a${n.result.id} = (const float*)rt::constant(${ALIBI_CONSTANT_BASE + n.result.id}, alibi${n.result.id}, sizeof(alibi${n.result.id}));`,
+  ];
+}
+
 /** The kernel call(s) of one op writing into its fresh buffer `v<id>`. */
 function emitOp(n: Node, name: Map<number, string>, where: string, constants: Map<number, number[]>): string[] {
   const y = `v${n.result.id}`;
@@ -582,16 +596,21 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       const offset = n.operands.length > (hasMask || varlen ? 4 : 3) ? xs[3] : "nullptr";
       const mask = hasMask ? xs[xs.length - 1] : "nullptr";
       const cu = varlen ? `${xs[xs.length - 1]}, ${cdim(n.operands[n.operands.length - 1].shape[0])}` : "nullptr, 0";
-      const slopes = (n.attrs.alibi as number[] | undefined) ?? [];
-      const lines: string[] = [];
-      let alibi = "nullptr";
-      if (slopes.length) {
-        // the slopes live in the library, uploaded once (constant ids past the graph's value ids)
-        lines.push(`static const float alibi${n.result.id}[] = {${slopes.map((x) => `${fmtDouble(Math.fround(x))}f`).join(", ")}};`);
-        lines.push(`const float* a${n.result.id} = (const float*)rt::constant(${ALIBI_CONSTANT_BASE + n.result.id}, alibi${n.result.id}, sizeof(alibi${n.result.id}));`);
-        alibi = `a${n.result.id}`;
-      }
+      const lines = alibiTable(n);
+      const alibi = lines.length ? `a${n.result.id}` : "nullptr";
       lines.push(`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask}, ${cu}, ${(n.attrs.window as number | undefined) ?? 0});`);
+      return lines;
+    }
+    case "varlen_cache_positions":
+      return [`K::varlen_cache_positions(${xs[0]}, ${xs[1]}, ${y}, ${cdim(n.operands[1].shape[0])}, ${cdim(out[0])});`];
+    case "varlen_cache_attention": {
+      const [q, , v, , slot] = n.operands;
+      const [, Hq, Tq, D] = q.shape;
+      const [B, Hkv, C, Dv] = v.shape;
+      const dims = [slot.shape[0], B, Hq, Hkv, Tq, C, D, Dv].map(cdim).join(", ");
+      const lines = alibiTable(n);
+      const alibi = lines.length ? `a${n.result.id}` : "nullptr";
+      lines.push(`K::varlen_cache_attention<${T}>(${xs.slice(0, 6).join(", ")}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${alibi}, ${(n.attrs.window as number | undefined) ?? 0});`);
       return lines;
     }
     case "rms_norm":

@@ -973,3 +973,145 @@ def({
     return y;
   },
 });
+
+// ---------------------------------------------------------------- the varlen KV cache
+
+// One contiguous cache row ("slot") per sequence, any number of sequences of any lengths per call:
+// the per-sequence cache slots of vLLM (Kwon et al., 2023, PagedAttention), without the paging.
+// A call runs N sequences packed end to end (FlashAttention-2's varlen form): token t of sequence n
+// (cu_seqlens[n] ≤ t < cu_seqlens[n+1]) sits at position cache_position[n] + t − cu_seqlens[n] of
+// cache row cache_slot[n]. Prefill (positions from 0), decode (one token a sequence) and mixes of
+// the two are the same graph; what unpad-varlen makes of a static-cache graph (kvCache "varlen").
+
+/** Checks the three per-sequence operands: cu_seqlens i32 [N + 1], slots i32 [N], positions i64 [N]. */
+function checkSequences(cu: TensorType, slot: TensorType | undefined, pos: TensorType): void {
+  if (cu.dtype !== "i32" || cu.shape.length !== 1) fail(`cu_seqlens must be i32 [N + 1], got ${cu.dtype}${formatShape(cu.shape)}`);
+  const N = dimSub(cu.shape[0], 1);
+  if (slot && (slot.dtype !== "i32" || slot.shape.length !== 1 || !dimEq(slot.shape[0], N))) fail(`cache_slot must be i32 [${N}] (one per sequence), got ${slot.dtype}${formatShape(slot.shape)}`);
+  if (pos.dtype !== "i64" || pos.shape.length !== 1 || !dimEq(pos.shape[0], N)) fail(`cache_position must be i64 [${N}] (one per sequence), got ${pos.dtype}${formatShape(pos.shape)}`);
+}
+
+/** Each packed token's sequence, position and cache row; fails (as the targets do) on what does not fit. */
+function varlenTokens(cu: Tensor, pos: Tensor, T: number, slot?: Tensor, rows = 0, C = Infinity): { seq: Int32Array; at: Float64Array } {
+  const N = cu.data.length - 1;
+  if (cu.data[0] !== 0 || cu.data[N] !== T) fail(`cu_seqlens must run from 0 to the ${T} packed tokens, got ${cu.data[0]} .. ${cu.data[N]}`);
+  const seq = new Int32Array(T), at = new Float64Array(T);
+  const used = new Set<number>();
+  for (let n = 0; n < N; n++) {
+    const [a, b, p] = [cu.data[n], cu.data[n + 1], pos.data[n]];
+    if (b < a) fail(`cu_seqlens must not decrease (sequence ${n}: ${a} .. ${b})`);
+    if (!(p >= 0 && p + (b - a) <= C)) fail(`sequence ${n}: ${b - a} tokens at position ${p} do not fit the cache's capacity ${C}`);
+    if (slot) {
+      const s = slot.data[n];
+      if (!(Number.isInteger(s) && s >= 0 && s < rows)) fail(`sequence ${n}: cache slot ${s} is not in [0, ${rows})`);
+      if (used.has(s)) fail(`cache slot ${s} is given to two sequences`);
+      used.add(s);
+    }
+    for (let t = a; t < b; t++) [seq[t], at[t]] = [n, p + t - a];
+  }
+  return { seq, at };
+}
+
+// Absolute positions of packed tokens (i64 [T], T = `length`): cache_position[n] + t − cu_seqlens[n].
+def({
+  name: "varlen_cache_positions",
+  arity: 2,
+  attrs: { length: { kind: "dim" } },
+  infer: ([cu, pos], a) => {
+    checkSequences(cu, undefined, pos);
+    return { dtype: "i64", shape: [a.length as Dim] };
+  },
+  eval: ([cu, pos], _a, out) => {
+    const y = alloc("i64", out.shape);
+    y.data.set(varlenTokens(cu, pos, out.shape[0]).at);
+    return y;
+  },
+});
+
+// The varlen cache's write: `cache` [B, H, C, D] (B cache rows) with each packed token's keys or
+// values (`update` [1, H, T, D]) at [cache_slot[n], :, its position, :]. Written in place like
+// cache_write (the manifest's `aliases`); slots must differ and positions fit C.
+def({
+  name: "varlen_cache_write",
+  arity: 5,
+  attrs: {},
+  infer: ([cache, update, cu, slot, pos]) => {
+    const dtype = sameDType([cache, update]);
+    if (cache.shape.length !== 4 || update.shape.length !== 4 || !dimEq(update.shape[0], 1))
+      fail(`varlen_cache_write takes a [B, H, C, D] cache and a packed [1, H, T, D] update, got ${formatShape(cache.shape)}, ${formatShape(update.shape)}`);
+    for (const k of [1, 3]) if (!dimEq(cache.shape[k], update.shape[k])) fail(`cache ${formatShape(cache.shape)} and update ${formatShape(update.shape)} differ in dim ${k}`);
+    checkSequences(cu, slot, pos);
+    return { dtype, shape: [...cache.shape] };
+  },
+  eval: ([cache, update, cu, slot, pos], _a, out) => {
+    const [B, H, C, D] = cache.shape;
+    const T = update.shape[2];
+    const { seq, at } = varlenTokens(cu, pos, T, slot, B, C);
+    const y = alloc(out.dtype, out.shape);
+    y.data.set(cache.data);
+    for (let h = 0; h < H; h++)
+      for (let t = 0; t < T; t++) {
+        const dst = ((slot.data[seq[t]] * H + h) * C + at[t]) * D;
+        for (let d = 0; d < D; d++) y.data[dst + d] = update.data[(h * T + t) * D + d];
+      }
+    return y;
+  },
+});
+
+// Causal attention of packed queries (q [1, Hq, T, D]) against their sequences' cache rows (k [B,
+// Hkv, C, D], v [B, Hkv, C, Dv], already written by varlen_cache_write): the query at position p of
+// sequence n sees keys 0..p of row cache_slot[n] (the last `window` of them with a sliding window),
+// score scale · q·k + alibi[h] · j, query head h reading kv head ⌊h / kv_groups⌋. What
+// flash_attention{causal} with the static cache's offset computes, one sequence at a time. Every
+// query sees at least its own key, so no row is empty. f64 accumulation, one rounding at the end.
+def({
+  name: "varlen_cache_attention",
+  arity: 6,
+  attrs: { scale: { kind: "float" }, kv_groups: { kind: "int" }, alibi: { kind: "floats", optional: true }, window: { kind: "int", optional: true } },
+  infer: ([q, k, v, cu, slot, pos], a) => {
+    const dtype = sameDType([q, k, v]);
+    needFloat(q);
+    if (q.shape.length !== 4 || k.shape.length !== 4 || v.shape.length !== 4 || !dimEq(q.shape[0], 1))
+      fail(`varlen_cache_attention takes packed q [1, Hq, T, D] and caches [B, Hkv, C, D], got ${formatShape(q.shape)}, ${formatShape(k.shape)}, ${formatShape(v.shape)}`);
+    const g = a.kv_groups as number;
+    if (!(Number.isInteger(g) && g >= 1)) fail(`kv_groups must be a positive integer, got ${g}`);
+    if (!dimEq(q.shape[1], dimProduct([k.shape[1], g])) || !dimEq(k.shape[1], v.shape[1])) fail(`heads: q has ${q.shape[1]}, k and v ${k.shape[1]} and ${v.shape[1]}, kv_groups ${g}`);
+    if (!dimEq(q.shape[3], k.shape[3])) fail(`q and k head dims differ: ${q.shape[3]} vs ${k.shape[3]}`);
+    for (const i of [0, 2]) if (!dimEq(k.shape[i], v.shape[i])) fail(`the key and value caches differ: ${formatShape(k.shape)} vs ${formatShape(v.shape)}`);
+    const slopes = (a.alibi as number[] | undefined) ?? [];
+    if (slopes.length && !dimEq(q.shape[1], slopes.length)) fail(`alibi has ${slopes.length} slopes for ${q.shape[1]} query heads`);
+    if (a.window !== undefined && !((a.window as number) >= 1)) fail(`window must be a positive integer, got ${a.window as number}`);
+    checkSequences(cu, slot, pos);
+    return { dtype, shape: [1, q.shape[1], q.shape[2], v.shape[3]] };
+  },
+  eval: ([q, k, v, cu, slot, pos], a, out) => {
+    const [, Hq, T, D] = q.shape;
+    const [B, Hkv, C, Dv] = v.shape;
+    const g = a.kv_groups as number, scale = a.scale as number;
+    const slopes = (a.alibi as number[] | undefined) ?? [];
+    const window = (a.window as number | undefined) ?? Infinity;
+    const { seq, at } = varlenTokens(cu, pos, T, slot, B, C);
+    const y = alloc(out.dtype, out.shape);
+    const p = new Float64Array(C);
+    for (let h = 0; h < Hq; h++)
+      for (let t = 0; t < T; t++) {
+        const ko = (slot.data[seq[t]] * Hkv + Math.floor(h / g)) * C;
+        const [first, last] = [Math.max(0, at[t] - window + 1), at[t]];
+        let m = -Infinity;
+        for (let j = first; j <= last; j++) {
+          let s = 0;
+          for (let d = 0; d < D; d++) s += q.data[(h * T + t) * D + d] * k.data[(ko + j) * D + d];
+          p[j] = s * scale + (slopes.length ? slopes[h] * j : 0);
+          if (p[j] > m || Number.isNaN(p[j])) m = p[j];
+        }
+        let sum = 0;
+        for (let j = first; j <= last; j++) sum += (p[j] = Math.exp(p[j] - m));
+        for (let d = 0; d < Dv; d++) {
+          let acc = 0;
+          for (let j = first; j <= last; j++) acc += p[j] * v.data[(ko + j) * Dv + d];
+          y.data[(h * T + t) * Dv + d] = acc / sum;
+        }
+      }
+    return roundToDType(y);
+  },
+});

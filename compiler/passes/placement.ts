@@ -119,7 +119,7 @@ function budgetsOf(spec: Readonly<Record<string | number, string | number>>, wha
 }
 
 /** The symbolic dims' bounds compile() gives: B sequences of S tokens, cache capacity C = P = S, T = B·S packed tokens. */
-export const dimBounds = (maxBatch: number, maxSeq: number): Record<string, number> => ({ B: maxBatch, S: maxSeq, P: maxSeq, C: maxSeq, T: maxBatch * maxSeq });
+export const dimBounds = (maxBatch: number, maxSeq: number): Record<string, number> => ({ B: maxBatch, N: maxBatch, S: maxSeq, P: maxSeq, C: maxSeq, T: maxBatch * maxSeq });
 
 // ---------------------------------------------------------------- groups
 
@@ -193,7 +193,7 @@ function usageOf(g: Graph, groups: readonly Group[], sizes: Map<number, number>,
   for (const i of nodes)
     for (const o of g.nodes[i].operands)
       if ((o.kind === "op" && !local.has(o.id) && !constants.has(o.id)) || (o.kind === "input" && !PAST.test(o.name))) received.set(o.id, o);
-  const workspace = peakLiveBytes(g, at, { keep: (i) => nodes.has(i), aliases: ["cache_write"] }) + [...received.values()].reduce((a, v) => a + valueBytes(v, at), 0);
+  const workspace = peakLiveBytes(g, at, { keep: (i) => nodes.has(i), aliases: ["cache_write", "varlen_cache_write"] }) + [...received.values()].reduce((a, v) => a + valueBytes(v, at), 0);
   return { weights, kvCache, workspace, total: weights + kvCache + workspace };
 }
 

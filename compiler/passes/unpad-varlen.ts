@@ -18,6 +18,17 @@
 // Leaves alone, saying why: a graph with a KV cache, a mask read by anything else, attention that is
 //   not fused with the mask, and ops that reduce, slice, gather or concatenate along the sequence
 //   axis or contract over it.
+// With the option varlenCache (compile's kvCache "varlen"), it takes a static-cache graph instead
+//   (input_ids [B, S], the i64 scalar cache_position, past.* [B, Hkv, C, D] written by cache_write,
+//   attention fused as flash_attention{causal} offset by cache_position) and packs it the same way
+//   into the varlen cache of vLLM (Kwon et al., 2023: a cache row per sequence, here contiguous,
+//   no paging): inputs input_ids [1, T], cu_seqlens i32 [N + 1], cache_slot i32 [N] and
+//   cache_position i64 [N] (each sequence's row and past length), past.* [B, Hkv, C, D] with B now
+//   the number of cache rows; query positions arange(0, S) + cache_position become
+//   varlen_cache_positions, cache_write becomes varlen_cache_write and attention
+//   varlen_cache_attention (ops.ts). One graph then serves packed prefill, decode of the unfinished
+//   rows only, and any mix. Leaves alone a cache read by anything but its write, cache_position
+//   read by anything but those three, and attention that does not read the written caches.
 
 import type { Dim } from "../ir/dim.js";
 import { canonDim, dimEq, dimSymbols } from "../ir/dim.js";
@@ -32,25 +43,37 @@ const mentions = (d: Dim, sym: string): boolean => typeof d === "string" && dimS
 export interface UnpadOptions {
   /** outputs over the tokens are taken at each sequence's last token only ([B, 1, …]): prefill for generation */
   lastToken?: boolean;
+  /** pack a static-cache graph into the varlen cache (cache rows per sequence; see the header) */
+  varlenCache?: boolean;
 }
 
 export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {}, opts: UnpadOptions = {}): Graph {
-  const mask = g.inputs.find((v) => v.name === "attention_mask");
   const ids = g.inputs.find((v) => v.name === "input_ids");
-  if (!mask || !ids) {
+  const cached = opts.varlenCache === true;
+  const mask = cached ? undefined : g.inputs.find((v) => v.name === "attention_mask");
+  const position = cached ? g.inputs.find((v) => v.name === "cache_position") : undefined;
+  if (!ids || (!cached && !mask)) {
     explain("not unpadded: the graph has no attention_mask and input_ids inputs (not a padded batch)");
     return g;
   }
-  if (g.inputs.some((v) => v.name.startsWith("past.") || v.name === "cache_position")) {
-    explain("not unpadded: the graph has a KV cache (unpad-varlen takes prefill and encoder graphs: compile with kvCache \"none\" / --kv-cache none)");
+  if (cached && (!position || position.shape.length !== 0 || g.inputs.some((v) => v.name === "attention_mask"))) {
+    explain("not packed: the varlen cache takes a graph traced with the static KV cache (a scalar cache_position) and no attention_mask");
+    return g;
+  }
+  if (!cached && g.inputs.some((v) => v.name.startsWith("past.") || v.name === "cache_position")) {
+    explain("not unpadded: the graph has a KV cache (unpad-varlen takes prefill and encoder graphs: compile with kvCache \"none\" / --kv-cache none, or \"varlen\" for a packed cache)");
     return g;
   }
   const [B, S] = ids.shape;
-  if (typeof B !== "string" || typeof S !== "string" || ids.shape.length !== 2 || !mask.shape.every((d, i) => dimEq(d, ids.shape[i]))) {
-    explain(`not unpadded: input_ids ${ids.shape.join(", ")} and attention_mask ${mask.shape.join(", ")} are not the same [B, S] (a KV cache?)`);
+  if (typeof B !== "string" || typeof S !== "string" || ids.shape.length !== 2 || (mask && !mask.shape.every((d, i) => dimEq(d, ids.shape[i])))) {
+    explain(`not unpadded: input_ids ${ids.shape.join(", ")}${mask ? ` and attention_mask ${mask.shape.join(", ")} are not the same [B, S] (a KV cache?)` : " is not [B, S]"}`);
     return g;
   }
-  const T = ["T", "T_", "T__"].find((t) => !g.inputs.some((v) => v.shape.some((d) => mentions(d, t))))!;
+  const pasts = new Set(g.inputs.filter((v) => v.name.startsWith("past.")).map((v) => v.id));
+  const fresh = (names: string[]) => names.find((t) => !g.inputs.some((v) => v.shape.some((d) => mentions(d, t))))!;
+  const T = fresh(["T", "T_", "T__"]);
+  // sequences in a call: B itself for a padded batch; with the varlen cache B counts cache rows
+  const N = cached ? fresh(["N", "N_", "N__"]) : B;
   const at = (n: Node) => (n.loc ? ` at ${locString(n.loc)}` : "");
   const seqAxis = (v: Value): number => v.shape.findIndex((d) => mentions(d, S));
   const axisOf = (n: Node, rank: number) => {
@@ -61,7 +84,14 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
   // why a node cannot run on packed tokens, if it cannot
   const refuse = (n: Node): string | undefined => {
     for (const [k, x] of n.operands.entries()) {
-      if (x.id === mask.id) {
+      if (position && x.id === position.id) {
+        if (n.op === "cache_write" && k === 2) continue;
+        if (n.op === "flash_attention" && k === 3) continue;
+        if (n.op === "add" && queryArange(n)) continue;
+        return `${n.op}${at(n)} reads cache_position (only the query positions arange(0, ${S}) + cache_position, cache_write and attention may)`;
+      }
+      if (pasts.has(x.id) && !(n.op === "cache_write" && k === 0)) return `${n.op}${at(n)} reads the cache ${x.name} (only its cache_write may)`;
+      if (mask && x.id === mask.id) {
         if (n.op === "mask_positions") continue;
         if (n.op === "flash_attention" && n.attrs.key_mask === true && k === n.operands.length - 1) continue;
         return `${n.op}${at(n)} reads the attention_mask`;
@@ -71,6 +101,11 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
       return `arange${at(n)} is not the token index 0..${S}`;
     const x = n.operands[0];
     const ax = x ? seqAxis(x) : -1;
+    if (n.op === "flash_attention" && cached) {
+      const [, k, v, offset] = n.operands;
+      if (n.attrs.key_mask === true || n.attrs.varlen === true || offset?.id !== position!.id) return `attention${at(n)} is not causal from the static cache's position`;
+      return writes.has(k.id) && writes.has(v.id) ? undefined : `attention${at(n)} does not read the caches cache_write wrote`;
+    }
     if (n.op === "flash_attention") return n.attrs.key_mask === true ? undefined : `attention${at(n)} is not masked by the attention_mask (it would mix sequences)`;
     if (ax < 0 && !n.operands.some((o) => seqAxis(o) >= 0)) return undefined;
     if (["softmax", "reduce_sum", "reduce_mean", "reduce_max"].includes(n.op) && axisOf(n, x.shape.length) === ax) return `${n.op}${at(n)} reduces along the sequence`;
@@ -84,11 +119,26 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
       const [a, b] = n.operands;
       if (mentions(a.shape[a.shape.length - 1], S) || mentions(b.shape[b.shape.length - 2], S)) return `matmul${at(n)} contracts over the sequence`;
     }
-    if (n.op === "cache_write") return `${n.op}${at(n)} is not token-wise`;
+    if (n.op === "cache_write") return cached && pasts.has(x.id) ? undefined : `${n.op}${at(n)} is not token-wise`;
     return undefined;
   };
   // only what the outputs need (fuse-attention leaves the eager nodes for dce)
   const nodes = dce(g).nodes;
+  const def = new Map(nodes.map((n) => [n.result.id, n]));
+  /** add(arange(0, S) : i64, cache_position): the static cache's query positions */
+  const queryArange = (n: Node): boolean => {
+    const other = n.operands.find((o) => o.id !== position?.id);
+    const ar = other && def.get(other.id);
+    return n.operands.length === 2 && ar?.op === "arange" && ar.result.dtype === "i64" && dimEq(ar.attrs.start as Dim, 0) && dimEq(ar.attrs.end as Dim, S);
+  };
+  const writes = new Set(nodes.filter((n) => n.op === "cache_write").map((n) => n.result.id));
+  // a written cache is read by its attention and the outputs only
+  for (const n of nodes)
+    for (const x of n.operands)
+      if (writes.has(x.id) && n.op !== "flash_attention") {
+        explain(`not packed: ${n.op}${at(n)} reads a written KV cache`);
+        return g;
+      }
   for (const n of nodes) {
     const why = refuse(n);
     if (why) {
@@ -103,9 +153,11 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
   const b = new GraphBuilder(g.name);
   const map = new Map<number, Value>();
   const newIds = b.input("input_ids", { dtype: ids.dtype, shape: [1, T] });
-  const cu = b.input("cu_seqlens", { dtype: "i32", shape: [`${B}+1`] });
+  const cu = b.input("cu_seqlens", { dtype: "i32", shape: [`${N}+1`] });
+  const slots = cached ? b.input("cache_slot", { dtype: "i32", shape: [N] }) : undefined;
+  const starts = cached ? b.input("cache_position", { dtype: "i64", shape: [N] }) : undefined;
   map.set(ids.id, newIds);
-  for (const v of g.inputs) if (v !== ids && v !== mask) map.set(v.id, b.input(v.name, { dtype: v.dtype, shape: packShape(v.shape) }));
+  for (const v of g.inputs) if (v !== ids && v !== mask && v !== position) map.set(v.id, b.input(v.name, { dtype: v.dtype, shape: packShape(v.shape) }));
   for (const v of g.params) map.set(v.id, b.param(v.name, { dtype: v.dtype, shape: v.shape }));
   const get = (v: Value): Value => map.get(v.id)!;
   let attentions = 0;
@@ -114,6 +166,22 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
       const type = inferNode({ op, operands, attrs, loc: n.loc });
       return b.node(op, operands, attrs, type, n.loc);
     };
+    if (cached && n.op === "add" && n.operands.some((o) => o.id === position!.id)) {
+      map.set(n.result.id, emit("varlen_cache_positions", [cu, starts!], { length: T }));
+      continue;
+    }
+    if (cached && n.op === "cache_write") {
+      const [past, update] = n.operands;
+      map.set(n.result.id, emit("varlen_cache_write", [get(past), get(update), cu, slots!, starts!], {}));
+      continue;
+    }
+    if (cached && n.op === "flash_attention") {
+      const { scale, kv_groups, alibi, window } = n.attrs;
+      const attrs = { scale, kv_groups, ...(alibi ? { alibi } : {}), ...(window ? { window } : {}) };
+      map.set(n.result.id, emit("varlen_cache_attention", [...n.operands.slice(0, 3).map(get), cu, slots!, starts!], attrs));
+      attentions++;
+      continue;
+    }
     if (n.op === "mask_positions") {
       map.set(n.result.id, emit("varlen_positions", [cu], { length: T }));
       continue;
@@ -137,8 +205,7 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
       // each sequence's first token ([B, S, H] → [B, 1, H]): gather the packed rows at cu_seqlens[0..B)
       const px = get(x);
       const rows = emit("reshape", [px], { shape: [T, ...px.shape.slice(2)] });
-      const starts = emit("slice", [cu], { axis: 0, start: 0, end: B });
-      const firsts = emit("gather", [rows, starts], { axis: 0 });
+      const firsts = emit("gather", [rows, emit("slice", [cu], { axis: 0, start: 0, end: N })], { axis: 0 });
       map.set(n.result.id, emit("reshape", [firsts], { shape: n.result.shape }));
       continue;
     }
@@ -165,19 +232,23 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
     // each sequence's last token: rows cu_seqlens[1..B] − 1 of the packed [T, …]
     const node = (op: string, operands: Value[], attrs: Node["attrs"]): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
     if (!lastIdx) {
-      const ends = node("slice", [cu], { axis: 0, start: 1, end: `${B}+1` });
+      const ends = node("slice", [cu], { axis: 0, start: 1, end: `${N}+1` });
       lastIdx = node("sub", [ends, node("full", [], { value: 1, shape: [], dtype: "i32" })], {});
     }
     const rows = node("reshape", [v], { shape: [T, ...v.shape.slice(2)] });
     const last = node("gather", [rows, lastIdx], { axis: 0 });
-    b.output(o.name, node("reshape", [last], { shape: [B, 1, ...v.shape.slice(2)] }));
+    b.output(o.name, node("reshape", [last], { shape: [N, 1, ...v.shape.slice(2)] }));
   }
-  explain(`unpadded: ${attentions} attention(s) run varlen over the packed tokens [1, ${T}] of ${B} sequences (cu_seqlens); outputs over the tokens come out packed`);
+  explain(
+    cached
+      ? `packed with the varlen cache: ${attentions} attention(s) read each sequence's cache row (cache_slot, cache_position) for the packed tokens [1, ${T}] of ${N} sequences`
+      : `unpadded: ${attentions} attention(s) run varlen over the packed tokens [1, ${T}] of ${B} sequences (cu_seqlens); outputs over the tokens come out packed`,
+  );
   return b.graph;
 }
 
 export const unpadVarlenPass: Pass = {
   name: "unpad-varlen",
   description: "a padded batch (input_ids + attention_mask) becomes packed tokens with cu_seqlens: no work on padding",
-  run: (g, ctx) => unpadVarlen(g, (m) => ctx.explain(m), { lastToken: ctx.options.lastToken === true }),
+  run: (g, ctx) => unpadVarlen(g, (m) => ctx.explain(m), { lastToken: ctx.options.lastToken === true, varlenCache: ctx.options.varlenCache === true }),
 };

@@ -576,6 +576,26 @@ const BUILDERS: Record<string, Builder> = {
     const cu = lens.reduce<number[]>((acc, l) => [...acc, acc[acc.length - 1] + l], [0]);
     g.emit("varlen_positions", [g.emit("constant", [], { values: cu, shape: [cu.length], dtype: "i32" })], { length: cu[cu.length - 1] });
   },
+  varlen_cache_positions: (g, s) => {
+    // 1–3 packed sequences (an empty one sometimes) at past lengths 0–4
+    const lens = [1 + (s.b % 3), s.c % 3, 1 + (s.d % 2)].slice(0, 1 + (s.a % 3));
+    const cu = lens.reduce<number[]>((acc, l) => [...acc, acc[acc.length - 1] + l], [0]);
+    const pos = lens.map((_l, i) => (s.d + 3 * i) % 5);
+    const i32 = g.emit("constant", [], { values: cu, shape: [cu.length], dtype: "i32" });
+    g.emit("varlen_cache_positions", [i32, g.emit("constant", [], { values: pos, shape: [pos.length], dtype: "i64" })], { length: cu[cu.length - 1] });
+  },
+  varlen_cache_write: (g, s) => {
+    // a value seen as a one-row [1, 1, n, D] cache; its first position written back at a position in range
+    const { cache, one, seq } = varlenCache(g, s);
+    g.emit("varlen_cache_write", [cache, one, ...seq], {});
+  },
+  varlen_cache_attention: (g, s) => {
+    // one packed query (a value's first row) against a one-row cache, keys 0..position
+    const { cache, one, seq } = varlenCache(g, s);
+    const alibi: Record<string, number[]> = s.c % 3 === 1 ? { alibi: [[0.5, -0.25, 0.125][s.b % 3]] } : {};
+    const window: Record<string, number> = s.d % 3 === 2 ? { window: 1 + (s.b % 2) } : {};
+    g.emit("varlen_cache_attention", [one, cache, cache, ...seq], { scale: [1, 0.5, -0.75][s.c % 3], kv_groups: 1, ...alibi, ...window });
+  },
   cache_write: (g, s) => {
     // a value seen as a [1, 1, n, D] cache; its first row written back at a position in range
     const x = g.atLeastRank(g.need(s.a), 1);
@@ -589,6 +609,19 @@ const BUILDERS: Record<string, Builder> = {
     g.emit("cache_write", [cache, update, pos], {});
   },
 };
+
+/** A float value seen as a one-row cache [1, 1, n, D], its first position [1, 1, 1, D], and one sequence (cu_seqlens, slot 0, a position in range). */
+function varlenCache(g: Gen, s: Step): { cache: Value; one: Value; seq: Value[] } {
+  const x = g.asFloat(g.numeric(g.atLeastRank(g.need(s.a), 1)));
+  const D = x.shape[x.shape.length - 1];
+  const rows = dimProduct(x.shape.slice(0, -1));
+  const [lo] = g.range(rows);
+  if (lo < 1) throw new Skip("the cache may have no rows");
+  const cache = g.emit("reshape", [x], { shape: [1, 1, rows, D] });
+  const one = g.emit("slice", [cache], { axis: 2, start: 0, end: 1 });
+  const c = (values: number[], dtype: DType) => g.emit("constant", [], { values, shape: [values.length], dtype });
+  return { cache, one, seq: [c([0, 1], "i32"), c([0], "i32"), c([s.b % lo], "i64")] };
+}
 
 /** Every op arbGraph can draw. */
 export const GRAPH_OPS: readonly string[] = [...Object.keys(BUILDERS), ...FUSED_OPS];
