@@ -77,6 +77,17 @@ static void cu(cudaError_t e, const char* what) {
     exit(1);
   }
 }
+// Every copy and fill here runs on Kiln's stream, and a copy waits for it. That stream is
+// non-blocking: a plain cudaMemcpy / cudaMemset (the legacy default stream) does not wait for the
+// kernels queued on it, so it read the reference y while k_ref was still writing it (the partial
+// reference made K = 11008 look wrong, ≈ 0.9 relative error, in every variant) and x before
+// k_to_bf16 had written it (the stale NaN bytes of a freed buffer made the K = 202 edge "inf").
+static void copy(void* dst, const void* src, size_t bytes) {
+  cudaStream_t s = kiln::cuda::stream();
+  cu(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), "cudaMemcpyAsync");
+  cu(cudaStreamSynchronize(s), "cudaStreamSynchronize (copy)");
+}
+static void fill(void* p, int byte, size_t bytes) { cu(cudaMemsetAsync(p, byte, bytes, kiln::cuda::stream()), "cudaMemsetAsync"); }
 // µs per call from a CUDA graph of 10 calls replayed (median of 7), after 3 calls outside it
 template <typename F>
 static double median_us(F launch) {
@@ -113,7 +124,7 @@ static double median_us(F launch) {
 }
 static std::vector<float> down(const bf16* d, int64_t n) {
   std::vector<bf16> h((size_t)n);
-  cu(cudaMemcpy(h.data(), d, 2 * n, cudaMemcpyDeviceToHost), "download");
+  copy(h.data(), d, 2 * n);
   std::vector<float> f((size_t)n);
   for (int64_t i = 0; i < n; i++) f[(size_t)i] = kiln::Num<bf16>::load(h[(size_t)i]);
   return f;
@@ -135,8 +146,8 @@ template <typename T>
 static std::vector<float> make_x(T* x, float* xf, int64_t n) {
   std::vector<float> h((size_t)n);
   if (std::is_same<T, float>::value) {
-    cu(cudaMemcpy(x, xf, 4 * n, cudaMemcpyDeviceToDevice), "copy");
-    cu(cudaMemcpy(h.data(), xf, 4 * n, cudaMemcpyDeviceToHost), "download");
+    copy(x, xf, 4 * n);
+    copy(h.data(), xf, 4 * n);
   } else {
     k_to_bf16<<<1024, 256, 0, kiln::cuda::stream()>>>(xf, (bf16*)x, n);
     h = down((const bf16*)x, n);
@@ -147,7 +158,7 @@ template <typename T>
 static std::vector<float> down_t(const T* d, int64_t n) {
   if (!std::is_same<T, float>::value) return down((const bf16*)d, n);
   std::vector<float> h((size_t)n);
-  cu(cudaMemcpy(h.data(), d, 4 * n, cudaMemcpyDeviceToHost), "download");
+  copy(h.data(), d, 4 * n);
   return h;
 }
 
@@ -172,17 +183,17 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
   cu(cudaMalloc(&q8, kiln::quant::bytes8(N, K)), "malloc");
   cu(cudaMalloc(&hot, 4 * 3), "malloc");
   const int hh[3] = {1, (int)(K / 2), (int)(K - 1)};
-  cu(cudaMemcpy(hot, hh, sizeof hh, cudaMemcpyHostToDevice), "upload");
+  copy(hot, hh, sizeof hh);
   k_rand<<<1024, 256, 0, s>>>(wf, N * K, K, 11, 0.05f, hot, 0, 1.f);
   ck(kiln_quantize8(q8, wf, N, K), "quantize8");
   k_deq8<<<1024, 256, 0, s>>>(q8, N, K, wd);
   k_rand<<<1024, 256, 0, s>>>(bf, N, N, 13, 1.f, hot, 0, 1.f);
   k_rand<<<1024, 256, 0, s>>>(xf, M * K, K, 17, 4.f, hot, 3, 20.f);
   std::vector<float> xh = make_x<T>(x, xf, M * K), bh = make_x<T>(b, bf, N);
-  cu(cudaMemcpy(xf, xh.data(), 4 * M * K, cudaMemcpyHostToDevice), "upload");
+  copy(xf, xh.data(), 4 * M * K);
   k_ref<<<dim3((unsigned)((N + 15) / 16), (unsigned)((M + 15) / 16)), dim3(16, 16), 0, s>>>(xf, wd, yref, M, N, K);
   std::vector<float> ref((size_t)(M * N));
-  cu(cudaMemcpy(ref.data(), yref, 4 * M * N, cudaMemcpyDeviceToHost), "download");
+  copy(ref.data(), yref, 4 * M * N);
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = 0; n < N; n++) ref[(size_t)(m * N + n)] += bh[(size_t)n];
   std::vector<float> first;
@@ -190,7 +201,7 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
   for (int v = 0; v < 2; v++) {
     Q::i8_mode() = v == 0 ? Q::I8_LT : Q::I8_OWN;
     snprintf(label, sizeof label, "edge %s M=%lld N=%lld K=%lld %s", tname, (long long)M, (long long)N, (long long)K, Q::i8_name(Q::i8_mode()));
-    cu(cudaMemset(y, 0xff, sizeof(T) * M * N), "memset");
+    fill(y, 0xff, sizeof(T) * M * N);
     kiln::cuda::qlinear8<T>(x, q8, b, y, M, N, K, 6.0);
     ck(kiln_synchronize(), label);
     std::vector<float> got = down_t<T>(y, M * N);
@@ -248,20 +259,20 @@ int main() {
     {
       std::vector<int8_t> h((size_t)(M * K));
       for (size_t i = 0; i < h.size(); i++) h[i] = (int8_t)((i * 2654435761u >> 13) % 255 - 127);
-      cu(cudaMemcpy(qa, h.data(), M * K, cudaMemcpyHostToDevice), "upload");
+      copy(qa, h.data(), M * K);
     }
     for (int n_hot : {0, 8}) {
       int hh[8];
       for (int j = 0; j < 8; j++) hh[j] = (int)((37 + 501 * j) % K);
-      cu(cudaMemcpy(hot, hh, sizeof hh, cudaMemcpyHostToDevice), "upload");
+      copy(hot, hh, sizeof hh);
       k_rand<<<1024, 256, 0, s>>>(xf, M * K, K, 7 + n_hot, 4.f, hot, n_hot, 20.f);
       k_to_bf16<<<1024, 256, 0, s>>>(xf, x, M * K);
       // the reference takes the bf16 activations exactly
       std::vector<float> xr = down(x, M * K);
-      cu(cudaMemcpy(xf, xr.data(), 4 * M * K, cudaMemcpyHostToDevice), "upload");
+      copy(xf, xr.data(), 4 * M * K);
       k_ref<<<dim3((unsigned)((N + 15) / 16), (unsigned)((M + 15) / 16)), dim3(16, 16), 0, s>>>(xf, wd, yref, M, N, K);
       std::vector<float> ref((size_t)(M * N));
-      cu(cudaMemcpy(ref.data(), yref, 4 * M * N, cudaMemcpyDeviceToHost), "download");
+      copy(ref.data(), yref, 4 * M * N);
       char label[64];
       snprintf(label, sizeof label, "%lld×%lld, %d outlier cols", (long long)N, (long long)K, n_hot);
       // each way of running it: error against the reference, against lt, time
@@ -269,7 +280,7 @@ int main() {
       std::vector<float> first;
       for (int v = 0; v < 4; v++) {
         Q::i8_mode() = modes[v];
-        cu(cudaMemset(y, 0xff, 2 * M * N), "memset");  // NaN: a result never written fails
+        fill(y, 0xff, 2 * M * N);  // NaN: a result never written fails
         kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0);
         ck(kiln_synchronize(), "qlinear8");
         std::vector<float> got = down(y, M * N);
