@@ -9,9 +9,10 @@
 //     the decode path (M = 8, dp4a GEMV) against the first 8 rows of the prefill result;
 //   - timed per call from a replayed CUDA graph of 10 calls (median of 7), rotating over 3 weight
 //     copies.
-// Prints one table, "CHECK PASS" / "CHECK FAIL: …" (exit 1 on failure) and whether qlinear8 (auto)
-// is ≤ the bf16 linear on every shape (issue 6's bar); with KILN_VERBOSE=1, auto's pick per shape on
-// stderr. cuBLASLt is dlopen'ed (-ldl), as in artifacts.
+// Prints one table, then where lt's time goes (each prep kernel, the whole prep, cuBLASLt's int32
+// GEMM and the epilogue, timed alone), "CHECK PASS" / "CHECK FAIL: …" (exit 1 on failure) and
+// whether qlinear8 (auto) is ≤ the bf16 linear on every shape (issue 6's bar); with
+// KILN_VERBOSE=1, auto's pick per shape on stderr. cuBLASLt is dlopen'ed (-ldl), as in artifacts.
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/int8gemm bench/int8gemm.cu
 //   bench/tmp/int8gemm
 #include "common/kiln_types.h"
@@ -163,8 +164,10 @@ static std::vector<float> down_t(const T* d, int64_t n) {
 }
 
 // Edges: rows, features and K that are not multiples of the tiles (K = 202: no cuBLASLt, no
-// mma.sync kernel, the dp4a fallback and the scalar flag/quantize kernels), f32 activations (the bf16 hi + lo outlier product), 3 outlier columns, bias; lt and
-// own each against the f32 reference and each other.
+// mma.sync kernel, the dp4a fallback and the scalar flag/quantize kernels; N = 130 and 999: the
+// epilogue's scalar loads and stores; N = 1000: its 16-byte ones with a ragged last row tile;
+// K = 11008 as Llama's down projection), f32 activations (the bf16 hi + lo outlier product), 3
+// outlier columns, bias; lt and own each against the f32 reference and each other.
 template <typename T>
 static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string& failures) {
   cudaStream_t s = kiln::cuda::stream();
@@ -215,13 +218,40 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
   cudaFree(xf), cudaFree(wf), cudaFree(wd), cudaFree(yref), cudaFree(bf), cudaFree(x), cudaFree(y), cudaFree(b), cudaFree(q8), cudaFree(hot);
 }
 
+// Where qlinear8 (lt)'s time goes, each stage timed alone on the same operands: the prep kernels
+// one by one (they are idempotent, so the state after them is a proper prep), the whole prep (with
+// its memset, allocations and launch gaps), cuBLASLt's int32 product and the epilogue (k_epi).
+struct Stages {
+  double quant, list, fix, prep, gemm, epi;
+};
+static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int32_t* acc, int64_t M, int64_t N, int64_t K) {
+  cudaStream_t s = kiln::cuda::stream();
+  Stages t;
+  t.prep = median_us([&](int i) { Q::i8_release(Q::i8_prep<bf16>(x, q8[i % copies], nullptr, y, M, N, K, 6.0, s)); });
+  const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0, s);
+  const Q::I8Ws& w = p.ws;
+  const int64_t Kp = p.g.Kp;
+  t.quant = median_us([&](int) { Q::k_i8_quant_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, 6.f, w.flags, w.qx, w.sx); });
+  t.list = median_us([&](int) { Q::k_i8_list<bf16><<<1, 1024, 0, s>>>(x, 0, true, 6.f, w.flags, K, w.list, w.count, Kp, w.qx, w.sx); });
+  t.fix = median_us([&](int) { Q::k_i8_fix_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, 6.f, w.flags, w.list, w.count, w.qx, w.sx, p.xo, p.g.Cp); });
+  if (Q::i8_products<bf16>(p.g, 0, N, acc, s)) {
+    t.gemm = median_us([&](int) { Q::i8_products<bf16>(p.g, 0, N, acc, s); });
+    t.epi = median_us([&](int) { Q::i8_epi<bf16>(p.g, acc, N, 0, N, s); });
+  } else {
+    t.gemm = t.epi = NAN;
+  }
+  ck(kiln_synchronize(), "stages");
+  Q::i8_release(p);
+  return t;
+}
+
 int main() {
   ck(kiln_init(0), "init");
   cudaStream_t s = kiln::cuda::stream();
   const int64_t M = 2048, shapes[3][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
   const int COPIES = 3;
   const int modes[4] = {Q::I8_LT, Q::I8_LT_CHUNKED, Q::I8_OWN, Q::I8_AUTO};
-  std::string failures;
+  std::string failures, stage_rows;
   int met = 0, rows = 0;
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
@@ -322,6 +352,11 @@ int main() {
       printf("%s | %s | ", cell(t[0]), cell(t[1]));
       printf("%s | %s | %s | %.2e / %.2e / %.2e / %.2e | %.2e |\n", cell(t[2]), cell(t[3]), ok ? "yes" : "NO", err[0], err[1], err[2], err[3], dec);
       fflush(stdout);
+      const Stages st = stages(x, q8, COPIES, y, acc, M, N, K);
+      char line[256];
+      snprintf(line, sizeof line, "| %lld×%lld | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", (long long)N, (long long)K, n_hot, st.quant,
+               st.list, st.fix, st.prep, st.gemm, st.epi, st.prep + st.gemm + st.epi, t[0]);
+      stage_rows += line;
     }
     for (int c = 0; c < COPIES; c++) {
       cudaFree(wb[c]);
@@ -338,11 +373,14 @@ int main() {
     cudaFree(acc);
     cudaFree(hot);
   }
-  printf("\n");
+  printf("\nWhere qlinear8 (lt) spends its time, µs, each stage alone (prep = memset + quantize rows + list + fix rows + launch gaps):\n\n");
+  printf("| N×K | outlier cols | quantize rows | list | fix rows | prep | int32 GEMM (cuBLASLt) | epilogue | prep + GEMM + epilogue | qlinear8 lt |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|\n%s\n", stage_rows.c_str());
   edge<float>(300, 999, 1024, "f32", failures);
   edge<bf16>(300, 999, 1024, "bf16", failures);
   edge<float>(130, 256, 208, "f32", failures);
   edge<bf16>(70, 130, 202, "bf16", failures);
+  edge<bf16>(300, 1000, 11008, "bf16", failures);
   printf("\nTARGET (qlinear8 auto ≤ bf16 linear): %d of %d shapes\n", met, rows);
   if (!failures.empty()) {
     printf("CHECK FAIL:%s\n", failures.c_str());
