@@ -231,8 +231,8 @@ static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int
   const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0, s);
   const Q::I8Ws& w = p.ws;
   const int64_t Kp = p.g.Kp;
-  t.quant = median_us([&](int) { Q::k_i8_quant_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, 6.f, w.flags, w.qx, w.sx); });
-  t.list = median_us([&](int) { Q::k_i8_list<bf16><<<1, 1024, 0, s>>>(x, 0, true, 6.f, w.flags, K, w.list, w.count, Kp, w.qx, w.sx); });
+  t.quant = median_us([&](int) { Q::i8_quant_rows<bf16>(x, true, M, K, Kp, 6.f, w, s); });
+  t.list = median_us([&](int) { Q::k_i8_list4<<<1, 1024, 0, s>>>(w.flags, K, w.list, w.count); });
   t.fix = median_us([&](int) { Q::k_i8_fix_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, 6.f, w.flags, w.list, w.count, w.qx, w.sx, p.xo, p.g.Cp); });
   if (Q::i8_products<bf16>(p.g, 0, N, acc, s)) {
     t.gemm = median_us([&](int) { Q::i8_products<bf16>(p.g, 0, N, acc, s); });

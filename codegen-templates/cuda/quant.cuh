@@ -296,7 +296,8 @@ __global__ void __launch_bounds__(256) k_quantize8(const float* __restrict__ w, 
 
 // The ordered list of outlier columns and its length (one block of 1024). small_m > 0 (decode):
 // the flags are computed here from the small_m rows of x (none when !decomp), and the rows are
-// quantized here too (as k_i8_quant_rows): one launch before the GEMV.
+// quantized here too (as k_i8_quant_rows): one launch before the GEMV. (Prefill lists the flags of
+// k_i8_quant_rows with k_i8_list4.)
 template <typename T>
 __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int small_m, bool decomp, float threshold, int* __restrict__ flags, int64_t K,
                                                   int* __restrict__ list, int* __restrict__ count, int64_t Kp, int8_t* __restrict__ q, float* __restrict__ sx) {
@@ -344,6 +345,47 @@ __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int s
   }
 }
 
+// The ordered list of the flagged (outlier) columns and its length at prefill, after
+// k_i8_quant_rows (one block of 1024): a thread reads 4 flags at a time (16 bytes; flags is
+// 16-byte aligned), a block-wide scan of the per-thread counts orders them — 4096 columns a round.
+__global__ void __launch_bounds__(1024) k_i8_list4(const int* __restrict__ flags, int64_t K, int* __restrict__ list, int* __restrict__ count) {
+  __shared__ int warp_n[32];
+  __shared__ int base;
+  if (threadIdx.x == 0) base = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  for (int64_t k0 = 0; k0 < K; k0 += 4 * 1024) {
+    const int64_t k = k0 + 4 * threadIdx.x;
+    int f[4];
+    if (k + 3 < K) {
+      const int4 v = __ldg(reinterpret_cast<const int4*>(flags + k));
+      f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; e++) f[e] = k + e < K ? flags[k + e] : 0;
+    }
+    const int c = (f[0] != 0) + (f[1] != 0) + (f[2] != 0) + (f[3] != 0);
+    int incl = c;  // inclusive scan over the warp
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    if (lane == 31) warp_n[wid] = incl;
+    __syncthreads();
+    int at = base + incl - c;
+    for (int i = 0; i < wid; i++) at += warp_n[i];
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+      if (f[e]) list[at++] = (int)(k + e);
+    __syncthreads();
+    if (threadIdx.x == 0)
+      for (int i = 0; i < 32; i++) base += warp_n[i];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *count = base;
+}
+
 // x[m, k] as the 16-bit operand of the outlier product: its own bits (16-bit T), or bf16 hi + lo (f32).
 template <typename T> struct Split {
   typedef T U;
@@ -380,22 +422,31 @@ struct Row {
     }
     return block_max(mx);
   }
+  // the codes of the E elements f of chunk i into qr (one 8-, 4- or 1-byte store)
+  template <typename S>
+  __device__ static __forceinline__ void code(const float* f, int64_t i, float mx, S skip, int8_t* qr) {
+    uint32_t w[(E + 3) / 4] = {};
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+      float v = 0.f;
+      if (mx > 0.f && !skip(i * E + e, fabsf(f[e]))) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn(f[e], mx), 127.f), 0.5f));
+      w[e >> 2] |= (uint32_t)(uint8_t)(int8_t)v << (8 * (e & 3));
+    }
+    if (E == 8) *reinterpret_cast<uint2*>(qr + i * 8) = make_uint2(w[0], w[(E + 3) / 4 - 1]);
+    else if (E == 4) *reinterpret_cast<uint32_t*>(qr + i * 4) = w[0];
+    else qr[i] = (int8_t)w[0];
+  }
   template <typename S>
   __device__ static void codes(const T* xr, int64_t K, int64_t Kp, float mx, S skip, int8_t* qr) {
     for (int64_t i = threadIdx.x; i < K / E; i += blockDim.x) {
       float f[E];
       load(xr, i, f);
-      uint32_t w[(E + 3) / 4] = {};
-#pragma unroll
-      for (int e = 0; e < E; e++) {
-        float v = 0.f;
-        if (mx > 0.f && !skip(i * E + e, fabsf(f[e]))) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn(f[e], mx), 127.f), 0.5f));
-        w[e >> 2] |= (uint32_t)(uint8_t)(int8_t)v << (8 * (e & 3));
-      }
-      if (E == 8) *reinterpret_cast<uint2*>(qr + i * 8) = make_uint2(w[0], w[(E + 3) / 4 - 1]);
-      else if (E == 4) *reinterpret_cast<uint32_t*>(qr + i * 4) = w[0];
-      else qr[i] = (int8_t)w[0];
+      code(f, i, mx, skip, qr);
     }
+    pad(K, Kp, qr);
+  }
+  // zero codes from K up to Kp
+  __device__ static __forceinline__ void pad(int64_t K, int64_t Kp, int8_t* qr) {
     for (int64_t k = K + threadIdx.x; k < Kp; k += blockDim.x) qr[k] = 0;
   }
 };
@@ -406,18 +457,57 @@ struct Row {
 // threshold ∞ without the decomposition). The paper's absmax is over the columns that no row
 // flags: that differs only where another row flagged this row's largest column, and
 // k_i8_fix_rows then repairs the row (and zeroes the codes of every flagged column).
-template <typename T, bool VEC>
+// RC > 0 (VEC): the row, at most RC·256 16-byte chunks, stays in registers: its loads are all
+// issued before the first is used, and x is read once (i8_rc picks RC).
+template <typename T, bool VEC, int RC>
 __global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, int64_t K, int64_t Kp, float threshold, int* __restrict__ flags,
                                                        int8_t* __restrict__ q, float* __restrict__ sx) {
   const int64_t m = blockIdx.x;
   const T* xr = x + m * K;
-  const float mx = Row<T, VEC>::absmax(xr, K, [&](int64_t k, float a) {
+  typedef Row<T, VEC> R;
+  const int64_t KE = K / R::E;
+  if (VEC && RC > 0 && KE <= RC * (int64_t)blockDim.x) {
+    uint4 v[RC > 0 ? RC : 1];
+#pragma unroll
+    for (int u = 0; u < RC; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      v[u] = i < KE ? __ldg(reinterpret_cast<const uint4*>(xr) + i) : make_uint4(0, 0, 0, 0);
+    }
+    float mx = 0.f;
+#pragma unroll
+    for (int u = 0; u < RC; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      float f[detail::Vec<T>::E];
+      detail::Vec<T>::unpack(v[u], f);
+#pragma unroll
+      for (int e = 0; e < detail::Vec<T>::E; e++) {
+        const float a = fabsf(f[e]);
+        if (i >= KE) continue;
+        if (a > threshold) flags[i * detail::Vec<T>::E + e] = 1;
+        else mx = fmaxf(mx, a);
+      }
+    }
+    mx = block_max(mx);
+    if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
+    int8_t* qr = q + m * Kp;
+#pragma unroll
+    for (int u = 0; u < RC; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      if (i >= KE) continue;
+      float f[detail::Vec<T>::E];
+      detail::Vec<T>::unpack(v[u], f);
+      R::code(f, i, mx, [&](int64_t, float a) { return a > threshold; }, qr);
+    }
+    R::pad(K, Kp, qr);
+    return;
+  }
+  const float mx = R::absmax(xr, K, [&](int64_t k, float a) {
     if (!(a > threshold)) return false;
     flags[k] = 1;
     return true;
   });
   if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
-  Row<T, VEC>::codes(xr, K, Kp, mx, [&](int64_t, float a) { return a > threshold; }, q + m * Kp);
+  R::codes(xr, K, Kp, mx, [&](int64_t, float a) { return a > threshold; }, q + m * Kp);
 }
 
 // After k_i8_quant_rows and the list (one block a row): the listed (outlier) columns of the row are
@@ -1020,6 +1110,17 @@ static I8Ws i8_ws(int64_t M, int64_t K) {
   return {ws, (int*)ws, (int*)(ws + off_list), (int*)(ws + off_count), (float*)(ws + off_sx), (int8_t*)(ws + off_qx)};
 }
 
+// k_i8_quant_rows with the fewest registers that hold a row of K (VEC), else the two-pass form
+template <typename T>
+static void i8_quant_rows(const T* x, bool vx, int64_t M, int64_t K, int64_t Kp, float cut, const I8Ws& ws, cudaStream_t s) {
+  const int64_t chunks = (K / detail::Vec<T>::E + 255) / 256;  // 16-byte chunks a thread
+  if (vx && chunks <= 2) k_i8_quant_rows<T, true, 2><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx && chunks <= 4) k_i8_quant_rows<T, true, 4><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx && chunks <= 8) k_i8_quant_rows<T, true, 8><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx) k_i8_quant_rows<T, true, 0><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else k_i8_quant_rows<T, false, 0><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+}
+
 // A large-M qlinear8 with its activations quantized (i8_prep) and the buffers that holds.
 template <typename T>
 struct I8Prep {
@@ -1043,12 +1144,11 @@ static I8Prep<T> i8_prep(const T* x, const uint8_t* w, const T* bias, T* y, int6
   const bool vx = K % detail::Vec<T>::E == 0 && detail::aligned16(x);
   const float cut = decomp ? thr : INFINITY;
   rt::check(cudaMemsetAsync(decomp ? (void*)ws.flags : (void*)ws.count, 0, decomp ? 4 * K : 4, s), "cudaMemsetAsync (qlinear8)");
-  if (vx) k_i8_quant_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
-  else k_i8_quant_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  i8_quant_rows<T>(x, vx, M, K, Kp, cut, ws, s);
   detail::launched("qlinear8 (quantize activations, outlier columns)");
   uint16_t* xo = decomp ? (uint16_t*)rt::alloc(2 * M * Cp * (std::is_same<T, float>::value ? 2 : 1), "qlinear8 (outlier columns of x)") : nullptr;
   if (decomp) {
-    k_i8_list<T><<<1, 1024, 0, s>>>(x, 0, true, thr, ws.flags, K, ws.list, ws.count, Kp, ws.qx, ws.sx);
+    k_i8_list4<<<1, 1024, 0, s>>>(ws.flags, K, ws.list, ws.count);
     if (vx) k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, ws.flags, ws.list, ws.count, ws.qx, ws.sx, xo, Cp);
     else k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, ws.flags, ws.list, ws.count, ws.qx, ws.sx, xo, Cp);
     detail::launched("qlinear8 (outlier columns)");
