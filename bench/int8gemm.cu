@@ -220,9 +220,10 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
 
 // Where qlinear8 (lt)'s time goes, each stage timed alone on the same operands: the prep kernels
 // one by one (they are idempotent, so the state after them is a proper prep), the whole prep (with
-// its memset, allocations and launch gaps), cuBLASLt's int32 product and the epilogue (k_epi).
+// its memset, the weight's outlier columns, allocations and launch gaps), cuBLASLt's int32
+// product and the epilogue (k_epi).
 struct Stages {
-  double quant, list, fix, prep, gemm, epi;
+  double quant, list, fix, gather, prep, gemm, epi;
 };
 static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int32_t* acc, int64_t M, int64_t N, int64_t K) {
   cudaStream_t s = kiln::cuda::stream();
@@ -234,6 +235,7 @@ static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int
   t.quant = median_us([&](int) { Q::i8_quant_rows<bf16>(x, true, M, K, Kp, 6.f, w, s); });
   t.list = median_us([&](int) { Q::k_i8_list4<<<1, 1024, 0, s>>>(w.flags, K, w.list, w.count); });
   t.fix = median_us([&](int) { Q::k_i8_fix_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, 6.f, w.flags, w.list, w.count, w.qx, w.sx, p.xo, p.g.Cp); });
+  t.gather = median_us([&](int) { Q::k_i8_gather_w<bf16><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(p.g.qw, N, K, w.list, w.count, p.wo, p.g.Cp); });
   if (Q::i8_products<bf16>(p.g, 0, N, acc, s)) {
     t.gemm = median_us([&](int) { Q::i8_products<bf16>(p.g, 0, N, acc, s); });
     t.epi = median_us([&](int) { Q::i8_epi<bf16>(p.g, acc, N, 0, N, s); });
@@ -354,8 +356,8 @@ int main() {
       fflush(stdout);
       const Stages st = stages(x, q8, COPIES, y, acc, M, N, K);
       char line[256];
-      snprintf(line, sizeof line, "| %lld×%lld | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", (long long)N, (long long)K, n_hot, st.quant,
-               st.list, st.fix, st.prep, st.gemm, st.epi, st.prep + st.gemm + st.epi, t[0]);
+      snprintf(line, sizeof line, "| %lld×%lld | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", (long long)N, (long long)K, n_hot,
+               st.quant, st.list, st.fix, st.gather, st.prep, st.gemm, st.epi, st.prep + st.gemm + st.epi, t[0]);
       stage_rows += line;
     }
     for (int c = 0; c < COPIES; c++) {
@@ -373,9 +375,9 @@ int main() {
     cudaFree(acc);
     cudaFree(hot);
   }
-  printf("\nWhere qlinear8 (lt) spends its time, µs, each stage alone (prep = memset + quantize rows + list + fix rows + launch gaps):\n\n");
-  printf("| N×K | outlier cols | quantize rows | list | fix rows | prep | int32 GEMM (cuBLASLt) | epilogue | prep + GEMM + epilogue | qlinear8 lt |\n");
-  printf("|---|---|---|---|---|---|---|---|---|---|\n%s\n", stage_rows.c_str());
+  printf("\nWhere qlinear8 (lt) spends its time, µs, each stage alone (prep = memset + quantize rows + list + fix rows + gather w + launch gaps):\n\n");
+  printf("| N×K | outlier cols | quantize rows | list | fix rows | gather w | prep | int32 GEMM (cuBLASLt) | epilogue | prep + GEMM + epilogue | qlinear8 lt |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|\n%s\n", stage_rows.c_str());
   edge<float>(300, 999, 1024, "f32", failures);
   edge<bf16>(300, 999, 1024, "bf16", failures);
   edge<float>(130, 256, 208, "f32", failures);

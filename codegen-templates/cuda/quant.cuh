@@ -18,8 +18,9 @@
 //   int8 and the outlier flags in one pass over x, the list, a row repair that gathers the outlier
 //   columns of x dense, then int8 × int8 → int32 on the integer tensor cores — cuBLASLt's IMMA
 //   GEMM followed by a streaming epilogue (i8::k_epi: 16-byte loads of the products, scales, bias,
-//   16-bit outlier product on the tensor cores), or Kiln's own mma.sync kernel doing all of it
-//   (i8::k_gemm); picked by timing, see KILN_INT8_GEMM.
+//   16-bit outlier product on the tensor cores from the outlier columns of x and of the weight,
+//   both gathered dense once a call), or Kiln's own mma.sync kernel doing all of it (i8::k_gemm);
+//   picked by timing, see KILN_INT8_GEMM.
 // - Quantize on load (kiln_quantize4 / kiln_quantize8 of kiln_abi.h): the f32 weight is in device
 //   memory; absmax, nearest code (ties to the smaller index, in f64, exactly as kiln_quant.h) and
 //   int8 rounding run on the GPU; double quantization's mean, int8 codes and scales are computed
@@ -547,6 +548,20 @@ __global__ void __launch_bounds__(256) k_i8_fix_rows(const T* __restrict__ x, in
   Row<T, VEC>::codes(xr, K, Kp, mx, flagged, qr);
 }
 
+// The listed (outlier) columns of the weight codes as dense 16-bit operands of the outlier
+// product, once a call: wo[n, j] = code(n, list[j]) for j < cnt, zero up to a multiple of 64 (a
+// warp a weight row); the blocks of the product then load them as tiles by cp.async.
+template <typename T>
+__global__ void __launch_bounds__(256) k_i8_gather_w(const int8_t* __restrict__ qw, int64_t N, int64_t K, const int* __restrict__ list,
+                                                     const int* __restrict__ count, uint16_t* __restrict__ wo, int64_t Cp) {
+  typedef typename Split<T>::U U;
+  const int cnt = *count;
+  const int64_t n = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (cnt == 0 || n >= N) return;
+  for (int j = threadIdx.x & 31; j < (cnt + 63) / 64 * 64; j += 32)
+    wo[n * Cp + j] = j < cnt ? Num<U>::store((float)qw[n * K + __ldg(list + j)]).bits : (uint16_t)0;
+}
+
 // Σ over the outlier columns of x[m, k] · qw[n, k] (the weight dequantized: times sw[n] by the caller)
 template <typename T>
 __device__ __forceinline__ float outlier_sum(const T* __restrict__ x, const int8_t* __restrict__ qw, const int* __restrict__ list, int cnt, int64_t m, int64_t n,
@@ -654,19 +669,19 @@ __global__ void __launch_bounds__(256) k_gemm_i8(const int8_t* __restrict__ qx, 
 
 // ---------------------------------------------------------------- LLM.int8 prefill on the tensor cores
 //
-// One kernel template does the paper's matrix multiplication (LLM.int8, Dettmers et al., 2022, §3.2:
-// "vector-wise quantization" plus the "mixed-precision decomposition") on tiles of 128 rows of x ×
-// 128 output features, 8 warps as 2 × 4 warp tiles of 64 × 32:
-//   1. the int8 products, Σ_k qx[m, k] · qw[n, k] in int32: either read from the int32 matrix that
-//      cuBLASLt's integer GEMM wrote (OWN = false), or computed here (OWN = true) by mma.sync
-//      m16n8k32 s8 from a 3-stage cp.async pipeline of 128-byte k-slices (K a multiple of 16);
+// The paper's matrix multiplication (LLM.int8, Dettmers et al., 2022, §3.2: "vector-wise
+// quantization" plus the "mixed-precision decomposition") on tiles of 128 rows of x × 128 output
+// features, 8 warps as 2 × 4 warp tiles of 64 × 32:
+//   1. the int8 products, Σ_k qx[m, k] · qw[n, k] in int32: either computed here (k_gemm) by
+//      mma.sync m16n8k32 s8 from a 3-stage cp.async pipeline of 128-byte k-slices (K a multiple
+//      of 16), or read from the int32 matrix that cuBLASLt's integer GEMM wrote (k_epi);
 //   2. f = acc · sx[m] (the activation row's scale), in f32;
-//   3. the outlier feature dimensions as the paper does them: the cnt listed columns of x (made a
-//      dense 16-bit matrix once, by k_i8_fix_rows) and the same columns of the weight (gathered
-//      here into 16-bit tiles), 64 columns at a time, multiplied on the tensor cores (mma
-//      m16n8k16, f32 accumulation) into f: x in its own 16-bit type (exact), f32 x as a bf16
-//      pair hi + lo (error ≈ 2⁻¹⁷ relative), the int8 weight codes exactly (|code| ≤ 127 is
-//      exact in bf16 and f16);
+//   3. the outlier feature dimensions as the paper does them: the cnt listed columns of x and of
+//      the weight (each made a dense 16-bit matrix once a call, by k_i8_fix_rows and
+//      k_i8_gather_w), 64 columns at a time, multiplied on the tensor cores (mma m16n8k16, f32
+//      accumulation; add_outliers): x in its own 16-bit type (exact), f32 x as a bf16 pair hi +
+//      lo (error ≈ 2⁻¹⁷ relative), the int8 weight codes exactly (|code| ≤ 127 is exact in bf16
+//      and f16);
 //   4. y = f · sw[n] + bias[n] — the cpu twin's acc·sx·sw + (Σ x·code)·sw + b up to f32 rounding.
 // Shared tiles are rows of 128 bytes (a k-slice: 128 int8 codes or 64 16-bit values) whose eight
 // 16-byte chunks are XOR-swizzled by row % 8, so that an ldmatrix of 8 rows reads 8 distinct bank
@@ -714,32 +729,28 @@ __device__ __forceinline__ void zero(A (&f)[4][4][4]) {
 // The outlier feature dimensions (LLM.int8 §3.2's 16-bit part) of the block's 128 × 128 tile, added
 // to the warp's fragments f[i][j][e] (the layout of warp_step's mma): the cnt listed columns of x
 // from the dense 16-bit xo (k_i8_fix_rows gathered them; f32 x: hi, then the lo parts M·Cp
-// further) and the same columns of the weight codes, gathered here into 16-bit tiles, BK / 2
-// columns a round, multiplied by mma m16n8k16 with f32 accumulation. smem: (f32 x ? 3 : 2) · TILE
+// further) and of the weight codes from the dense 16-bit wo (k_i8_gather_w), BK / 2 columns a
+// round by cp.async, multiplied by mma m16n8k16 with f32 accumulation. smem: (f32 x ? 3 : 2) · TILE
 // bytes, free on entry and on return.
 template <typename T>
-__device__ __forceinline__ void add_outliers(float (&f)[4][4][4], uint8_t* smem, int cnt, const int* __restrict__ list, const uint16_t* __restrict__ xo,
-                                             int64_t Cp, const int8_t* __restrict__ qw, int64_t M, int64_t K, int64_t m0, int64_t n0, int64_t n_end, int wm,
-                                             int wn, int lane) {
+__device__ __forceinline__ void add_outliers(float (&f)[4][4][4], uint8_t* smem, int cnt, const uint16_t* __restrict__ xo, const uint16_t* __restrict__ wo,
+                                             int64_t Cp, int64_t M, int64_t m0, int64_t n0, int64_t n_end, int wm, int wn, int lane) {
   typedef typename Split<T>::U U;
   constexpr bool LO = std::is_same<T, float>::value;
+  static_assert(BM == BN, "the x and weight tiles of a round share their loads");
   const uint32_t s0 = fa2::smem_u32(smem);
-  uint16_t* sh = reinterpret_cast<uint16_t*>(smem);
   constexpr int JS = BK / 2;  // columns a round
   for (int j0 = 0; j0 < cnt; j0 += JS) {
-#pragma unroll
-    for (int h = 0; h < TILE / 16 / THREADS; h++) {
+#pragma unroll 1
+    for (int h = 0; h < TILE / 16 / THREADS; h++) {  // (not unrolled: k_gemm's registers are its accumulators')
       const int idx = threadIdx.x + h * THREADS, r = idx / (BK / 16), ch = idx % (BK / 16);
-      const bool p = m0 + r < M;
+      const bool p = m0 + r < M, pw = n0 + r < n_end;
       const uint16_t* src = xo + (p ? m0 + r : 0) * Cp + j0 + ch * 8;
       fa2::cp_async16(s0 + off(r, ch), src, p);
+      fa2::cp_async16(s0 + TILE + off(r, ch), wo + (pw ? n0 + r : 0) * Cp + j0 + ch * 8, pw);
       if (LO) fa2::cp_async16(s0 + 2 * TILE + off(r, ch), src + M * Cp, p);
     }
     fa2::cp_async_commit();
-    const int jj = threadIdx.x % JS;
-    const int64_t col = j0 + jj < cnt ? (int64_t)__ldg(list + j0 + jj) : -1;
-    for (int r = threadIdx.x / JS; r < BN; r += THREADS / JS)
-      sh[TILE / 2 + (off(r, jj >> 3) >> 1) + (jj & 7)] = col >= 0 && n0 + r < n_end ? Num<U>::store((float)qw[(n0 + r) * K + col]).bits : (uint16_t)0;
     fa2::cp_async_wait<0>();
     __syncthreads();
 #pragma unroll
@@ -761,8 +772,8 @@ constexpr int gemm_smem() { return STAGES * 2 * TILE; }
 // cp.async pipeline of 128-byte k-slices. Grid: x over 128 rows, y over 128 features.
 template <typename T>
 __global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, const float* __restrict__ sx,
-                                                  const double* __restrict__ sw, const int* __restrict__ list, const int* __restrict__ count,
-                                                  const uint16_t* __restrict__ xo, int64_t Cp, const T* __restrict__ bias, T* __restrict__ y, int64_t M,
+                                                  const double* __restrict__ sw, const int* __restrict__ count, const uint16_t* __restrict__ xo,
+                                                  const uint16_t* __restrict__ wo, int64_t Cp, const T* __restrict__ bias, T* __restrict__ y, int64_t M,
                                                   int64_t N, int64_t K) {
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t s0 = fa2::smem_u32(smem);
@@ -811,7 +822,7 @@ zero(c);
         for (int e = 0; e < 4; e++) f[i][j][e] = (float)c[i][j][e] * (e < 2 ? s_lo : s_hi);
     }
   }
-  add_outliers<T>(f, smem, *count, list, xo, Cp, qw, M, K, m0, n0, N, wm, wn, lane);
+  add_outliers<T>(f, smem, *count, xo, wo, Cp, M, m0, n0, N, wm, wn, lane);
   // y = f · sw[n] + bias[n]
 #pragma unroll
   for (int j = 0; j < 4; j++) {
@@ -856,9 +867,8 @@ constexpr int epi_smem() { return BM * LDO * 4 > (std::is_same<T, float>::value 
 // loads in flight per lane. Without outliers the kernel is that stream alone.
 template <typename T>
 __global__ void __launch_bounds__(THREADS, 2) k_epi(const int32_t* __restrict__ acc, int64_t ldacc, const float* __restrict__ sx, const double* __restrict__ sw,
-                                                 const int* __restrict__ list, const int* __restrict__ count, const int8_t* __restrict__ qw,
-                                                 const uint16_t* __restrict__ xo, int64_t Cp, const T* __restrict__ bias, T* __restrict__ y, int64_t M,
-                                                 int64_t N, int64_t K, int64_t n_begin, int64_t n_end) {
+                                                 const int* __restrict__ count, const uint16_t* __restrict__ xo, const uint16_t* __restrict__ wo, int64_t Cp,
+                                                 const T* __restrict__ bias, T* __restrict__ y, int64_t M, int64_t N, int64_t n_begin, int64_t n_end) {
   extern __shared__ __align__(128) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t m0 = (int64_t)blockIdx.x * BM, n0 = n_begin + (int64_t)blockIdx.y * BN;
@@ -868,7 +878,7 @@ __global__ void __launch_bounds__(THREADS, 2) k_epi(const int32_t* __restrict__ 
     const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, tg = lane & 3;
     float o[4][4][4];
 zero(o);
-    add_outliers<T>(o, smem, cnt, list, xo, Cp, qw, M, K, m0, n0, n_end, wm, wn, lane);
+    add_outliers<T>(o, smem, cnt, xo, wo, Cp, M, m0, n0, n_end, wm, wn, lane);
     float* sw_o = reinterpret_cast<float*>(smem);
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -985,6 +995,7 @@ struct I8Gemm {
   const int* list;
   const int* count;
   const uint16_t* xo;  // the outlier columns of x, 16-bit, row stride Cp (k_i8_fix_rows)
+  const uint16_t* wo;  // the outlier columns of the weight codes, 16-bit, row stride Cp (k_i8_gather_w)
   int64_t Cp;
   const T* bias;
   T* y;
@@ -1000,7 +1011,7 @@ static void i8_own(const I8Gemm<T>& g, cudaStream_t s) {
   if (!attr) rt::check(cudaFuncSetAttribute(i8::k_gemm<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
   attr = true;
   const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((g.N + i8::BN - 1) / i8::BN));
-  i8::k_gemm<T><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, g.sx, g.sw, g.list, g.count, g.xo, g.Cp, g.bias, g.y, g.M, g.N, g.K);
+  i8::k_gemm<T><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.y, g.M, g.N, g.K);
   detail::launched("qlinear8 (int8 GEMM, outliers)");
 }
 
@@ -1012,7 +1023,7 @@ static void i8_epi(const I8Gemm<T>& g, const int32_t* acc, int64_t ldacc, int64_
   if (!attr) rt::check(cudaFuncSetAttribute(i8::k_epi<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
   attr = true;
   const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((n_end - n_begin + i8::BN - 1) / i8::BN));
-  i8::k_epi<T><<<grid, i8::THREADS, bytes, s>>>(acc, ldacc, g.sx, g.sw, g.list, g.count, g.qw, g.xo, g.Cp, g.bias, g.y, g.M, g.N, g.K, n_begin, n_end);
+  i8::k_epi<T><<<grid, i8::THREADS, bytes, s>>>(acc, ldacc, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.y, g.M, g.N, n_begin, n_end);
   detail::launched("qlinear8 (scales, outliers)");
 }
 
@@ -1126,7 +1137,7 @@ template <typename T>
 struct I8Prep {
   I8Gemm<T> g;
   I8Ws ws;
-  uint16_t* xo;
+  uint16_t *xo, *wo;
 };
 
 // Prefill's first stage: the rows' int8 and the outlier flags in one pass over x, the list of
@@ -1155,11 +1166,17 @@ static I8Prep<T> i8_prep(const T* x, const uint8_t* w, const T* bias, T* y, int6
   }
   const int8_t* qw = (const int8_t*)w;
   const double* sw = (const double*)(w + quant::pad16(N * K));
-  const I8Gemm<T> g = {ws.qx, Kp, qw, sw, ws.sx, ws.list, ws.count, xo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
-  return {g, ws, xo};
+  uint16_t* wo = decomp ? (uint16_t*)rt::alloc(2 * N * Cp, "qlinear8 (outlier columns of the weight)") : nullptr;
+  if (decomp) {
+    k_i8_gather_w<T><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(qw, N, K, ws.list, ws.count, wo, Cp);
+    detail::launched("qlinear8 (outlier columns of the weight)");
+  }
+  const I8Gemm<T> g = {ws.qx, Kp, qw, sw, ws.sx, ws.list, ws.count, xo, wo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
+  return {g, ws, xo, wo};
 }
 template <typename T>
 static void i8_release(const I8Prep<T>& p) {
+  if (p.wo) rt::release(p.wo);
   if (p.xo) rt::release(p.xo);
   rt::release(p.ws.base);
 }
