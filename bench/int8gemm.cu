@@ -166,8 +166,9 @@ static std::vector<float> down_t(const T* d, int64_t n) {
 // Edges: rows, features and K that are not multiples of the tiles (K = 202: no cuBLASLt, no
 // mma.sync kernel, the dp4a fallback and the scalar flag/quantize kernels; N = 130 and 999: the
 // epilogue's scalar loads and stores; N = 1000: its 16-byte ones with a ragged last row tile;
-// K = 11008 as Llama's down projection), f32 activations (the bf16 hi + lo outlier product), 3
-// outlier columns, bias; lt and own each against the f32 reference and each other.
+// K = 11008 as Llama's down projection; the row quantizer's register forms, 2, 4 and 8 chunks a
+// thread, and its two-pass form at f32 K = 8320), f32 activations (the bf16 hi + lo outlier
+// product), 3 outlier columns, bias; lt and own each against the f32 reference and each other.
 template <typename T>
 static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string& failures) {
   cudaStream_t s = kiln::cuda::stream();
@@ -383,6 +384,8 @@ int main() {
   edge<float>(130, 256, 208, "f32", failures);
   edge<bf16>(70, 130, 202, "bf16", failures);
   edge<bf16>(300, 1000, 11008, "bf16", failures);
+  edge<float>(130, 256, 4096, "f32", failures);
+  edge<float>(64, 128, 8320, "f32", failures);
   printf("\nTARGET (qlinear8 auto ≤ bf16 linear): %d of %d shapes\n", met, rows);
   if (!failures.empty()) {
     printf("CHECK FAIL:%s\n", failures.c_str());
