@@ -9,9 +9,10 @@
 //     the decode path (M = 8, dp4a GEMV) against the first 8 rows of the prefill result;
 //   - timed per call from a replayed CUDA graph of 10 calls (median of 7), rotating over 3 weight
 //     copies.
-// Prints one table, "CHECK PASS" / "CHECK FAIL: …" (exit 1 on failure) and whether qlinear8 (auto)
-// is ≤ the bf16 linear on every shape (issue 6's bar); with KILN_VERBOSE=1, auto's pick per shape on
-// stderr. cuBLASLt is dlopen'ed (-ldl), as in artifacts.
+// Prints one table, then where lt's time goes (each prep kernel, the whole prep, cuBLASLt's int32
+// GEMM and the epilogue, timed alone), "CHECK PASS" / "CHECK FAIL: …" (exit 1 on failure) and
+// whether qlinear8 (auto) is ≤ the bf16 linear on every shape (issue 6's bar); with
+// KILN_VERBOSE=1, auto's pick per shape on stderr. cuBLASLt is dlopen'ed (-ldl), as in artifacts.
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/int8gemm bench/int8gemm.cu
 //   bench/tmp/int8gemm
 #include "common/kiln_types.h"
@@ -77,6 +78,17 @@ static void cu(cudaError_t e, const char* what) {
     exit(1);
   }
 }
+// Every copy and fill here runs on Kiln's stream, and a copy waits for it. That stream is
+// non-blocking: a plain cudaMemcpy / cudaMemset (the legacy default stream) does not wait for the
+// kernels queued on it, so it read the reference y while k_ref was still writing it (the partial
+// reference made K = 11008 look wrong, ≈ 0.9 relative error, in every variant) and x before
+// k_to_bf16 had written it (the stale NaN bytes of a freed buffer made the K = 202 edge "inf").
+static void copy(void* dst, const void* src, size_t bytes) {
+  cudaStream_t s = kiln::cuda::stream();
+  cu(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), "cudaMemcpyAsync");
+  cu(cudaStreamSynchronize(s), "cudaStreamSynchronize (copy)");
+}
+static void fill(void* p, int byte, size_t bytes) { cu(cudaMemsetAsync(p, byte, bytes, kiln::cuda::stream()), "cudaMemsetAsync"); }
 // µs per call from a CUDA graph of 10 calls replayed (median of 7), after 3 calls outside it
 template <typename F>
 static double median_us(F launch) {
@@ -113,7 +125,7 @@ static double median_us(F launch) {
 }
 static std::vector<float> down(const bf16* d, int64_t n) {
   std::vector<bf16> h((size_t)n);
-  cu(cudaMemcpy(h.data(), d, 2 * n, cudaMemcpyDeviceToHost), "download");
+  copy(h.data(), d, 2 * n);
   std::vector<float> f((size_t)n);
   for (int64_t i = 0; i < n; i++) f[(size_t)i] = kiln::Num<bf16>::load(h[(size_t)i]);
   return f;
@@ -135,8 +147,8 @@ template <typename T>
 static std::vector<float> make_x(T* x, float* xf, int64_t n) {
   std::vector<float> h((size_t)n);
   if (std::is_same<T, float>::value) {
-    cu(cudaMemcpy(x, xf, 4 * n, cudaMemcpyDeviceToDevice), "copy");
-    cu(cudaMemcpy(h.data(), xf, 4 * n, cudaMemcpyDeviceToHost), "download");
+    copy(x, xf, 4 * n);
+    copy(h.data(), xf, 4 * n);
   } else {
     k_to_bf16<<<1024, 256, 0, kiln::cuda::stream()>>>(xf, (bf16*)x, n);
     h = down((const bf16*)x, n);
@@ -147,13 +159,16 @@ template <typename T>
 static std::vector<float> down_t(const T* d, int64_t n) {
   if (!std::is_same<T, float>::value) return down((const bf16*)d, n);
   std::vector<float> h((size_t)n);
-  cu(cudaMemcpy(h.data(), d, 4 * n, cudaMemcpyDeviceToHost), "download");
+  copy(h.data(), d, 4 * n);
   return h;
 }
 
 // Edges: rows, features and K that are not multiples of the tiles (K = 202: no cuBLASLt, no
-// mma.sync kernel, the dp4a fallback and the scalar flag/quantize kernels), f32 activations (the bf16 hi + lo outlier product), 3 outlier columns, bias; lt and
-// own each against the f32 reference and each other.
+// mma.sync kernel, the dp4a fallback and the scalar flag/quantize kernels; N = 130 and 999: the
+// epilogue's scalar loads and stores; N = 1000: its 16-byte ones with a ragged last row tile;
+// K = 11008 as Llama's down projection; the row quantizer's register forms, 2, 4 and 8 chunks a
+// thread, and its two-pass form at f32 K = 8320), f32 activations (the bf16 hi + lo outlier
+// product), 3 outlier columns, bias; lt and own each against the f32 reference and each other.
 template <typename T>
 static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string& failures) {
   cudaStream_t s = kiln::cuda::stream();
@@ -172,17 +187,17 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
   cu(cudaMalloc(&q8, kiln::quant::bytes8(N, K)), "malloc");
   cu(cudaMalloc(&hot, 4 * 3), "malloc");
   const int hh[3] = {1, (int)(K / 2), (int)(K - 1)};
-  cu(cudaMemcpy(hot, hh, sizeof hh, cudaMemcpyHostToDevice), "upload");
+  copy(hot, hh, sizeof hh);
   k_rand<<<1024, 256, 0, s>>>(wf, N * K, K, 11, 0.05f, hot, 0, 1.f);
   ck(kiln_quantize8(q8, wf, N, K), "quantize8");
   k_deq8<<<1024, 256, 0, s>>>(q8, N, K, wd);
   k_rand<<<1024, 256, 0, s>>>(bf, N, N, 13, 1.f, hot, 0, 1.f);
   k_rand<<<1024, 256, 0, s>>>(xf, M * K, K, 17, 4.f, hot, 3, 20.f);
   std::vector<float> xh = make_x<T>(x, xf, M * K), bh = make_x<T>(b, bf, N);
-  cu(cudaMemcpy(xf, xh.data(), 4 * M * K, cudaMemcpyHostToDevice), "upload");
+  copy(xf, xh.data(), 4 * M * K);
   k_ref<<<dim3((unsigned)((N + 15) / 16), (unsigned)((M + 15) / 16)), dim3(16, 16), 0, s>>>(xf, wd, yref, M, N, K);
   std::vector<float> ref((size_t)(M * N));
-  cu(cudaMemcpy(ref.data(), yref, 4 * M * N, cudaMemcpyDeviceToHost), "download");
+  copy(ref.data(), yref, 4 * M * N);
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = 0; n < N; n++) ref[(size_t)(m * N + n)] += bh[(size_t)n];
   std::vector<float> first;
@@ -190,7 +205,7 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
   for (int v = 0; v < 2; v++) {
     Q::i8_mode() = v == 0 ? Q::I8_LT : Q::I8_OWN;
     snprintf(label, sizeof label, "edge %s M=%lld N=%lld K=%lld %s", tname, (long long)M, (long long)N, (long long)K, Q::i8_name(Q::i8_mode()));
-    cu(cudaMemset(y, 0xff, sizeof(T) * M * N), "memset");
+    fill(y, 0xff, sizeof(T) * M * N);
     kiln::cuda::qlinear8<T>(x, q8, b, y, M, N, K, 6.0);
     ck(kiln_synchronize(), label);
     std::vector<float> got = down_t<T>(y, M * N);
@@ -204,13 +219,42 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
   cudaFree(xf), cudaFree(wf), cudaFree(wd), cudaFree(yref), cudaFree(bf), cudaFree(x), cudaFree(y), cudaFree(b), cudaFree(q8), cudaFree(hot);
 }
 
+// Where qlinear8 (lt)'s time goes, each stage timed alone on the same operands: the prep kernels
+// one by one (they are idempotent, so the state after them is a proper prep), the whole prep (with
+// its memset, the weight's outlier columns, allocations and launch gaps), cuBLASLt's int32
+// product and the epilogue (k_epi).
+struct Stages {
+  double quant, list, fix, gather, prep, gemm, epi;
+};
+static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int32_t* acc, int64_t M, int64_t N, int64_t K) {
+  cudaStream_t s = kiln::cuda::stream();
+  Stages t;
+  t.prep = median_us([&](int i) { Q::i8_release(Q::i8_prep<bf16>(x, q8[i % copies], nullptr, y, M, N, K, 6.0, s)); });
+  const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0, s);
+  const Q::I8Ws& w = p.ws;
+  const int64_t Kp = p.g.Kp;
+  t.quant = median_us([&](int) { Q::i8_quant_rows<bf16>(x, true, M, K, Kp, 6.f, w, s); });
+  t.list = median_us([&](int) { Q::k_i8_list4<<<1, 1024, 0, s>>>(w.flags, K, w.list, w.count); });
+  t.fix = median_us([&](int) { Q::k_i8_fix_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, 6.f, w.flags, w.list, w.count, w.qx, w.sx, p.xo, p.g.Cp); });
+  t.gather = median_us([&](int) { Q::k_i8_gather_w<bf16><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(p.g.qw, N, K, w.list, w.count, p.wo, p.g.Cp); });
+  if (Q::i8_products<bf16>(p.g, 0, N, acc, s)) {
+    t.gemm = median_us([&](int) { Q::i8_products<bf16>(p.g, 0, N, acc, s); });
+    t.epi = median_us([&](int) { Q::i8_epi<bf16>(p.g, acc, N, 0, N, s); });
+  } else {
+    t.gemm = t.epi = NAN;
+  }
+  ck(kiln_synchronize(), "stages");
+  Q::i8_release(p);
+  return t;
+}
+
 int main() {
   ck(kiln_init(0), "init");
   cudaStream_t s = kiln::cuda::stream();
   const int64_t M = 2048, shapes[3][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
   const int COPIES = 3;
   const int modes[4] = {Q::I8_LT, Q::I8_LT_CHUNKED, Q::I8_OWN, Q::I8_AUTO};
-  std::string failures;
+  std::string failures, stage_rows;
   int met = 0, rows = 0;
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
@@ -248,20 +292,20 @@ int main() {
     {
       std::vector<int8_t> h((size_t)(M * K));
       for (size_t i = 0; i < h.size(); i++) h[i] = (int8_t)((i * 2654435761u >> 13) % 255 - 127);
-      cu(cudaMemcpy(qa, h.data(), M * K, cudaMemcpyHostToDevice), "upload");
+      copy(qa, h.data(), M * K);
     }
     for (int n_hot : {0, 8}) {
       int hh[8];
       for (int j = 0; j < 8; j++) hh[j] = (int)((37 + 501 * j) % K);
-      cu(cudaMemcpy(hot, hh, sizeof hh, cudaMemcpyHostToDevice), "upload");
+      copy(hot, hh, sizeof hh);
       k_rand<<<1024, 256, 0, s>>>(xf, M * K, K, 7 + n_hot, 4.f, hot, n_hot, 20.f);
       k_to_bf16<<<1024, 256, 0, s>>>(xf, x, M * K);
       // the reference takes the bf16 activations exactly
       std::vector<float> xr = down(x, M * K);
-      cu(cudaMemcpy(xf, xr.data(), 4 * M * K, cudaMemcpyHostToDevice), "upload");
+      copy(xf, xr.data(), 4 * M * K);
       k_ref<<<dim3((unsigned)((N + 15) / 16), (unsigned)((M + 15) / 16)), dim3(16, 16), 0, s>>>(xf, wd, yref, M, N, K);
       std::vector<float> ref((size_t)(M * N));
-      cu(cudaMemcpy(ref.data(), yref, 4 * M * N, cudaMemcpyDeviceToHost), "download");
+      copy(ref.data(), yref, 4 * M * N);
       char label[64];
       snprintf(label, sizeof label, "%lld×%lld, %d outlier cols", (long long)N, (long long)K, n_hot);
       // each way of running it: error against the reference, against lt, time
@@ -269,7 +313,7 @@ int main() {
       std::vector<float> first;
       for (int v = 0; v < 4; v++) {
         Q::i8_mode() = modes[v];
-        cu(cudaMemset(y, 0xff, 2 * M * N), "memset");  // NaN: a result never written fails
+        fill(y, 0xff, 2 * M * N);  // NaN: a result never written fails
         kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0);
         ck(kiln_synchronize(), "qlinear8");
         std::vector<float> got = down(y, M * N);
@@ -311,6 +355,11 @@ int main() {
       printf("%s | %s | ", cell(t[0]), cell(t[1]));
       printf("%s | %s | %s | %.2e / %.2e / %.2e / %.2e | %.2e |\n", cell(t[2]), cell(t[3]), ok ? "yes" : "NO", err[0], err[1], err[2], err[3], dec);
       fflush(stdout);
+      const Stages st = stages(x, q8, COPIES, y, acc, M, N, K);
+      char line[256];
+      snprintf(line, sizeof line, "| %lld×%lld | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", (long long)N, (long long)K, n_hot,
+               st.quant, st.list, st.fix, st.gather, st.prep, st.gemm, st.epi, st.prep + st.gemm + st.epi, t[0]);
+      stage_rows += line;
     }
     for (int c = 0; c < COPIES; c++) {
       cudaFree(wb[c]);
@@ -327,11 +376,16 @@ int main() {
     cudaFree(acc);
     cudaFree(hot);
   }
-  printf("\n");
+  printf("\nWhere qlinear8 (lt) spends its time, µs, each stage alone (prep = memset + quantize rows + list + fix rows + gather w + launch gaps):\n\n");
+  printf("| N×K | outlier cols | quantize rows | list | fix rows | gather w | prep | int32 GEMM (cuBLASLt) | epilogue | prep + GEMM + epilogue | qlinear8 lt |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|\n%s\n", stage_rows.c_str());
   edge<float>(300, 999, 1024, "f32", failures);
   edge<bf16>(300, 999, 1024, "bf16", failures);
   edge<float>(130, 256, 208, "f32", failures);
   edge<bf16>(70, 130, 202, "bf16", failures);
+  edge<bf16>(300, 1000, 11008, "bf16", failures);
+  edge<float>(130, 256, 4096, "f32", failures);
+  edge<float>(64, 128, 8320, "f32", failures);
   printf("\nTARGET (qlinear8 auto ≤ bf16 linear): %d of %d shapes\n", met, rows);
   if (!failures.empty()) {
     printf("CHECK FAIL:%s\n", failures.c_str());

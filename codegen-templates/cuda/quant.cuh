@@ -14,11 +14,13 @@
 //   any row) are found and listed; the other columns are quantized per row (absmax int8). Decode
 //   (M ≤ 8): one kernel finds the outlier columns and quantizes the rows, then a dp4a GEMV whose
 //   epilogue scales by the row and feature absmax and adds the outlier columns' products against
-//   the dequantized int8 weights (quant.ts int8Matmul). Prefill: a row-parallel flag pass, the
-//   list, a block a row to quantize, then int8 × int8 → int32 on the integer tensor cores —
-//   cuBLASLt's IMMA GEMM or Kiln's own mma.sync kernel (i8::k_gemm, picked by timing; see
-//   KILN_INT8_GEMM) — with the outlier columns gathered into dense 16-bit tiles and multiplied on
-//   the tensor cores in the same kernel as the scaling, bias and store.
+//   the dequantized int8 weights (quant.ts int8Matmul). Prefill (i8_prep, i8_run): the rows'
+//   int8 and the outlier flags in one pass over x, the list, a row repair that gathers the outlier
+//   columns of x dense, then int8 × int8 → int32 on the integer tensor cores — cuBLASLt's IMMA
+//   GEMM followed by a streaming epilogue (i8::k_epi: 16-byte loads of the products, scales, bias,
+//   16-bit outlier product on the tensor cores from the outlier columns of x and of the weight,
+//   both gathered dense once a call), or Kiln's own mma.sync kernel doing all of it (i8::k_gemm);
+//   picked by timing, see KILN_INT8_GEMM.
 // - Quantize on load (kiln_quantize4 / kiln_quantize8 of kiln_abi.h): the f32 weight is in device
 //   memory; absmax, nearest code (ties to the smaller index, in f64, exactly as kiln_quant.h) and
 //   int8 rounding run on the GPU; double quantization's mean, int8 codes and scales are computed
@@ -295,7 +297,8 @@ __global__ void __launch_bounds__(256) k_quantize8(const float* __restrict__ w, 
 
 // The ordered list of outlier columns and its length (one block of 1024). small_m > 0 (decode):
 // the flags are computed here from the small_m rows of x (none when !decomp), and the rows are
-// quantized here too (as k_i8_quant_rows): one launch before the GEMV.
+// quantized here too (as k_i8_quant_rows): one launch before the GEMV. (Prefill lists the flags of
+// k_i8_quant_rows with k_i8_list4.)
 template <typename T>
 __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int small_m, bool decomp, float threshold, int* __restrict__ flags, int64_t K,
                                                   int* __restrict__ list, int* __restrict__ count, int64_t Kp, int8_t* __restrict__ q, float* __restrict__ sx) {
@@ -343,6 +346,47 @@ __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int s
   }
 }
 
+// The ordered list of the flagged (outlier) columns and its length at prefill, after
+// k_i8_quant_rows (one block of 1024): a thread reads 4 flags at a time (16 bytes; flags is
+// 16-byte aligned), a block-wide scan of the per-thread counts orders them — 4096 columns a round.
+__global__ void __launch_bounds__(1024) k_i8_list4(const int* __restrict__ flags, int64_t K, int* __restrict__ list, int* __restrict__ count) {
+  __shared__ int warp_n[32];
+  __shared__ int base;
+  if (threadIdx.x == 0) base = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  for (int64_t k0 = 0; k0 < K; k0 += 4 * 1024) {
+    const int64_t k = k0 + 4 * threadIdx.x;
+    int f[4];
+    if (k + 3 < K) {
+      const int4 v = __ldg(reinterpret_cast<const int4*>(flags + k));
+      f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; e++) f[e] = k + e < K ? flags[k + e] : 0;
+    }
+    const int c = (f[0] != 0) + (f[1] != 0) + (f[2] != 0) + (f[3] != 0);
+    int incl = c;  // inclusive scan over the warp
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    if (lane == 31) warp_n[wid] = incl;
+    __syncthreads();
+    int at = base + incl - c;
+    for (int i = 0; i < wid; i++) at += warp_n[i];
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+      if (f[e]) list[at++] = (int)(k + e);
+    __syncthreads();
+    if (threadIdx.x == 0)
+      for (int i = 0; i < 32; i++) base += warp_n[i];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *count = base;
+}
+
 // x[m, k] as the 16-bit operand of the outlier product: its own bits (16-bit T), or bf16 hi + lo (f32).
 template <typename T> struct Split {
   typedef T U;
@@ -379,22 +423,31 @@ struct Row {
     }
     return block_max(mx);
   }
+  // the codes of the E elements f of chunk i into qr (one 8-, 4- or 1-byte store)
+  template <typename S>
+  __device__ static __forceinline__ void code(const float* f, int64_t i, float mx, S skip, int8_t* qr) {
+    uint32_t w[(E + 3) / 4] = {};
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+      float v = 0.f;
+      if (mx > 0.f && !skip(i * E + e, fabsf(f[e]))) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn(f[e], mx), 127.f), 0.5f));
+      w[e >> 2] |= (uint32_t)(uint8_t)(int8_t)v << (8 * (e & 3));
+    }
+    if (E == 8) *reinterpret_cast<uint2*>(qr + i * 8) = make_uint2(w[0], w[(E + 3) / 4 - 1]);
+    else if (E == 4) *reinterpret_cast<uint32_t*>(qr + i * 4) = w[0];
+    else qr[i] = (int8_t)w[0];
+  }
   template <typename S>
   __device__ static void codes(const T* xr, int64_t K, int64_t Kp, float mx, S skip, int8_t* qr) {
     for (int64_t i = threadIdx.x; i < K / E; i += blockDim.x) {
       float f[E];
       load(xr, i, f);
-      uint32_t w[(E + 3) / 4] = {};
-#pragma unroll
-      for (int e = 0; e < E; e++) {
-        float v = 0.f;
-        if (mx > 0.f && !skip(i * E + e, fabsf(f[e]))) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn(f[e], mx), 127.f), 0.5f));
-        w[e >> 2] |= (uint32_t)(uint8_t)(int8_t)v << (8 * (e & 3));
-      }
-      if (E == 8) *reinterpret_cast<uint2*>(qr + i * 8) = make_uint2(w[0], w[(E + 3) / 4 - 1]);
-      else if (E == 4) *reinterpret_cast<uint32_t*>(qr + i * 4) = w[0];
-      else qr[i] = (int8_t)w[0];
+      code(f, i, mx, skip, qr);
     }
+    pad(K, Kp, qr);
+  }
+  // zero codes from K up to Kp
+  __device__ static __forceinline__ void pad(int64_t K, int64_t Kp, int8_t* qr) {
     for (int64_t k = K + threadIdx.x; k < Kp; k += blockDim.x) qr[k] = 0;
   }
 };
@@ -405,18 +458,57 @@ struct Row {
 // threshold ∞ without the decomposition). The paper's absmax is over the columns that no row
 // flags: that differs only where another row flagged this row's largest column, and
 // k_i8_fix_rows then repairs the row (and zeroes the codes of every flagged column).
-template <typename T, bool VEC>
+// RC > 0 (VEC): the row, at most RC·256 16-byte chunks, stays in registers: its loads are all
+// issued before the first is used, and x is read once (i8_rc picks RC).
+template <typename T, bool VEC, int RC>
 __global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, int64_t K, int64_t Kp, float threshold, int* __restrict__ flags,
                                                        int8_t* __restrict__ q, float* __restrict__ sx) {
   const int64_t m = blockIdx.x;
   const T* xr = x + m * K;
-  const float mx = Row<T, VEC>::absmax(xr, K, [&](int64_t k, float a) {
+  typedef Row<T, VEC> R;
+  const int64_t KE = K / R::E;
+  if (VEC && RC > 0 && KE <= RC * (int64_t)blockDim.x) {
+    uint4 v[RC > 0 ? RC : 1];
+#pragma unroll
+    for (int u = 0; u < RC; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      v[u] = i < KE ? __ldg(reinterpret_cast<const uint4*>(xr) + i) : make_uint4(0, 0, 0, 0);
+    }
+    float mx = 0.f;
+#pragma unroll
+    for (int u = 0; u < RC; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      float f[detail::Vec<T>::E];
+      detail::Vec<T>::unpack(v[u], f);
+#pragma unroll
+      for (int e = 0; e < detail::Vec<T>::E; e++) {
+        const float a = fabsf(f[e]);
+        if (i >= KE) continue;
+        if (a > threshold) flags[i * detail::Vec<T>::E + e] = 1;
+        else mx = fmaxf(mx, a);
+      }
+    }
+    mx = block_max(mx);
+    if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
+    int8_t* qr = q + m * Kp;
+#pragma unroll
+    for (int u = 0; u < RC; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      if (i >= KE) continue;
+      float f[detail::Vec<T>::E];
+      detail::Vec<T>::unpack(v[u], f);
+      R::code(f, i, mx, [&](int64_t, float a) { return a > threshold; }, qr);
+    }
+    R::pad(K, Kp, qr);
+    return;
+  }
+  const float mx = R::absmax(xr, K, [&](int64_t k, float a) {
     if (!(a > threshold)) return false;
     flags[k] = 1;
     return true;
   });
   if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
-  Row<T, VEC>::codes(xr, K, Kp, mx, [&](int64_t, float a) { return a > threshold; }, q + m * Kp);
+  R::codes(xr, K, Kp, mx, [&](int64_t, float a) { return a > threshold; }, q + m * Kp);
 }
 
 // After k_i8_quant_rows and the list (one block a row): the listed (outlier) columns of the row are
@@ -454,6 +546,20 @@ __global__ void __launch_bounds__(256) k_i8_fix_rows(const T* __restrict__ x, in
   const float mx = Row<T, VEC>::absmax(xr, K, flagged);
   if (threadIdx.x == 0) sx[m] = __fdiv_rn(mx, 127.f);
   Row<T, VEC>::codes(xr, K, Kp, mx, flagged, qr);
+}
+
+// The listed (outlier) columns of the weight codes as dense 16-bit operands of the outlier
+// product, once a call: wo[n, j] = code(n, list[j]) for j < cnt, zero up to a multiple of 64 (a
+// warp a weight row); the blocks of the product then load them as tiles by cp.async.
+template <typename T>
+__global__ void __launch_bounds__(256) k_i8_gather_w(const int8_t* __restrict__ qw, int64_t N, int64_t K, const int* __restrict__ list,
+                                                     const int* __restrict__ count, uint16_t* __restrict__ wo, int64_t Cp) {
+  typedef typename Split<T>::U U;
+  const int cnt = *count;
+  const int64_t n = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (cnt == 0 || n >= N) return;
+  for (int j = threadIdx.x & 31; j < (cnt + 63) / 64 * 64; j += 32)
+    wo[n * Cp + j] = j < cnt ? Num<U>::store((float)qw[n * K + __ldg(list + j)]).bits : (uint16_t)0;
 }
 
 // Σ over the outlier columns of x[m, k] · qw[n, k] (the weight dequantized: times sw[n] by the caller)
@@ -563,19 +669,19 @@ __global__ void __launch_bounds__(256) k_gemm_i8(const int8_t* __restrict__ qx, 
 
 // ---------------------------------------------------------------- LLM.int8 prefill on the tensor cores
 //
-// One kernel template does the paper's matrix multiplication (LLM.int8, Dettmers et al., 2022, §3.2:
-// "vector-wise quantization" plus the "mixed-precision decomposition") on tiles of 128 rows of x ×
-// 128 output features, 8 warps as 2 × 4 warp tiles of 64 × 32:
-//   1. the int8 products, Σ_k qx[m, k] · qw[n, k] in int32: either read from the int32 matrix that
-//      cuBLASLt's integer GEMM wrote (OWN = false), or computed here (OWN = true) by mma.sync
-//      m16n8k32 s8 from a 3-stage cp.async pipeline of 128-byte k-slices (K a multiple of 16);
+// The paper's matrix multiplication (LLM.int8, Dettmers et al., 2022, §3.2: "vector-wise
+// quantization" plus the "mixed-precision decomposition") on tiles of 128 rows of x × 128 output
+// features, 8 warps as 2 × 4 warp tiles of 64 × 32:
+//   1. the int8 products, Σ_k qx[m, k] · qw[n, k] in int32: either computed here (k_gemm) by
+//      mma.sync m16n8k32 s8 from a 3-stage cp.async pipeline of 128-byte k-slices (K a multiple
+//      of 16), or read from the int32 matrix that cuBLASLt's integer GEMM wrote (k_epi);
 //   2. f = acc · sx[m] (the activation row's scale), in f32;
-//   3. the outlier feature dimensions as the paper does them: the cnt listed columns of x (made a
-//      dense 16-bit matrix once, by k_i8_fix_rows) and the same columns of the weight (gathered
-//      here into 16-bit tiles), 64 columns at a time, multiplied on the tensor cores (mma
-//      m16n8k16, f32 accumulation) into f: x in its own 16-bit type (exact), f32 x as a bf16
-//      pair hi + lo (error ≈ 2⁻¹⁷ relative), the int8 weight codes exactly (|code| ≤ 127 is
-//      exact in bf16 and f16);
+//   3. the outlier feature dimensions as the paper does them: the cnt listed columns of x and of
+//      the weight (each made a dense 16-bit matrix once a call, by k_i8_fix_rows and
+//      k_i8_gather_w), 64 columns at a time, multiplied on the tensor cores (mma m16n8k16, f32
+//      accumulation; add_outliers): x in its own 16-bit type (exact), f32 x as a bf16 pair hi +
+//      lo (error ≈ 2⁻¹⁷ relative), the int8 weight codes exactly (|code| ≤ 127 is exact in bf16
+//      and f16);
 //   4. y = f · sw[n] + bias[n] — the cpu twin's acc·sx·sw + (Σ x·code)·sw + b up to f32 rounding.
 // Shared tiles are rows of 128 bytes (a k-slice: 128 int8 codes or 64 16-bit values) whose eight
 // 16-byte chunks are XOR-swizzled by row % 8, so that an ldmatrix of 8 rows reads 8 distinct bank
@@ -609,31 +715,74 @@ __device__ __forceinline__ void warp_step(uint32_t sa, uint32_t sb, int s, int w
     for (int j = 0; j < 4; j++) mma(i, j, a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
 }
 
-// Shared memory of a launch: the pipeline (OWN), else one tile pair (and the lo tile of f32 x).
-template <typename T, bool OWN>
-constexpr int smem_bytes() { return OWN ? STAGES * 2 * TILE : (std::is_same<T, float>::value ? 3 : 2) * TILE; }
+// a warp's 4 × 4 m16n8 accumulator fragments, zeroed
+template <typename A>
+__device__ __forceinline__ void zero(A (&f)[4][4][4]) {
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) f[i][j][e] = 0;
+}
 
-// y[m, n] for n in [n_begin, n_end) (all of N when OWN); acc: the int32 products of those columns,
-// acc[m · ldacc + n − n_begin] (OWN: unused). Grid: x over 128 rows, y over 128 features from n_begin.
-template <typename T, bool OWN>
-__global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, const int32_t* __restrict__ acc,
-                                                  int64_t ldacc, const float* __restrict__ sx, const double* __restrict__ sw, const int* __restrict__ list,
-                                                  const int* __restrict__ count, const uint16_t* __restrict__ xo, int64_t Cp,
-                                                  const T* __restrict__ bias, T* __restrict__ y, int64_t M, int64_t N, int64_t K, int64_t n_begin,
-                                                  int64_t n_end) {
+// The outlier feature dimensions (LLM.int8 §3.2's 16-bit part) of the block's 128 × 128 tile, added
+// to the warp's fragments f[i][j][e] (the layout of warp_step's mma): the cnt listed columns of x
+// from the dense 16-bit xo (k_i8_fix_rows gathered them; f32 x: hi, then the lo parts M·Cp
+// further) and of the weight codes from the dense 16-bit wo (k_i8_gather_w), BK / 2 columns a
+// round by cp.async, multiplied by mma m16n8k16 with f32 accumulation. smem: (f32 x ? 3 : 2) · TILE
+// bytes, free on entry and on return.
+template <typename T>
+__device__ __forceinline__ void add_outliers(float (&f)[4][4][4], uint8_t* smem, int cnt, const uint16_t* __restrict__ xo, const uint16_t* __restrict__ wo,
+                                             int64_t Cp, int64_t M, int64_t m0, int64_t n0, int64_t n_end, int wm, int wn, int lane) {
+  typedef typename Split<T>::U U;
+  constexpr bool LO = std::is_same<T, float>::value;
+  static_assert(BM == BN, "the x and weight tiles of a round share their loads");
+  const uint32_t s0 = fa2::smem_u32(smem);
+  constexpr int JS = BK / 2;  // columns a round
+  for (int j0 = 0; j0 < cnt; j0 += JS) {
+#pragma unroll 1
+    for (int h = 0; h < TILE / 16 / THREADS; h++) {  // (not unrolled: k_gemm's registers are its accumulators')
+      const int idx = threadIdx.x + h * THREADS, r = idx / (BK / 16), ch = idx % (BK / 16);
+      const bool p = m0 + r < M, pw = n0 + r < n_end;
+      const uint16_t* src = xo + (p ? m0 + r : 0) * Cp + j0 + ch * 8;
+      fa2::cp_async16(s0 + off(r, ch), src, p);
+      fa2::cp_async16(s0 + TILE + off(r, ch), wo + (pw ? n0 + r : 0) * Cp + j0 + ch * 8, pw);
+      if (LO) fa2::cp_async16(s0 + 2 * TILE + off(r, ch), src + M * Cp, p);
+    }
+    fa2::cp_async_commit();
+    fa2::cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < STEPS; s++) {
+      warp_step(s0, s0 + TILE, s, wm, wn, lane, [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { fa2::Mma<U>::run(f[i][j], a, b0, b1); });
+      if (LO)
+        warp_step(s0 + 2 * TILE, s0 + TILE, s, wm, wn, lane,
+                  [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { fa2::Mma<U>::run(f[i][j], a, b0, b1); });
+    }
+    __syncthreads();
+  }
+}
+
+// Shared memory of k_gemm: the pipeline (the outlier tiles fit in it).
+constexpr int gemm_smem() { return STAGES * 2 * TILE; }
+
+// y[m, n] = (Σ_k qx[m, k] · qw[n, k] · sx[m] + outliers) · sw[n] + bias[n], all in one kernel (K a
+// multiple of 16, 16-byte aligned codes): the int8 products by mma.sync m16n8k32 s8 from a 3-stage
+// cp.async pipeline of 128-byte k-slices. Grid: x over 128 rows, y over 128 features.
+template <typename T>
+__global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, const float* __restrict__ sx,
+                                                  const double* __restrict__ sw, const int* __restrict__ count, const uint16_t* __restrict__ xo,
+                                                  const uint16_t* __restrict__ wo, int64_t Cp, const T* __restrict__ bias, T* __restrict__ y, int64_t M,
+                                                  int64_t N, int64_t K) {
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t s0 = fa2::smem_u32(smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3, g = lane >> 2, tg = lane & 3;
-  const int64_t m0 = (int64_t)blockIdx.x * BM, n0 = n_begin + (int64_t)blockIdx.y * BN;
+  const int64_t m0 = (int64_t)blockIdx.x * BM, n0 = (int64_t)blockIdx.y * BN;
   float f[4][4][4];  // [m16 tile][n8 tile][c0…c3]: rows g, g, g+8, g+8; columns 2tg, 2tg+1, 2tg, 2tg+1
-  if (OWN) {
+  {
     int c[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-      for (int j = 0; j < 4; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) c[i][j][e] = 0;
+zero(c);
     const int64_t nk = (Kp + BK - 1) / BK;
     auto load = [&](int64_t kt) {  // the k-slice kt of both tiles into its stage, zero past the edges
       const uint32_t sa = s0 + (uint32_t)(kt % STAGES) * 2 * TILE, sb = sa + TILE;
@@ -641,7 +790,7 @@ __global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ 
       for (int h = 0; h < TILE / 16 / THREADS; h++) {
         const int idx = threadIdx.x + h * THREADS, r = idx / (BK / 16), ch = idx % (BK / 16);
         const int64_t k = kt * BK + ch * 16;
-        const bool pa = m0 + r < M && k < Kp, pb = n0 + r < n_end && k < K;
+        const bool pa = m0 + r < M && k < Kp, pb = n0 + r < N && k < K;
         fa2::cp_async16(sa + off(r, ch), pa ? qx + (m0 + r) * Kp + k : qx, pa);
         fa2::cp_async16(sb + off(r, ch), pb ? qw + (n0 + r) * K + k : qw, pb);
       }
@@ -672,63 +821,8 @@ __global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ 
 #pragma unroll
         for (int e = 0; e < 4; e++) f[i][j][e] = (float)c[i][j][e] * (e < 2 ? s_lo : s_hi);
     }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int64_t r = m0 + wm * 64 + i * 16 + g + 8 * h;
-        const float sr = r < M ? sx[r] : 0.f;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-          const int64_t n = n0 + wn * 32 + j * 8 + tg * 2;
-          const int32_t* ap = acc + (r < M ? r : 0) * ldacc + (n - n_begin);
-          int a0 = 0, a1 = 0;
-          if (r < M && n + 1 < n_end && ((ldacc | n_begin) & 1) == 0) {
-            const int2 v = __ldg(reinterpret_cast<const int2*>(ap));
-            a0 = v.x;
-            a1 = v.y;
-          } else if (r < M) {
-            if (n < n_end) a0 = __ldg(ap);
-            if (n + 1 < n_end) a1 = __ldg(ap + 1);
-          }
-          f[i][j][2 * h] = (float)a0 * sr;
-          f[i][j][2 * h + 1] = (float)a1 * sr;
-        }
-      }
   }
-  // the outlier columns, BK / 2 at a time: A from the dense xo (k_i8_fix_rows gathered it), B
-  // gathered here from the weight codes
-  typedef typename Split<T>::U U;
-  constexpr bool LO = std::is_same<T, float>::value;
-  uint16_t* sh = reinterpret_cast<uint16_t*>(smem);
-  const int cnt = *count;
-  constexpr int JS = BK / 2;  // columns a round
-  for (int j0 = 0; j0 < cnt; j0 += JS) {
-#pragma unroll
-    for (int h = 0; h < TILE / 16 / THREADS; h++) {
-      const int idx = threadIdx.x + h * THREADS, r = idx / (BK / 16), ch = idx % (BK / 16);
-      const bool p = m0 + r < M;
-      const uint16_t* src = xo + (p ? m0 + r : 0) * Cp + j0 + ch * 8;
-      fa2::cp_async16(s0 + off(r, ch), src, p);
-      if (LO) fa2::cp_async16(s0 + 2 * TILE + off(r, ch), src + M * Cp, p);
-    }
-    fa2::cp_async_commit();
-    const int jj = threadIdx.x % JS;
-    const int64_t col = j0 + jj < cnt ? (int64_t)__ldg(list + j0 + jj) : -1;
-    for (int r = threadIdx.x / JS; r < BN; r += THREADS / JS)
-      sh[TILE / 2 + (off(r, jj >> 3) >> 1) + (jj & 7)] = col >= 0 && n0 + r < n_end ? Num<U>::store((float)qw[(n0 + r) * K + col]).bits : (uint16_t)0;
-    fa2::cp_async_wait<0>();
-    __syncthreads();
-#pragma unroll
-    for (int s = 0; s < STEPS; s++) {
-      warp_step(s0, s0 + TILE, s, wm, wn, lane, [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { fa2::Mma<U>::run(f[i][j], a, b0, b1); });
-      if (LO)
-        warp_step(s0 + 2 * TILE, s0 + TILE, s, wm, wn, lane,
-                  [&](int i, int j, const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { fa2::Mma<U>::run(f[i][j], a, b0, b1); });
-    }
-    __syncthreads();
-  }
+  add_outliers<T>(f, smem, *count, xo, wo, Cp, M, m0, n0, N, wm, wn, lane);
   // y = f · sw[n] + bias[n]
 #pragma unroll
   for (int j = 0; j < 4; j++) {
@@ -736,8 +830,8 @@ __global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ 
     float swn[2], bn[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-      swn[e] = n + e < n_end ? (float)sw[n + e] : 0.f;
-      bn[e] = bias && n + e < n_end ? (float)Num<T>::load(bias[n + e]) : 0.f;
+      swn[e] = n + e < N ? (float)sw[n + e] : 0.f;
+      bn[e] = bias && n + e < N ? (float)Num<T>::load(bias[n + e]) : 0.f;
     }
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -748,14 +842,103 @@ __global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ 
         T* yp = y + r * N + n;
         const T v0 = Num<T>::store((typename Num<T>::C)(f[i][j][2 * h] * swn[0] + bn[0]));
         const T v1 = Num<T>::store((typename Num<T>::C)(f[i][j][2 * h + 1] * swn[1] + bn[1]));
-        if (sizeof(T) == 2 && n + 1 < n_end && (N & 1) == 0 && ((uintptr_t)y & 3) == 0) {  // both in one 4-byte store (n is even)
+        if (sizeof(T) == 2 && n + 1 < N && (N & 1) == 0 && ((uintptr_t)y & 3) == 0) {  // both in one 4-byte store (n is even)
           T pair[2] = {v0, v1};
           *reinterpret_cast<uint32_t*>(yp) = *reinterpret_cast<const uint32_t*>(pair);
         } else {
-          if (n < n_end) yp[0] = v0;
-          if (n + 1 < n_end) yp[1] = v1;
+          if (n < N) yp[0] = v0;
+          if (n + 1 < N) yp[1] = v1;
         }
       }
+  }
+}
+
+// The epilogue of an int32 product matrix (cuBLASLt's, or the dp4a kernel's): f32 row stride LDO of
+// the outlier tile staged in shared memory, and the kernel's shared memory.
+constexpr int LDO = BN + 4;  // 4 floats of padding: the fragments' float2 stores spread over the banks
+template <typename T>
+constexpr int epi_smem() { return BM * LDO * 4 > (std::is_same<T, float>::value ? 3 : 2) * TILE ? BM * LDO * 4 : (std::is_same<T, float>::value ? 3 : 2) * TILE; }
+
+// y[m, n] = (acc[m, n − n_begin] · sx[m] + outliers) · sw[n] + bias[n] for n in [n_begin, n_end),
+// acc with row stride ldacc. A block owns 128 rows × 128 features: with outlier columns (cnt > 0)
+// their product is computed on the tensor cores (add_outliers, into zeroed fragments) and staged
+// in shared memory as f32; then the tile is streamed row by row, a warp reading one row's 128
+// int32 (512 bytes, 16 a lane) and writing its 128 outputs in one contiguous store, 8 rows of
+// loads in flight per lane. Without outliers the kernel is that stream alone.
+template <typename T>
+__global__ void __launch_bounds__(THREADS, 2) k_epi(const int32_t* __restrict__ acc, int64_t ldacc, const float* __restrict__ sx, const double* __restrict__ sw,
+                                                 const int* __restrict__ count, const uint16_t* __restrict__ xo, const uint16_t* __restrict__ wo, int64_t Cp,
+                                                 const T* __restrict__ bias, T* __restrict__ y, int64_t M, int64_t N, int64_t n_begin, int64_t n_end) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t m0 = (int64_t)blockIdx.x * BM, n0 = n_begin + (int64_t)blockIdx.y * BN;
+  const int cnt = *count;
+  const float* so = reinterpret_cast<const float*>(smem);
+  if (cnt > 0) {
+    const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, tg = lane & 3;
+    float o[4][4][4];
+zero(o);
+    add_outliers<T>(o, smem, cnt, xo, wo, Cp, M, m0, n0, n_end, wm, wn, lane);
+    float* sw_o = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+          *reinterpret_cast<float2*>(sw_o + (wm * 64 + i * 16 + g + 8 * h) * LDO + wn * 32 + j * 8 + tg * 2) = make_float2(o[i][j][2 * h], o[i][j][2 * h + 1]);
+    __syncthreads();
+  }
+  const int c = lane * 4;  // this lane's 4 features of every row: n … n + 3
+  const int64_t n = n0 + c;
+  float swn[4], bn[4];
+#pragma unroll
+  for (int e = 0; e < 4; e++) {
+    swn[e] = n + e < n_end ? (float)sw[n + e] : 0.f;
+    bn[e] = bias && n + e < n_end ? (float)Num<T>::load(bias[n + e]) : 0.f;
+  }
+  // 16-byte loads: ldacc and the column offset multiples of 4, acc 16-byte aligned; 4·sizeof(T)-byte stores likewise
+  const bool lv = n + 3 < n_end && (ldacc & 3) == 0 && ((uintptr_t)acc & 15) == 0;
+  const bool sv = n + 3 < n_end && (N & 3) == 0 && (n & 3) == 0 && ((uintptr_t)y % (4 * sizeof(T))) == 0;
+  constexpr int RS = THREADS / 32, U = 8;  // rows a pass, passes in flight
+#pragma unroll 1
+  for (int r0 = warp; r0 < BM; r0 += RS * U) {
+    int a[U][4];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t m = m0 + r0 + u * RS;
+      const int32_t* ap = acc + (m < M ? m : 0) * ldacc + (n - n_begin);
+      if (m < M && lv) {
+        const int4 v = __ldg(reinterpret_cast<const int4*>(ap));
+        a[u][0] = v.x, a[u][1] = v.y, a[u][2] = v.z, a[u][3] = v.w;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++) a[u][e] = m < M && n + e < n_end ? __ldg(ap + e) : 0;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int r = r0 + u * RS;
+      const int64_t m = m0 + r;
+      if (m >= M) continue;
+      const float s = sx[m];
+      alignas(16) T out[4];
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float v = (float)a[u][e] * s;
+        if (cnt > 0) v += so[r * LDO + c + e];
+        out[e] = Num<T>::store((typename Num<T>::C)(v * swn[e] + bn[e]));
+      }
+      T* yp = y + m * N + n;
+      if (sv) {
+        if (sizeof(T) == 2) *reinterpret_cast<uint2*>(yp) = *reinterpret_cast<const uint2*>(out);
+        else *reinterpret_cast<uint4*>(yp) = *reinterpret_cast<const uint4*>(out);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          if (n + e < n_end) yp[e] = out[e];
+      }
+    }
   }
 }
 }  // namespace i8
@@ -776,11 +959,10 @@ static void with_rows(int64_t M, F f) {
 }
 
 // How the large-M LLM.int8 product runs (KILN_INT8_GEMM): "lt", cuBLASLt's integer GEMM into an
-// int32 matrix, then i8::k_gemm<T, false> (scales, outliers, bias); "lt-chunked", the same over
-// column chunks whose int32 products (≤ 16 MiB) are read back while still in L2; "own",
-// i8::k_gemm<T, true> alone (one launch, no int32 matrix); "auto" (the default), the fastest of
-// those, timed once per (M rounded up to a power of 2, N, K, dtype) on the first call outside a
-// CUDA graph capture (inside one: "lt").
+// int32 matrix, then i8::k_epi (scales, outliers, bias); "lt-chunked", the same over column chunks
+// whose int32 products (≤ 16 MiB) are read back while still in L2; "own", i8::k_gemm alone (one
+// launch, no int32 matrix); "auto" (the default), the fastest of those, timed once per (M rounded
+// up to a power of 2, N, K, dtype) on the first call outside a CUDA graph capture (inside one: "lt").
 enum { I8_AUTO = 0, I8_LT = 1, I8_LT_CHUNKED = 2, I8_OWN = 3 };
 static int& i8_mode() {
   static int mode = [] {
@@ -813,6 +995,7 @@ struct I8Gemm {
   const int* list;
   const int* count;
   const uint16_t* xo;  // the outlier columns of x, 16-bit, row stride Cp (k_i8_fix_rows)
+  const uint16_t* wo;  // the outlier columns of the weight codes, 16-bit, row stride Cp (k_i8_gather_w)
   int64_t Cp;
   const T* bias;
   T* y;
@@ -820,44 +1003,58 @@ struct I8Gemm {
   bool own_ok;  // K % 16 == 0 and 16-byte aligned codes: the mma.sync kernel can read them
 };
 
-// i8::k_gemm over the columns [n_begin, n_end)
-template <typename T, bool OWN>
-static void i8_launch(const I8Gemm<T>& g, const int32_t* acc, int64_t ldacc, int64_t n_begin, int64_t n_end, cudaStream_t s) {
-  constexpr int bytes = i8::smem_bytes<T, OWN>();
+// i8::k_gemm: the whole product in one launch (g.own_ok)
+template <typename T>
+static void i8_own(const I8Gemm<T>& g, cudaStream_t s) {
+  constexpr int bytes = i8::gemm_smem();
   static bool attr = false;  // opting in to > 48 KiB of shared memory, once per instantiation
-  if (!attr) rt::check(cudaFuncSetAttribute(i8::k_gemm<T, OWN>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
+  if (!attr) rt::check(cudaFuncSetAttribute(i8::k_gemm<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
+  attr = true;
+  const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((g.N + i8::BN - 1) / i8::BN));
+  i8::k_gemm<T><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.y, g.M, g.N, g.K);
+  detail::launched("qlinear8 (int8 GEMM, outliers)");
+}
+
+// i8::k_epi over the columns [n_begin, n_end): acc holds their int32 products, row stride ldacc
+template <typename T>
+static void i8_epi(const I8Gemm<T>& g, const int32_t* acc, int64_t ldacc, int64_t n_begin, int64_t n_end, cudaStream_t s) {
+  constexpr int bytes = i8::epi_smem<T>();
+  static bool attr = false;
+  if (!attr) rt::check(cudaFuncSetAttribute(i8::k_epi<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
   attr = true;
   const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((n_end - n_begin + i8::BN - 1) / i8::BN));
-  i8::k_gemm<T, OWN><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, acc, ldacc, g.sx, g.sw, g.list, g.count, g.xo, g.Cp, g.bias, g.y, g.M, g.N, g.K, n_begin,
-                                                      n_end);
-  detail::launched(OWN ? "qlinear8 (int8 GEMM, outliers)" : "qlinear8 (scales, outliers)");
+  i8::k_epi<T><<<grid, i8::THREADS, bytes, s>>>(acc, ldacc, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.y, g.M, g.N, n_begin, n_end);
+  detail::launched("qlinear8 (scales, outliers)");
+}
+
+// The int32 products of the columns [n, n + nc) into acc (row stride nc): cuBLASLt's IMMA GEMM,
+// else (K not a multiple of 4, or no algorithm) Kiln's dp4a kernel; false, launching nothing,
+// when neither should run because the mma.sync kernel can do the whole product (own_ok).
+template <typename T>
+static bool i8_products(const I8Gemm<T>& g, int64_t n, int64_t nc, int32_t* acc, cudaStream_t s) {
+  // column-major view, TN: accᵀ[nc×M] = (W rows n…)ᵀ(stored K×nc)ᵀ · qxᵀ(stored Kp×M)
+  if (lt::gemm_i8(nc, g.M, g.K, g.qw + n * g.K, g.K, g.qx, g.Kp, acc, nc, "qlinear8")) return true;
+  static bool noted = false;
+  if (!noted)
+    fprintf(stderr, "kiln: no cuBLASLt int8 GEMM here (m=%lld n=%lld k=%lld); LLM.int8 runs on Kiln's own %s kernel\n", (long long)nc, (long long)g.M,
+            (long long)g.K, g.own_ok ? "mma.sync" : "dp4a (slow: K is not a multiple of 16)");
+  noted = true;
+  if (g.own_ok) return false;
+  const dim3 grid((unsigned)((nc + 63) / 64), (unsigned)((g.M + 63) / 64));
+  k_gemm_i8<<<grid, 256, 0, s>>>(g.qx, g.Kp, g.qw + n * g.K, acc, g.M, nc, g.K);
+  detail::launched("qlinear8 (int8 GEMM)");
+  return true;
 }
 
 // y of a large-M qlinear8 the way `how` says; acc: room for the int32 products (4·M·N bytes; unused by "own").
 template <typename T>
 static void i8_run(int how, const I8Gemm<T>& g, int32_t* acc, cudaStream_t s) {
-  if (how == I8_OWN && g.own_ok) return i8_launch<T, true>(g, nullptr, 0, 0, g.N, s);
+  if (how == I8_OWN && g.own_ok) return i8_own<T>(g, s);
   const int64_t step = how == I8_LT_CHUNKED ? i8_chunk(g.M) : g.N;
   for (int64_t n = 0; n < g.N; n += step) {
     const int64_t nc = step < g.N - n ? step : g.N - n;
-    // column-major view, TN: accᵀ[nc×M] = (W rows n…)ᵀ(stored K×nc)ᵀ · qxᵀ(stored Kp×M)
-    if (lt::gemm_i8(nc, g.M, g.K, g.qw + n * g.K, g.K, g.qx, g.Kp, acc, nc, "qlinear8")) {
-      i8_launch<T, false>(g, acc, nc, n, n + nc, s);
-      continue;
-    }
-    static bool noted = false;
-    if (!noted)
-      fprintf(stderr, "kiln: no cuBLASLt int8 GEMM here (m=%lld n=%lld k=%lld); LLM.int8 runs on Kiln's own %s kernel\n", (long long)nc, (long long)g.M,
-              (long long)g.K, g.own_ok ? "mma.sync" : "dp4a (slow: K is not a multiple of 16)");
-    noted = true;
-    if (g.own_ok) {
-      i8_launch<T, true>(g, nullptr, 0, n, n + nc, s);
-    } else {
-      const dim3 grid((unsigned)((nc + 63) / 64), (unsigned)((g.M + 63) / 64));
-      k_gemm_i8<<<grid, 256, 0, s>>>(g.qx, g.Kp, g.qw + n * g.K, acc, g.M, nc, g.K);
-      detail::launched("qlinear8 (int8 GEMM)");
-      i8_launch<T, false>(g, acc, nc, n, n + nc, s);
-    }
+    if (!i8_products<T>(g, n, nc, acc, s)) return i8_own<T>(g, s);  // all of y, whatever chunks came before
+    i8_epi<T>(g, acc, nc, n, n + nc, s);
   }
 }
 
@@ -909,6 +1106,81 @@ static int i8_choose(const I8Gemm<T>& g, cudaStream_t s) {
   return best;
 }
 
+// The workspace of one qlinear8, one allocation: flags[K], list[K], count, sx[M], qx[M·Kp].
+struct I8Ws {
+  void* base;
+  int *flags, *list, *count;
+  float* sx;
+  int8_t* qx;
+};
+static I8Ws i8_ws(int64_t M, int64_t K) {
+  const int64_t Kp = (K + 15) / 16 * 16;
+  const int64_t off_list = quant::pad16(4 * K), off_count = off_list + quant::pad16(4 * K), off_sx = off_count + 16, off_qx = off_sx + quant::pad16(4 * M),
+                total = off_qx + quant::pad16(M * Kp);
+  uint8_t* ws = (uint8_t*)rt::alloc(total, "qlinear8 (workspace)");
+  return {ws, (int*)ws, (int*)(ws + off_list), (int*)(ws + off_count), (float*)(ws + off_sx), (int8_t*)(ws + off_qx)};
+}
+
+// k_i8_quant_rows with the fewest registers that hold a row of K (VEC), else the two-pass form
+template <typename T>
+static void i8_quant_rows(const T* x, bool vx, int64_t M, int64_t K, int64_t Kp, float cut, const I8Ws& ws, cudaStream_t s) {
+  const int64_t chunks = (K / detail::Vec<T>::E + 255) / 256;  // 16-byte chunks a thread
+  if (vx && chunks <= 2) k_i8_quant_rows<T, true, 2><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx && chunks <= 4) k_i8_quant_rows<T, true, 4><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx && chunks <= 8) k_i8_quant_rows<T, true, 8><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx) k_i8_quant_rows<T, true, 0><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else k_i8_quant_rows<T, false, 0><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+}
+
+// A large-M qlinear8 with its activations quantized (i8_prep) and the buffers that holds.
+template <typename T>
+struct I8Prep {
+  I8Gemm<T> g;
+  I8Ws ws;
+  uint16_t *xo, *wo;
+};
+
+// Prefill's first stage: the rows' int8 and the outlier flags in one pass over x, the list of
+// outlier columns, the rows' repair (outlier codes zeroed; absmax redone where another row flagged
+// its maximum) with the outlier columns of x gathered dense and 16-bit (f32 x: hi then lo) for
+// the tensor-core outlier product. i8_run then makes y; i8_release gives the buffers back.
+template <typename T>
+static I8Prep<T> i8_prep(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold, cudaStream_t s) {
+  if ((N + i8::BN - 1) / i8::BN > 65535 || (M + i8::BM - 1) / i8::BM > 0x7fffffffLL)
+    rt::fail(KILN_ERR_INVALID, "qlinear8: M = %lld, N = %lld is too large", (long long)M, (long long)N);
+  const bool decomp = threshold > 0 && isfinite(threshold);
+  const float thr = (float)threshold;
+  const int64_t Kp = (K + 15) / 16 * 16, Cp = (K + 63) / 64 * 64;
+  const I8Ws ws = i8_ws(M, K);
+  const bool vx = K % detail::Vec<T>::E == 0 && detail::aligned16(x);
+  const float cut = decomp ? thr : INFINITY;
+  rt::check(cudaMemsetAsync(decomp ? (void*)ws.flags : (void*)ws.count, 0, decomp ? 4 * K : 4, s), "cudaMemsetAsync (qlinear8)");
+  i8_quant_rows<T>(x, vx, M, K, Kp, cut, ws, s);
+  detail::launched("qlinear8 (quantize activations, outlier columns)");
+  uint16_t* xo = decomp ? (uint16_t*)rt::alloc(2 * M * Cp * (std::is_same<T, float>::value ? 2 : 1), "qlinear8 (outlier columns of x)") : nullptr;
+  if (decomp) {
+    k_i8_list4<<<1, 1024, 0, s>>>(ws.flags, K, ws.list, ws.count);
+    if (vx) k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, ws.flags, ws.list, ws.count, ws.qx, ws.sx, xo, Cp);
+    else k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, ws.flags, ws.list, ws.count, ws.qx, ws.sx, xo, Cp);
+    detail::launched("qlinear8 (outlier columns)");
+  }
+  const int8_t* qw = (const int8_t*)w;
+  const double* sw = (const double*)(w + quant::pad16(N * K));
+  uint16_t* wo = decomp ? (uint16_t*)rt::alloc(2 * N * Cp, "qlinear8 (outlier columns of the weight)") : nullptr;
+  if (decomp) {
+    k_i8_gather_w<T><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(qw, N, K, ws.list, ws.count, wo, Cp);
+    detail::launched("qlinear8 (outlier columns of the weight)");
+  }
+  const I8Gemm<T> g = {ws.qx, Kp, qw, sw, ws.sx, ws.list, ws.count, xo, wo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
+  return {g, ws, xo, wo};
+}
+template <typename T>
+static void i8_release(const I8Prep<T>& p) {
+  if (p.wo) rt::release(p.wo);
+  if (p.xo) rt::release(p.xo);
+  rt::release(p.ws.base);
+}
+
 }  // namespace qdetail
 
 // qlinear, 4-bit: y = x · deq(W)ᵀ (+ b); W in kiln_quant.h's 4-bit layout, `code` the 16 code
@@ -947,64 +1219,35 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
 template <typename T>
 void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold) {
   if (M <= 0 || N <= 0) return;
-  const int8_t* qw = (const int8_t*)w;
-  const double* sw = (const double*)(w + quant::pad16(N * K));
-  const bool decomp = threshold > 0 && isfinite(threshold);
-  const int64_t Kp = (K + 15) / 16 * 16;
-  const bool small = M <= 8;
-  if (!small && ((N + qdetail::i8::BN - 1) / qdetail::i8::BN > 65535 || (M + qdetail::i8::BM - 1) / qdetail::i8::BM > 0x7fffffffLL))
-    rt::fail(KILN_ERR_INVALID, "qlinear8: M = %lld, N = %lld is too large", (long long)M, (long long)N);
-  // one workspace: flags[K], list[K], count, sx[M], qx[M·Kp]
-  const int64_t off_list = quant::pad16(4 * K), off_count = off_list + quant::pad16(4 * K), off_sx = off_count + 16, off_qx = off_sx + quant::pad16(4 * M),
-                total = off_qx + quant::pad16(M * Kp);
-  uint8_t* ws = (uint8_t*)rt::alloc(total, "qlinear8 (workspace)");
-  int* flags = (int*)ws;
-  int* list = (int*)(ws + off_list);
-  int* count = (int*)(ws + off_count);
-  float* sx = (float*)(ws + off_sx);
-  int8_t* qx = (int8_t*)(ws + off_qx);
   cudaStream_t s = stream();
-  const float thr = (float)threshold;
-  if (small) {
+  if (M <= 8) {
     // decode: outlier columns and the rows' int8 in one launch, then the dp4a GEMV
-    qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, (int)M, decomp, thr, flags, K, list, count, Kp, qx, sx);
+    const int8_t* qw = (const int8_t*)w;
+    const double* sw = (const double*)(w + quant::pad16(N * K));
+    const int64_t Kp = (K + 15) / 16 * 16;
+    const qdetail::I8Ws ws = qdetail::i8_ws(M, K);
+    qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, (int)M, threshold > 0 && isfinite(threshold), (float)threshold, ws.flags, K, ws.list, ws.count, Kp, ws.qx,
+                                             ws.sx);
     detail::launched("qlinear8 (outliers, quantize activations)");
     const bool vec = K % 16 == 0 && detail::aligned16(w);
     const unsigned blocks = (unsigned)((N + 7) / 8);
     qdetail::with_rows(M, [&](auto rows) {
       constexpr int MR = decltype(rows)::value;
-      if (vec) qdetail::k_qgemv8<T, MR, true><<<blocks, 256, 0, s>>>(x, qx, Kp, sx, qw, sw, list, count, bias, y, N, K);
-      else qdetail::k_qgemv8<T, MR, false><<<blocks, 256, 0, s>>>(x, qx, Kp, sx, qw, sw, list, count, bias, y, N, K);
+      if (vec) qdetail::k_qgemv8<T, MR, true><<<blocks, 256, 0, s>>>(x, ws.qx, Kp, ws.sx, qw, sw, ws.list, ws.count, bias, y, N, K);
+      else qdetail::k_qgemv8<T, MR, false><<<blocks, 256, 0, s>>>(x, ws.qx, Kp, ws.sx, qw, sw, ws.list, ws.count, bias, y, N, K);
     });
     detail::launched("qlinear8 (GEMV)");
-    rt::release(ws);
+    rt::release(ws.base);
     return;
   }
-  // prefill: the rows' int8 and the outlier flags in one pass over x, the list of outlier columns,
-  // the rows' repair (outlier codes zeroed; absmax redone where another row flagged its maximum)
-  const bool vx = K % detail::Vec<T>::E == 0 && detail::aligned16(x);
-  const float cut = decomp ? thr : INFINITY;
-  rt::check(cudaMemsetAsync(decomp ? (void*)flags : (void*)count, 0, decomp ? 4 * K : 4, s), "cudaMemsetAsync (qlinear8)");
-  if (vx) qdetail::k_i8_quant_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, flags, qx, sx);
-  else qdetail::k_i8_quant_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, flags, qx, sx);
-  detail::launched("qlinear8 (quantize activations, outlier columns)");
-  // the outlier columns of x, dense and 16-bit (f32 x: hi then lo), for the tensor-core outlier product
-  const int64_t Cp = (K + 63) / 64 * 64;
-  uint16_t* xo = decomp ? (uint16_t*)rt::alloc(2 * M * Cp * (std::is_same<T, float>::value ? 2 : 1), "qlinear8 (outlier columns of x)") : nullptr;
-  if (decomp) {
-    qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, 0, true, thr, flags, K, list, count, Kp, qx, sx);
-    if (vx) qdetail::k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, flags, list, count, qx, sx, xo, Cp);
-    else qdetail::k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, flags, list, count, qx, sx, xo, Cp);
-    detail::launched("qlinear8 (outlier columns)");
-  }
-  const qdetail::I8Gemm<T> g = {qx, Kp, qw, sw, sx, list, count, xo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
-  const int how = qdetail::i8_choose<T>(g, s);
+  // prefill: the activations' int8 and outlier columns (i8_prep), then the product (i8_run)
+  const qdetail::I8Prep<T> p = qdetail::i8_prep<T>(x, w, bias, y, M, N, K, threshold, s);
+  const int how = qdetail::i8_choose<T>(p.g, s);
   const int64_t cols = how == qdetail::I8_LT_CHUNKED && qdetail::i8_chunk(M) < N ? qdetail::i8_chunk(M) : N;
-  int32_t* acc = how == qdetail::I8_OWN && g.own_ok ? nullptr : (int32_t*)rt::alloc(4 * M * cols, "qlinear8 (int32 products)");
-  qdetail::i8_run<T>(how, g, acc, s);
+  int32_t* acc = how == qdetail::I8_OWN && p.g.own_ok ? nullptr : (int32_t*)rt::alloc(4 * M * cols, "qlinear8 (int32 products)");
+  qdetail::i8_run<T>(how, p.g, acc, s);
   if (acc) rt::release(acc);
-  if (xo) rt::release(xo);
-  rt::release(ws);
+  qdetail::i8_release(p);
 }
 
 }  // namespace cuda
