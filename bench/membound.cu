@@ -169,7 +169,7 @@ struct F14 {
     const float t3 = kiln::rnd<float>((float)kiln::OpMul()(t0, t2));
     const float t4 = kiln::rnd<kiln::bf16>((float)t3);
     const float t5 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(x0, t4));
-    return kiln::Num<kiln::bf16>::store(t5);
+    return kiln::bf16_of_rounded(t5);
   }
   KILN_HD void operator()(int64_t i) const {
     int64_t q_ = i;
@@ -205,7 +205,7 @@ struct F15 {
   KILN_HD kiln::bf16 at(const float x0, const float x1) const {
     const float t0 = kiln::rnd<kiln::bf16>(kiln::OpSilu()(x0));
     const float t1 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(t0, x1));
-    return kiln::Num<kiln::bf16>::store(t1);
+    return kiln::bf16_of_rounded(t1);
   }
   KILN_HD void operator()(int64_t i) const {
     y[i] = at(kiln::Num<kiln::bf16>::load(a0[i]), kiln::Num<kiln::bf16>::load(a1[i]));
@@ -232,7 +232,7 @@ struct F16 {
   KILN_HD kiln::bf16 at(const float x0, const float x1, const float x2) const {
     const float t0 = kiln::rnd<kiln::bf16>((float)kiln::OpAdd()(x0, x1));
     const float t1 = kiln::rnd<kiln::bf16>((float)kiln::OpAdd()(t0, x2));
-    return kiln::Num<kiln::bf16>::store(t1);
+    return kiln::bf16_of_rounded(t1);
   }
   KILN_HD void operator()(int64_t i) const {
     y[i] = at(kiln::Num<kiln::bf16>::load(a0[i]), kiln::Num<kiln::bf16>::load(a1[i]), kiln::Num<kiln::bf16>::load(a2[i]));
@@ -291,7 +291,7 @@ struct F18 {
     const float t2 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(x2, t1));
     const float t3 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(t2, x4));
     const float t4 = kiln::rnd<kiln::bf16>((float)kiln::OpAdd()(t0, t3));
-    return kiln::Num<kiln::bf16>::store(t4);
+    return kiln::bf16_of_rounded(t4);
   }
   KILN_HD void operator()(int64_t i) const {
     int64_t q_ = i;
@@ -334,7 +334,7 @@ struct F19 {
     const float t3 = kiln::rnd<float>((float)kiln::OpMul()(t0, t2));
     const float t4 = kiln::rnd<kiln::bf16>((float)t3);
     const float t5 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(x0, t4));
-    return kiln::Num<kiln::bf16>::store(t5);
+    return kiln::bf16_of_rounded(t5);
   }
   KILN_HD void operator()(int64_t i) const {
     int64_t q_ = i;

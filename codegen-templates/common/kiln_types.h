@@ -153,6 +153,14 @@ KILN_HD int64_t divmod(int64_t k, int64_t d, int64_t* c) {
   return q;
 }
 
+// A value already rounded to bf16 (rnd<bf16>: the low 16 bits are zero, a NaN already quieted as
+// store quiets it) as a bf16: its upper half, the same bits Num<bf16>::store gives it.
+KILN_HD bf16 bf16_of_rounded(float x) {
+  bf16 r;
+  r.bits = (uint16_t)(f32_bits(x) >> 16);
+  return r;
+}
+
 // ---- chunks of a fused elementwise kernel: W consecutive elements of one innermost row, loaded
 // and stored as 16-byte words. The codegen's functors call these; the targets' for_each run them
 // only where every pointer read or written in runs is 16-byte aligned (checked at run time).

@@ -455,7 +455,8 @@ export function emitElementwise(n: Node, name: Map<number, string>, views: Map<n
     `  static constexpr int W = ${W};`,
     `  KILN_HD ${T} at(${reads.map((r) => `const ${r.C} x${r.k}`).join(", ")}) const {`,
     ...lines.map((l) => `    ${l}`),
-    `    return kiln::Num<${T}>::store(${root});`,
+    // the root is already rounded to T (rnd<T>): a bf16 store is then its upper half
+    n.result.dtype === "bf16" ? `    return kiln::bf16_of_rounded(${root});` : `    return kiln::Num<${T}>::store(${root});`,
     `  }`,
     `  KILN_HD void operator()(int64_t i) const {`,
     ...coords.map((l) => `    ${l}`),
