@@ -92,8 +92,18 @@ export interface ForwardResult {
   /** [B, S, V] logits in f32 */
   logits: Float32Array;
   shape: number[];
-  /** padded artifacts: each row's length; row b's tokens are its last lengths[b] positions (left padding) */
+  /** padded artifacts: each row's count of real tokens; row b's are its last lengths[b] positions (left padding), or where the attentionMask given says */
   lengths?: number[];
+}
+
+export interface ForwardOptions {
+  /**
+   * Hugging Face's attention_mask (1 = real token, 0 = padding) for rows already padded to one
+   * length (left, right or any mix): padded artifacts take it as given; packed ones run only the
+   * real tokens and give zeros at the padding. Without it, rows of different lengths are
+   * left-padded here.
+   */
+  attentionMask?: readonly (readonly number[])[];
 }
 
 export interface EncodeOptions {
@@ -393,13 +403,36 @@ export class Model implements AsyncDisposable {
   }
 
   /** Logits for a batch of token-id rows of equal length (no cache kept). */
-  forward(inputIds: readonly number[] | readonly (readonly number[])[]): Promise<ForwardResult> {
+  forward(inputIds: readonly number[] | readonly (readonly number[])[], o: ForwardOptions = {}): Promise<ForwardResult> {
     return this.serial(async () => {
       this.expectKind("decoder", "forward");
       let rows = (typeof inputIds[0] === "number" ? [inputIds as number[]] : inputIds) as number[][];
       let mask: BigInt64Array | undefined;
       let lengths: number[] | undefined;
-      if (this.packed) {
+      if (o.attentionMask) {
+        const m = o.attentionMask;
+        const S = rows[0]?.length ?? 0;
+        if (rows.some((r) => r.length !== S)) throw new KilnError("E_USAGE", "rows given with an attentionMask must already be padded to one length");
+        if (m.length !== rows.length || m.some((r) => r.length !== S))
+          throw new KilnError("E_USAGE", `attentionMask must have one value per token: ${rows.length} rows of ${S}, got ${m.length} rows of ${[...new Set(m.map((r) => r.length))].join(", ")}`);
+        m.forEach((r, b) => r.forEach((v, s) => {
+          if (v !== 0 && v !== 1) throw new KilnError("E_USAGE", `attentionMask value ${v} (row ${b}, position ${s}) is not 0 or 1`);
+        }));
+        lengths = m.map((r) => r.reduce((a, v) => a + v, 0));
+        const empty = lengths.indexOf(0);
+        if (empty >= 0) throw new KilnError("E_USAGE", `row ${empty} has no real token (its attentionMask is all 0)`);
+        if (this.packed) {
+          // only the real tokens run, each at its own padded position in the logits
+          const slots = m.map((r, b) => r.flatMap((v, s) => (v ? [b * S + s] : [])));
+          const real = rows.map((r, b) => r.filter((_t, s) => m[b][s] === 1));
+          const out = (await this.runPacked(real, new Map(), S, slots)).get("logits")!;
+          return { logits: out.data, shape: out.shape, lengths };
+        }
+        if (!this.padded) {
+          if (lengths.some((n) => n !== S))
+            throw new KilnError("E_USAGE", "this artifact takes no attention_mask, and the mask hides tokens: compile with padded: true / --padded", { where: this.dir });
+        } else mask = BigInt64Array.from(m.flat(), (v) => BigInt(v));
+      } else if (this.packed) {
         // only the real tokens run; the logits come back left-padded like a padded artifact's
         lengths = rows.map((r) => r.length);
         if (lengths.some((n) => n === 0)) throw new KilnError("E_USAGE", "a row with no tokens (every row needs at least one real token)");
@@ -408,7 +441,7 @@ export class Model implements AsyncDisposable {
         const out = (await this.runPacked(rows, new Map(), S, slots)).get("logits")!;
         return { logits: out.data, shape: out.shape, lengths };
       }
-      if (this.padded) {
+      if (this.padded && !mask) {
         // left padding, as Hugging Face pads for generation; the mask says which tokens are real
         lengths = rows.map((r) => r.length);
         if (lengths.some((n) => n === 0)) throw new KilnError("E_USAGE", "a row with no tokens (every row needs at least one real token)");

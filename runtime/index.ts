@@ -5,5 +5,5 @@ export { readManifest } from "../compiler/codegen/build.js";
 export type { Manifest } from "../compiler/codegen/build.js";
 export { KilnError, isKilnError } from "../compiler/ir/errors.js";
 export { loadModel, Model } from "./api.js";
-export type { EncodeOptions, EncodeResult, ForwardResult, GeneratedToken, LoadOptions } from "./api.js";
+export type { EncodeOptions, EncodeResult, ForwardOptions, ForwardResult, GeneratedToken, LoadOptions } from "./api.js";
 export type { SamplingOptions } from "./sampling.js";

@@ -137,6 +137,33 @@ describe("padded batches on the cpu target", () => {
         expect(p2.logits.subarray(b * S * V, (b * S + S - p.length) * V).every((x) => x === 0)).toBe(true); // padding: zeros
       });
       expect(maxErr).toBeLessThanOrEqual(1e-4);
+      // Hugging Face's form: rows padded to one length (right, left, mixed) with an attention_mask;
+      // the padded and the packed artifact give each prompt's logits at its real positions
+      const P = 8;
+      const layouts = [
+        { row: [3, 1, 4, 1, 5, 9, 0, 0], mask: [1, 1, 1, 1, 1, 1, 0, 0] }, // right
+        { row: [0, 0, 0, 0, 0, 0, 2, 6], mask: [0, 0, 0, 0, 0, 0, 1, 1] }, // left
+        { row: [0, 5, 3, 5, 0, 0, 0, 0], mask: [0, 1, 1, 1, 0, 0, 0, 0] }, // both sides
+      ];
+      const rowsM = layouts.map((l) => l.row), maskM = layouts.map((l) => l.mask);
+      for (const m of [model, pm]) {
+        const r = await m.forward(rowsM, { attentionMask: maskM });
+        expect({ shape: r.shape, lengths: r.lengths }).toEqual({ shape: [3, P, V], lengths: [6, 2, 3] });
+        let err = 0;
+        prompts.forEach((p, b) => {
+          const ref = alone(p);
+          const at = maskM[b].flatMap((v, s) => (v ? [s] : []));
+          at.forEach((s, j) => {
+            for (let v = 0; v < V; v++) err = Math.max(err, Math.abs(r.logits[(b * P + s) * V + v] - ref[j * V + v]));
+          });
+          if (m === pm) maskM[b].forEach((v, s) => v || expect(r.logits.subarray((b * P + s) * V, (b * P + s + 1) * V).every((x) => x === 0)).toBe(true));
+        });
+        expect(err).toBeLessThanOrEqual(1e-4);
+        await expectKilnError(m.forward(rowsM, { attentionMask: [[1, 1], [1, 1], [1, 1]] }), "E_USAGE", /one value per token: 3 rows of 8, got 3 rows of 2/);
+        await expectKilnError(m.forward(rowsM, { attentionMask: [maskM[0], maskM[1], maskM[2].map(() => 0)] }), "E_USAGE", /row 2 has no real token/);
+        await expectKilnError(m.forward(rowsM, { attentionMask: [maskM[0], maskM[1], [2, 1, 1, 1, 0, 0, 0, 0]] }), "E_USAGE", /value 2 \(row 2, position 0\) is not 0 or 1/);
+        await expectKilnError(m.forward([[1, 2], [3]], { attentionMask: [[1, 1], [1]] }), "E_USAGE", /already be padded to one length/);
+      }
       await expectKilnError(pm.generate([1, 2, 3]).next(), "E_USAGE", /KV cache/);
       await expectKilnError(pm.forward(Array.from({ length: 9 }, () => [1, 2])), "E_USAGE", /batch of 9 is over the artifact's bound B ≤ 8/);
       await expectKilnError(pm.forward([[1], []]), "E_USAGE", /a row with no tokens/);
