@@ -26,7 +26,22 @@ using kiln::bf16;
 namespace K = kiln::cuda;
 namespace D = kiln::cuda::detail;
 
-// ---- the old functors: what emit.ts wrote before chunks (one element a call, offset_of per broadcast operand)
+// the old path's per-operand offset (it lived in kiln_types.h until the functors split coordinates
+// once for all operands): the k-th element's offset, skipping leading broadcast dims and size-1 dims
+KILN_HD int64_t old_offset_of(int64_t k, const kiln::Shape& shape, const kiln::Strides& st) {
+  int lo = 0;
+  while (lo < shape.rank && st.s[lo] == 0) lo++;
+  int64_t off = 0;
+  for (int i = shape.rank - 1; i >= lo; i--) {
+    if (shape.d[i] == 1) continue;
+    int64_t c;
+    k = kiln::divmod(k, shape.d[i], &c);
+    off += c * st.s[i];
+  }
+  return off;
+}
+
+// ---- the old functors: what emit.ts wrote before chunks (one element a call, old_offset_of per broadcast operand)
 // (mul:bf16 $0 (cast:bf16 (mul:f32 (cast:f32 $1) (rsqrt:f32 (add:f32 $2 $3)))))
 struct OldRms {
   const kiln::bf16* a0; kiln::Strides s0; bool c0;
@@ -36,10 +51,10 @@ struct OldRms {
   kiln::bf16* y;
   kiln::Shape out;
   KILN_HD void operator()(int64_t i) const {
-    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : kiln::offset_of(i, out, s0)]);
-    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : kiln::offset_of(i, out, s1)]);
-    const float x2 = kiln::Num<float>::load(a2[c2 ? i : kiln::offset_of(i, out, s2)]);
-    const float x3 = kiln::Num<float>::load(a3[c3 ? i : kiln::offset_of(i, out, s3)]);
+    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : old_offset_of(i, out, s0)]);
+    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : old_offset_of(i, out, s1)]);
+    const float x2 = kiln::Num<float>::load(a2[c2 ? i : old_offset_of(i, out, s2)]);
+    const float x3 = kiln::Num<float>::load(a3[c3 ? i : old_offset_of(i, out, s3)]);
     const float t0 = kiln::rnd<float>((float)x1);
     const float t1 = kiln::rnd<float>((float)kiln::OpAdd()(x2, x3));
     const float t2 = kiln::rnd<float>(kiln::OpRsqrt()(t1));
@@ -57,8 +72,8 @@ struct OldSiluMul {
   kiln::bf16* y;
   kiln::Shape out;
   KILN_HD void operator()(int64_t i) const {
-    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : kiln::offset_of(i, out, s0)]);
-    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : kiln::offset_of(i, out, s1)]);
+    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : old_offset_of(i, out, s0)]);
+    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : old_offset_of(i, out, s1)]);
     const float t0 = kiln::rnd<kiln::bf16>(kiln::OpSilu()(x0));
     const float t1 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(t0, x1));
     y[i] = kiln::Num<kiln::bf16>::store(t1);
@@ -73,9 +88,9 @@ struct OldAdd3 {
   kiln::bf16* y;
   kiln::Shape out;
   KILN_HD void operator()(int64_t i) const {
-    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : kiln::offset_of(i, out, s0)]);
-    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : kiln::offset_of(i, out, s1)]);
-    const float x2 = kiln::Num<kiln::bf16>::load(a2[c2 ? i : kiln::offset_of(i, out, s2)]);
+    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : old_offset_of(i, out, s0)]);
+    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : old_offset_of(i, out, s1)]);
+    const float x2 = kiln::Num<kiln::bf16>::load(a2[c2 ? i : old_offset_of(i, out, s2)]);
     const float t0 = kiln::rnd<kiln::bf16>((float)kiln::OpAdd()(x0, x1));
     const float t1 = kiln::rnd<kiln::bf16>((float)kiln::OpAdd()(t0, x2));
     y[i] = kiln::Num<kiln::bf16>::store(t1);
@@ -89,8 +104,8 @@ struct OldAddF32 {
   float* y;
   kiln::Shape out;
   KILN_HD void operator()(int64_t i) const {
-    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : kiln::offset_of(i, out, s0)]);
-    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : kiln::offset_of(i, out, s1)]);
+    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : old_offset_of(i, out, s0)]);
+    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : old_offset_of(i, out, s1)]);
     const float t0 = kiln::rnd<kiln::bf16>((float)kiln::OpAdd()(x0, x1));
     const float t1 = kiln::rnd<float>((float)t0);
     y[i] = kiln::Num<float>::store(t1);
@@ -107,11 +122,11 @@ struct OldRope {
   kiln::bf16* y;
   kiln::Shape out;
   KILN_HD void operator()(int64_t i) const {
-    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : kiln::offset_of(i, out, s0)]);
-    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : kiln::offset_of(i, out, s1)]);
-    const float x2 = kiln::Num<kiln::bf16>::load(a2[c2 ? i : kiln::offset_of(i, out, s2)]);
-    const float x3 = kiln::Num<float>::load(a3[c3 ? i : kiln::offset_of(i, out, s3)]);
-    const float x4 = kiln::Num<kiln::bf16>::load(a4[c4 ? i : kiln::offset_of(i, out, s4)]);
+    const float x0 = kiln::Num<kiln::bf16>::load(a0[c0 ? i : old_offset_of(i, out, s0)]);
+    const float x1 = kiln::Num<kiln::bf16>::load(a1[c1 ? i : old_offset_of(i, out, s1)]);
+    const float x2 = kiln::Num<kiln::bf16>::load(a2[c2 ? i : old_offset_of(i, out, s2)]);
+    const float x3 = kiln::Num<float>::load(a3[c3 ? i : old_offset_of(i, out, s3)]);
+    const float x4 = kiln::Num<kiln::bf16>::load(a4[c4 ? i : old_offset_of(i, out, s4)]);
     const float t0 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(x0, x1));
     const float t1 = kiln::rnd<kiln::bf16>((float)x3);
     const float t2 = kiln::rnd<kiln::bf16>((float)kiln::OpMul()(x2, t1));

@@ -20,11 +20,13 @@ struct f16 { uint16_t bits; };
 KILN_HD uint32_t f32_bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
 KILN_HD float bits_f32(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
 
-KILN_HD uint16_t f32_to_bf16_bits(float x) {
-  uint32_t b = f32_bits(x);
-  if ((b & 0x7f800000u) == 0x7f800000u && (b & 0x007fffffu)) return (uint16_t)(((b >> 16) | 0x40) & 0xffff);
-  return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+// x rounded to bf16 (nearest, ties to even; a NaN quieted), as f32 bits whose low half is zero
+KILN_HD uint32_t bf16_rounded_bits(float x) {
+  const uint32_t b = f32_bits(x);
+  if (x != x) return (b | 0x00400000u) & 0xffff0000u;
+  return (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
 }
+KILN_HD uint16_t f32_to_bf16_bits(float x) { return (uint16_t)(bf16_rounded_bits(x) >> 16); }
 KILN_HD float bf16_bits_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
 KILN_HD uint16_t f32_to_f16_bits(float x) {
@@ -124,26 +126,6 @@ struct Strides {
   int64_t s[8];
 };
 
-// Offset in a strided tensor of the k-th element (row-major) of `shape`. Fused elementwise kernels
-// call it per element for every broadcast operand, so it does as few divisions as it can: none for
-// the leading dims a broadcast operand does not move along (stride 0) or dims of size 1, and 32-bit
-// ones (several times cheaper on the GPU than 64-bit) whenever the numbers fit.
-KILN_HD int64_t offset_of(int64_t k, const Shape& shape, const Strides& st) {
-  int lo = 0;
-  while (lo < shape.rank && st.s[lo] == 0) lo++;
-  int64_t off = 0;
-  for (int i = shape.rank - 1; i >= lo; i--) {
-    const int64_t d = shape.d[i];
-    if (d == 1) continue;
-    int64_t q;
-    if ((((uint64_t)k | (uint64_t)d) >> 31) == 0) q = (int64_t)((uint32_t)k / (uint32_t)d);
-    else q = k / d;
-    off += (k - q * d) * st.s[i];
-    k = q;
-  }
-  return off;
-}
-
 // k / d, with k − (k / d)·d in *c: 32-bit division whenever the numbers fit (several times cheaper
 // on the GPU); with d a literal the compiler turns it into a multiply. Fused elementwise functors
 // split an element index into coordinates once with it and share them among their operands.
@@ -206,14 +188,9 @@ template <typename T>
 KILN_HD typename Num<T>::C rnd(typename Num<T>::C x) { return Num<T>::load(Num<T>::store(x)); }
 template <>
 KILN_HD float rnd<float>(float x) { return x; }
-// bf16: the same bits as load(store(x)), in fewer instructions (fused chains round every
-// intermediate, and on the GPU that rounding, not memory, bounds chains such as RoPE's):
-// round to nearest even on the integer bits, the upper half kept; NaN quieted as store does it.
+// bf16: load(store(x)) without the round trip through 16 bits (fused chains round every
+// intermediate, and on the GPU that rounding, not memory, bounds chains such as RoPE's)
 template <>
-KILN_HD float rnd<bf16>(float x) {
-  const uint32_t b = f32_bits(x);
-  if (x != x) return bits_f32((b | 0x00400000u) & 0xffff0000u);
-  return bits_f32((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
-}
+KILN_HD float rnd<bf16>(float x) { return bits_f32(bf16_rounded_bits(x)); }
 
 }  // namespace kiln

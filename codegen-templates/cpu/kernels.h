@@ -32,45 +32,6 @@ static inline int64_t numel(const Shape& s) {
   return n;
 }
 
-template <typename Op, typename T>
-void unary(const T* x, T* y, int64_t n) {
-  typedef Num<T> N;
-  Op op;
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) y[i] = N::store(op((typename N::C)N::load(x[i])));
-}
-
-// y = a ∘ b with broadcasting: `out` is y's shape, sa/sb the operands' strides over it (0 = broadcast).
-template <typename Op, typename T, typename U>
-void binary(const T* a, const T* b, U* y, Shape out, Strides sa, Strides sb, bool a_contig, bool b_contig) {
-  typedef Num<T> N;
-  Op op;
-  int64_t n = numel(out);
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) {
-    typename N::C av = N::load(a[a_contig ? i : strided_offset(i, out, sa)]);
-    typename N::C bv = N::load(b[b_contig ? i : strided_offset(i, out, sb)]);
-    y[i] = Num<U>::store((typename Num<U>::C)op(av, bv));
-  }
-}
-
-template <typename T>
-void where(const boolean* c, const T* a, const T* b, T* y, Shape out, Strides sc, Strides sa, Strides sb) {
-  int64_t n = numel(out);
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++)
-    y[i] = c[strided_offset(i, out, sc)].v ? a[strided_offset(i, out, sa)] : b[strided_offset(i, out, sb)];
-}
-
-template <typename T, typename U>
-void cast(const T* x, U* y, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) {
-    double v = (double)Num<T>::load(x[i]);
-    y[i] = Num<U>::store((typename Num<U>::C)v);
-  }
-}
-
 template <typename T>
 void fill(T* y, double v, int64_t n) {
   T t = Num<T>::store((typename Num<T>::C)v);

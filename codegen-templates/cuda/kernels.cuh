@@ -123,52 +123,6 @@ __device__ __forceinline__ void offsets(I k, const Geo<NOPS>& g, int64_t* off) {
 
 // ---------------------------------------------------------------- elementwise
 
-template <typename Op, typename T>
-__global__ void k_unary(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  typedef Num<T> N;
-  Op op;
-  KILN_GRID_STRIDE(int64_t, i, n) y[i] = N::store(op((typename N::C)N::load(x[i])));
-}
-
-template <typename Op, typename T, typename U>
-__global__ void k_binary_contig(const T* __restrict__ a, const T* __restrict__ b, U* __restrict__ y, int64_t n) {
-  typedef Num<T> N;
-  Op op;
-  KILN_GRID_STRIDE(int64_t, i, n) {
-    typename N::C av = N::load(a[i]), bv = N::load(b[i]);
-    y[i] = Num<U>::store((typename Num<U>::C)op(av, bv));
-  }
-}
-
-template <typename Op, typename T, typename U, typename I>
-__global__ void k_binary_strided(const T* __restrict__ a, const T* __restrict__ b, U* __restrict__ y, Geo<2> g, int64_t n) {
-  typedef Num<T> N;
-  Op op;
-  KILN_GRID_STRIDE(I, i, n) {
-    int64_t off[2];
-    offsets<2, I>(i, g, off);
-    typename N::C av = N::load(a[off[0]]), bv = N::load(b[off[1]]);
-    y[i] = Num<U>::store((typename Num<U>::C)op(av, bv));
-  }
-}
-
-template <typename T, typename I>
-__global__ void k_where(const boolean* __restrict__ c, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, Geo<3> g, int64_t n) {
-  KILN_GRID_STRIDE(I, i, n) {
-    int64_t off[3];
-    offsets<3, I>(i, g, off);
-    y[i] = c[off[0]].v ? a[off[1]] : b[off[2]];
-  }
-}
-
-template <typename T, typename U>
-__global__ void k_cast(const T* __restrict__ x, U* __restrict__ y, int64_t n) {
-  KILN_GRID_STRIDE(int64_t, i, n) {
-    double v = (double)Num<T>::load(x[i]);
-    y[i] = Num<U>::store((typename Num<U>::C)v);
-  }
-}
-
 // A fused elementwise op: the codegen writes the functor (one element per call).
 template <typename F>
 __global__ void k_for_each(const F f, int64_t n) {
@@ -906,49 +860,6 @@ __global__ void k_reduce_strided(const T* __restrict__ x, T* __restrict__ y, int
 }  // namespace detail
 
 // ======================================================================== launchers (cpu/kernels.h)
-
-template <typename Op, typename T>
-void unary(const T* x, T* y, int64_t n) {
-  if (n <= 0) return;
-  detail::k_unary<Op, T><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, n);
-  detail::launched("unary");
-}
-
-// y = a ∘ b with broadcasting: `out` is y's shape, sa/sb the operands' strides over it (0 = broadcast).
-template <typename Op, typename T, typename U>
-void binary(const T* a, const T* b, U* y, Shape out, Strides sa, Strides sb, bool a_contig, bool b_contig) {
-  const int64_t n = detail::numel(out);
-  if (n <= 0) return;
-  const unsigned grid = detail::grid_for(n, detail::kThreads);
-  if (a_contig && b_contig) {
-    detail::k_binary_contig<Op, T, U><<<grid, detail::kThreads, 0, stream()>>>(a, b, y, n);
-  } else {
-    const int64_t* st[2] = {sa.s, sb.s};
-    detail::Geo<2> g = detail::coalesce<2>(out, st);
-    if (n <= 0x7fffffffLL) detail::k_binary_strided<Op, T, U, uint32_t><<<grid, detail::kThreads, 0, stream()>>>(a, b, y, g, n);
-    else detail::k_binary_strided<Op, T, U, uint64_t><<<grid, detail::kThreads, 0, stream()>>>(a, b, y, g, n);
-  }
-  detail::launched("binary");
-}
-
-template <typename T>
-void where(const boolean* c, const T* a, const T* b, T* y, Shape out, Strides sc, Strides sa, Strides sb) {
-  const int64_t n = detail::numel(out);
-  if (n <= 0) return;
-  const int64_t* st[3] = {sc.s, sa.s, sb.s};
-  detail::Geo<3> g = detail::coalesce<3>(out, st);
-  const unsigned grid = detail::grid_for(n, detail::kThreads);
-  if (n <= 0x7fffffffLL) detail::k_where<T, uint32_t><<<grid, detail::kThreads, 0, stream()>>>(c, a, b, y, g, n);
-  else detail::k_where<T, uint64_t><<<grid, detail::kThreads, 0, stream()>>>(c, a, b, y, g, n);
-  detail::launched("where");
-}
-
-template <typename T, typename U>
-void cast(const T* x, U* y, int64_t n) {
-  if (n <= 0) return;
-  detail::k_cast<T, U><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, n);
-  detail::launched("cast");
-}
 
 template <typename T>
 void fill(T* y, double v, int64_t n) {

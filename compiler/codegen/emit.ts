@@ -351,11 +351,12 @@ export function elementwiseViews(g: Graph): Map<number, View> {
 /**
  * A fused `elementwise` op: a functor and its launch. `at` is the expression at one element, from
  * its operands' values; `operator()(i)` evaluates element i (the scalar path); `chunk(i)` evaluates
- * the W elements from i (a multiple of W, within one innermost row) with one offset computation per
- * operand and 16-byte loads and stores (W: 16 bytes of the narrowest type moved in runs). Each
- * operand is read, by its strides over the output, as the same element (`contig`), one value for
- * the whole tensor (`scalar`), or through offset_of: a run along the innermost dim (`row`, e.g. a
- * norm's weight) or one value per chunk (`col`, e.g. a [T, 1] statistic). `chunkable()` tells the
+ * the W elements from i (a multiple of W, within one innermost row) with 16-byte loads and stores
+ * (W: 16 bytes of the narrowest type moved in runs); both split the element index into coordinates
+ * once, shared by the strided operands. Each operand is read, by its strides over the output, as
+ * the same element (`contig`), one value for the whole tensor (`scalar`), a run along the innermost
+ * dim (`row`, e.g. a norm's weight), one value per chunk (`col`, e.g. a [T, 1] statistic), or
+ * through a transpose / constant-index gather of its source (`view`, see elementwiseViews). `chunkable()` tells the
  * target's for_each whether the chunks may run: every run 16-byte aligned, and W dividing the
  * innermost dim where an operand broadcasts (weights and inputs may sit at any offset).
  */
@@ -502,26 +503,7 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
     const a = n.attrs.axis as number;
     return a < 0 ? a + rank : a;
   };
-  if (n.op in UNARY) return [`K::unary<kiln::${UNARY[n.op]}, ${T}>(${xs[0]}, ${y}, ${cprod(out)});`];
-  if (n.op in BINARY) {
-    const op = n.op === "div" && !["f32", "f16", "bf16"].includes(x0.dtype) ? "OpIntDiv" : BINARY[n.op];
-    const [a, b] = n.operands;
-    const contig = (v: Value) => (v.shape.length === out.length && v.shape.every((d, i) => d === out[i]) ? "true" : "false");
-    return [
-      `K::binary<kiln::${op}, ${CTYPE[a.dtype]}, ${T}>(${xs[0]}, ${xs[1]}, ${y}, ${shapeLit(out.map(cdim))}, ` +
-        `${stridesLit(broadcastStrides(a.shape, out))}, ${stridesLit(broadcastStrides(b.shape, out))}, ${contig(a)}, ${contig(b)});`,
-    ];
-  }
   switch (n.op) {
-    case "where": {
-      const [c, a, b] = n.operands;
-      return [
-        `K::where<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${shapeLit(out.map(cdim))}, ${stridesLit(broadcastStrides(c.shape, out))}, ` +
-          `${stridesLit(broadcastStrides(a.shape, out))}, ${stridesLit(broadcastStrides(b.shape, out))});`,
-      ];
-    }
-    case "cast":
-      return [`K::cast<${CTYPE[x0.dtype]}, ${T}>(${xs[0]}, ${y}, ${cprod(out)});`];
     case "full":
       return [`K::fill<${T}>(${y}, ${fmtDouble(n.attrs.value as number)}, ${cprod(out)});`];
     case "arange":
