@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { execFileSync } from "node:child_process";
 import { afterAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
+import { exportedSymbols } from "./helpers.js";
 
 const hasNvcc = (() => {
   try {
@@ -41,6 +42,13 @@ const skip = process.env.KILN_SKIP_NVCC === "1";
     // the library holds device code for exactly that architecture
     const lib = readFileSync(join(art.dir, art.manifest.library));
     expect(lib.includes(Buffer.from(arch))).toBe(true);
+    // the library exports its C ABI and nothing of Kiln's own beyond it; in particular no
+    // GNU_UNIQUE symbol (a template's static, which the dynamic linker would share between two
+    // artifacts loaded in one process)
+    const syms = exportedSymbols(join(art.dir, art.manifest.library));
+    expect(syms.unique).toEqual([]);
+    expect(syms.kiln.filter((s) => !s.startsWith("kiln_"))).toEqual([]);
+    expect(syms.kiln).toEqual(expect.arrayContaining(["kiln_forward", "kiln_init", "kiln_last_error", "kiln_quantize4"]));
   }, 300_000);
 
   test("falcon-alibi with the varlen KV cache (bf16, ALiBi): the varlen cache kernels compile", async () => {

@@ -1,5 +1,6 @@
 // Shared test helpers: a failure must be a KilnError with the expected code and message parts.
 
+import { execFileSync } from "node:child_process";
 import { expect } from "@jest/globals";
 import { KilnError } from "../compiler/ir/errors.js";
 import type { KilnErrorCode } from "../compiler/ir/errors.js";
@@ -32,4 +33,18 @@ export function expectKilnErrorSync(f: () => unknown, code: KilnErrorCode, ...pa
     err = e;
   }
   return check(err, code, parts);
+}
+
+/**
+ * The dynamic symbols a shared library defines (`nm -D --defined-only`): `kiln`, those that are not
+ * the C++ standard library's template instances (namespace std, which its headers keep visible),
+ * and `unique`, the GNU_UNIQUE ones (bound to one copy across every library of a process).
+ */
+export function exportedSymbols(lib: string): { kiln: string[]; unique: string[] } {
+  const out = execFileSync("nm", ["-D", "--defined-only", lib], { encoding: "utf8" });
+  const rows = out.split("\n").map((l) => l.trim().split(/\s+/)).filter((r) => r.length === 3);
+  return {
+    kiln: rows.map((r) => r[2]).filter((n) => !n.startsWith("_ZNSt") && !n.startsWith("_ZNKSt") && !n.startsWith("_ZSt") && !n.startsWith("_ZTISt") && !n.startsWith("_ZTSSt")).sort(),
+    unique: rows.filter((r) => r[1] === "u").map((r) => r[2]),
+  };
 }

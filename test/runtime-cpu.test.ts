@@ -9,7 +9,7 @@ import { compile } from "../compiler/codegen/compile.js";
 import type { CompiledArtifact } from "../compiler/codegen/compile.js";
 import { initialCache, run, tensor } from "../compiler/ir/index.js";
 import { loadModel } from "../runtime/api.js";
-import { expectKilnError } from "./helpers.js";
+import { expectKilnError, exportedSymbols } from "./helpers.js";
 import { openCheckpoint, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
 
 const FIXTURES = join(import.meta.dirname, "fixtures");
@@ -49,6 +49,26 @@ describe.each(NAMES)("%s on the cpu target", (name) => {
     for await (const t of gen) got.push(t.id);
     expect(got).toEqual(greedy.slice(7));
   });
+});
+
+test("artifacts export only the C ABI (no GNU_UNIQUE symbol shared between libraries); two loaded at once stay independent", async () => {
+  for (const n of NAMES) {
+    const art = arts.get(n)!;
+    const syms = exportedSymbols(join(art.dir, art.manifest.library));
+    expect(syms.unique).toEqual([]);
+    expect(syms.kiln.filter((s) => !s.startsWith("kiln_"))).toEqual([]);
+    expect(syms.kiln).toContain("kiln_forward");
+  }
+  // interleaved calls into two libraries give each its own reference logits
+  await using a = await loadModel(arts.get("llama-mha")!.dir, { checkpoint: join(FIXTURES, "llama-mha") });
+  await using b = await loadModel(arts.get("llama-gqa")!.dir, { checkpoint: join(FIXTURES, "llama-gqa") });
+  for (const [m, n] of [[a, "llama-mha"], [b, "llama-gqa"], [a, "llama-mha"]] as const) {
+    const { ids, logits } = reference(n);
+    const out = await m.forward(ids);
+    let maxErr = 0;
+    for (let i = 0; i < logits.length; i++) maxErr = Math.max(maxErr, Math.abs(out.logits[i] - logits[i]));
+    expect(maxErr).toBeLessThanOrEqual(1e-4);
+  }
 });
 
 test("a bf16 artifact stays close to the f32 reference", async () => {

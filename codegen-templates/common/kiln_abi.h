@@ -8,6 +8,10 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+/* Artifacts are compiled with -fvisibility=hidden: these functions are all a library exports. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
 
 #define KILN_ABI_VERSION 1
 #define KILN_MAX_RANK 8
@@ -75,6 +79,9 @@ int kiln_forward(void* const* weights, const kiln_tensor* inputs, kiln_tensor* o
 int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t block, int dq, const double* code16);
 int kiln_quantize8(void* dst, const float* src, int64_t N, int64_t K);
 
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 #ifdef __cplusplus
 }
 #endif

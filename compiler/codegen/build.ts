@@ -131,12 +131,17 @@ async function compilerVersion(cmd: string): Promise<string> {
 
 function compilerCommand(target: Target, arch: Arch): { cmd: string; flags: string[]; source: string } {
   // -z nodelete: the binding dlcloses the library when its last buffer is freed, which would unmap
-  // libgomp under OpenMP worker threads still spinning after a parallel region (a SIGSEGV at exit)
-  if (target === "cpu") return { cmd: process.env.KILN_CXX ?? "g++", flags: ["-std=c++17", "-O3", "-fPIC", "-shared", "-fopenmp", "-Wl,-z,nodelete", "-Wall", "-Wno-unused-variable", "-Wno-unused-function"], source: "model.cpp" };
+  // libgomp under OpenMP worker threads still spinning after a parallel region (a SIGSEGV at exit).
+  // -fvisibility=hidden: only the C ABI (kiln_abi.h) is exported. Otherwise the function-local
+  // statics of templates (e.g. the FA2 kernel's "shared-memory limit set" flag) are GNU_UNIQUE
+  // symbols, which the dynamic linker binds to ONE copy across every library of the process even
+  // under RTLD_LOCAL: a second artifact then skipped setting its own kernel's limit and failed to
+  // launch it (cudaErrorInvalidValue) after a first artifact had run.
+  if (target === "cpu") return { cmd: process.env.KILN_CXX ?? "g++", flags: ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-shared", "-fopenmp", "-Wl,-z,nodelete", "-Wall", "-Wno-unused-variable", "-Wno-unused-function"], source: "model.cpp" };
   const sm = arch.replace("sm_", "");
   return {
     cmd: process.env.KILN_NVCC ?? "nvcc",
-    flags: ["-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC", `-gencode=arch=compute_${sm},code=sm_${sm}`, "-ldl", "--expt-relaxed-constexpr"],
+    flags: ["-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden", `-gencode=arch=compute_${sm},code=sm_${sm}`, "-ldl", "--expt-relaxed-constexpr"],
     source: "model.cu",
   };
 }
