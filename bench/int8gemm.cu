@@ -229,13 +229,18 @@ struct Stages {
 static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int32_t* acc, int64_t M, int64_t N, int64_t K) {
   cudaStream_t s = kiln::cuda::stream();
   Stages t;
-  t.prep = median_us([&](int i) { Q::i8_release(Q::i8_prep<bf16>(x, q8[i % copies], nullptr, y, M, N, K, 6.0, s)); });
-  const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0, s);
-  const Q::I8Ws& w = p.ws;
+  t.prep = median_us([&](int i) {
+    Q::I8Act a = Q::i8_act<bf16>(x, M, K, 6.0, s);
+    Q::i8_release(Q::i8_prep<bf16>(a, q8[i % copies], nullptr, y, N, s));
+    Q::i8_act_release(a);
+  });
+  Q::I8Act a = Q::i8_act<bf16>(x, M, K, 6.0, s);
+  const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(a, q8[0], nullptr, y, N, s);
+  const Q::I8Ws& w = a.ws;
   const int64_t Kp = p.g.Kp;
   t.quant = median_us([&](int) { Q::i8_quant_rows<bf16>(x, true, M, K, Kp, 6.f, w, s); });
   t.list = median_us([&](int) { Q::k_i8_list4<<<1, 1024, 0, s>>>(w.flags, K, w.list, w.count); });
-  t.fix = median_us([&](int) { Q::k_i8_fix_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, 6.f, w.flags, w.list, w.count, w.qx, w.sx, p.xo, p.g.Cp); });
+  t.fix = median_us([&](int) { Q::k_i8_fix_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, 6.f, w.flags, w.list, w.count, w.qx, w.sx, a.xo, p.g.Cp); });
   t.gather = median_us([&](int) { Q::k_i8_gather_w<bf16><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(p.g.qw, N, K, w.list, w.count, p.wo, p.g.Cp); });
   if (Q::i8_products<bf16>(p.g, 0, N, acc, s)) {
     t.gemm = median_us([&](int) { Q::i8_products<bf16>(p.g, 0, N, acc, s); });
@@ -245,6 +250,7 @@ static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int
   }
   ck(kiln_synchronize(), "stages");
   Q::i8_release(p);
+  Q::i8_act_release(a);
   return t;
 }
 

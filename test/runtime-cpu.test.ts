@@ -134,6 +134,11 @@ describe("quantized linears on the cpu target (quantized on load)", () => {
       expect(art.manifest.weights.filter((w) => w.quant)).toHaveLength(14);
       expect(existsSync(join(art.dir, art.manifest.library))).toBe(true);
     }
+    // LLM.int8: q/k/v and gate/up read one activation each, quantized once a group (2 layers)
+    const src = readFileSync(join(built[1].dir, "model.cu"), "utf8");
+    expect(src.match(/K::Q8Shared q8s\d+;/g)).toHaveLength(4);
+    expect(src.match(/K::qlinear8_done\(&q8s\d+\);/g)).toHaveLength(4);
+    expect(src.match(/K::qlinear8<float>\([^;]*&q8s\d+\);/g)).toHaveLength(10);
   }, 180_000);
 });
 

@@ -214,8 +214,13 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
 // qlinear, int8 (LLM.int8): outlier feature dims (|x| > threshold in any row) multiply in floating
 // point against the dequantized int8 weights; the rest as per-token int8 × per-feature int8 with
 // integer accumulation. The reference is compiler/ir/quant.ts int8Matmul.
+// The cuda target shares the int8 quantization of an activation between the linears reading it
+// (Q8Shared); here each qlinear8 quantizes its own rows (the same numbers), so it carries nothing.
+struct Q8Shared {};
+static inline void qlinear8_done(Q8Shared*) {}
+
 template <typename T>
-void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold) {
+void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold, Q8Shared* = nullptr) {
   typedef Num<T> Nm;
   const int8_t* qw = (const int8_t*)w;
   const double* sw = (const double*)(w + quant::pad16(N * K));

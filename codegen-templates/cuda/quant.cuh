@@ -1132,53 +1132,77 @@ static void i8_quant_rows(const T* x, bool vx, int64_t M, int64_t K, int64_t Kp,
   else k_i8_quant_rows<T, false, 0><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
 }
 
+// The activation side of a large-M qlinear8 (what depends on x and the threshold only): the rows'
+// int8 and scales, the outlier list, and x's outlier columns gathered dense and 16-bit. Linears
+// that read the same x (q/k/v, gate/up) share one (Q8Shared below).
+struct I8Act {
+  I8Ws ws;
+  uint16_t* xo = nullptr;
+  const void* x = nullptr;
+  int64_t M = 0, K = 0;
+  double threshold = 0;
+};
+
 // A large-M qlinear8 with its activations quantized (i8_prep) and the buffers that holds.
 template <typename T>
 struct I8Prep {
   I8Gemm<T> g;
-  I8Ws ws;
-  uint16_t *xo, *wo;
+  uint16_t* wo;
 };
 
 // Prefill's first stage: the rows' int8 and the outlier flags in one pass over x, the list of
 // outlier columns, the rows' repair (outlier codes zeroed; absmax redone where another row flagged
 // its maximum) with the outlier columns of x gathered dense and 16-bit (f32 x: hi then lo) for
-// the tensor-core outlier product. i8_run then makes y; i8_release gives the buffers back.
+// the tensor-core outlier product.
 template <typename T>
-static I8Prep<T> i8_prep(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold, cudaStream_t s) {
-  if ((N + i8::BN - 1) / i8::BN > 65535 || (M + i8::BM - 1) / i8::BM > 0x7fffffffLL)
-    rt::fail(KILN_ERR_INVALID, "qlinear8: M = %lld, N = %lld is too large", (long long)M, (long long)N);
+static I8Act i8_act(const T* x, int64_t M, int64_t K, double threshold, cudaStream_t s) {
   const bool decomp = threshold > 0 && isfinite(threshold);
   const float thr = (float)threshold;
   const int64_t Kp = (K + 15) / 16 * 16, Cp = (K + 63) / 64 * 64;
-  const I8Ws ws = i8_ws(M, K);
+  I8Act a;
+  a.ws = i8_ws(M, K);
+  a.x = x, a.M = M, a.K = K, a.threshold = threshold;
   const bool vx = K % detail::Vec<T>::E == 0 && detail::aligned16(x);
   const float cut = decomp ? thr : INFINITY;
-  rt::check(cudaMemsetAsync(decomp ? (void*)ws.flags : (void*)ws.count, 0, decomp ? 4 * K : 4, s), "cudaMemsetAsync (qlinear8)");
-  i8_quant_rows<T>(x, vx, M, K, Kp, cut, ws, s);
+  rt::check(cudaMemsetAsync(decomp ? (void*)a.ws.flags : (void*)a.ws.count, 0, decomp ? 4 * K : 4, s), "cudaMemsetAsync (qlinear8)");
+  i8_quant_rows<T>(x, vx, M, K, Kp, cut, a.ws, s);
   detail::launched("qlinear8 (quantize activations, outlier columns)");
-  uint16_t* xo = decomp ? (uint16_t*)rt::alloc(2 * M * Cp * (std::is_same<T, float>::value ? 2 : 1), "qlinear8 (outlier columns of x)") : nullptr;
   if (decomp) {
-    k_i8_list4<<<1, 1024, 0, s>>>(ws.flags, K, ws.list, ws.count);
-    if (vx) k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, ws.flags, ws.list, ws.count, ws.qx, ws.sx, xo, Cp);
-    else k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, ws.flags, ws.list, ws.count, ws.qx, ws.sx, xo, Cp);
+    a.xo = (uint16_t*)rt::alloc(2 * M * Cp * (std::is_same<T, float>::value ? 2 : 1), "qlinear8 (outlier columns of x)");
+    k_i8_list4<<<1, 1024, 0, s>>>(a.ws.flags, K, a.ws.list, a.ws.count);
+    if (vx) k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, a.ws.flags, a.ws.list, a.ws.count, a.ws.qx, a.ws.sx, a.xo, Cp);
+    else k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, a.ws.flags, a.ws.list, a.ws.count, a.ws.qx, a.ws.sx, a.xo, Cp);
     detail::launched("qlinear8 (outlier columns)");
   }
+  return a;
+}
+static inline void i8_act_release(I8Act& a) {
+  if (a.xo) rt::release(a.xo);
+  if (a.ws.base) rt::release(a.ws.base);
+  a = I8Act();
+}
+
+// The weight side: the weight's outlier columns (those of the act's list) gathered as 16-bit tiles.
+// i8_run then makes y; i8_release gives the weight side's buffer back.
+template <typename T>
+static I8Prep<T> i8_prep(const I8Act& a, const uint8_t* w, const T* bias, T* y, int64_t N, cudaStream_t s) {
+  const int64_t M = a.M, K = a.K;
+  if ((N + i8::BN - 1) / i8::BN > 65535 || (M + i8::BM - 1) / i8::BM > 0x7fffffffLL)
+    rt::fail(KILN_ERR_INVALID, "qlinear8: M = %lld, N = %lld is too large", (long long)M, (long long)N);
+  const int64_t Kp = (K + 15) / 16 * 16, Cp = (K + 63) / 64 * 64;
   const int8_t* qw = (const int8_t*)w;
   const double* sw = (const double*)(w + quant::pad16(N * K));
-  uint16_t* wo = decomp ? (uint16_t*)rt::alloc(2 * N * Cp, "qlinear8 (outlier columns of the weight)") : nullptr;
-  if (decomp) {
-    k_i8_gather_w<T><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(qw, N, K, ws.list, ws.count, wo, Cp);
+  uint16_t* wo = a.xo ? (uint16_t*)rt::alloc(2 * N * Cp, "qlinear8 (outlier columns of the weight)") : nullptr;
+  if (wo) {
+    k_i8_gather_w<T><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(qw, N, K, a.ws.list, a.ws.count, wo, Cp);
     detail::launched("qlinear8 (outlier columns of the weight)");
   }
-  const I8Gemm<T> g = {ws.qx, Kp, qw, sw, ws.sx, ws.list, ws.count, xo, wo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
-  return {g, ws, xo, wo};
+  const I8Gemm<T> g = {a.ws.qx, Kp, qw, sw, a.ws.sx, a.ws.list, a.ws.count, a.xo, wo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
+  return {g, wo};
 }
 template <typename T>
 static void i8_release(const I8Prep<T>& p) {
   if (p.wo) rt::release(p.wo);
-  if (p.xo) rt::release(p.xo);
-  rt::release(p.ws.base);
 }
 
 }  // namespace qdetail
@@ -1215,9 +1239,20 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   rt::release(wd);
 }
 
+// Linears of one graph that read the same activation x with the same threshold share its int8
+// quantization at prefill (emit.ts declares one Q8Shared for them and calls qlinear8_done after
+// the last): x is an SSA value, unchanged while they run, so the first one's result is exactly what
+// each would compute.
+struct Q8Shared {
+  qdetail::I8Act act;
+};
+static inline void qlinear8_done(Q8Shared* sh) {
+  if (sh && sh->act.ws.base) qdetail::i8_act_release(sh->act);
+}
+
 // qlinear, int8 (LLM.int8): see the header. W: N·K int8 codes (padded to 16 bytes), then N f64 scales.
 template <typename T>
-void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold) {
+void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold, Q8Shared* sh = nullptr) {
   if (M <= 0 || N <= 0) return;
   cudaStream_t s = stream();
   if (M <= 8) {
@@ -1241,13 +1276,21 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
     return;
   }
   // prefill: the activations' int8 and outlier columns (i8_prep), then the product (i8_run)
-  const qdetail::I8Prep<T> p = qdetail::i8_prep<T>(x, w, bias, y, M, N, K, threshold, s);
+  const bool reuse = sh && sh->act.ws.base && sh->act.x == (const void*)x && sh->act.M == M && sh->act.K == K && sh->act.threshold == threshold;
+  qdetail::I8Act own;
+  if (!reuse) {
+    qlinear8_done(sh);
+    (sh ? sh->act : own) = qdetail::i8_act<T>(x, M, K, threshold, s);
+  }
+  const qdetail::I8Act& a = sh ? sh->act : own;
+  const qdetail::I8Prep<T> p = qdetail::i8_prep<T>(a, w, bias, y, N, s);
   const int how = qdetail::i8_choose<T>(p.g, s);
   const int64_t cols = how == qdetail::I8_LT_CHUNKED && qdetail::i8_chunk(M) < N ? qdetail::i8_chunk(M) : N;
   int32_t* acc = how == qdetail::I8_OWN && p.g.own_ok ? nullptr : (int32_t*)rt::alloc(4 * M * cols, "qlinear8 (int32 products)");
   qdetail::i8_run<T>(how, p.g, acc, s);
   if (acc) rt::release(acc);
   qdetail::i8_release(p);
+  if (!sh) qdetail::i8_act_release(own);
 }
 
 }  // namespace cuda

@@ -141,6 +141,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   // transposes and constant-index gathers read only by elementwise ops are not materialized:
   // those ops read through them (views)
   const views = elementwiseViews(g);
+  const q8Share = int8Shares(g);
   const readsOf = (n: Node): Value[] => [...n.operands, ...n.operands.flatMap((x) => (views.has(x.id) ? [views.get(x.id)!.src] : []))];
   g.nodes.forEach((n, i) => {
     const aliasing = n.op === "reshape" || inPlace.has(n.result.id);
@@ -203,7 +204,13 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       const M = cprod(x.shape.slice(0, -1));
       const bias = n.operands[2] ? name.get(n.operands[2].id)! : "nullptr";
       const wp = `(const uint8_t*)${name.get(w.id)}`;
-      if (scheme === "int8") body.push(`  K::qlinear8<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${fmtDouble(n.attrs.threshold as number)});`);
+      if (scheme === "int8") {
+        // linears reading the same x with the same threshold share its quantization (Q8Shared)
+        const sh = q8Share.get(n.result.id);
+        if (sh?.first) body.push(`  K::Q8Shared q8s${sh.id};`);
+        body.push(`  K::qlinear8<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${fmtDouble(n.attrs.threshold as number)}${sh ? `, &q8s${sh.id}` : ""});`);
+        if (sh?.last) body.push(`  K::qlinear8_done(&q8s${sh.id});`);
+      }
       else {
         const table = `kiln_code_${scheme}`;
         if (!consts.some((c) => c.includes(`${table}[16]`))) consts.push(`static const double ${table}[16] = {${codeOf(scheme as FourBit).map((v) => fmtDouble(v)).join(", ")}};`);
@@ -287,6 +294,26 @@ const LONE_ELEMENTWISE = new Set([...Object.keys(UNARY), ...Object.keys(BINARY),
 function asExpression(n: Node): Node {
   const expr: Expr = { kind: "op", op: n.op, dtype: n.result.dtype, args: n.operands.map((_v, index) => ({ kind: "arg", index })) };
   return { op: "elementwise", operands: n.operands, attrs: { expr: printExpr(expr) }, result: n.result };
+}
+
+/**
+ * The int8 qlinears that read the same activation with the same threshold (q/k/v, gate/up): the
+ * first of a group quantizes x into a Q8Shared that the others reuse, the last frees it. Keyed by
+ * result id; groups of one are left out.
+ */
+export function int8Shares(g: Graph): Map<number, { id: number; first: boolean; last: boolean }> {
+  const groups = new Map<string, Node[]>();
+  for (const n of g.nodes) {
+    if (n.op !== "qlinear" || n.attrs.scheme !== "int8") continue;
+    const key = `${n.operands[0].id}/${n.attrs.threshold as number}`;
+    groups.set(key, [...(groups.get(key) ?? []), n]);
+  }
+  const out = new Map<number, { id: number; first: boolean; last: boolean }>();
+  for (const ns of groups.values()) {
+    if (ns.length < 2) continue;
+    ns.forEach((n, i) => out.set(n.result.id, { id: ns[0].result.id, first: i === 0, last: i === ns.length - 1 }));
+  }
+  return out;
 }
 
 /** An elementwise operand read through a transpose and/or a constant-index gather of `src`. */
