@@ -1108,10 +1108,10 @@ static int i8_choose(const I8Gemm<T>& g, cudaStream_t s) {
 
 // The workspace of one qlinear8, one allocation: flags[K], list[K], count, sx[M], qx[M·Kp].
 struct I8Ws {
-  void* base;
-  int *flags, *list, *count;
-  float* sx;
-  int8_t* qx;
+  void* base = nullptr;
+  int *flags = nullptr, *list = nullptr, *count = nullptr;
+  float* sx = nullptr;
+  int8_t* qx = nullptr;
 };
 static I8Ws i8_ws(int64_t M, int64_t K) {
   const int64_t Kp = (K + 15) / 16 * 16;
@@ -1136,7 +1136,7 @@ static void i8_quant_rows(const T* x, bool vx, int64_t M, int64_t K, int64_t Kp,
 // int8 and scales, the outlier list, and x's outlier columns gathered dense and 16-bit. Linears
 // that read the same x (q/k/v, gate/up) share one (Q8Shared below).
 struct I8Act {
-  I8Ws ws;
+  I8Ws ws;  // default members: a declared-only I8Act (Q8Shared in emitted code) holds nothing
   uint16_t* xo = nullptr;
   const void* x = nullptr;
   int64_t M = 0, K = 0;
