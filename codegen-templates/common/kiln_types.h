@@ -126,6 +126,23 @@ struct Strides {
   int64_t s[8];
 };
 
+// Where the rows of the flash_attention operands q, k, v and its output y lie: element (b, h, s, d)
+// of a [B, H, S, D] operand sits at b·b + h·h + s·s + d (strides in elements; the head dim is
+// contiguous). Row-major [B, H, S, D] is {H·S·D, S·D, D}; the [B, S, H, D] tensor a layer has
+// before (q, k, v) and after (y) its head transposes is {S·H·D, D, H·D}, so the attention kernels
+// read and write through those transposes without a copy (compiler/codegen/emit.ts,
+// attentionLayouts).
+struct HeadStrides {
+  int64_t b, h, s;
+};
+struct AttnLayout {
+  HeadStrides q, k, v, y;
+};
+KILN_HD HeadStrides row_major_heads(int64_t H, int64_t S, int64_t D) { return HeadStrides{H * S * D, S * D, D}; }
+KILN_HD AttnLayout row_major_attention(int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv) {
+  return AttnLayout{row_major_heads(Hq, S, D), row_major_heads(Hkv, Tk, D), row_major_heads(Hkv, Tk, Dv), row_major_heads(Hq, S, Dv)};
+}
+
 // k / d, with k − (k / d)·d in *c: 32-bit division whenever the numbers fit (several times cheaper
 // on the GPU); with d a literal the compiler turns it into a multiply. Fused elementwise functors
 // split an element index into coordinates once with it and share them among their operands.

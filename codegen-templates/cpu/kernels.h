@@ -255,11 +255,13 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
 // the last `window` of them with a sliding window), keys
 // with key_mask[b, j] ≠ 0 when there is a mask, plus alibi[h] · j when there are slopes; a row
 // that sees no key is the mean of V with a mask, NaN without (the interpreter's rules). f64
-// accumulation, one rounding at the end.
+// accumulation, one rounding at the end. The operands' rows lie where `L` says (kiln_types.h's
+// AttnLayout: a transposed [B, S, H, D] tensor is read or written in place); the overload without
+// it takes them row-major.
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
                      double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
-                     int64_t n_cu, int64_t window) {
+                     int64_t n_cu, int64_t window, const AttnLayout& L) {
   typedef Num<T> Nm;
   const int64_t g = Hkv > 0 ? Hq / Hkv : 1;
   const int64_t shift = offset ? *offset : Tk - S;
@@ -271,9 +273,9 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < Hq; h++)
         for (int64_t i = 0; i < S; i++) {
-          const T* qr = q + ((b * Hq + h) * S + i) * D;
-          const T* kb = k + (b * Hkv + h / g) * Tk * D;
-          const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
+          const T* qr = q + b * L.q.b + h * L.q.h + i * L.q.s;
+          const T* kb = k + b * L.k.b + (h / g) * L.k.h;
+          const T* vb = v + b * L.v.b + (h / g) * L.v.h;
           // packed sequences (cu_seqlens): only the keys of query i's own sequence
           int64_t first = 0, last = causal ? i + shift : Tk - 1;
           if (cu_seqlens) {
@@ -294,17 +296,17 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
           for (int64_t j = first; j <= last && j < Tk; j++) {
             if (km && km[j] == 0) continue;
             double s = 0;
-            for (int64_t d = 0; d < D; d++) s += (double)Nm::load(qr[d]) * (double)Nm::load(kb[j * D + d]);
+            for (int64_t d = 0; d < D; d++) s += (double)Nm::load(qr[d]) * (double)Nm::load(kb[j * L.k.s + d]);
             p[j] = s * scale + (alibi ? (double)alibi[h] * (double)j : 0.0);
             seen++;
             if (p[j] > m || p[j] != p[j]) m = p[j];
           }
           for (int64_t d = 0; d < Dv; d++) acc[d] = 0;
-          T* yr = y + ((b * Hq + h) * S + i) * Dv;
+          T* yr = y + b * L.y.b + h * L.y.h + i * L.y.s;
           if (seen == 0) {
             // no visible key: the mean of V under a mask (every eager score equal), else NaN
             for (int64_t j = 0; j < Tk; j++)
-              for (int64_t d = 0; d < Dv; d++) acc[d] += (double)Nm::load(vb[j * Dv + d]);
+              for (int64_t d = 0; d < Dv; d++) acc[d] += (double)Nm::load(vb[j * L.v.s + d]);
             for (int64_t d = 0; d < Dv; d++) yr[d] = Nm::store((float)(km && Tk > 0 ? acc[d] / (double)Tk : NAN));
             continue;
           }
@@ -312,13 +314,19 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
             if (km && km[j] == 0) continue;
             const double e = exp(p[j] - m);
             sum += e;
-            for (int64_t d = 0; d < Dv; d++) acc[d] += e * (double)Nm::load(vb[j * Dv + d]);
+            for (int64_t d = 0; d < Dv; d++) acc[d] += e * (double)Nm::load(vb[j * L.v.s + d]);
           }
           for (int64_t d = 0; d < Dv; d++) yr[d] = Nm::store((float)(acc[d] / sum));
         }
     delete[] p;
     delete[] acc;
   }
+}
+template <typename T>
+void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
+                     double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
+                     int64_t n_cu, int64_t window) {
+  flash_attention<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, row_major_attention(Hq, Hkv, S, Tk, D, Dv));
 }
 
 // The static KV cache's write: rows [*pos, *pos + S) of each of the BH [C, D] slabs of `cache`

@@ -20,6 +20,11 @@
 // the diagonal (or the end of the keys) pay for per-element masks. GQA/MQA: query head h reads kv
 // head h / (Hq / Hkv). A row that sees no key at all comes out NaN, as in the simple kernel.
 //
+// Every operand is addressed by its own (batch, head, row) strides (kiln_types.h's AttnLayout), so
+// a layer's q, k, v are read straight from their [B, S, H, D] projections and y is written in the
+// [B, S, H, D] layout the output projection reads: the head transposes around attention cost no
+// copy (compiler/codegen/emit.ts, attentionLayouts).
+//
 // The flash_attention op's other forms, with the semantics of kernels.cuh's k_attention:
 // - varlen (cu_seqlens, B = 1, S = Tk packed tokens): query i of sequence s ([cu[s], cu[s+1]))
 //   sees keys [cu[s], i] when causal, the whole sequence otherwise. The grid has ceil(S/BM) + N
@@ -36,16 +41,18 @@
 // Tiles (fa2_launch): hd64 128x64 with Q in registers; hd80/96/128 128x64; hd256 64x32; all 4 warps
 // (32 query rows a warp), two blocks an SM. On an H100 the hd128 kernel runs at 350-375 TFLOP/s
 // non-causal for S >= 2048, at or just above SDPA's FlashAttention-2 backend in the same run
-// (bench/attention.py, bench/results/attention-*.json). What kept it there: no register spills
-// (each thread's copy addresses advance by constants), masks only on diagonal/edge tiles, the
-// scale folded into the exp2's FFMA, and O rescaled only when a row max moved (a warp vote).
+// (bench/attention.py, bench/results/attention-*.json). What kept it there: few or no register
+// spills (each thread's copy addresses advance by fixed steps; with the per-operand strides ptxas
+// reports 52 bytes of spill stores for the hd128 plain kernel, timed by bench/attn_layout.cu), masks
+// only on diagonal/edge tiles, the scale folded into the exp2's FFMA, and O rescaled only when a
+// row max moved (a warp vote).
 //
 // flash_attention_tiled<T> returns false (and launches nothing) where it does not apply: f32, D !=
 // Dv, a head dim outside {64, 80, 96, 128, 256}, a scale <= 0 (the row max is taken on raw
 // scores), decode-sized S (< 16: the split-KV kernel is better there), pointers not 16-byte
-// aligned, S or Tk over 2^30, varlen with B != 1, S != Tk, an offset or a key mask, or sizes over
-// the grid limits. detail::fa2_launch runs a chosen tile configuration on
-// any S (the benchmark and its correctness grid use it).
+// aligned or rows of an operand not a multiple of 8 elements apart, S or Tk over 2^30, varlen with
+// B != 1, S != Tk, an offset or a key mask, or sizes over the grid limits. detail::fa2_launch runs
+// a chosen tile configuration on any S (the benchmark and its correctness grid use it).
 #pragma once
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -138,6 +145,7 @@ struct Params {
   const int64_t* key_mask;   // [B, Tk], 0 = hidden key, or nullptr (EXT kernels only)
   const int32_t* cu_seqlens; // [n_cu] packed sequences (B = 1, S = Tk), or nullptr
   int64_t n_cu;
+  AttnLayout L;              // where the rows of q, k, v and y lie (multiples of 8 elements)
 };
 
 // HD: head dim; BM query rows a block; BN keys a tile; NW warps (BM = NW · WM · 16);
@@ -208,10 +216,12 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_fa2_fwd(const Params p) {
     off = p.causal ? (p.offset ? *p.offset : Tk - S) : 0;
   }
 
-  const T* qg = reinterpret_cast<const T*>(p.q) + ((b * p.Hq + h) * S) * HD;
-  const T* kg = reinterpret_cast<const T*>(p.k) + ((b * p.Hkv + hk) * Tk) * HD;
-  const T* vg = reinterpret_cast<const T*>(p.v) + ((b * p.Hkv + hk) * Tk) * HD;
-  T* yg = reinterpret_cast<T*>(p.y) + ((b * p.Hq + h) * S) * HD;
+  // each operand's (batch, head) slab; its rows are qs, ks, vs, ys elements apart
+  const T* qg = reinterpret_cast<const T*>(p.q) + b * p.L.q.b + h * p.L.q.h;
+  const T* kg = reinterpret_cast<const T*>(p.k) + b * p.L.k.b + hk * p.L.k.h;
+  const T* vg = reinterpret_cast<const T*>(p.v) + b * p.L.v.b + hk * p.L.v.h;
+  T* yg = reinterpret_cast<T*>(p.y) + b * p.L.y.b + h * p.L.y.h;
+  const int64_t qs = p.L.q.s, ks = p.L.k.s, vs = p.L.v.s, ys = p.L.y.s;
   const int64_t* km = EXT && p.key_mask ? p.key_mask + b * Tk : nullptr;
 
   const int64_t q_last = (m0 + BM < q_end ? m0 + BM : q_end) - 1;  // the block's last real row
@@ -227,10 +237,10 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_fa2_fwd(const Params p) {
       float val = NAN;
       if (EXT && km) {
         val = 0.f;
-        for (int64_t j = 0; j < Tk; j++) val += Num<T>::load(vg[j * HD + i % HD]);
+        for (int64_t j = 0; j < Tk; j++) val += Num<T>::load(vg[j * vs + i % HD]);
         val /= (float)Tk;
       }
-      yg[r * HD + i % HD] = Num<T>::store(val);
+      yg[r * ys + i % HD] = Num<T>::store(val);
     }
     return;
   }
@@ -245,25 +255,27 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_fa2_fwd(const Params p) {
   // EXT: ALiBi's key index is taken relative to key k_beg + ashift (the diagonal when causal, else
   // the block's first row), a per-block shift that keeps the biases near the row max small.
   const int ashift = EXT ? (p.causal && dg < (1 << 30) ? diag : (int)(m0 - k_beg)) : 0;
-  qg += m0 * HD, yg += m0 * HD;
-  kg += k_beg * HD, vg += k_beg * HD;  // (a key mask comes without varlen: k_beg = 0 there)
+  qg += m0 * qs, yg += m0 * ys;
+  kg += k_beg * ks, vg += k_beg * vs;  // (a key mask comes without varlen: k_beg = 0 there)
 
   // ---- async tile loads
   // Each thread copies a fixed chunk column of every (NT / CPR)-th row, so its shared and global
-  // addresses advance by constants (the swizzle term (row & 7) stays the same when the row step is
-  // a multiple of 8): no per-copy address registers kept alive across the main loop.
-  auto load_rows = [&](T* s, const T* g0, int row0, int rows_total, int R) {
+  // addresses advance by fixed steps (the swizzle term (row & 7) stays the same when the row step is
+  // a multiple of 8; global rows are rs elements apart): no per-copy address registers kept alive
+  // across the main loop.
+  auto load_rows = [&](T* s, const T* g0, int64_t rs, int row0, int rows_total, int R) {
     if constexpr (NT % CPR == 0 && (!L::kSwizzle || (NT / CPR) % 8 == 0)) {
       constexpr int RPP = NT / CPR;  // rows a pass
       const int r0 = tid / CPR, c = tid % CPR;
       const uint32_t d0 = smem_u32(s + L::off(r0, c));
-      const T* src = g0 + (int64_t)(row0 + r0) * HD + c * 8;
+      const T* src = g0 + (int64_t)(row0 + r0) * rs + c * 8;
+      const int64_t step = RPP * rs;            // one pointer bumped a pass: no address kept per pass
       const int left = rows_total - row0 - r0;  // rows of this thread's column still in bounds
 #pragma unroll
-      for (int i = 0; i < (R + RPP - 1) / RPP; i++) {
+      for (int i = 0; i < (R + RPP - 1) / RPP; i++, src += step) {
         if (R % RPP == 0 || r0 + i * RPP < R) {
           const bool ok = i * RPP < left;
-          cp_async16(d0 + (uint32_t)(i * RPP * L::kStride * sizeof(T)), ok ? (const void*)(src + (int64_t)i * RPP * HD) : (const void*)g0, ok);
+          cp_async16(d0 + (uint32_t)(i * RPP * L::kStride * sizeof(T)), ok ? (const void*)src : (const void*)g0, ok);
         }
       }
     } else {
@@ -271,13 +283,13 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_fa2_fwd(const Params p) {
         const int r = i / CPR, c = i % CPR;
         const int gr = row0 + r;
         const bool ok = gr < rows_total;
-        cp_async16(smem_u32(s + L::off(r, c)), ok ? (const void*)(g0 + (int64_t)gr * HD + c * 8) : (const void*)g0, ok);
+        cp_async16(smem_u32(s + L::off(r, c)), ok ? (const void*)(g0 + (int64_t)gr * rs + c * 8) : (const void*)g0, ok);
       }
     }
   };
-  load_rows(sQ, qg, 0, q_rows, BM);
-  load_rows(sK, kg, 0, kn, BN);
-  load_rows(sV, vg, 0, kn, BN);
+  load_rows(sQ, qg, qs, 0, q_rows, BM);
+  load_rows(sK, kg, ks, 0, kn, BN);
+  load_rows(sV, vg, vs, 0, kn, BN);
   cp_async_commit();
 
   float o[WM][DT][4];
@@ -311,8 +323,8 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_fa2_fwd(const Params p) {
     }
     if (j + 1 < n_blocks) {
       const int st = (j + 1) & 1;
-      load_rows(sK + st * BN * L::kStride, kg, (j + 1) * BN, kn, BN);
-      load_rows(sV + st * BN * L::kStride, vg, (j + 1) * BN, kn, BN);
+      load_rows(sK + st * BN * L::kStride, kg, ks, (j + 1) * BN, kn, BN);
+      load_rows(sV + st * BN * L::kStride, vg, vs, (j + 1) * BN, kn, BN);
     }
     cp_async_commit();
     const uint32_t kb = sKa + (j & 1) * STAGE_BYTES, vb = sVa + (j & 1) * STAGE_BYTES;
@@ -469,7 +481,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_fa2_fwd(const Params p) {
     if (__syncthreads_or(empty)) {
       for (int d = tid; d < HD; d += NT) {
         float acc = 0.f;
-        for (int64_t j = 0; j < Tk; j++) acc += Num<T>::load(vg[j * HD + d]);
+        for (int64_t j = 0; j < Tk; j++) acc += Num<T>::load(vg[j * vs + d]);
         vmean[d] = acc / (float)Tk;
       }
       __syncthreads();
@@ -485,7 +497,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_fa2_fwd(const Params p) {
       const float inv = 1.f / l;  // l == 0 (no visible key): 0 · inf = NaN, as the simple kernel
       const int row = row_w + mi * 16 + g + hf * 8;
       if (row < q_rows) {
-        T* yr = yg + row * HD;
+        T* yr = yg + (int64_t)row * ys;
         if (EXT && km && m_run[mi][hf] == -INFINITY) {
 #pragma unroll
           for (int d = 0; d < DT; d++)
@@ -520,7 +532,7 @@ bool prepare(int smem) {
 template <typename T, int HD, int BM, int BN, int NW, bool QREG, int MINB>
 bool launch(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, double scale,
             bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens, int64_t n_cu,
-            cudaStream_t stream) {
+            cudaStream_t stream, const AttnLayout& L) {
   constexpr int smem = (BM + 4 * BN) * Layout<HD>::kStride * (int)sizeof(T);
   const bool ext = alibi != nullptr || key_mask != nullptr;
   if (!(ext ? prepare<T, HD, BM, BN, NW, QREG, MINB, true>(smem) : prepare<T, HD, BM, BN, NW, QREG, MINB, false>(smem))) return false;
@@ -531,6 +543,7 @@ bool launch(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int
   p.causal = causal ? 1 : 0;
   p.offset = offset;
   p.alibi = alibi, p.key_mask = key_mask, p.cu_seqlens = cu_seqlens, p.n_cu = n_cu;
+  p.L = L;
   // varlen: ceil(S / BM) + N blocks bound the tiles when every sequence starts a new one
   const int64_t mb = (S + BM - 1) / BM + (cu_seqlens ? n_cu - 1 : 0);
   if (mb > 0x7fffffffLL) return false;
@@ -545,16 +558,21 @@ bool launch(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int
 namespace detail {
 
 // Tile configurations. variant < 0 picks the default for the head dim; the benchmark times others.
+// `L` places the operands' rows (kiln_types.h); without it they are row-major.
 template <typename T>
 bool fa2_launch(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D,
                 int64_t Dv, double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask,
-                const int32_t* cu_seqlens, int64_t n_cu, cudaStream_t stream, int variant) {
+                const int32_t* cu_seqlens, int64_t n_cu, cudaStream_t stream, int variant, const AttnLayout& L) {
   if (!(scale > 0) || D != Dv || B <= 0 || Hq <= 0 || Hkv <= 0 || S <= 0 || Tk <= 0 || Hq % Hkv != 0) return false;
   if (B > 65535 || Hq > 65535 || S > (int64_t)1 << 30 || Tk > (int64_t)1 << 30) return false;
   if ((((uintptr_t)q) | ((uintptr_t)k) | ((uintptr_t)v) | ((uintptr_t)y)) & 15) return false;
+  // every row 16-byte aligned too (cp.async of 16-byte chunks)
+  const HeadStrides hs[4] = {L.q, L.k, L.v, L.y};
+  for (const HeadStrides& x : hs)
+    if ((x.b | x.h | x.s) & 7) return false;
   if (cu_seqlens && (B != 1 || S != Tk || n_cu < 2 || offset || key_mask)) return false;  // the op's varlen form only
 #define KILN_FA2(HD, BM, BN, NW, QREG, MINB) \
-  return fa2::launch<T, HD, BM, BN, NW, QREG, MINB>(q, k, v, y, B, Hq, Hkv, S, Tk, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream)
+  return fa2::launch<T, HD, BM, BN, NW, QREG, MINB>(q, k, v, y, B, Hq, Hkv, S, Tk, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream, L)
   switch (D) {
     case 64: KILN_FA2(64, 128, 64, 4, true, 2);
     case 80: KILN_FA2(80, 128, 64, 4, false, 2);
@@ -569,25 +587,40 @@ bool fa2_launch(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq,
   }
 #undef KILN_FA2
 }
+template <typename T>
+bool fa2_launch(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D,
+                int64_t Dv, double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask,
+                const int32_t* cu_seqlens, int64_t n_cu, cudaStream_t stream, int variant) {
+  return fa2_launch<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream, variant,
+                       row_major_attention(Hq, Hkv, S, Tk, D, Dv));
+}
 
 }  // namespace detail
 
 // The fast path of the flash_attention op (kernels.cuh's flash_attention tries it first). All
 // pointers are device memory; nullptr = absent. Returns false, launching nothing, where it does
-// not apply (the caller's simple kernel then runs).
+// not apply (the caller's simple kernel then runs). `L` places the operands' rows (kiln_types.h);
+// without it they are row-major.
 template <typename T>
 bool flash_attention_tiled(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk,
                            int64_t D, int64_t Dv, double scale, bool causal, const int64_t* offset, const float* alibi,
-                           const int64_t* key_mask, const int32_t* cu_seqlens, int64_t n_cu, cudaStream_t stream) {
+                           const int64_t* key_mask, const int32_t* cu_seqlens, int64_t n_cu, cudaStream_t stream, const AttnLayout& L) {
   if (S < 16) return false;  // decode-sized: the split-KV kernel wins there
-  return detail::fa2_launch<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream, -1);
+  return detail::fa2_launch<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream, -1, L);
 }
 // f32 is not handled (no 16-bit tensor-core path): the caller falls back.
 template <>
 inline bool flash_attention_tiled<float>(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
                                          int64_t, int64_t, double, bool, const int64_t*, const float*, const int64_t*, const int32_t*,
-                                         int64_t, cudaStream_t) {
+                                         int64_t, cudaStream_t, const AttnLayout&) {
   return false;
+}
+template <typename T>
+bool flash_attention_tiled(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk,
+                           int64_t D, int64_t Dv, double scale, bool causal, const int64_t* offset, const float* alibi,
+                           const int64_t* key_mask, const int32_t* cu_seqlens, int64_t n_cu, cudaStream_t stream) {
+  return flash_attention_tiled<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream,
+                                  row_major_attention(Hq, Hkv, S, Tk, D, Dv));
 }
 
 }  // namespace cuda

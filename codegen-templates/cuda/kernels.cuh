@@ -277,13 +277,14 @@ __global__ void k_gather_runs(const T* __restrict__ x, const I* __restrict__ idx
 // and short prompts (decode, S < 16); prefill goes to the tiled tensor-core kernel of flash_attn2.cuh.
 static const int kChunk = 64;
 
-// One query row (qrow, D values) against keys [j0, j1) of one head (kb [Tk, D], vb [Tk, Dv]), by the
-// block's 4 warps: score scale · q·k + slope · j, keys with km[j] = 0 skipped. Unsplit it writes
+// One query row (qrow, D values) against keys [j0, j1) of one head (key j's D values at kb + j·ks,
+// its Dv values at vb + j·vs), by the block's 4 warps: score scale · q·k + slope · j, keys with km[j] = 0 skipped. Unsplit it writes
 // the row (yrow); split it writes the partial state [max, sum, acc[Dv]] to `out`. A row that saw no
 // key is the mean of V over Tk keys with a key mask, else NaN (combined rows: NaN).
 template <typename T, bool SPLIT>
 __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* __restrict__ kb, const T* __restrict__ vb, T* __restrict__ yrow, float* __restrict__ out,
-                                           int64_t j0, int64_t j1, int D, int Dv, float scale, float slope, const int64_t* __restrict__ km, int64_t Tk) {
+                                           int64_t j0, int64_t j1, int64_t ks, int64_t vs, int D, int Dv, float scale, float slope,
+                                           const int64_t* __restrict__ km, int64_t Tk) {
   constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
   __shared__ float qs[MAXD];
   __shared__ float wm[W], wl[W];
@@ -296,7 +297,7 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
   for (int e = 0; e < PER; e++) acc[e] = 0.f;
   for (int64_t j = j0 + warp; j < j1; j += W) {
     if (km && km[j] == 0) continue;  // a padded key (the whole warp skips it)
-    const T* kr = kb + j * D;
+    const T* kr = kb + j * ks;
     float s = 0.f;
     for (int d = lane; d < D; d += 32) s += qs[d] * Num<T>::load(kr[d]);
 #pragma unroll
@@ -306,7 +307,7 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
     const float corr = m == -INFINITY ? 0.f : __expf(m - mn);
     const float p = __expf(s - mn);
     l = l * corr + p;
-    const T* vr = vb + j * Dv;
+    const T* vr = vb + j * vs;
 #pragma unroll
     for (int e = 0; e < PER; e++) {
       const int d = lane + 32 * e;
@@ -345,7 +346,7 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
       float mean = NAN;
       if (km) {
         mean = 0.f;
-        for (int64_t j = 0; j < Tk; j++) mean += Num<T>::load(vb[j * Dv + d]);
+        for (int64_t j = 0; j < Tk; j++) mean += Num<T>::load(vb[j * vs + d]);
         mean /= (float)Tk;
       }
       yrow[d] = Num<T>::store(mean);
@@ -360,7 +361,7 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
                                                    float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
                                                    bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
                                                    const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu,
-                                                   int64_t window) {
+                                                   int64_t window, const AttnLayout L) {
   const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
   const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
   const int64_t g = Hq / Hkv;
@@ -394,15 +395,18 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
     }
     return;
   }
-  const T* kb = k + (b * Hkv + h / g) * Tk * D;
-  const T* vb = v + (b * Hkv + h / g) * Tk * Dv;
-  attend_row<T, SPLIT>(q + row * D, kb, vb, y + row * Dv, out, j0, j1, D, Dv, scale, alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk);
+  const T* kb = k + b * L.k.b + (h / g) * L.k.h;
+  const T* vb = v + b * L.v.b + (h / g) * L.v.h;
+  attend_row<T, SPLIT>(q + b * L.q.b + h * L.q.h + i * L.q.s, kb, vb, y + b * L.y.b + h * L.y.h + i * L.y.s, out, j0, j1, L.k.s, L.v.s, D, Dv, scale,
+                       alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk);
 }
 
-// Merges the splits of a row: rescales each partial state to the common max and adds.
+// Merges the splits of a row ((b · Hq + h) · S + i, written at y + b·ys.b + h·ys.h + i·ys.s):
+// rescales each partial state to the common max and adds.
 template <typename T>
-__global__ void k_attention_combine(const float* __restrict__ part, T* __restrict__ y, int splits, int Dv) {
+__global__ void k_attention_combine(const float* __restrict__ part, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides ys) {
   const int64_t row = blockIdx.x;
+  T* yrow = y + (row / S / Hq) * ys.b + ((row / S) % Hq) * ys.h + (row % S) * ys.s;
   const float* p = part + row * (int64_t)splits * (Dv + 2);
   float M = -INFINITY;
   for (int s = 0; s < splits; s++) M = fmaxf(M, p[s * (Dv + 2)]);
@@ -417,7 +421,7 @@ __global__ void k_attention_combine(const float* __restrict__ part, T* __restric
       const float ms = p[s * (Dv + 2)];
       if (ms != -INFINITY) a += p[s * (Dv + 2) + 2 + d] * __expf(ms - M);
     }
-    y[row * Dv + d] = Num<T>::store(M == -INFINITY ? NAN : a / L);
+    yrow[d] = Num<T>::store(M == -INFINITY ? NAN : a / L);
   }
 }
 
@@ -483,22 +487,25 @@ __global__ void __launch_bounds__(128) k_varlen_cache_attention(const T* __restr
     return;
   }
   const int64_t kv = (s < 0 || s >= B ? 0 : s) * Hkv + h / (Hq / Hkv);
-  attend_row<T, SPLIT>(q + row * D, k + kv * C * D, v + kv * C * Dv, y + row * Dv, out, j0, j1, D, Dv, scale, alibi ? alibi[h] : 0.f, nullptr, C);
+  attend_row<T, SPLIT>(q + row * D, k + kv * C * D, v + kv * C * Dv, y + row * Dv, out, j0, j1, D, Dv, D, Dv, scale, alibi ? alibi[h] : 0.f, nullptr, C);
 }
 
 }  // namespace detail
 
+// The operands' rows lie where `L` says (kiln_types.h's AttnLayout: the [B, S, H, D] tensors around
+// a layer's head transposes are read and written in place); the overload without it takes them
+// row-major.
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
                      double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
-                     int64_t n_cu, int64_t window) {
+                     int64_t n_cu, int64_t window, const AttnLayout& L) {
   const int64_t rows = B * Hq * S;
   if (rows <= 0) return;
   if (D > 256 || Dv > 256) rt::fail(KILN_ERR_INVALID, "flash_attention: head dims %lld/%lld are over 256", (long long)D, (long long)Dv);
   if (rows > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "flash_attention: %lld rows is too many for one launch", (long long)rows);
   // the tiled FlashAttention-2 kernel (flash_attn2.cuh) takes what it supports (no sliding window
   // yet); the rest falls through
-  if (window <= 0 && flash_attention_tiled<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream())) {
+  if (window <= 0 && flash_attention_tiled<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, stream(), L)) {
     detail::launched("flash_attention (tiled)");
     return;
   }
@@ -507,15 +514,21 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   // few rows against many keys (decode): split the keys across blocks, then combine
   if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535 && !key_mask && !cu_seqlens) {
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
-    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window);
+    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L);
     detail::launched("flash_attention (split KV)");
-    detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv);
+    detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv, Hq, S, L.y);
     detail::launched("flash_attention (combine)");
     rt::release(part);
     return;
   }
-  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window);
+  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L);
   detail::launched("flash_attention");
+}
+template <typename T>
+void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
+                     double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
+                     int64_t n_cu, int64_t window) {
+  flash_attention<T>(q, k, v, y, B, Hq, Hkv, S, Tk, D, Dv, scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, row_major_attention(Hq, Hkv, S, Tk, D, Dv));
 }
 
 // Absolute positions of the packed tokens of the varlen cache (i64 [T]): pos[n] + t − cu[n].
@@ -552,7 +565,7 @@ void varlen_cache_attention(const T* q, const T* k, const T* v, const int32_t* c
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "varlen_cache_attention split-KV partials");
     detail::k_varlen_cache_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, cu, slot, pos, N, B, Hq, Hkv, Tq, C, (int)D, (int)Dv, (float)scale, alibi, window);
     detail::launched("varlen_cache_attention (split KV)");
-    detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv);
+    detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv, Hq, Tq, row_major_heads(Hq, Tq, Dv));
     detail::launched("varlen_cache_attention (combine)");
     rt::release(part);
     return;

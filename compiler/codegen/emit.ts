@@ -2,6 +2,8 @@
 // block per op calling a kernel of namespace K (kiln::cpu for host C++, kiln::cuda for CUDA), on
 // buffers from the target's allocator. Symbolic dims become int64 variables bound from the input
 // shapes; a reshape is an alias; every other op writes a fresh buffer, freed after its last use.
+// Some transposes are not copied: elementwise ops and attention read through them (views), and an
+// attention writes its result in the layout of the transpose that reads it (which then aliases it).
 // The skeleton and the kernels are files in codegen-templates/; this file only fills them in.
 
 import type { Dim } from "../ir/dim.js";
@@ -138,13 +140,16 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   const kept = new Set(g.outputs.map((x) => x.value.id));
   const opRoots = new Set<number>();
   const inPlace = inPlaceCacheWrites(g);
-  // transposes and constant-index gathers read only by elementwise ops are not materialized:
-  // those ops read through them (views)
+  // transposes and constant-index gathers read only by elementwise ops (transposes also by
+  // attention, as q, k, v) are not materialized: those ops read through them (views)
   const views = elementwiseViews(g);
   const q8Share = int8Shares(g);
+  // attention writes its result through the transpose that is its only reader (which then aliases it)
+  const attnOut = attentionOutputs(g, views);
+  const writtenBy = new Map([...attnOut].map(([fa, t]) => [t.result.id, fa]));
   const readsOf = (n: Node): Value[] => [...n.operands, ...n.operands.flatMap((x) => (views.has(x.id) ? [views.get(x.id)!.src] : []))];
   g.nodes.forEach((n, i) => {
-    const aliasing = n.op === "reshape" || inPlace.has(n.result.id);
+    const aliasing = n.op === "reshape" || inPlace.has(n.result.id) || writtenBy.has(n.result.id);
     root.set(n.result.id, aliasing ? root.get(n.operands[0].id)! : n.result.id);
     if (!aliasing && n.op !== "constant" && !views.has(n.result.id)) opRoots.add(n.result.id); // constants live in the library
     for (const x of readsOf(n)) lastUse.set(root.get(x.id)!, i);
@@ -159,6 +164,11 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     const where = `${printNode(n, ref).split(" loc(")[0]}${n.loc ? ` at ${locString(n.loc)}` : ""}`;
     if (views.has(n.result.id)) {
       body.push(`  // ${printNode(n, ref)} (not materialized: its readers read ${ref(views.get(n.result.id)!.src)} through it)`);
+      return;
+    }
+    if (writtenBy.has(n.result.id)) {
+      body.push(`  // ${printNode(n, ref)} (not materialized: %${writtenBy.get(n.result.id)} wrote it in this layout)`);
+      body.push(`  ${T}* ${y} = ${name.get(n.operands[0].id)};`);
       return;
     }
     body.push(`  // ${printNode(n, ref)}`);
@@ -223,7 +233,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       const { functor, call } = emitElementwise(e, name, views);
       kernels.push(functor);
       body.push(`  ${call}`);
-    } else body.push(...emitOp(n, name, where, constants).map((l) => `  ${l}`));
+    } else body.push(...emitOp(n, name, where, constants, { views, attnOut }).map((l) => `  ${l}`));
     // free operands whose buffers die here
     const freed = new Set<number>();
     for (const x of readsOf(n)) {
@@ -328,9 +338,9 @@ export interface View {
 
 /**
  * The transposes (the last dim kept in place) and last-axis gathers with constant indices (RoPE's
- * rotate-half) whose every reader is an elementwise op of the same shape (or such a gather): those
- * readers read the source through them (strides, and the index table), so no kernel copies the
- * data. The graph's meaning is unchanged; only where the target computes the indexing moves.
+ * rotate-half) whose every reader is an elementwise op of the same shape (or such a gather; or, for
+ * a 4-d transpose, a flash_attention reading it as q, k or v): those readers read the source through
+ * them (strides, and the index table), so no kernel copies the data. The graph's meaning is unchanged; only where the target computes the indexing moves.
  */
 export function elementwiseViews(g: Graph): Map<number, View> {
   const uses = usesOf(g);
@@ -358,7 +368,7 @@ export function elementwiseViews(g: Graph): Map<number, View> {
     const n = g.nodes[i];
     if (!candidate(n)) continue;
     const us = uses.get(n.result.id) ?? [];
-    const ok = us.length > 0 && us.every((u) => readsAsView(u, n.result) || (n.op === "transpose" && u.op === "gather" && absorbed.has(u.result.id) && u.operands[0].id === n.result.id && !u.operands.slice(1).some((o) => o.id === n.result.id)));
+    const ok = us.length > 0 && us.every((u) => readsAsView(u, n.result) || (n.op === "transpose" && readsAsAttentionOperand(u, n.result)) || (n.op === "transpose" && u.op === "gather" && absorbed.has(u.result.id) && u.operands[0].id === n.result.id && !u.operands.slice(1).some((o) => o.id === n.result.id)));
     if (ok) absorbed.add(n.result.id);
   }
   const views = new Map<number, View>();
@@ -373,6 +383,58 @@ export function elementwiseViews(g: Graph): Map<number, View> {
     }
   }
   return views;
+}
+
+/** `u` is a flash_attention reading the 4-d `v` only as its q, k or v (strides; never as the offset, mask or cu_seqlens). */
+const readsAsAttentionOperand = (u: Node, v: Value): boolean =>
+  u.op === "flash_attention" && v.shape.length === 4 && u.operands.every((o, i) => o.id !== v.id || i < 3);
+
+/**
+ * The flash_attentions whose result's only reader is a transpose keeping the last dim (the heads
+ * back to [B, S, H, Dv]), neither a graph output nor the transpose a view: the attention writes its
+ * rows straight into the transpose's layout (kiln::AttnLayout's y) and the transpose aliases that
+ * buffer, as a reshape does. With elementwiseViews taking the transposes that only attention (and
+ * elementwise ops) read as q, k, v, neither head transpose around a layer's attention is copied.
+ * Maps the attention's result id → the transpose.
+ */
+export function attentionOutputs(g: Graph, views: Map<number, View>): Map<number, Node> {
+  const uses = usesOf(g);
+  const outputs = new Set(g.outputs.map((o) => o.value.id));
+  const m = new Map<number, Node>();
+  for (const n of g.nodes) {
+    if (n.op !== "flash_attention" || outputs.has(n.result.id)) continue;
+    const us = uses.get(n.result.id) ?? [];
+    const t = us[0];
+    if (us.length !== 1 || t.op !== "transpose" || t.result.shape.length !== 4 || (t.attrs.perm as number[])[3] !== 3) continue;
+    if (outputs.has(t.result.id) || views.has(t.result.id)) continue;
+    m.set(n.result.id, t);
+  }
+  return m;
+}
+
+/**
+ * The values a flash_attention reads for q, k, v (a transposed view's source, see elementwiseViews)
+ * and, where any of q, k, v, y is not row-major [B, H, S, D], its kiln::AttnLayout: each operand's
+ * (batch, head, row) strides as C++ expressions; y's are those of `into`'s layout (attentionOutputs).
+ */
+function attentionIO(n: Node, views: Map<number, View>, into: Node | undefined): { read: Value[]; layout?: string } {
+  const read: Value[] = [];
+  const strides: string[][] = [];
+  for (const x of n.operands.slice(0, 3)) {
+    const view = views.get(x.id);
+    if (view && view.table) throw new KilnError("E_BUILD", `flash_attention %${n.result.id} reads a gathered view ${typeString(x)}`);
+    const ss = view ? cstrides(view.src.shape) : cstrides(x.shape);
+    read.push(view ? view.src : x);
+    strides.push(view ? view.perm.slice(0, 3).map((p) => ss[p]) : ss.slice(0, 3));
+  }
+  if (into) {
+    // y's dim k is the transpose's dim j where perm[j] = k
+    const perm = into.attrs.perm as number[];
+    const ts = cstrides(into.result.shape);
+    strides.push([0, 1, 2].map((k) => ts[perm.indexOf(k)]));
+  } else strides.push(cstrides(n.result.shape).slice(0, 3));
+  if (!into && !n.operands.slice(0, 3).some((x) => views.has(x.id))) return { read }; // all row-major: the plain call
+  return { read, layout: `kiln::AttnLayout{${strides.map((s) => `{${s.join(", ")}}`).join(", ")}}` };
 }
 
 /**
@@ -520,7 +582,7 @@ function alibiTable(n: Node): string[] {
 }
 
 /** The kernel call(s) of one op writing into its fresh buffer `v<id>`. */
-function emitOp(n: Node, name: Map<number, string>, where: string, constants: Map<number, number[]>): string[] {
+function emitOp(n: Node, name: Map<number, string>, where: string, constants: Map<number, number[]>, layout: { views: Map<number, View>; attnOut: Map<number, Node> }): string[] {
   const y = `v${n.result.id}`;
   const out = n.result.shape;
   const xs = n.operands.map((v) => name.get(v.id)!);
@@ -596,6 +658,8 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
     }
     case "flash_attention": {
       const [q, , v] = n.operands;
+      const io = attentionIO(n, layout.views, layout.attnOut.get(n.result.id));
+      const [pq, pk, pv] = io.read.map((x) => name.get(x.id)!);
       const [B, Hq, S, D] = q.shape;
       const [, Hkv, Tk, Dv] = v.shape;
       const dims = [B, Hq, Hkv, S, Tk, D, Dv].map(cdim).join(", ");
@@ -608,7 +672,7 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       const cu = varlen ? `${xs[xs.length - 1]}, ${cdim(n.operands[n.operands.length - 1].shape[0])}` : "nullptr, 0";
       const lines = alibiTable(n);
       const alibi = lines.length ? `a${n.result.id}` : "nullptr";
-      lines.push(`K::flash_attention<${T}>(${xs[0]}, ${xs[1]}, ${xs[2]}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask}, ${cu}, ${(n.attrs.window as number | undefined) ?? 0});`);
+      lines.push(`K::flash_attention<${T}>(${pq}, ${pk}, ${pv}, ${y}, ${dims}, ${fmtDouble(n.attrs.scale as number)}, ${n.attrs.causal ? "true" : "false"}, ${offset}, ${alibi}, ${mask}, ${cu}, ${(n.attrs.window as number | undefined) ?? 0}${io.layout ? `, ${io.layout}` : ""});`);
       return lines;
     }
     case "varlen_cache_positions":
