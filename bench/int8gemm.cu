@@ -333,7 +333,7 @@ int main() {
       if (!(dec <= 3e-3)) failures += std::string(" [") + label + ": decode vs prefill rel " + std::to_string(dec) + "]";
       // the bf16 linear and cuBLASLt's int8 GEMM alone (random codes)
       Q::i8_mode() = Q::I8_AUTO;
-      const double tb = median_us([&](int i) { kiln::cuda::linear<bf16>(x, wb[i % COPIES], nullptr, y, M, N, K); });
+      const double tb = median_us([&](int i) { kiln::cuda::linear<bf16>(x, wb[i % COPIES], nullptr, nullptr, y, M, N, K); });
       double tg = NAN;
       if (kiln::lt::gemm_i8(N, M, K, (const int8_t*)q8[0], K, qa, K, acc, N, "int8gemm")) {
         tg = median_us([&](int i) { kiln::lt::gemm_i8(N, M, K, (const int8_t*)q8[i % COPIES], K, qa, K, acc, N, "int8gemm"); });

@@ -75,9 +75,10 @@ void matmul(const T* a, const T* w, T* y, Shape batch, Strides sa, Strides sb, i
     }
 }
 
-// y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]): torch.nn.Linear with W [out, in].
+// y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]) (+ residual[m, n]): torch.nn.Linear with W [out, in],
+// and fuse-residual's add inside the same sum, rounded once.
 template <typename T>
-void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+void linear(const T* x, const T* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K) {
   typedef Num<T> Nm;
 #pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 65536)
   for (int64_t m = 0; m < M; m++)
@@ -86,6 +87,7 @@ void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, i
       const T* wr = w + n * K;
       double s = bias ? (double)Nm::load(bias[n]) : 0.0;
       for (int64_t k = 0; k < K; k++) s += (double)Nm::load(xr[k]) * (double)Nm::load(wr[k]);
+      if (residual) s += (double)Nm::load(residual[m * N + n]);
       y[m * N + n] = Nm::store((float)s);
     }
 }

@@ -1211,7 +1211,7 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   T* wd = (T*)rt::alloc((int64_t)sizeof(T) * N * K, "qlinear4 (dequantized weight)");
   qdetail::k_dequant4<T><<<detail::grid_for((N * K + 1) / 2, detail::kThreads), detail::kThreads, 0, s>>>(q, c, wd, N * K);
   detail::launched("qlinear4 (dequantize)");
-  linear<T>(x, wd, bias, y, M, N, K);
+  linear<T>(x, wd, bias, nullptr, y, M, N, K);
   rt::release(wd);
 }
 

@@ -528,9 +528,12 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       ];
     }
     case "linear": {
+      // operands x, w [, bias] [, residual] (fuse-residual's epilogue: the last one, of y's shape)
       const [x, w] = n.operands;
       const K = w.shape[1];
-      return [`K::linear<${T}>(${xs[0]}, ${xs[1]}, ${xs[2] ?? "nullptr"}, ${y}, ${cprod(x.shape.slice(0, -1))}, ${cdim(w.shape[0])}, ${cdim(K)});`];
+      const res = n.attrs.residual === true ? xs[xs.length - 1] : "nullptr";
+      const bias = xs.length - (n.attrs.residual === true ? 1 : 0) > 2 ? xs[2] : "nullptr";
+      return [`K::linear<${T}>(${xs[0]}, ${xs[1]}, ${bias}, ${res}, ${y}, ${cprod(x.shape.slice(0, -1))}, ${cdim(w.shape[0])}, ${cdim(K)});`];
     }
     case "softmax":
     case "reduce_sum":
