@@ -206,7 +206,7 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
     Q::i8_mode() = v == 0 ? Q::I8_LT : Q::I8_OWN;
     snprintf(label, sizeof label, "edge %s M=%lld N=%lld K=%lld %s", tname, (long long)M, (long long)N, (long long)K, Q::i8_name(Q::i8_mode()));
     fill(y, 0xff, sizeof(T) * M * N);
-    kiln::cuda::qlinear8<T>(x, q8, b, y, M, N, K, 6.0);
+    kiln::cuda::qlinear8<T>(x, q8, b, nullptr, y, M, N, K, 6.0);
     ck(kiln_synchronize(), label);
     std::vector<float> got = down_t<T>(y, M * N);
     const double e = rel(got.data(), ref.data(), M * N);
@@ -229,8 +229,8 @@ struct Stages {
 static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int32_t* acc, int64_t M, int64_t N, int64_t K) {
   cudaStream_t s = kiln::cuda::stream();
   Stages t;
-  t.prep = median_us([&](int i) { Q::i8_release(Q::i8_prep<bf16>(x, q8[i % copies], nullptr, y, M, N, K, 6.0, s)); });
-  const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0, s);
+  t.prep = median_us([&](int i) { Q::i8_release(Q::i8_prep<bf16>(x, q8[i % copies], nullptr, nullptr, y, M, N, K, 6.0, s)); });
+  const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(x, q8[0], nullptr, nullptr, y, M, N, K, 6.0, s);
   const Q::I8Ws& w = p.ws;
   const int64_t Kp = p.g.Kp;
   t.quant = median_us([&](int) { Q::i8_quant_rows<bf16>(x, true, M, K, Kp, 6.f, w, s); });
@@ -314,18 +314,18 @@ int main() {
       for (int v = 0; v < 4; v++) {
         Q::i8_mode() = modes[v];
         fill(y, 0xff, 2 * M * N);  // NaN: a result never written fails
-        kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0);
+        kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, nullptr, y, M, N, K, 6.0);
         ck(kiln_synchronize(), "qlinear8");
         std::vector<float> got = down(y, M * N);
         err[v] = rel(got.data(), ref.data(), M * N);
         if (v == 0) first = got;
         else vs_lt = std::max(vs_lt, rel(got.data(), first.data(), M * N));
         if (!(err[v] <= 1.5e-2)) failures += std::string(" [") + label + ": " + Q::i8_name(modes[v]) + " rel err " + std::to_string(err[v]) + "]";
-        t[v] = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(x, q8[i % COPIES], nullptr, y, M, N, K, 6.0); });
+        t[v] = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(x, q8[i % COPIES], nullptr, nullptr, y, M, N, K, 6.0); });
       }
       if (!(vs_lt <= 3e-3)) failures += std::string(" [") + label + ": variants differ by " + std::to_string(vs_lt) + "]";
       // decode (M = 8, the dp4a GEMV) against the prefill rows
-      kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, y8, 8, N, K, 6.0);
+      kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, nullptr, y8, 8, N, K, 6.0);
       ck(kiln_synchronize(), "qlinear8 (M = 8)");
       std::vector<float> d8 = down(y8, 8 * N);
       // (the 8 rows alone flag the same columns: |x| ≤ 2 elsewhere, |x| > 6 in 85 % of the rows of a hot column)

@@ -11,7 +11,10 @@
 //     residual, which the artifact runs where cuBLASLt is missing, against the same reference;
 //   - times (CUDA events, median of 50 after 10 warm-ups, weights rotating past L2) the fused call,
 //     the unfused linear, the add, and the two together.
-// Prints a table, "PASS" or "FAIL: …" per case, then "ALL PASS" (exit 0) or "FAILED" (exit 1).
+// Then the same for qlinear (nf4: the 4-bit GEMVs at M = 1, 7, dequantize + GEMM at 2048; LLM.int8:
+// the dp4a GEMV, and the GEMM epilogues at 2048, whichever KILN_INT8_GEMM picks): fused vs unfused
+// within 2 bf16 ulps everywhere, and the residual really added (fused ≠ the linear alone).
+// Prints tables, "PASS" or "FAIL: …" per case, then "ALL PASS" (exit 0) or "FAILED" (exit 1).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/residual bench/residual.cu
 //   bench/tmp/residual
 #include "common/kiln_types.h"
@@ -178,6 +181,69 @@ int main() {
       }
       for (bf16* p : W) cudaFree(p);
       for (void* p : {(void*)x, (void*)b, (void*)r, (void*)y, (void*)t, (void*)y2, (void*)yo, (void*)xf, (void*)wf, (void*)lf}) cudaFree(p);
+    }
+
+  // qlinear: weights quantized on the GPU (kiln_quantize4/8) from f32 uniform ±0.125
+  double code[16];  // an evenly spaced 4-bit code: any 16 sorted values in [-1, 1] exercise the kernels
+  for (int i = 0; i < 16; i++) code[i] = -1.0 + 2.0 * i / 15;
+  printf("\n| scheme | M | K -> N | fused us | qlinear us | qlinear+add us | saved us | max ulps fused vs unfused | check |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (const auto& sh : shapes)
+    for (int scheme = 0; scheme < 2; scheme++) {
+      const int64_t K = sh[0], N = sh[1], wn = N * K;
+      const int64_t qb = scheme ? kiln::quant::bytes8(N, K) : kiln::quant::bytes4(wn, 64, false);
+      const int copies = (int)std::max<int64_t>(2, (int64_t)(200ll << 20) / qb + 1);
+      std::vector<uint8_t*> Q(copies);
+      float* wf;
+      ck(cudaMalloc(&wf, wn * 4), "malloc");
+      for (int c = 0; c < copies; c++) {
+        bf16* wb = rnd(wn, 777u + c, 0.25f);
+        k_widen<<<1024, 256, 0, s>>>(wb, wf, wn);
+        ck(cudaMalloc(&Q[c], qb), "malloc");
+        if ((scheme ? kiln_quantize8(Q[c], wf, N, K) : kiln_quantize4(Q[c], wf, wn, 64, 0, code)) != 0) {
+          fprintf(stderr, "quantize: %s\n", kiln_last_error());
+          return 1;
+        }
+        cudaFree(wb);
+      }
+      for (int M : Ms) {
+        bf16* x = rnd(M * K, 99u, 2.0f);
+        bf16* b = rnd(N, 7u, 1.0f);
+        bf16* r = rnd(M * N, 5u, 8.0f);
+        bf16 *y, *t, *y2;
+        for (bf16** p : {&y, &t, &y2}) ck(cudaMalloc(p, M * N * 2), "malloc");
+        auto q = [&](int i, const bf16* res, bf16* out) {
+          if (scheme) kiln::cuda::qlinear8<bf16>(x, Q[i % copies], b, res, out, M, N, K, 6.0);
+          else kiln::cuda::qlinear4<bf16>(x, Q[i % copies], b, res, out, M, N, K, 64, false, code);
+        };
+        const int64_t n8 = M * N / 8;
+        auto add = [&]() { k_add<<<(unsigned)std::min<int64_t>((n8 + 255) / 256, 4096), 256, 0, s>>>((const uint4*)t, (const uint4*)r, (uint4*)y2, n8); };
+        for (bf16* p : {y, y2}) ck(cudaMemsetAsync(p, 0xff, M * N * 2, s), "poison");
+        q(0, r, y);
+        q(0, nullptr, t);
+        add();
+        ck(cudaGetLastError(), "launch");
+        std::vector<float> hy = host(y, M * N), ht = host(t, M * N), hy2 = host(y2, M * N);
+        double ulps = 0;
+        int64_t moved = 0;
+        for (int64_t i = 0; i < M * N; i++) {
+          const double d = fabs((double)hy[i] - hy2[i]) / ulp_bf16(std::max({fabs(ht[i]), fabs(hy[i]), fabs(hy2[i])}));
+          ulps = std::max(ulps, d != d ? INFINITY : d);
+          moved += hy[i] != ht[i];
+        }
+        const double tf = median_us([&](int i) { q(i, r, y); }, 10, 50);
+        const double tq = median_us([&](int i) { q(i, nullptr, t); }, 10, 50);
+        const double tu = median_us([&](int i) { q(i, nullptr, t); add(); }, 10, 50);
+        std::string why;
+        if (!(ulps <= 2)) why += " fused and unfused more than 2 ulps apart;";
+        if (!(moved > M * N / 2)) why += " the residual was not added;";
+        all = all && why.empty();
+        printf("| %s | %d | %lld -> %lld | %.1f | %.1f | %.1f | %.1f | %.2f | %s%s |\n", scheme ? "int8" : "nf4", M, (long long)K, (long long)N, tf, tq, tu, tu - tf, ulps,
+               why.empty() ? "PASS" : "FAIL:", why.c_str());
+        fflush(stdout);
+        for (void* p : {(void*)x, (void*)b, (void*)r, (void*)y, (void*)t, (void*)y2}) cudaFree(p);
+      }
+      for (uint8_t* p : Q) cudaFree(p);
+      cudaFree(wf);
     }
   printf(all ? "ALL PASS\n" : "FAILED\n");
   return all ? 0 : 1;

@@ -1,5 +1,5 @@
 // fuse-residual: on random graphs of residual blocks (every float dtype, symbolic shapes, operand
-// orders, bias, extra readers, broadcast residuals) the fused graph is within one unit in the last
+// orders, bias, extra readers, broadcast residuals, 4-bit and int8 qlinears) the fused graph is within one unit in the last
 // place of the unfused one (the single rounding of ops.ts's `linear` with `residual`); on random
 // graphs of every op within the usual tolerance; every family's traced graph fuses two adds a
 // layer with its logits as close; the cases it must leave alone say why; the interpreter rounds
@@ -30,6 +30,8 @@ interface Block {
   broadcast: boolean;
   /** the residual is the block's input x (as in a transformer) or a value of its own */
   ownResidual: boolean;
+  /** a plain linear, or a qlinear */
+  quant: "none" | "nf4" | "int8";
 }
 interface Recipe {
   dtype: DType;
@@ -41,13 +43,14 @@ interface Recipe {
 /** One add(r, linear(x, W [, b])) per block, side by side on one input (no block reads another's result). */
 function residualGraph(r: Recipe, exposeLinears = false): Graph {
   const b = new GraphBuilder("res");
-  const node = (op: string, operands: Value[], attrs: Record<string, boolean> = {}): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
+  const node = (op: string, operands: Value[], attrs: Attrs = {}): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
   const x = b.input("x", { dtype: r.dtype, shape: [...r.lead, r.D] });
   r.blocks.forEach((k, i) => {
     const w = b.param(`l${i}.weight`, { dtype: r.dtype, shape: [r.D, r.D] });
     const bias = k.bias ? [b.param(`l${i}.bias`, { dtype: r.dtype, shape: [r.D] })] : [];
     const res = k.broadcast ? b.param(`r${i}`, { dtype: r.dtype, shape: [1, r.D] }) : k.ownResidual ? node("tanh", [x]) : x;
-    const lin = node("linear", [node("sin", [x]), w, ...bias]);
+    const q = { scheme: k.quant, block: 2, double_quant: false, threshold: 6 };
+    const lin = node(k.quant === "none" ? "linear" : "qlinear", [node("sin", [x]), w, ...bias], k.quant === "none" ? {} : q);
     b.output(`y${i}`, node("add", k.linFirst ? [lin, res] : [res, lin]));
     if (k.extra === "reader") b.output(`e${i}`, node("exp", [lin]));
     if (k.extra === "output" || exposeLinears) b.output(`lin${i}`, lin);
@@ -63,6 +66,7 @@ const arbBlock: Arbitrary<Block> = fc.record({
   extra: fc.constantFrom<Block["extra"]>("none", "none", "reader", "output"),
   broadcast: fc.boolean(),
   ownResidual: fc.boolean(),
+  quant: fc.constantFrom<Block["quant"]>("none", "none", "nf4", "int8"),
 });
 const arbRecipe: Arbitrary<Recipe> = fc.record({
   dtype: fc.constantFrom<DType>("f32", "f16", "bf16"),
@@ -84,7 +88,7 @@ describe("fuse-residual", () => {
     fc.assert(
       fc.property(arbRecipe.chain((r) => arbCase(residualGraph(r)).map((c) => ({ r, c }))), ({ r, c }) => {
         const f = fuseResidual(c.graph);
-        const fusedLinears = f.nodes.filter((n) => n.op === "linear" && n.attrs.residual === true);
+        const fusedLinears = f.nodes.filter((n) => n.attrs.residual === true);
         expect(fusedLinears.length).toBe(r.blocks.filter(fusable).length);
         expect(f.nodes.filter((n) => n.op === "add").length).toBe(r.blocks.filter((k) => !fusable(k)).length);
         assertRoundTrip(f);
@@ -130,7 +134,7 @@ describe("fuse-residual", () => {
     }
   });
 
-  test("leaves alone, saying why: a linear read elsewhere, a broadcast residual, integers, qlinear; quantize-linear keeps fused linears", () => {
+  test("leaves alone, saying why: a linear read elsewhere, a broadcast residual, integers; fuses qlinears; quantize-linear keeps the residual", () => {
     const explainOf = (text: string): { g: Graph; f: Graph; why: string[] } => {
       const g = parse(text);
       const ctx = createContext();
@@ -166,15 +170,18 @@ describe("fuse-residual", () => {
 }`);
     expect(ints.f).toBe(ints.g);
     expect(ints.why).toEqual(["residual add: not fused: the linear computes in i32"]);
-    const q = explainOf(`graph g {
+    const qlinear = (scheme: string) => `graph g {
   input %x: f32[2, 64]
   param %w.weight: f32[64, 64]
-  %0: f32[2, 64] = qlinear(%x, %w.weight) {block = 64, double_quant = false, scheme = "nf4", threshold = 0}
+  %0: f32[2, 64] = qlinear(%x, %w.weight) {block = 64, double_quant = false, scheme = "${scheme}", threshold = 6}
   %1: f32[2, 64] = add(%0, %x)
   output y = %1
-}`);
-    expect(q.f).toBe(q.g);
-    expect(q.why).toEqual([]);
+}`;
+    for (const scheme of ["nf4", "int8"]) {
+      const q = explainOf(qlinear(scheme));
+      expect(print(q.f)).toContain(`%0: f32[2, 64] = qlinear(%x, %w.weight, %x) {block = 64, double_quant = false, residual = true, scheme = "${scheme}", threshold = 6}`);
+      expect(q.why).toEqual(["qlinear: residual add fused (f32[2, 64])"]);
+    }
     // both operands linears: the first one takes the other as its residual
     const both = explainOf(`graph g {
   input %x: f32[2, 3]
@@ -187,12 +194,10 @@ describe("fuse-residual", () => {
 }`);
     expect(print(both.f)).toContain("%1: f32[2, 3] = linear(%x, %w, %0) {residual = true} loc(\"m.ts\":1:1)");
     expect(both.why).toEqual(["linear at m.ts:1:1: residual add at m.ts:2:1 fused (f32[2, 3])"]);
-    // a second run finds nothing more; quantize-linear leaves the fused linear in 16 bits, saying so
+    // a second run finds nothing more; quantize-linear keeps the residual
     expect(fuseResidual(both.f)).toBe(both.f);
-    const msgs: string[] = [];
-    const quantized = quantizeLinear(parse(print(both.f).replace(/%w\b/g, "%w.weight")), { quant: "nf4" }, (m) => msgs.push(m));
-    expect(quantized.nodes.map((n) => n.op)).toEqual(["linear", "linear"]);
-    expect(msgs[0]).toBe("1 linear(s) with a fused residual kept in 16 bits (run quantize-linear before fuse-residual)");
+    const quantized = quantizeLinear(parse(print(both.f).replace(/%w\b/g, "%w.weight")), { quant: "nf4" });
+    expect(print(quantized)).toContain('%1: f32[2, 3] = qlinear(%x, %w.weight, %0) {block = 64, double_quant = false, residual = true, scheme = "nf4", threshold = 0}');
   });
 
   const FIXTURES = join(import.meta.dirname, "fixtures");

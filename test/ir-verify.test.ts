@@ -206,6 +206,7 @@ describe("shape rules", () => {
     ["linear", [f32(2, 3), f32(4, 3), { dtype: "f16", shape: [2, 4] }], { residual: true }, f32(2, 4), "dtypes differ: f32, f32, f16"],
     ["linear", [f32(2, 3), f32(4, 3), f32(4), f32(2, 4)], {}, f32(2, 4), "linear takes x, w, an optional bias: got 4 operands"],
     ["linear", [f32(2, 3), f32(2, 4)], { residual: true }, f32(2, 4), "linear takes x, w, an optional bias and the residual: got 2 operands"],
+    ["qlinear", [f32(2, 3), f32(4, 3), f32(2, 3)], { scheme: "int8", block: 64, double_quant: false, threshold: 6, residual: true }, f32(2, 4), "linear residual [2, 3] must have the result's shape [2, 4] (it is not broadcast)"],
     ["exp", [{ dtype: "i32", shape: [2] }], {}, { dtype: "i32", shape: [2] }, "needs a float operand, got i32"],
     ["where", [f32(2), f32(2), f32(2)], {}, f32(2), "condition must be bool, got f32"],
     ["softmax", [f32(2, 3)], { axis: -3 }, f32(2, 3), "axis -3 is out of range for rank 2"],

@@ -201,13 +201,14 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       const [x, w] = n.operands;
       const [N, K] = w.shape;
       const M = cprod(x.shape.slice(0, -1));
-      const bias = n.operands[2] ? name.get(n.operands[2].id)! : "nullptr";
+      const res = n.attrs.residual === true ? name.get(n.operands[n.operands.length - 1].id)! : "nullptr";
+      const bias = n.operands.length - (n.attrs.residual === true ? 1 : 0) > 2 ? name.get(n.operands[2].id)! : "nullptr";
       const wp = `(const uint8_t*)${name.get(w.id)}`;
-      if (scheme === "int8") body.push(`  K::qlinear8<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${fmtDouble(n.attrs.threshold as number)});`);
+      if (scheme === "int8") body.push(`  K::qlinear8<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${res}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${fmtDouble(n.attrs.threshold as number)});`);
       else {
         const table = `kiln_code_${scheme}`;
         if (!consts.some((c) => c.includes(`${table}[16]`))) consts.push(`static const double ${table}[16] = {${codeOf(scheme as FourBit).map((v) => fmtDouble(v)).join(", ")}};`);
-        body.push(`  K::qlinear4<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table});`);
+        body.push(`  K::qlinear4<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${res}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table});`);
       }
     } else if (n.op === "elementwise" || LONE_ELEMENTWISE.has(n.op)) {
       // a lone arithmetic op (one fuse-elementwise left alone: nothing to fuse with) runs as a

@@ -654,32 +654,34 @@ def({
 // linear whose weight is stored quantized (quant.ts): scheme "nf4" | "fp4" (blockwise 4-bit,
 // optionally double-quantized) or "int8" (LLM.int8, with `threshold` for outlier features). The
 // operands stay the float weight, so the semantics are explicit: the result is what the scheme
-// computes from that weight; targets quantize the weight once, on load.
+// computes from that weight; targets quantize the weight once, on load. `residual` as linear's
+// (fuse-residual's): the last operand, added in the same sum, rounded once.
 const QUANT_SCHEMES = ["nf4", "fp4", "int8"];
 def({
   name: "qlinear",
-  arity: [2, 3],
-  attrs: { scheme: { kind: "string" }, block: { kind: "int" }, double_quant: { kind: "bool" }, threshold: { kind: "float" } },
+  arity: [2, 4],
+  attrs: { scheme: { kind: "string" }, block: { kind: "int" }, double_quant: { kind: "bool" }, threshold: { kind: "float" }, residual: { kind: "bool", optional: true } },
   infer: (ts, a) => {
     if (!QUANT_SCHEMES.includes(a.scheme as string)) fail(`scheme '${a.scheme as string}' is not one of ${QUANT_SCHEMES.join(", ")}`);
     if (!((a.block as number) > 0 && Number.isInteger(a.block))) fail(`block must be a positive integer, got ${a.block as number}`);
-    const r = OPS.get("linear")!.infer(ts, {});
+    const r = OPS.get("linear")!.infer(ts, a.residual === true ? { residual: true } : {});
     needFloat(r);
     return r;
   },
-  eval: ([x, w, bias], a, out) => {
+  eval: ([x, w, ...rest], a, out) => {
     const [N, K] = w.shape;
     const M = x.data.length / K;
     const y = alloc(out.dtype, out.shape);
     if (a.scheme === "int8") {
-      const r = int8Matmul(x.data, w.data, bias?.data, M, N, K, a.threshold as number);
-      for (let i = 0; i < r.length; i++) y.data[i] = r[i];
+      const res = a.residual === true ? rest.pop() : undefined;
+      const r = int8Matmul(x.data, w.data, rest[0]?.data, M, N, K, a.threshold as number);
+      for (let i = 0; i < r.length; i++) y.data[i] = res ? r[i] + res.data[i] : r[i];
       return roundToDType(y);
     }
     const q = quantize4(w.data, a.scheme as FourBit, { block: a.block as number, doubleQuant: a.double_quant as boolean });
     // the dequantized weight in the compute (activation) dtype, then an ordinary linear
     const wd = roundToDType({ dtype: x.dtype, shape: w.shape, data: dequantize4(q) });
-    return OPS.get("linear")!.eval(bias ? [x, wd, bias] : [x, wd], {}, out);
+    return OPS.get("linear")!.eval([x, wd, ...rest], a.residual === true ? { residual: true } : {}, out);
   },
 });
 

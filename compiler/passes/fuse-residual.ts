@@ -5,13 +5,14 @@
 // Matches (after fuse-norm, before fuse-elementwise):
 //   add(r, linear(x, w [, b]))  or  add(linear(x, w [, b]), r)   →   linear(x, w [, b], r) {residual = true}
 //   where the linear's result is read only by that add (once) and is not a graph output, r has
-//   exactly the linear's shape and dtype (no broadcasting either way), and the dtype is a float.
+//   exactly the linear's shape and dtype (no broadcasting either way), and the dtype is a float;
+//   the same for a qlinear (the 4-bit GEMV's store or the GEMM of its dequantized weight; LLM.int8's
+//   GEMV and GEMM epilogues).
 // Guarantees: the fused op takes the add's place and its result value, so every reader of the add
 //   reads it unchanged; the result is round(x·Wᵀ (+ b) + r), rounded once, where the unfused graph
 //   rounds twice: within one unit in the last place of the larger of |x·Wᵀ| and |y| (ops.ts).
 // Leaves alone, saying why under --explain: a linear read elsewhere or returned, a residual that
-//   broadcasts, integer linears, linears that already have a residual, and qlinear (its kernels
-//   have no residual epilogue yet).
+//   broadcasts, integer linears, and linears that already have a residual.
 
 import { dimEq } from "../ir/dim.js";
 import { isFloat } from "../ir/dtype.js";
@@ -27,9 +28,14 @@ export function fuseResidual(g: Graph, explain: (msg: string) => void = () => {}
   const outputs = new Set(g.outputs.map((o) => o.value.id));
   const sameType = (a: Value, b: Value): boolean => a.dtype === b.dtype && a.shape.length === b.shape.length && a.shape.every((d, i) => dimEq(d, b.shape[i]));
 
+  /** a linear, or a qlinear, whose result is operand k of the add */
+  const linearAt = (add: Node, k: 0 | 1): Node | undefined => {
+    const n = def.get(add.operands[k].id);
+    return n && (n.op === "linear" || n.op === "qlinear") ? n : undefined;
+  };
   /** add(r, lin) in either order, the rule's conditions next to it */
   const match = (add: Node, k: 0 | 1): Result => {
-    const lin = def.get(add.operands[k].id)!;
+    const lin = linearAt(add, k)!;
     const r = add.operands[1 - k];
     const no = (why: string): Result => ({ ok: false, why });
     if (lin.attrs.residual === true) return no("the linear already adds a residual");
@@ -43,7 +49,7 @@ export function fuseResidual(g: Graph, explain: (msg: string) => void = () => {}
   const removed = new Set<number>(); // result ids of the linears absorbed
   for (const add of g.nodes) {
     if (add.op !== "add") continue;
-    const ks = ([0, 1] as const).filter((k) => def.get(add.operands[k].id)?.op === "linear");
+    const ks = ([0, 1] as const).filter((k) => linearAt(add, k));
     if (ks.length === 0) continue;
     const tries = ks.map((k) => match(add, k));
     const m = tries.find((t) => t.ok);
@@ -57,7 +63,7 @@ export function fuseResidual(g: Graph, explain: (msg: string) => void = () => {}
     fused.set(add.result.id, { ...lin, operands: [...lin.operands, r], attrs: { ...lin.attrs, residual: true }, result: add.result });
     removed.add(lin.result.id);
     const lat = lin.loc ? ` at ${locString(lin.loc)}` : "";
-    explain(`linear${lat}: residual add${at} fused (${lin.result.dtype}[${lin.result.shape.join(", ")}]${lin.operands.length > 2 ? ", with bias" : ""})`);
+    explain(`${lin.op}${lat}: residual add${at} fused (${lin.result.dtype}[${lin.result.shape.join(", ")}]${lin.operands.length > 2 ? ", with bias" : ""})`);
   }
   if (fused.size === 0) return g;
   const nodes = g.nodes.filter((n) => !removed.has(n.result.id)).map((n) => fused.get(n.result.id) ?? n);

@@ -5,14 +5,14 @@
 //   int8Threshold: number, default 6.0        (llm_int8_threshold; int8 only)
 //   skipModules: string[], default ["lm_head"] (llm_int8_skip_modules; applies to 4-bit too, as
 //                                              transformers keeps the output head in 16 bits)
-// Matches: linear nodes whose weight is a parameter named "<module>.weight" of a float dtype.
+// Matches: linear nodes whose weight is a parameter named "<module>.weight" of a float dtype (a
+//   fused residual, fuse-residual's, stays the qlinear's).
 // Guarantees: the op computes what the scheme computes from the same float weight (the op's
 //   reference in the interpreter); how far that is from the unquantized linear is the scheme's
 //   own error, bounded in test/quant.test.ts.
 // Leaves alone: skipped modules (a module matches when its name or any dotted suffix of it is in
-//   skipModules, e.g. "lm_head" or "mlp.down_proj"), weights that are not parameters, linears with
-//   a fused residual (qlinear has none; the default pipeline quantizes before fuse-residual), and
-//   every graph when `quant` is not set.
+//   skipModules, e.g. "lm_head" or "mlp.down_proj"), weights that are not parameters, and every
+//   graph when `quant` is not set.
 
 import type { Graph, Node } from "../ir/graph.js";
 import { KilnError } from "../ir/errors.js";
@@ -39,14 +39,10 @@ export function quantizeLinear(g: Graph, o: QuantOptions, explain: (m: string) =
     const parts = module.split(".");
     return parts.some((_p, i) => skip.includes(parts.slice(i).join(".")));
   };
-  let n = 0, withResidual = 0;
+  let n = 0;
   const kept = new Set<string>();
   const nodes = g.nodes.map((node): Node => {
     if (node.op !== "linear") return node;
-    if (node.attrs.residual === true) {
-      withResidual++;
-      return node;
-    }
     const w = node.operands[1];
     if (w.kind !== "param" || !w.name.endsWith(".weight") || !isFloat(w.dtype)) return node;
     const module = w.name.slice(0, -".weight".length);
@@ -55,10 +51,9 @@ export function quantizeLinear(g: Graph, o: QuantOptions, explain: (m: string) =
       return node;
     }
     n++;
-    const attrs = { scheme: o.quant!, block: 64, double_quant: Boolean(o.doubleQuant), threshold: o.quant === "int8" ? threshold : 0 };
+    const attrs = { scheme: o.quant!, block: 64, double_quant: Boolean(o.doubleQuant), threshold: o.quant === "int8" ? threshold : 0, ...(node.attrs.residual === true ? { residual: true } : {}) };
     return { ...node, op: "qlinear", attrs };
   });
-  if (withResidual) explain(`${withResidual} linear(s) with a fused residual kept in 16 bits (run quantize-linear before fuse-residual)`);
   for (const m of kept) explain(`${m}: kept in 16 bits (skip list)`);
   explain(`${n} linear(s) → qlinear ${o.quant}${o.doubleQuant ? " with double quantization" : ""}${o.quant === "int8" ? `, outlier threshold ${threshold}` : ""}`);
   return n ? { ...g, inputs: [...g.inputs], params: [...g.params], nodes, outputs: [...g.outputs] } : g;
