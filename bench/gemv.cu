@@ -91,14 +91,14 @@ int main(int argc, char** argv) {
     bf16 *y, *yref;
     ck(cudaMalloc(&y, c.M * c.N * 2), "malloc y");
     ck(cudaMalloc(&yref, c.M * c.N * 2), "malloc yref");
-    kiln::cuda::detail::gemm_tile<bf16, true>(x, W[0], nullptr, yref, c.M, c.N, c.K, none, 1, "ref");
+    kiln::cuda::detail::gemm_tile<bf16, true>(x, W[0], nullptr, nullptr, yref, c.M, c.N, c.K, none, 1, "ref");
     ck(cudaMemsetAsync(y, 0xff, c.M * c.N * 2, s), "poison");  // NaN pattern
-    kiln::cuda::linear<bf16>(x, W[0], nullptr, y, c.M, c.N, c.K);
+    kiln::cuda::linear<bf16>(x, W[0], nullptr, nullptr, y, c.M, c.N, c.K);
     const double rel = relerr(y, yref, c.M * c.N);
     if (!(rel < 1e-2)) ok = false;
     const double bytes = (double)wn * 2 + c.M * c.K * 2.0 + c.M * c.N * 2.0;
     auto tbs = [&](double us) { return bytes / (us * 1e-6) / 1e12; };
-    double us = median_us([&](int i) { kiln::cuda::linear<bf16>(x, W[i % copies], nullptr, y, c.M, c.N, c.K); }, 20, 200);
+    double us = median_us([&](int i) { kiln::cuda::linear<bf16>(x, W[i % copies], nullptr, nullptr, y, c.M, c.N, c.K); }, 20, 200);
     // GEMV variants at M = 1: loads in flight per lane (U) and threads a block
     double v[5] = {NAN, NAN, NAN, NAN, NAN};
     if (c.M == 1) {
@@ -106,9 +106,9 @@ int main(int argc, char** argv) {
       auto var = [&](auto kern, int threads) {
         const unsigned blocks = (unsigned)((c.N * 32 + threads - 1) / threads);
         ck(cudaMemsetAsync(y, 0xff, c.N * 2, s), "poison");
-        kern<<<blocks, threads, 0, s>>>(x, W[0], nullptr, y, c.N, c.K);
+        kern<<<blocks, threads, 0, s>>>(x, W[0], nullptr, nullptr, y, c.N, c.K);
         if (!(relerr(y, yref, c.N) < 1e-2)) ok = false;
-        return median_us([&](int i) { kern<<<blocks, threads, 0, s>>>(x, W[i % copies], nullptr, y, c.N, c.K); }, 20, 200);
+        return median_us([&](int i) { kern<<<blocks, threads, 0, s>>>(x, W[i % copies], nullptr, nullptr, y, c.N, c.K); }, 20, 200);
       };
       v[0] = var(k_gemv<bf16, 1, true, 4>, 256);
       v[1] = var(k_gemv<bf16, 1, true, 8>, 256);
@@ -143,9 +143,9 @@ int main(int argc, char** argv) {
     bf16 *x = rnd(M * K, 7u, 2.0f), *w = rnd(N * K, 8u, 0.25f), *b = rnd(N, 9u, 1.0f), *y, *yr;
     ck(cudaMalloc(&y, M * N * 2), "malloc");
     ck(cudaMalloc(&yr, M * N * 2), "malloc");
-    kiln::cuda::detail::gemm_tile<bf16, true>(x, w, b, yr, M, N, K, none, 1, "ref");
+    kiln::cuda::detail::gemm_tile<bf16, true>(x, w, b, nullptr, yr, M, N, K, none, 1, "ref");
     ck(cudaMemsetAsync(y, 0xff, M * N * 2, s), "poison");
-    kiln::cuda::linear<bf16>(x, w, b, y, M, N, K);
+    kiln::cuda::linear<bf16>(x, w, b, nullptr, y, M, N, K);
     const double rel = relerr(y, yr, M * N);
     if (!(rel < 1e-2)) ok = false;
     printf("linear M=64 N=4096 K=4096 with bias vs tiled: rel err %.1e\n", rel);
@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
     kiln::Strides sa{{H * M * K, M * K}}, sb{{H * K * N, K * N}};
     const int64_t* st[2] = {sa.s, sb.s};
     kiln::cuda::detail::Geo<2> g = kiln::cuda::detail::coalesce<2>(batch, st);
-    kiln::cuda::detail::gemm_tile<bf16, false>(a, w, nullptr, yr, M, N, K, g, nb, "ref");
+    kiln::cuda::detail::gemm_tile<bf16, false>(a, w, nullptr, nullptr, yr, M, N, K, g, nb, "ref");
     ck(cudaMemsetAsync(y, 0xff, nb * M * N * 2, s), "poison");
     kiln::cuda::matmul<bf16>(a, w, y, batch, sa, sb, M, N, K);
     const double rel = relerr(y, yr, nb * M * N);
@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
     const int64_t M = 4096, N = 4096, K = 4096;
     bf16 *x = rnd(M * K, 21u, 2.0f), *w = rnd(N * K, 22u, 0.25f), *y;
     ck(cudaMalloc(&y, M * N * 2), "malloc");
-    double us = median_us([&](int) { kiln::cuda::linear<bf16>(x, w, nullptr, y, M, N, K); }, 5, 30);
+    double us = median_us([&](int) { kiln::cuda::linear<bf16>(x, w, nullptr, nullptr, y, M, N, K); }, 5, 30);
     double tflops = 2.0 * M * N * K / (us * 1e-6) / 1e12;
     printf("linear 4096^3 bf16 (prefill GEMM): %.1f us, %.0f TFLOP/s\n", us, tflops);
     char buf[256];

@@ -206,7 +206,7 @@ static void edge(int64_t M, int64_t N, int64_t K, const char* tname, std::string
     Q::i8_mode() = v == 0 ? Q::I8_LT : Q::I8_OWN;
     snprintf(label, sizeof label, "edge %s M=%lld N=%lld K=%lld %s", tname, (long long)M, (long long)N, (long long)K, Q::i8_name(Q::i8_mode()));
     fill(y, 0xff, sizeof(T) * M * N);
-    kiln::cuda::qlinear8<T>(x, q8, b, y, M, N, K, 6.0);
+    kiln::cuda::qlinear8<T>(x, q8, b, nullptr, y, M, N, K, 6.0);
     ck(kiln_synchronize(), label);
     std::vector<float> got = down_t<T>(y, M * N);
     const double e = rel(got.data(), ref.data(), M * N);
@@ -231,11 +231,11 @@ static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int
   Stages t;
   t.prep = median_us([&](int i) {
     Q::I8Act a = Q::i8_act<bf16>(x, M, K, 6.0, s);
-    Q::i8_release(Q::i8_prep<bf16>(a, q8[i % copies], nullptr, y, N, s));
+    Q::i8_release(Q::i8_prep<bf16>(a, q8[i % copies], nullptr, nullptr, y, N, s));
     Q::i8_act_release(a);
   });
   Q::I8Act a = Q::i8_act<bf16>(x, M, K, 6.0, s);
-  const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(a, q8[0], nullptr, y, N, s);
+  const Q::I8Prep<bf16> p = Q::i8_prep<bf16>(a, q8[0], nullptr, nullptr, y, N, s);
   const Q::I8Ws& w = a.ws;
   const int64_t Kp = p.g.Kp;
   t.quant = median_us([&](int) { Q::i8_quant_rows<bf16>(x, true, M, K, Kp, 6.f, w, s); });
@@ -320,18 +320,18 @@ int main() {
       for (int v = 0; v < 4; v++) {
         Q::i8_mode() = modes[v];
         fill(y, 0xff, 2 * M * N);  // NaN: a result never written fails
-        kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, y, M, N, K, 6.0);
+        kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, nullptr, y, M, N, K, 6.0);
         ck(kiln_synchronize(), "qlinear8");
         std::vector<float> got = down(y, M * N);
         err[v] = rel(got.data(), ref.data(), M * N);
         if (v == 0) first = got;
         else vs_lt = std::max(vs_lt, rel(got.data(), first.data(), M * N));
         if (!(err[v] <= 1.5e-2)) failures += std::string(" [") + label + ": " + Q::i8_name(modes[v]) + " rel err " + std::to_string(err[v]) + "]";
-        t[v] = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(x, q8[i % COPIES], nullptr, y, M, N, K, 6.0); });
+        t[v] = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(x, q8[i % COPIES], nullptr, nullptr, y, M, N, K, 6.0); });
       }
       if (!(vs_lt <= 3e-3)) failures += std::string(" [") + label + ": variants differ by " + std::to_string(vs_lt) + "]";
       // decode (M = 8, the dp4a GEMV) against the prefill rows
-      kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, y8, 8, N, K, 6.0);
+      kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, nullptr, y8, 8, N, K, 6.0);
       ck(kiln_synchronize(), "qlinear8 (M = 8)");
       std::vector<float> d8 = down(y8, 8 * N);
       // (the 8 rows alone flag the same columns: |x| ≤ 2 elsewhere, |x| > 6 in 85 % of the rows of a hot column)
@@ -339,7 +339,7 @@ int main() {
       if (!(dec <= 3e-3)) failures += std::string(" [") + label + ": decode vs prefill rel " + std::to_string(dec) + "]";
       // the bf16 linear and cuBLASLt's int8 GEMM alone (random codes)
       Q::i8_mode() = Q::I8_AUTO;
-      const double tb = median_us([&](int i) { kiln::cuda::linear<bf16>(x, wb[i % COPIES], nullptr, y, M, N, K); });
+      const double tb = median_us([&](int i) { kiln::cuda::linear<bf16>(x, wb[i % COPIES], nullptr, nullptr, y, M, N, K); });
       double tg = NAN;
       if (kiln::lt::gemm_i8(N, M, K, (const int8_t*)q8[0], K, qa, K, acc, N, "int8gemm")) {
         tg = median_us([&](int i) { kiln::lt::gemm_i8(N, M, K, (const int8_t*)q8[i % COPIES], K, qa, K, acc, N, "int8gemm"); });

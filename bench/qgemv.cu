@@ -72,11 +72,11 @@ int main() {
     std::vector<bf16> h1(N), h9(9 * N);
     for (int which = 0; which < 2; which++) {
       if (which == 0) {
-        kiln::cuda::qlinear4<bf16>(x, q4[0], nullptr, y, 1, N, K, 64, false, nf4);
-        kiln::cuda::qlinear4<bf16>(x, q4[0], nullptr, y9, 9, N, K, 64, false, nf4);
+        kiln::cuda::qlinear4<bf16>(x, q4[0], nullptr, nullptr, y, 1, N, K, 64, false, nf4);
+        kiln::cuda::qlinear4<bf16>(x, q4[0], nullptr, nullptr, y9, 9, N, K, 64, false, nf4);
       } else {
-        kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, y, 1, N, K, 6.0);
-        kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, y9, 9, N, K, 6.0);
+        kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, nullptr, y, 1, N, K, 6.0);
+        kiln::cuda::qlinear8<bf16>(x, q8[0], nullptr, nullptr, y9, 9, N, K, 6.0);
       }
       ck(kiln_synchronize(), "sync");
       cudaMemcpy(h1.data(), y, 2 * N, cudaMemcpyDeviceToHost);
@@ -91,16 +91,16 @@ int main() {
     cudaMalloc(&xp, 2 * 2048 * K);
     cudaMalloc(&yp, 2 * 2048 * N);
     for (int r = 0; r < 2048; r++) cudaMemcpyAsync(xp + r * K, x, 2 * K, cudaMemcpyDeviceToDevice, kiln::cuda::stream());
-    const double pb = median_us([&](int i) { kiln::cuda::linear<bf16>(xp, wb[i % COPIES], nullptr, yp, 2048, N, K); });
-    const double p8 = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(xp, q8[i % COPIES], nullptr, yp, 2048, N, K, 6.0); });
-    const double p4 = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(xp, q4[i % COPIES], nullptr, yp, 2048, N, K, 64, false, nf4); });
+    const double pb = median_us([&](int i) { kiln::cuda::linear<bf16>(xp, wb[i % COPIES], nullptr, nullptr, yp, 2048, N, K); });
+    const double p8 = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(xp, q8[i % COPIES], nullptr, nullptr, yp, 2048, N, K, 6.0); });
+    const double p4 = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(xp, q4[i % COPIES], nullptr, nullptr, yp, 2048, N, K, 64, false, nf4); });
     printf("prefill M=2048 %lld×%lld: bf16 %.1f µs, int8 %.1f µs, nf4 %.1f µs\n", (long long)N, (long long)K, pb, p8, p4);
     cudaFree(xp);
     cudaFree(yp);
-    const double tb = median_us([&](int i) { kiln::cuda::linear<bf16>(x, wb[i % COPIES], nullptr, y, 1, N, K); });
-    const double t4 = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(x, q4[i % COPIES], nullptr, y, 1, N, K, 64, false, nf4); });
-    const double t4d = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(x, q4d[i % COPIES], nullptr, y, 1, N, K, 64, true, nf4); });
-    const double t8 = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(x, q8[i % COPIES], nullptr, y, 1, N, K, 6.0); });
+    const double tb = median_us([&](int i) { kiln::cuda::linear<bf16>(x, wb[i % COPIES], nullptr, nullptr, y, 1, N, K); });
+    const double t4 = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(x, q4[i % COPIES], nullptr, nullptr, y, 1, N, K, 64, false, nf4); });
+    const double t4d = median_us([&](int i) { kiln::cuda::qlinear4<bf16>(x, q4d[i % COPIES], nullptr, nullptr, y, 1, N, K, 64, true, nf4); });
+    const double t8 = median_us([&](int i) { kiln::cuda::qlinear8<bf16>(x, q8[i % COPIES], nullptr, nullptr, y, 1, N, K, 6.0); });
     ck(kiln_synchronize(), "sync");
     printf("| %lld×%lld | %.1f (%.2f) | %.1f (%.2f) | %.1f (%.2f) | %.1f (%.2f) | %.3g, %.3g |\n", (long long)N, (long long)K, tb, 2.0 * n / tb / 1e6, t4, b4 / t4 / 1e6, t4d,
            b4d / t4d / 1e6, t8, b8 / t8 / 1e6, d4, d8);

@@ -115,7 +115,7 @@ test("kiln compile --explain says which attention fused; inspect describes the a
     expect(print(parse(dumped.slice(0, dumped.indexOf("\n}\n") + 3)))).toContain("flash_attention(");
     const passes = await run("passes");
     expect(passes.stdout).toMatch(/^fuse-attention\s+softmax/m);
-    expect(passes.stdout).toContain("default pipeline: quantize-linear,cse,fuse-attention,unpad-varlen,fuse-norm,dce,fuse-elementwise");
+    expect(passes.stdout).toContain("default pipeline: quantize-linear,cse,fuse-attention,unpad-varlen,fuse-norm,fuse-residual,dce,fuse-elementwise");
     expect(r.stdout.trim()).toBe(out);
     expect(r.stderr).toMatch(/fuse-attention: attention at models\/llama\.ts:\d+:\d+: fused \(causal from the static cache's position, kv_groups 4, scale 0\.35355/);
     const i = await run("inspect", out);

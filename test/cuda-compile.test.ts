@@ -56,6 +56,8 @@ const skip = process.env.KILN_SKIP_NVCC === "1";
     expect(art.manifest.kvCache?.mode).toBe("varlen");
     const src = readFileSync(join(art.dir, "model.cu"), "utf8");
     for (const k of ["varlen_cache_write", "varlen_cache_attention"]) expect(src).toContain(`K::${k}`);
+    // fuse-residual's epilogue: dense and dense_4h_to_h take their bias and the residual
+    expect(src.match(/K::linear<kiln::bf16>\(v\d+, w\d+, w\d+, v\d+, v\d+,/g)?.length).toBe(4);
   }, 300_000);
 });
 

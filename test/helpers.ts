@@ -1,9 +1,13 @@
-// Shared test helpers: a failure must be a KilnError with the expected code and message parts.
+// Shared test helpers: a failure must be a KilnError with the expected code and message parts;
+// float tensors to and from the storage bytes the kernel drivers (test/cpu/*_driver.cpp) read.
 
 import { execFileSync } from "node:child_process";
 import { expect } from "@jest/globals";
 import { KilnError } from "../compiler/ir/errors.js";
 import type { KilnErrorCode } from "../compiler/ir/errors.js";
+import type { DType } from "../compiler/ir/dtype.js";
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../compiler/ir/numeric.js";
+import type { Tensor } from "../compiler/ir/tensor.js";
 
 function check(err: unknown, code: KilnErrorCode, parts: (string | RegExp)[]): KilnError {
   expect(err).toBeInstanceOf(KilnError);
@@ -47,4 +51,17 @@ export function exportedSymbols(lib: string): { kiln: string[]; unique: string[]
     kiln: rows.map((r) => r[2]).filter((n) => !n.startsWith("_ZNSt") && !n.startsWith("_ZNKSt") && !n.startsWith("_ZSt") && !n.startsWith("_ZTISt") && !n.startsWith("_ZTSSt")).sort(),
     unique: rows.filter((r) => r[1] === "u").map((r) => r[2]),
   };
+}
+
+/** Storage bytes of a float tensor (f32 little-endian, 16-bit floats as their bit patterns). */
+export function bytesOf(t: Tensor): Buffer {
+  if (t.dtype === "f32") return Buffer.from(Float32Array.from(t.data).buffer);
+  const bits = Uint16Array.from(t.data, (v) => (t.dtype === "bf16" ? f32ToBf16Bits(v) : f32ToF16Bits(v)));
+  return Buffer.from(bits.buffer);
+}
+
+/** The values of storage bytes of a float dtype. */
+export function valuesOf(dtype: DType, b: Buffer): number[] {
+  if (dtype === "f32") return Array.from(new Float32Array(b.buffer, b.byteOffset, b.length / 4));
+  return Array.from(new Uint16Array(b.buffer, b.byteOffset, b.length / 2), (h) => (dtype === "bf16" ? bf16BitsToF32(h) : f16BitsToF32(h)));
 }

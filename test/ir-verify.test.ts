@@ -113,7 +113,7 @@ describe("nodes", () => {
     expect(verifyError(oneNode("neg", (_b, x, y) => [x, y], {}, f32(2, 3))).message).toBe(
       "op 'neg' (%0 = neg(%x: f32[2, 3], %y: f32[3, 4])): takes 1 operands, got 2",
     );
-    expect(verifyError(oneNode("linear", (_b, x) => [x], {}, f32(2, 3))).message).toMatch(/^op 'linear' .*: takes 2 to 3 operands, got 1$/);
+    expect(verifyError(oneNode("linear", (_b, x) => [x], {}, f32(2, 3))).message).toMatch(/^op 'linear' .*: takes 2 to 4 operands, got 1$/);
     expect(verifyError(oneNode("concat", () => [], { axis: 0 }, f32(0))).message).toMatch(/^op 'concat' \(%0 = concat\(\)\): takes 1 to Infinity operands, got 0$/);
   });
 
@@ -201,6 +201,12 @@ describe("shape rules", () => {
     ["matmul", [f32(3), f32(3, 4)], {}, f32(4), "matmul needs rank >= 2 operands, got [3] and [3, 4]"],
     ["linear", [f32("B", 3), f32(4, 5)], {}, f32("B", 4), "linear input [B, 3] does not end in the weight's in_features 5 (weight [4, 5])"],
     ["linear", [f32(2, 3), f32(4, 3), f32(3)], {}, f32(2, 4), "linear bias [3] must be [4]"],
+    ["linear", [f32(2, 3), f32(4, 3), f32(4)], { residual: true }, f32(2, 4), "linear residual [4] must have the result's shape [2, 4] (it is not broadcast)"],
+    ["linear", [f32(2, 3), f32(4, 3), f32(4), f32(1, 4)], { residual: true }, f32(2, 4), "linear residual [1, 4] must have the result's shape [2, 4] (it is not broadcast)"],
+    ["linear", [f32(2, 3), f32(4, 3), { dtype: "f16", shape: [2, 4] }], { residual: true }, f32(2, 4), "dtypes differ: f32, f32, f16"],
+    ["linear", [f32(2, 3), f32(4, 3), f32(4), f32(2, 4)], {}, f32(2, 4), "linear takes x, w, an optional bias: got 4 operands"],
+    ["linear", [f32(2, 3), f32(2, 4)], { residual: true }, f32(2, 4), "linear takes x, w, an optional bias and the residual: got 2 operands"],
+    ["qlinear", [f32(2, 3), f32(4, 3), f32(2, 3)], { scheme: "int8", block: 64, double_quant: false, threshold: 6, residual: true }, f32(2, 4), "linear residual [2, 3] must have the result's shape [2, 4] (it is not broadcast)"],
     ["exp", [{ dtype: "i32", shape: [2] }], {}, { dtype: "i32", shape: [2] }, "needs a float operand, got i32"],
     ["where", [f32(2), f32(2), f32(2)], {}, f32(2), "condition must be bool, got f32"],
     ["softmax", [f32(2, 3)], { axis: -3 }, f32(2, 3), "axis -3 is out of range for rank 2"],

@@ -10,8 +10,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import type { DType, Tensor } from "../compiler/ir/index.js";
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, GraphBuilder, inferNode, run, tensor } from "../compiler/ir/index.js";
+import { GraphBuilder, inferNode, run, tensor } from "../compiler/ir/index.js";
 import { normals } from "../compiler/testing/index.js";
+import { bytesOf, valuesOf } from "./helpers.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "kiln-norm-"));
 const driver = join(tmp, "norm_driver");
@@ -19,17 +20,6 @@ beforeAll(() => {
   execFileSync(process.env.KILN_CXX ?? "g++", ["-std=c++17", "-O3", "-fopenmp", "-I", join(import.meta.dirname, "..", "codegen-templates"), "-o", driver, join(import.meta.dirname, "cpu", "norm_driver.cpp")]);
 }, 120_000);
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** Storage bytes of a tensor (f32 little-endian, 16-bit floats as their bit patterns). */
-function bytesOf(t: Tensor): Buffer {
-  if (t.dtype === "f32") return Buffer.from(Float32Array.from(t.data).buffer);
-  const bits = Uint16Array.from(t.data, (v) => (t.dtype === "bf16" ? f32ToBf16Bits(v) : f32ToF16Bits(v)));
-  return Buffer.from(bits.buffer);
-}
-function valuesOf(dtype: DType, b: Buffer): number[] {
-  if (dtype === "f32") return Array.from(new Float32Array(b.buffer, b.byteOffset, b.length / 4));
-  return Array.from(new Uint16Array(b.buffer, b.byteOffset, b.length / 2), (h) => (dtype === "bf16" ? bf16BitsToF32(h) : f16BitsToF32(h)));
-}
 
 interface Case {
   op: "rms_norm" | "layer_norm";

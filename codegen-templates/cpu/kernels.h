@@ -75,9 +75,10 @@ void matmul(const T* a, const T* w, T* y, Shape batch, Strides sa, Strides sb, i
     }
 }
 
-// y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]): torch.nn.Linear with W [out, in].
+// y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]) (+ residual[m, n]): torch.nn.Linear with W [out, in],
+// and fuse-residual's add inside the same sum, rounded once.
 template <typename T>
-void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+void linear(const T* x, const T* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K) {
   typedef Num<T> Nm;
 #pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 65536)
   for (int64_t m = 0; m < M; m++)
@@ -86,6 +87,7 @@ void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, i
       const T* wr = w + n * K;
       double s = bias ? (double)Nm::load(bias[n]) : 0.0;
       for (int64_t k = 0; k < K; k++) s += (double)Nm::load(xr[k]) * (double)Nm::load(wr[k]);
+      if (residual) s += (double)Nm::load(residual[m * N + n]);
       y[m * N + n] = Nm::store((float)s);
     }
 }
@@ -182,10 +184,10 @@ int64_t gather(const T* x, const I* idx, T* y, int64_t outer, int64_t n, int64_t
   return -1;
 }
 
-// qlinear, 4-bit: y = x · deq(W)ᵀ (+ b), W stored as kiln_quant.h's 4-bit layout; each weight is
-// code[c]·absmax rounded to f32 and then to T (the activation dtype), as the interpreter does.
+// qlinear, 4-bit: y = x · deq(W)ᵀ (+ b) (+ residual), W stored as kiln_quant.h's 4-bit layout; each
+// weight is code[c]·absmax rounded to f32 and then to T (the activation dtype), as the interpreter does.
 template <typename T>
-void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, int64_t block, bool dq, const double* code) {
+void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K, int64_t block, bool dq, const double* code) {
   typedef Num<T> Nm;
   const uint8_t* codes = w;
   const int64_t nb = quant::blocks4(N * K, block);
@@ -205,6 +207,7 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
       for (int64_t m = 0; m < M; m++) {
         double s = bias ? (double)Nm::load(bias[n]) : 0.0;
         for (int64_t k = 0; k < K; k++) s += (double)Nm::load(x[m * K + k]) * wd[(size_t)k];
+        if (residual) s += (double)Nm::load(residual[m * N + n]);
         y[m * N + n] = Nm::store((float)s);
       }
     }
@@ -213,14 +216,14 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
 
 // qlinear, int8 (LLM.int8): outlier feature dims (|x| > threshold in any row) multiply in floating
 // point against the dequantized int8 weights; the rest as per-token int8 × per-feature int8 with
-// integer accumulation. The reference is compiler/ir/quant.ts int8Matmul.
+// integer accumulation. The reference is compiler/ir/quant.ts int8Matmul (+ the residual, rounded once).
 // The cuda target shares the int8 quantization of an activation between the linears reading it
 // (Q8Shared); here each qlinear8 quantizes its own rows (the same numbers), so it carries nothing.
 struct Q8Shared {};
 static inline void qlinear8_done(Q8Shared*) {}
 
 template <typename T>
-void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold, Q8Shared* = nullptr) {
+void qlinear8(const T* x, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K, double threshold, Q8Shared* = nullptr) {
   typedef Num<T> Nm;
   const int8_t* qw = (const int8_t*)w;
   const double* sw = (const double*)(w + quant::pad16(N * K));
@@ -246,7 +249,7 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
       double s = (double)acc * sx[(size_t)m] * sw[n];
       for (int64_t k = 0; k < K; k++)
         if (outlier[(size_t)k]) s += (double)Nm::load(x[m * K + k]) * ((double)qw[n * K + k] * sw[n]);
-      y[m * N + n] = Nm::store((float)(s + (bias ? (double)Nm::load(bias[n]) : 0.0)));
+      y[m * N + n] = Nm::store((float)(s + (bias ? (double)Nm::load(bias[n]) : 0.0) + (residual ? (double)Nm::load(residual[m * N + n]) : 0.0)));
     }
 }
 

@@ -191,12 +191,13 @@ static int align_of(const void* p) {
 
 // The cached plan of one GEMM configuration (created on first use; p.ok false when cuBLASLt has
 // no algorithm for it). ab/cd: cudaDataType_t of A, B and of C, D; compute/scale: the compute
-// type and the type of alpha and beta. The caller holds the lock.
+// type and the type of alpha and beta. C (β·C, null when β = 0) has D's layout; its alignment is
+// part of the plan. The caller holds the lock.
 static Plan& plan_locked(State& s, int ab, int cd, int compute, int scale, bool transA, bool transB, int64_t m, int64_t n, int64_t k, const void* A,
                          int64_t lda, int64_t strideA, const void* B, int64_t ldb, int64_t strideB, void* D, int64_t ldd, int64_t strideD, int64_t batch,
-                         const void* bias) {
+                         const void* bias, const void* C) {
   std::vector<int64_t> key = {ab, cd, compute, transA, transB, m, n, k, lda, strideA, ldb, strideB, ldd, strideD, batch, bias != nullptr,
-                              align_of(A), align_of(B), align_of(D)};
+                              align_of(A), align_of(B), align_of(D), C != nullptr, C ? align_of(C) : 0};
   auto it = s.plans.find(key);
   if (it != s.plans.end()) return it->second;
   Plan p;
@@ -223,11 +224,11 @@ static Plan& plan_locked(State& s, int ab, int cd, int compute, int scale, bool 
   Pref pref = nullptr;
   if (good && a.prefCreate(&pref) == STATUS_SUCCESS) {
     uint64_t ws = s.workspace_bytes;
-    uint32_t alA = (uint32_t)align_of(A), alB = (uint32_t)align_of(B), alD = (uint32_t)align_of(D);
+    uint32_t alA = (uint32_t)align_of(A), alB = (uint32_t)align_of(B), alC = (uint32_t)align_of(C ? C : D), alD = (uint32_t)align_of(D);
     good = good && a.prefSet(pref, PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) == STATUS_SUCCESS;
     good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_A_BYTES, &alA, sizeof alA) == STATUS_SUCCESS;
     good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_B_BYTES, &alB, sizeof alB) == STATUS_SUCCESS;
-    good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_C_BYTES, &alD, sizeof alD) == STATUS_SUCCESS;
+    good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_C_BYTES, &alC, sizeof alC) == STATUS_SUCCESS;
     good = good && a.prefSet(pref, PREF_MIN_ALIGNMENT_D_BYTES, &alD, sizeof alD) == STATUS_SUCCESS;
     HeuristicResult res[4];
     memset(res, 0, sizeof res);
@@ -242,31 +243,34 @@ static Plan& plan_locked(State& s, int ab, int cd, int compute, int scale, bool 
   return s.plans.emplace(key, p).first->second;
 }
 
-static void run_locked(State& s, Plan& p, const void* alpha, const void* A, const void* B, const void* beta, void* D, const void* bias, const char* what,
-                       int64_t m, int64_t n, int64_t k, int64_t batch) {
+static void run_locked(State& s, Plan& p, const void* alpha, const void* A, const void* B, const void* beta, const void* C, void* D, const void* bias,
+                       const char* what, int64_t m, int64_t n, int64_t k, int64_t batch) {
   Api& a = s.api;
   if (bias && a.descSet(p.desc, DESC_BIAS_POINTER, &bias, sizeof bias) != STATUS_SUCCESS)
     rt::fail(KILN_ERR_DEVICE, "cublasLtMatmulDescSetAttribute(bias) failed at %s", what);
-  Status r = a.matmul(s.handle, p.desc, alpha, A, p.a, B, p.b, beta, D, p.c, D, p.c, &p.algo, s.workspace, s.workspace_bytes, cuda::stream());
+  Status r = a.matmul(s.handle, p.desc, alpha, A, p.a, B, p.b, beta, C ? C : D, p.c, D, p.c, &p.algo, s.workspace, s.workspace_bytes, cuda::stream());
   if (r != STATUS_SUCCESS) rt::fail(KILN_ERR_DEVICE, "cublasLtMatmul failed with cublasStatus %d at %s (m=%lld n=%lld k=%lld batch=%lld)", r, what,
                                     (long long)m, (long long)n, (long long)k, (long long)batch);
 }
 
-// D[b] = op(A[b]) · op(B[b]) (+ bias), column-major as cuBLAS sees it, on the artifact's stream:
-// m×n output with ld m, A is m×k (transA: stored k×m), B is k×n (transB: stored n×k), each
-// matrix of the batch `stride*` elements after the previous. Returns false (nothing launched)
-// when cuBLASLt is unavailable or has no algorithm for the case; raises on a failed launch.
+// D[b] = op(A[b]) · op(B[b]) (+ bias) (+ C[b]), column-major as cuBLAS sees it, on the artifact's
+// stream: m×n output with ld m, A is m×k (transA: stored k×m), B is k×n (transB: stored n×k), each
+// matrix of the batch `stride*` elements after the previous; C, when given, has D's layout and is
+// added with β = 1 before the single rounding to D's type (linear's fused residual). Returns false
+// (nothing launched) when cuBLASLt is unavailable or has no algorithm for the case; raises on a
+// failed launch.
 static bool gemm(int dtype /*cudaDataType_t*/, bool transA, bool transB, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, int64_t strideA,
-                 const void* B, int64_t ldb, int64_t strideB, void* D, int64_t ldd, int64_t strideD, int64_t batch, const void* bias, const char* what) {
+                 const void* B, int64_t ldb, int64_t strideB, void* D, int64_t ldd, int64_t strideD, int64_t batch, const void* bias, const char* what,
+                 const void* C = nullptr) {
   State& s = st();
   std::lock_guard<std::mutex> g(s.mu);
   if (!load_locked(s)) return false;
   if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || batch > INT32_MAX) return false;
   if (bias && align_of(bias) < 16) return false;
-  Plan& p = plan_locked(s, dtype, dtype, COMPUTE_32F, (int)CUDA_R_32F, transA, transB, m, n, k, A, lda, strideA, B, ldb, strideB, D, ldd, strideD, batch, bias);
+  Plan& p = plan_locked(s, dtype, dtype, COMPUTE_32F, (int)CUDA_R_32F, transA, transB, m, n, k, A, lda, strideA, B, ldb, strideB, D, ldd, strideD, batch, bias, C);
   if (!p.ok) return false;
   const float one = 1.0f, zero = 0.0f;
-  run_locked(s, p, &one, A, B, &zero, D, bias, what, m, n, k, batch);
+  run_locked(s, p, &one, A, B, C ? &one : &zero, C, D, bias, what, m, n, k, batch);
   return true;
 }
 
@@ -279,10 +283,10 @@ static bool gemm_i8(int64_t m, int64_t n, int64_t k, const int8_t* A, int64_t ld
   std::lock_guard<std::mutex> g(s.mu);
   if (!load_locked(s)) return false;
   if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || k % 4 || lda % 4 || ldb % 4) return false;
-  Plan& p = plan_locked(s, (int)CUDA_R_8I, (int)CUDA_R_32I, COMPUTE_32I, (int)CUDA_R_32I, true, false, m, n, k, A, lda, 0, B, ldb, 0, D, ldd, 0, 1, nullptr);
+  Plan& p = plan_locked(s, (int)CUDA_R_8I, (int)CUDA_R_32I, COMPUTE_32I, (int)CUDA_R_32I, true, false, m, n, k, A, lda, 0, B, ldb, 0, D, ldd, 0, 1, nullptr, nullptr);
   if (!p.ok) return false;
   const int32_t one = 1, zero = 0;
-  run_locked(s, p, &one, A, B, &zero, D, nullptr, what, m, n, k, 1);
+  run_locked(s, p, &one, A, B, &zero, nullptr, D, nullptr, what, m, n, k, 1);
   return true;
 }
 

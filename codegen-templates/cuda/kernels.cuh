@@ -638,12 +638,12 @@ __device__ __forceinline__ void gemv_dot(const uint4& q, const T* __restrict__ x
   }
 }
 
-// y[m, row] = Σ_k x[m, k] · w[row, k] (+ bias[row]) for MR ≤ 8 rows of x: one warp per output
-// feature, blockDim/32 a block. VEC: rows 16-byte aligned (K a multiple of 16 / sizeof(T)); the
+// y[m, row] = Σ_k x[m, k] · w[row, k] (+ bias[row]) (+ res[m, row]) for MR ≤ 8 rows of x: one warp
+// per output feature, blockDim/32 a block. VEC: rows 16-byte aligned (K a multiple of 16 / sizeof(T)); the
 // lanes of a warp read consecutive 16-byte pieces, U in flight per lane.
 template <typename T, int MR, bool VEC, int U = (MR == 1 ? 16 : 4)>
-__global__ void __launch_bounds__(256) k_gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y, int64_t N,
-                                               int64_t K) {
+__global__ void __launch_bounds__(256) k_gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, const T* __restrict__ res,
+                                               T* __restrict__ y, int64_t N, int64_t K) {
   typedef typename Acc<T>::type A;
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -690,18 +690,18 @@ __global__ void __launch_bounds__(256) k_gemv(const T* __restrict__ x, const T* 
   if (lane == 0) {
     A b = bias ? (A)Num<T>::load(bias[row]) : (A)0;
 #pragma unroll
-    for (int m = 0; m < MR; m++) y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b));
+    for (int m = 0; m < MR; m++) y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b + (res ? (A)Num<T>::load(res[m * N + row]) : (A)0)));
   }
 }
 
 // ---------------------------------------------------------------- tiled GEMM (SIMT)
 
-// y[z] (M×N, row-major) = A[z] (M×K, row-major) · B[z] (+ bias[n]); B(k, n) is b[n*K + k] when
+// y[z] (M×N, row-major) = A[z] (M×K, row-major) · B[z] (+ bias[n]) (+ res[z][m, n]); B(k, n) is b[n*K + k] when
 // B_NK (linear's weight [N, K]) and b[k*N + n] otherwise (matmul's [K, N]). 64×64 tiles, 16-deep
 // k-steps through shared memory, a 4×4 micro-tile per thread (the classic register-blocked SGEMM).
 template <typename T, bool B_NK>
-__global__ void __launch_bounds__(256) k_gemm_tile(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ bias, T* __restrict__ y,
-                                                    int64_t M, int64_t N, int64_t K, Geo<2> batch, int64_t z0, int64_t mb0) {
+__global__ void __launch_bounds__(256) k_gemm_tile(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ bias, const T* __restrict__ res,
+                                                    T* __restrict__ y, int64_t M, int64_t N, int64_t K, Geo<2> batch, int64_t z0, int64_t mb0) {
   typedef typename Num<T>::C S;
   typedef typename Acc<T>::type A;
   __shared__ S As[16][64 + 1];
@@ -758,20 +758,22 @@ __global__ void __launch_bounds__(256) k_gemm_tile(const T* __restrict__ a, cons
       if (gn >= N) continue;
       A v = acc[i][j];
       if (bias) v += (A)Num<T>::load(bias[gn]);
+      if (res) v += (A)Num<T>::load(res[z * M * N + gm * N + gn]);
       yb[gm * N + gn] = Num<T>::store((typename Num<T>::C)v);
     }
   }
 }
 
 template <typename T, bool B_NK>
-static void gemm_tile(const T* a, const T* b, const T* bias, T* y, int64_t M, int64_t N, int64_t K, const Geo<2>& batch, int64_t nb, const char* what) {
+static void gemm_tile(const T* a, const T* b, const T* bias, const T* res, T* y, int64_t M, int64_t N, int64_t K, const Geo<2>& batch, int64_t nb,
+                      const char* what) {
   const int64_t gx = (N + 63) / 64, gy = (M + 63) / 64;
   if (gx > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "%s: N = %lld is too large for the GEMM kernel", what, (long long)N);
   cudaStream_t s = stream();
   for (int64_t z0 = 0; z0 < nb; z0 += 65535)
     for (int64_t y0 = 0; y0 < gy; y0 += 65535) {
       dim3 grid((unsigned)gx, (unsigned)(gy - y0 < 65535 ? gy - y0 : 65535), (unsigned)(nb - z0 < 65535 ? nb - z0 : 65535));
-      k_gemm_tile<T, B_NK><<<grid, 256, 0, s>>>(a, b, bias, y, M, N, K, batch, z0, y0);
+      k_gemm_tile<T, B_NK><<<grid, 256, 0, s>>>(a, b, bias, res, y, M, N, K, batch, z0, y0);
       launched(what);
     }
 }
@@ -935,12 +937,14 @@ void matmul(const T* a, const T* w, T* y, Shape batch, Strides sa, Strides sb, i
   }
   const int64_t* st[2] = {sa.s, sb.s};
   detail::Geo<2> g = detail::coalesce<2>(batch, st);
-  detail::gemm_tile<T, false>(a, w, nullptr, y, M, N, K, g, nb, "matmul");
+  detail::gemm_tile<T, false>(a, w, nullptr, nullptr, y, M, N, K, g, nb, "matmul");
 }
 
-// y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]): torch.nn.Linear with W [out, in].
+// y[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]) (+ residual[m, n]): torch.nn.Linear with W [out, in],
+// and fuse-residual's add in every path's epilogue (the GEMV's store, cuBLASLt's β·C with C = the
+// residual, the tiled kernel's store), rounded once from the f32 accumulator.
 template <typename T>
-void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+void linear(const T* x, const T* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K) {
   if (M <= 0 || N <= 0) return;
   // GEMV: M = 1 always (it beats cuBLASLt there: 2.65 vs 2.33 TB/s on 4096→11008, H100), and up to
   // M = 8 where cuBLASLt is not there (f32, or no library); cuBLASLt is ahead from M = 2 on
@@ -951,8 +955,8 @@ void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, i
     cudaStream_t s = stream();
 #define KILN_GEMV_CASE(MR)                                                                                           \
   case MR:                                                                                                           \
-    if (vec) detail::k_gemv<T, MR, true><<<(unsigned)blocks, 256, 0, s>>>(x, w, bias, y, N, K);                     \
-    else detail::k_gemv<T, MR, false><<<(unsigned)blocks, 256, 0, s>>>(x, w, bias, y, N, K);                        \
+    if (vec) detail::k_gemv<T, MR, true><<<(unsigned)blocks, 256, 0, s>>>(x, w, bias, residual, y, N, K);           \
+    else detail::k_gemv<T, MR, false><<<(unsigned)blocks, 256, 0, s>>>(x, w, bias, residual, y, N, K);              \
     break;
     switch (M) {
       KILN_GEMV_CASE(1)
@@ -969,14 +973,14 @@ void linear(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t N, i
     return;
   }
   // column-major view: yᵀ[N×M] = W[N×K] · xᵀ[K×M], W stored K×N (transposed)
-  if (Is16<T>::value && K > 0 && lt::gemm(LtType<T>::value, true, false, N, M, K, w, K, 0, x, K, 0, y, N, 0, 1, bias, "linear")) return;
+  if (Is16<T>::value && K > 0 && lt::gemm(LtType<T>::value, true, false, N, M, K, w, K, 0, x, K, 0, y, N, 0, 1, bias, "linear", residual)) return;
   detail::Geo<2> none;
   none.rank = 0;
   for (int i = 0; i < KILN_MAX_RANK; i++) {
     none.d[i] = 1;
     none.s[0][i] = none.s[1][i] = 0;
   }
-  detail::gemm_tile<T, true>(x, w, bias, y, M, N, K, none, 1, "linear");
+  detail::gemm_tile<T, true>(x, w, bias, residual, y, M, N, K, none, 1, "linear");
 }
 
 // softmax along an axis of length n; `inner` elements separate neighbours along it.

@@ -103,11 +103,12 @@ __device__ __forceinline__ void load8(const T* p, float* f) {
   }
 }
 
-// y[m, row] = Σ_k x[m, k] · code[c(row, k)] · absmax(block) (+ bias[row]) for MR ≤ 8 rows of x, any
-// K and block (the general path; k_qgemv4v is the fast one): one warp per output feature, 8 a block.
+// y[m, row] = Σ_k x[m, k] · code[c(row, k)] · absmax(block) (+ bias[row]) (+ res[m, row]) for MR ≤ 8
+// rows of x, any K and block (the general path; k_qgemv4v is the fast one): one warp per output
+// feature, 8 a block.
 template <typename T, int MR>
-__global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, T* __restrict__ y, int64_t N,
-                                                 int64_t K) {
+__global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, const T* __restrict__ res,
+                                                 T* __restrict__ y, int64_t N, int64_t K) {
   __shared__ float tab[16];
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
   __syncthreads();
@@ -131,7 +132,7 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, Q4 q, C
   if (lane == 0) {
     const float b = bias ? (float)Num<T>::load(bias[row]) : 0.f;
 #pragma unroll
-    for (int m = 0; m < MR; m++) y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b));
+    for (int m = 0; m < MR; m++) y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b + (res ? (float)Num<T>::load(res[m * N + row]) : 0.f)));
   }
 }
 
@@ -142,8 +143,8 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, Q4 q, C
 // elements in the bytes of a word, (w >> 2) & 0x3c3c3c3c those of the odd ones; one byte_perm
 // extracts it and one shared load fetches the value. lb = log2(block), or -1.
 template <typename T, int MR, int R>
-__global__ void __launch_bounds__(128) k_qgemv4v(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, T* __restrict__ y, int64_t N,
-                                                  int64_t K, int lb) {
+__global__ void __launch_bounds__(128) k_qgemv4v(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, const T* __restrict__ res,
+                                                  T* __restrict__ y, int64_t N, int64_t K, int lb) {
   __shared__ float tab[16];
   __shared__ float red[4][R * MR];
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
@@ -210,8 +211,8 @@ __global__ void __launch_bounds__(128) k_qgemv4v(const T* __restrict__ x, Q4 q, 
     const int r = threadIdx.x / MR, m = threadIdx.x % MR;
     const int64_t row = row0 + r;
     if (row < N) {
-      const float b = bias ? (float)Num<T>::load(bias[row]) : 0.f;
-      y[m * N + row] = Num<T>::store((typename Num<T>::C)(red[0][threadIdx.x] + red[1][threadIdx.x] + red[2][threadIdx.x] + red[3][threadIdx.x] + b));
+      const float b = bias ? (float)Num<T>::load(bias[row]) : 0.f, r = res ? (float)Num<T>::load(res[m * N + row]) : 0.f;
+      y[m * N + row] = Num<T>::store((typename Num<T>::C)(red[0][threadIdx.x] + red[1][threadIdx.x] + red[2][threadIdx.x] + red[3][threadIdx.x] + b + r));
     }
   }
 }
@@ -579,7 +580,8 @@ __device__ __forceinline__ float outlier_sum(const T* __restrict__ x, const int8
 template <typename T, int MR, bool VEC>
 __global__ void __launch_bounds__(256) k_qgemv8(const T* __restrict__ x, const int8_t* __restrict__ qx, int64_t Kp, const float* __restrict__ sx,
                                                 const int8_t* __restrict__ qw, const double* __restrict__ sw, const int* __restrict__ list,
-                                                const int* __restrict__ count, const T* __restrict__ bias, T* __restrict__ y, int64_t N, int64_t K) {
+                                                const int* __restrict__ count, const T* __restrict__ bias, const T* __restrict__ res, T* __restrict__ y,
+                                                int64_t N, int64_t K) {
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return;
@@ -627,7 +629,8 @@ __global__ void __launch_bounds__(256) k_qgemv8(const T* __restrict__ x, const i
       a += __shfl_xor_sync(0xffffffffu, a, s);
       o += __shfl_xor_sync(0xffffffffu, o, s);
     }
-    if (lane == 0) y[m * N + row] = Num<T>::store((typename Num<T>::C)((float)a * sx[m] * swf + o * swf + b));
+    if (lane == 0)
+      y[m * N + row] = Num<T>::store((typename Num<T>::C)((float)a * sx[m] * swf + o * swf + b + (res ? (float)Num<T>::load(res[m * N + row]) : 0.f)));
   }
 }
 
@@ -767,14 +770,14 @@ __device__ __forceinline__ void add_outliers(float (&f)[4][4][4], uint8_t* smem,
 // Shared memory of k_gemm: the pipeline (the outlier tiles fit in it).
 constexpr int gemm_smem() { return STAGES * 2 * TILE; }
 
-// y[m, n] = (Σ_k qx[m, k] · qw[n, k] · sx[m] + outliers) · sw[n] + bias[n], all in one kernel (K a
+// y[m, n] = (Σ_k qx[m, k] · qw[n, k] · sx[m] + outliers) · sw[n] + bias[n] (+ res[m, n]), all in one kernel (K a
 // multiple of 16, 16-byte aligned codes): the int8 products by mma.sync m16n8k32 s8 from a 3-stage
 // cp.async pipeline of 128-byte k-slices. Grid: x over 128 rows, y over 128 features.
 template <typename T>
 __global__ void __launch_bounds__(THREADS, 2) k_gemm(const int8_t* __restrict__ qx, int64_t Kp, const int8_t* __restrict__ qw, const float* __restrict__ sx,
                                                   const double* __restrict__ sw, const int* __restrict__ count, const uint16_t* __restrict__ xo,
-                                                  const uint16_t* __restrict__ wo, int64_t Cp, const T* __restrict__ bias, T* __restrict__ y, int64_t M,
-                                                  int64_t N, int64_t K) {
+                                                  const uint16_t* __restrict__ wo, int64_t Cp, const T* __restrict__ bias, const T* __restrict__ res,
+                                                  T* __restrict__ y, int64_t M, int64_t N, int64_t K) {
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t s0 = fa2::smem_u32(smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3, g = lane >> 2, tg = lane & 3;
@@ -823,7 +826,7 @@ zero(c);
     }
   }
   add_outliers<T>(f, smem, *count, xo, wo, Cp, M, m0, n0, N, wm, wn, lane);
-  // y = f · sw[n] + bias[n]
+  // y = f · sw[n] + bias[n] (+ res[m, n])
 #pragma unroll
   for (int j = 0; j < 4; j++) {
     const int64_t n = n0 + wn * 32 + j * 8 + tg * 2;
@@ -840,8 +843,9 @@ zero(c);
         const int64_t r = m0 + wm * 64 + i * 16 + g + 8 * h;
         if (r >= M) continue;
         T* yp = y + r * N + n;
-        const T v0 = Num<T>::store((typename Num<T>::C)(f[i][j][2 * h] * swn[0] + bn[0]));
-        const T v1 = Num<T>::store((typename Num<T>::C)(f[i][j][2 * h + 1] * swn[1] + bn[1]));
+        const float r0 = res && n < N ? (float)Num<T>::load(res[r * N + n]) : 0.f, r1 = res && n + 1 < N ? (float)Num<T>::load(res[r * N + n + 1]) : 0.f;
+        const T v0 = Num<T>::store((typename Num<T>::C)(f[i][j][2 * h] * swn[0] + bn[0] + r0));
+        const T v1 = Num<T>::store((typename Num<T>::C)(f[i][j][2 * h + 1] * swn[1] + bn[1] + r1));
         if (sizeof(T) == 2 && n + 1 < N && (N & 1) == 0 && ((uintptr_t)y & 3) == 0) {  // both in one 4-byte store (n is even)
           T pair[2] = {v0, v1};
           *reinterpret_cast<uint32_t*>(yp) = *reinterpret_cast<const uint32_t*>(pair);
@@ -859,7 +863,7 @@ constexpr int LDO = BN + 4;  // 4 floats of padding: the fragments' float2 store
 template <typename T>
 constexpr int epi_smem() { return BM * LDO * 4 > (std::is_same<T, float>::value ? 3 : 2) * TILE ? BM * LDO * 4 : (std::is_same<T, float>::value ? 3 : 2) * TILE; }
 
-// y[m, n] = (acc[m, n − n_begin] · sx[m] + outliers) · sw[n] + bias[n] for n in [n_begin, n_end),
+// y[m, n] = (acc[m, n − n_begin] · sx[m] + outliers) · sw[n] + bias[n] (+ res[m, n]) for n in [n_begin, n_end),
 // acc with row stride ldacc. A block owns 128 rows × 128 features: with outlier columns (cnt > 0)
 // their product is computed on the tensor cores (add_outliers, into zeroed fragments) and staged
 // in shared memory as f32; then the tile is streamed row by row, a warp reading one row's 128
@@ -868,7 +872,8 @@ constexpr int epi_smem() { return BM * LDO * 4 > (std::is_same<T, float>::value 
 template <typename T>
 __global__ void __launch_bounds__(THREADS, 2) k_epi(const int32_t* __restrict__ acc, int64_t ldacc, const float* __restrict__ sx, const double* __restrict__ sw,
                                                  const int* __restrict__ count, const uint16_t* __restrict__ xo, const uint16_t* __restrict__ wo, int64_t Cp,
-                                                 const T* __restrict__ bias, T* __restrict__ y, int64_t M, int64_t N, int64_t n_begin, int64_t n_end) {
+                                                 const T* __restrict__ bias, const T* __restrict__ res, T* __restrict__ y, int64_t M, int64_t N, int64_t n_begin,
+                                                 int64_t n_end) {
   extern __shared__ __align__(128) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t m0 = (int64_t)blockIdx.x * BM, n0 = n_begin + (int64_t)blockIdx.y * BN;
@@ -927,7 +932,8 @@ zero(o);
       for (int e = 0; e < 4; e++) {
         float v = (float)a[u][e] * s;
         if (cnt > 0) v += so[r * LDO + c + e];
-        out[e] = Num<T>::store((typename Num<T>::C)(v * swn[e] + bn[e]));
+        const float re = res && n + e < n_end ? (float)Num<T>::load(res[m * N + n + e]) : 0.f;
+        out[e] = Num<T>::store((typename Num<T>::C)(v * swn[e] + bn[e] + re));
       }
       T* yp = y + m * N + n;
       if (sv) {
@@ -998,6 +1004,7 @@ struct I8Gemm {
   const uint16_t* wo;  // the outlier columns of the weight codes, 16-bit, row stride Cp (k_i8_gather_w)
   int64_t Cp;
   const T* bias;
+  const T* res;  // fuse-residual's residual [M, N], or null
   T* y;
   int64_t M, N, K;
   bool own_ok;  // K % 16 == 0 and 16-byte aligned codes: the mma.sync kernel can read them
@@ -1011,7 +1018,7 @@ static void i8_own(const I8Gemm<T>& g, cudaStream_t s) {
   if (!attr) rt::check(cudaFuncSetAttribute(i8::k_gemm<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
   attr = true;
   const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((g.N + i8::BN - 1) / i8::BN));
-  i8::k_gemm<T><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.y, g.M, g.N, g.K);
+  i8::k_gemm<T><<<grid, i8::THREADS, bytes, s>>>(g.qx, g.Kp, g.qw, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.res, g.y, g.M, g.N, g.K);
   detail::launched("qlinear8 (int8 GEMM, outliers)");
 }
 
@@ -1023,7 +1030,7 @@ static void i8_epi(const I8Gemm<T>& g, const int32_t* acc, int64_t ldacc, int64_
   if (!attr) rt::check(cudaFuncSetAttribute(i8::k_epi<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear8)");
   attr = true;
   const dim3 grid((unsigned)((g.M + i8::BM - 1) / i8::BM), (unsigned)((n_end - n_begin + i8::BN - 1) / i8::BN));
-  i8::k_epi<T><<<grid, i8::THREADS, bytes, s>>>(acc, ldacc, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.y, g.M, g.N, n_begin, n_end);
+  i8::k_epi<T><<<grid, i8::THREADS, bytes, s>>>(acc, ldacc, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.res, g.y, g.M, g.N, n_begin, n_end);
   detail::launched("qlinear8 (scales, outliers)");
 }
 
@@ -1185,7 +1192,7 @@ static inline void i8_act_release(I8Act& a) {
 // The weight side: the weight's outlier columns (those of the act's list) gathered as 16-bit tiles.
 // i8_run then makes y; i8_release gives the weight side's buffer back.
 template <typename T>
-static I8Prep<T> i8_prep(const I8Act& a, const uint8_t* w, const T* bias, T* y, int64_t N, cudaStream_t s) {
+static I8Prep<T> i8_prep(const I8Act& a, const uint8_t* w, const T* bias, const T* res, T* y, int64_t N, cudaStream_t s) {
   const int64_t M = a.M, K = a.K;
   if ((N + i8::BN - 1) / i8::BN > 65535 || (M + i8::BM - 1) / i8::BM > 0x7fffffffLL)
     rt::fail(KILN_ERR_INVALID, "qlinear8: M = %lld, N = %lld is too large", (long long)M, (long long)N);
@@ -1197,7 +1204,7 @@ static I8Prep<T> i8_prep(const I8Act& a, const uint8_t* w, const T* bias, T* y, 
     k_i8_gather_w<T><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(qw, N, K, a.ws.list, a.ws.count, wo, Cp);
     detail::launched("qlinear8 (outlier columns of the weight)");
   }
-  const I8Gemm<T> g = {a.ws.qx, Kp, qw, sw, a.ws.sx, a.ws.list, a.ws.count, a.xo, wo, Cp, bias, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
+  const I8Gemm<T> g = {a.ws.qx, Kp, qw, sw, a.ws.sx, a.ws.list, a.ws.count, a.xo, wo, Cp, bias, res, y, M, N, K, K % 16 == 0 && detail::aligned16(w)};
   return {g, wo};
 }
 template <typename T>
@@ -1207,10 +1214,11 @@ static void i8_release(const I8Prep<T>& p) {
 
 }  // namespace qdetail
 
-// qlinear, 4-bit: y = x · deq(W)ᵀ (+ b); W in kiln_quant.h's 4-bit layout, `code` the 16 code
-// values (host memory: they travel to the kernels by value).
+// qlinear, 4-bit: y = x · deq(W)ᵀ (+ b) (+ residual, fuse-residual's, in the GEMV's store or the
+// GEMM's epilogue); W in kiln_quant.h's 4-bit layout, `code` the 16 code values (host memory: they
+// travel to the kernels by value).
 template <typename T>
-void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, int64_t block, bool dq, const double* code) {
+void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K, int64_t block, bool dq, const double* code) {
   if (M <= 0 || N <= 0) return;
   const qdetail::Q4 q = qdetail::q4_of(w, N * K, block, dq);
   const qdetail::Code16 c = qdetail::code16(code);
@@ -1225,8 +1233,8 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
     qdetail::with_rows(M, [&](auto rows) {
       constexpr int MR = decltype(rows)::value;
       constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;  // output features a block (registers: R·MR sums)
-      if (vec) qdetail::k_qgemv4v<T, MR, R><<<(unsigned)((N + R - 1) / R), 128, 0, s>>>(x, q, c, bias, y, N, K, lb);
-      else qdetail::k_qgemv4<T, MR><<<(unsigned)blocks, 256, 0, s>>>(x, q, c, bias, y, N, K);
+      if (vec) qdetail::k_qgemv4v<T, MR, R><<<(unsigned)((N + R - 1) / R), 128, 0, s>>>(x, q, c, bias, residual, y, N, K, lb);
+      else qdetail::k_qgemv4<T, MR><<<(unsigned)blocks, 256, 0, s>>>(x, q, c, bias, residual, y, N, K);
     });
     detail::launched("qlinear4 (GEMV)");
     return;
@@ -1235,7 +1243,7 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
   T* wd = (T*)rt::alloc((int64_t)sizeof(T) * N * K, "qlinear4 (dequantized weight)");
   qdetail::k_dequant4<T><<<detail::grid_for((N * K + 1) / 2, detail::kThreads), detail::kThreads, 0, s>>>(q, c, wd, N * K);
   detail::launched("qlinear4 (dequantize)");
-  linear<T>(x, wd, bias, y, M, N, K);
+  linear<T>(x, wd, bias, residual, y, M, N, K);
   rt::release(wd);
 }
 
@@ -1250,9 +1258,10 @@ static inline void qlinear8_done(Q8Shared* sh) {
   if (sh && sh->act.ws.base) qdetail::i8_act_release(sh->act);
 }
 
-// qlinear, int8 (LLM.int8): see the header. W: N·K int8 codes (padded to 16 bytes), then N f64 scales.
+// qlinear, int8 (LLM.int8): see the header. W: N·K int8 codes (padded to 16 bytes), then N f64
+// scales; `residual` (fuse-residual's, or null) is added in every path's epilogue.
 template <typename T>
-void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int64_t N, int64_t K, double threshold, Q8Shared* sh = nullptr) {
+void qlinear8(const T* x, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K, double threshold, Q8Shared* sh = nullptr) {
   if (M <= 0 || N <= 0) return;
   cudaStream_t s = stream();
   if (M <= 8) {
@@ -1268,8 +1277,8 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
     const unsigned blocks = (unsigned)((N + 7) / 8);
     qdetail::with_rows(M, [&](auto rows) {
       constexpr int MR = decltype(rows)::value;
-      if (vec) qdetail::k_qgemv8<T, MR, true><<<blocks, 256, 0, s>>>(x, ws.qx, Kp, ws.sx, qw, sw, ws.list, ws.count, bias, y, N, K);
-      else qdetail::k_qgemv8<T, MR, false><<<blocks, 256, 0, s>>>(x, ws.qx, Kp, ws.sx, qw, sw, ws.list, ws.count, bias, y, N, K);
+      if (vec) qdetail::k_qgemv8<T, MR, true><<<blocks, 256, 0, s>>>(x, ws.qx, Kp, ws.sx, qw, sw, ws.list, ws.count, bias, residual, y, N, K);
+      else qdetail::k_qgemv8<T, MR, false><<<blocks, 256, 0, s>>>(x, ws.qx, Kp, ws.sx, qw, sw, ws.list, ws.count, bias, residual, y, N, K);
     });
     detail::launched("qlinear8 (GEMV)");
     rt::release(ws.base);
@@ -1283,7 +1292,7 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, T* y, int64_t M, int6
     (sh ? sh->act : own) = qdetail::i8_act<T>(x, M, K, threshold, s);
   }
   const qdetail::I8Act& a = sh ? sh->act : own;
-  const qdetail::I8Prep<T> p = qdetail::i8_prep<T>(a, w, bias, y, N, s);
+  const qdetail::I8Prep<T> p = qdetail::i8_prep<T>(a, w, bias, residual, y, N, s);
   const int how = qdetail::i8_choose<T>(p.g, s);
   const int64_t cols = how == qdetail::I8_LT_CHUNKED && qdetail::i8_chunk(M) < N ? qdetail::i8_chunk(M) : N;
   int32_t* acc = how == qdetail::I8_OWN && p.g.own_ok ? nullptr : (int32_t*)rt::alloc(4 * M * cols, "qlinear8 (int32 products)");

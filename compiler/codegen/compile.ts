@@ -76,7 +76,7 @@ export interface CompiledArtifact {
   explain: PassMessage[];
 }
 
-export const DEFAULT_PASSES = "quantize-linear,cse,fuse-attention,unpad-varlen,fuse-norm,dce,fuse-elementwise";
+export const DEFAULT_PASSES = "quantize-linear,cse,fuse-attention,unpad-varlen,fuse-norm,fuse-residual,dce,fuse-elementwise";
 
 export async function compile(model: string | ModelDef<unknown>, o: CompileOptions = {}): Promise<CompiledArtifact> {
   const target = o.target ?? "cpu";

@@ -212,19 +212,20 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       const [x, w] = n.operands;
       const [N, K] = w.shape;
       const M = cprod(x.shape.slice(0, -1));
-      const bias = n.operands[2] ? name.get(n.operands[2].id)! : "nullptr";
+      const res = n.attrs.residual === true ? name.get(n.operands[n.operands.length - 1].id)! : "nullptr";
+      const bias = n.operands.length - (n.attrs.residual === true ? 1 : 0) > 2 ? name.get(n.operands[2].id)! : "nullptr";
       const wp = `(const uint8_t*)${name.get(w.id)}`;
       if (scheme === "int8") {
         // linears reading the same x with the same threshold share its quantization (Q8Shared)
         const sh = q8Share.get(n.result.id);
         if (sh?.first) body.push(`  K::Q8Shared q8s${sh.id};`);
-        body.push(`  K::qlinear8<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${fmtDouble(n.attrs.threshold as number)}${sh ? `, &q8s${sh.id}` : ""});`);
+        body.push(`  K::qlinear8<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${res}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${fmtDouble(n.attrs.threshold as number)}${sh ? `, &q8s${sh.id}` : ""});`);
         if (sh?.last) body.push(`  K::qlinear8_done(&q8s${sh.id});`);
       }
       else {
         const table = `kiln_code_${scheme}`;
         if (!consts.some((c) => c.includes(`${table}[16]`))) consts.push(`static const double ${table}[16] = {${codeOf(scheme as FourBit).map((v) => fmtDouble(v)).join(", ")}};`);
-        body.push(`  K::qlinear4<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table});`);
+        body.push(`  K::qlinear4<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${res}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table});`);
       }
     } else if (n.op === "elementwise" || LONE_ELEMENTWISE.has(n.op)) {
       // a lone arithmetic op (one fuse-elementwise left alone: nothing to fuse with) runs as a
@@ -617,9 +618,12 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       ];
     }
     case "linear": {
+      // operands x, w [, bias] [, residual] (fuse-residual's epilogue: the last one, of y's shape)
       const [x, w] = n.operands;
       const K = w.shape[1];
-      return [`K::linear<${T}>(${xs[0]}, ${xs[1]}, ${xs[2] ?? "nullptr"}, ${y}, ${cprod(x.shape.slice(0, -1))}, ${cdim(w.shape[0])}, ${cdim(K)});`];
+      const res = n.attrs.residual === true ? xs[xs.length - 1] : "nullptr";
+      const bias = xs.length - (n.attrs.residual === true ? 1 : 0) > 2 ? xs[2] : "nullptr";
+      return [`K::linear<${T}>(${xs[0]}, ${xs[1]}, ${bias}, ${res}, ${y}, ${cprod(x.shape.slice(0, -1))}, ${cdim(w.shape[0])}, ${cdim(K)});`];
     }
     case "softmax":
     case "reduce_sum":

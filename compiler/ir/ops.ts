@@ -340,29 +340,43 @@ def({
   },
 });
 
+// torch.nn.Linear: y = x · Wᵀ (+ bias), W [out, in]. With `residual` (what fuse-residual makes of
+// `add(r, linear(…))`) the last operand r, of the result's type, is added too, inside the same sum:
+// y = round(x · Wᵀ (+ bias) + r), rounded ONCE from the accumulator, as cuBLASLt's D = A·B + β·C
+// epilogue does. The unfused form rounds twice, round(round(x · Wᵀ) + r), so the two differ by at
+// most one unit in the last place of the larger of |x · Wᵀ| and |y| (the first rounding's half
+// unit, then each side's own last rounding).
 def({
   name: "linear",
-  arity: [2, 3],
-  attrs: {},
-  infer: (ts) => {
-    const [x, w, bias] = ts;
+  arity: [2, 4],
+  attrs: { residual: { kind: "bool", optional: true } },
+  infer: (ts, a) => {
+    const res = a.residual === true ? ts[ts.length - 1] : undefined;
+    const [x, w, bias] = res ? ts.slice(0, -1) : ts;
+    const n = res ? ts.length - 1 : ts.length;
+    if (n < 2 || n > 3) fail(`linear takes x, w, an optional bias${res ? " and the residual" : ""}: got ${ts.length} operands`);
     const dtype = sameDType(ts);
     if (w.shape.length !== 2) fail(`linear weight must be [out, in], got ${formatShape(w.shape)}`);
     if (x.shape.length < 1 || !dimEq(x.shape[x.shape.length - 1], w.shape[1]))
       fail(`linear input ${formatShape(x.shape)} does not end in the weight's in_features ${w.shape[1]} (weight ${formatShape(w.shape)})`);
     if (bias && !(bias.shape.length === 1 && dimEq(bias.shape[0], w.shape[0])))
       fail(`linear bias ${formatShape(bias.shape)} must be [${w.shape[0]}]`);
-    return { dtype, shape: [...x.shape.slice(0, -1), w.shape[0]] };
+    const shape = [...x.shape.slice(0, -1), w.shape[0]];
+    if (res && !(res.shape.length === shape.length && res.shape.every((d, i) => dimEq(d, shape[i]))))
+      fail(`linear residual ${formatShape(res.shape)} must have the result's shape ${formatShape(shape)} (it is not broadcast)`);
+    return { dtype, shape };
   },
-  eval: ([x, w, bias], _a, out) => {
+  eval: (ts, a, out) => {
+    const res = a.residual === true ? ts[ts.length - 1] : undefined;
+    const [x, w, bias] = res ? ts.slice(0, -1) : ts;
     const y = alloc(out.dtype, out.shape);
     const [N, K] = w.shape;
-    const rows = x.data.length / K;
+    const rows = N === 0 ? 0 : y.data.length / N;
     for (let r = 0; r < rows; r++)
       for (let n = 0; n < N; n++) {
         let s = bias ? bias.data[n] : 0;
         for (let k = 0; k < K; k++) s += x.data[r * K + k] * w.data[n * K + k];
-        y.data[r * N + n] = s;
+        y.data[r * N + n] = res ? s + res.data[r * N + n] : s;
       }
     return roundToDType(y);
   },
@@ -640,32 +654,34 @@ def({
 // linear whose weight is stored quantized (quant.ts): scheme "nf4" | "fp4" (blockwise 4-bit,
 // optionally double-quantized) or "int8" (LLM.int8, with `threshold` for outlier features). The
 // operands stay the float weight, so the semantics are explicit: the result is what the scheme
-// computes from that weight; targets quantize the weight once, on load.
+// computes from that weight; targets quantize the weight once, on load. `residual` as linear's
+// (fuse-residual's): the last operand, added in the same sum, rounded once.
 const QUANT_SCHEMES = ["nf4", "fp4", "int8"];
 def({
   name: "qlinear",
-  arity: [2, 3],
-  attrs: { scheme: { kind: "string" }, block: { kind: "int" }, double_quant: { kind: "bool" }, threshold: { kind: "float" } },
+  arity: [2, 4],
+  attrs: { scheme: { kind: "string" }, block: { kind: "int" }, double_quant: { kind: "bool" }, threshold: { kind: "float" }, residual: { kind: "bool", optional: true } },
   infer: (ts, a) => {
     if (!QUANT_SCHEMES.includes(a.scheme as string)) fail(`scheme '${a.scheme as string}' is not one of ${QUANT_SCHEMES.join(", ")}`);
     if (!((a.block as number) > 0 && Number.isInteger(a.block))) fail(`block must be a positive integer, got ${a.block as number}`);
-    const r = OPS.get("linear")!.infer(ts, {});
+    const r = OPS.get("linear")!.infer(ts, a.residual === true ? { residual: true } : {});
     needFloat(r);
     return r;
   },
-  eval: ([x, w, bias], a, out) => {
+  eval: ([x, w, ...rest], a, out) => {
     const [N, K] = w.shape;
     const M = x.data.length / K;
     const y = alloc(out.dtype, out.shape);
     if (a.scheme === "int8") {
-      const r = int8Matmul(x.data, w.data, bias?.data, M, N, K, a.threshold as number);
-      for (let i = 0; i < r.length; i++) y.data[i] = r[i];
+      const res = a.residual === true ? rest.pop() : undefined;
+      const r = int8Matmul(x.data, w.data, rest[0]?.data, M, N, K, a.threshold as number);
+      for (let i = 0; i < r.length; i++) y.data[i] = res ? r[i] + res.data[i] : r[i];
       return roundToDType(y);
     }
     const q = quantize4(w.data, a.scheme as FourBit, { block: a.block as number, doubleQuant: a.double_quant as boolean });
     // the dequantized weight in the compute (activation) dtype, then an ordinary linear
     const wd = roundToDType({ dtype: x.dtype, shape: w.shape, data: dequantize4(q) });
-    return OPS.get("linear")!.eval(bias ? [x, wd, bias] : [x, wd], {}, out);
+    return OPS.get("linear")!.eval([x, wd, ...rest], a.residual === true ? { residual: true } : {}, out);
   },
 });
 

@@ -5,7 +5,8 @@
 //   int8Threshold: number, default 6.0        (llm_int8_threshold; int8 only)
 //   skipModules: string[], default ["lm_head"] (llm_int8_skip_modules; applies to 4-bit too, as
 //                                              transformers keeps the output head in 16 bits)
-// Matches: linear nodes whose weight is a parameter named "<module>.weight" of a float dtype.
+// Matches: linear nodes whose weight is a parameter named "<module>.weight" of a float dtype (a
+//   fused residual, fuse-residual's, stays the qlinear's).
 // Guarantees: the op computes what the scheme computes from the same float weight (the op's
 //   reference in the interpreter); how far that is from the unquantized linear is the scheme's
 //   own error, bounded in test/quant.test.ts.
@@ -50,7 +51,7 @@ export function quantizeLinear(g: Graph, o: QuantOptions, explain: (m: string) =
       return node;
     }
     n++;
-    const attrs = { scheme: o.quant!, block: 64, double_quant: Boolean(o.doubleQuant), threshold: o.quant === "int8" ? threshold : 0 };
+    const attrs = { scheme: o.quant!, block: 64, double_quant: Boolean(o.doubleQuant), threshold: o.quant === "int8" ? threshold : 0, ...(node.attrs.residual === true ? { residual: true } : {}) };
     return { ...node, op: "qlinear", attrs };
   });
   for (const m of kept) explain(`${m}: kept in 16 bits (skip list)`);

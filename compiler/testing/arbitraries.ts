@@ -426,7 +426,11 @@ const BUILDERS: Record<string, Builder> = {
     const K = x.shape[x.shape.length - 1];
     const N = 1 + (s.c % 4);
     const w = g.param([N, K], x.dtype);
-    g.emit("linear", s.d % 2 ? [x, w, g.param([N], x.dtype)] : [x, w]);
+    const ops = s.d % 2 ? [x, w, g.param([N], x.dtype)] : [x, w];
+    // a third of them add a residual of their result's type (fuse-residual's form), where one is at hand
+    const out = [...x.shape.slice(0, -1), N];
+    const r = s.b % 3 === 0 ? g.pick(s.a + 1, (v) => v.dtype === x.dtype && v.shape.length === out.length && v.shape.every((d, i) => dimEq(d, out[i]))) : undefined;
+    g.emit("linear", r ? [...ops, r] : ops, r ? { residual: true } : {});
   },
   qlinear: (g, s) => {
     const x = g.asFloat(g.atLeastRank(g.need(s.a, notBool), 1));
