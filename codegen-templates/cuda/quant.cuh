@@ -3,10 +3,12 @@
 // semantics those of the cpu twins (cpu/kernels.h qlinear4 / qlinear8).
 //
 // - 4-bit, NF4/FP4 with blockwise absmax and optional double quantization (QLoRA, Dettmers et
-//   al., 2023). Decode (M ≤ 8 rows): a fused dequantize-GEMV, a block of 4 warps per few output
-//   features reading the packed codes 16 bytes (32 weights of one absmax block) at a time, the 16
-//   code values in shared memory, f32 accumulation, the block's absmax applied once per 32
-//   products. Prefill
+//   al., 2023). Decode (M ≤ 8 rows): a fused dequantize-GEMV. bf16/f16 with K and block multiples
+//   of 64 (k_qgemv4mma): byte → code pair from a bank-replicated shared table, the products on
+//   the tensor cores (mma m16n8k16, the rows of x its n columns), f32 sums, the absmax applied
+//   once per 64-weight chunk; otherwise (k_qgemv4v, f32 or blocks of 32) a block of 4 warps per
+//   few output features reading the packed codes 16 bytes (32 weights of one absmax block) at a
+//   time, the 16 code values in shared memory, f32 FMAs. Prefill
 //   (larger M): the weight is dequantized into a scratch buffer in the activation dtype exactly
 //   as the cpu twin dequantizes it (f32(code·absmax in f64), rounded to T) and multiplied by the
 //   16-bit path of `linear` (cuBLASLt on the tensor cores; Kiln's tiled GEMM without it).
@@ -215,6 +217,158 @@ __global__ void __launch_bounds__(128) k_qgemv4v(const T* __restrict__ x, Q4 q, 
       y[m * N + row] = Num<T>::store((typename Num<T>::C)(red[0][threadIdx.x] + red[1][threadIdx.x] + red[2][threadIdx.x] + red[3][threadIdx.x] + b + r));
     }
   }
+}
+
+// the line holding p on its way into L1 (a hint: no register waits for it)
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+// 8 bytes of packed codes, past L1 (each weight is read once a forward)
+__device__ __forceinline__ uint2 ld_stream8(const uint2* p) {
+  uint2 r;
+  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+  return r;
+}
+
+// The decode GEMV on the tensor cores, for bf16/f16 activations with K and block multiples of 64
+// (the fast path; k_qgemv4v serves f32 and blocks of 32). At 2+ TB/s of packed bytes the GEMV
+// must spend well under an instruction a weight, so the multiply-adds go to mma.sync m16n8k16
+// (the M ≤ 8 rows of x are its n = 8 columns, unused ones zero) and decoding costs one byte_perm
+// + shift and one shared load per TWO weights: a 256-entry table maps a byte of packed codes to
+// the pair T(code[lo]), T(code[hi]) — already the mma's A register. The table is replicated 32
+// times, word b·32 + lane, so a warp's 32 lookups hit 32 different banks whatever the bytes
+// (32 KB). The absmax scales each 64-weight chunk's f32 partial sums once (a fresh accumulator
+// per chunk), the double-quant absmax decoded once per (row, chunk). (The same split of decoding
+// from tensor-core multiplication as Marlin, Frantar et al. 2024, "MARLIN: Mixed-Precision
+// Auto-Regressive Parallel Inference on Large Language Models"; the code is ours.)
+//
+// A block computes 16 output features (rows g and g+8 of the mma tile, g = lane/4); its W warps
+// split K into 64-weight chunks, chunk kc to warp kc mod W, U chunks in flight a lane (8 bytes of
+// each of its two rows a chunk), and add their partial sums in shared memory. The K order inside
+// a chunk is permuted so that lane (g, t) loads 8 contiguous bytes: bytes 8t…8t+7 of a row's
+// 32-byte chunk hold weights 16t…16t+15; step s of the 4 mma steps takes byte 2s as the k pair
+// (2t, 2t+1) and byte 2s+1 as (2t+8, 2t+9), so its B registers are words 2s and 2s+1 of
+// x[g][16t … 16t+15] — the same permutation for every row of the tile.
+// (64 registers a thread: 32 warps an SM.)
+template <typename T, int W, int MR>
+__global__ void __launch_bounds__(W * 32, 1024 / (W * 32))
+    k_qgemv4mma(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, const T* __restrict__ res, T* __restrict__ y, int64_t N, int64_t K,
+                int lb) {
+  constexpr int U = 4;
+  __shared__ __align__(16) uint32_t tab[256 * 32];
+  __shared__ float red[W][16 * MR];
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int64_t row0 = (int64_t)blockIdx.x * 16, KC = K / 64;
+  const int64_t ra = row0 + g < N ? row0 + g : N - 1, rb = row0 + g + 8 < N ? row0 + g + 8 : N - 1;  // rows past N: computed, never stored
+  const uint2* wa = reinterpret_cast<const uint2*>(q.codes + ra * (K / 2)) + t;
+  const uint2* wb = reinterpret_cast<const uint2*>(q.codes + rb * (K / 2)) + t;
+  const uint4* xp = reinterpret_cast<const uint4*>(x + (int64_t)(g < MR ? g : 0) * K) + 2 * t;
+  const int64_t ca0 = ra * KC, cb0 = rb * KC;  // the rows' first chunks (the absmax block of chunk c: c·64 / block)
+  const int lc = lb - 6;                         // block = 64·2^lc; negative: not a power of 2
+  const double mean = q.dq ? __ldg(q.mean) : 0.0;
+  // the absmax block of chunk c of the weight
+  auto block_of = [&](int64_t c) { return lc >= 0 ? c >> lc : c / (q.block / 64); };
+  // codes of chunks kc0 + u·W of rows g, g + 8 into pa, pb; their absmax (or double-quant code and
+  // scale) prefetched into L1, where absmax_of finds it without a second trip to memory
+  uint2 pa[U], pb[U];
+  auto load = [&](int64_t kc0) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t kc = kc0 + u * W;
+      pa[u] = pb[u] = make_uint2(0, 0);
+      if (kc < KC) {
+        pa[u] = ld_stream8(wa + 4 * kc);
+        pb[u] = ld_stream8(wb + 4 * kc);
+        if (t == 0) {
+          const int64_t ba = block_of(ca0 + kc), bb = block_of(cb0 + kc);
+          if (q.dq) {
+            prefetch_l1(q.acode + ba), prefetch_l1(q.acode + bb), prefetch_l1(q.ascale + (ba >> 8)), prefetch_l1(q.ascale + (bb >> 8));
+          } else {
+            prefetch_l1(q.absmax + ba), prefetch_l1(q.absmax + bb);
+          }
+        }
+      }
+    }
+  };
+  load(wid);  // the first codes are on their way while the table is built
+  for (int i = threadIdx.x; i < 256 * 8; i += W * 32) {
+    const int b = i >> 3;
+    const uint32_t v = fa2::Mma<T>::pack(code.f[b & 15], code.f[b >> 4]);
+    reinterpret_cast<uint4*>(tab)[i] = make_uint4(v, v, v, v);
+  }
+  __syncthreads();
+  const uint32_t* tl = tab + lane;  // this lane's copy: pair b at tl[32 b]
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t kc0 = wid; kc0 < KC; kc0 += U * W) {
+    uint2 ca[U], cb[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) ca[u] = pa[u], cb[u] = pb[u];
+    load(kc0 + U * W);  // the next chunks in flight while these are computed
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t kc = kc0 + u * W;
+      if (kc >= KC) break;  // the same for the whole warp
+      const float sa = absmax_of(q, mean, block_of(ca0 + kc)), sb = absmax_of(q, mean, block_of(cb0 + kc));
+      uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+      if (g < MR) x0 = __ldg(xp + 8 * kc), x1 = __ldg(xp + 8 * kc + 1);
+      const uint32_t xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+      float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int s = 0; s < 4; s++) {
+        const uint32_t va = s < 2 ? ca[u].x : ca[u].y, vb = s < 2 ? cb[u].x : cb[u].y;  // 4 bytes of codes of rows g, g + 8
+        const int k = 2 * (s & 1);
+        const uint32_t a[4] = {tl[__byte_perm(va, 0, 0x4440 + k) << 5], tl[__byte_perm(vb, 0, 0x4440 + k) << 5], tl[__byte_perm(va, 0, 0x4441 + k) << 5],
+                               tl[__byte_perm(vb, 0, 0x4441 + k) << 5]};
+        fa2::Mma<T>::run(part, a, xb[2 * s], xb[2 * s + 1]);
+      }
+      acc[0] = fmaf(part[0], sa, acc[0]);
+      acc[1] = fmaf(part[1], sa, acc[1]);
+      acc[2] = fmaf(part[2], sb, acc[2]);
+      acc[3] = fmaf(part[3], sb, acc[3]);
+    }
+  }
+  // acc: rows g (0, 1) and g + 8 (2, 3) of the tile, rows 2t and 2t + 1 of x
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int r = g + 8 * (i >> 1), m = 2 * t + (i & 1);
+    if (m < MR) red[wid][r * MR + m] = acc[i];
+  }
+  __syncthreads();
+  if (threadIdx.x < 16 * MR) {
+    const int r = threadIdx.x / MR, m = threadIdx.x % MR;
+    const int64_t row = row0 + r;
+    if (row < N) {
+      float v = bias ? (float)Num<T>::load(bias[row]) : 0.f;
+#pragma unroll
+      for (int w = 0; w < W; w++) v += red[w][threadIdx.x];
+      if (res) v += (float)Num<T>::load(res[m * N + row]);  // fuse-residual's add, rounded once with the rest
+      y[m * N + row] = Num<T>::store((typename Num<T>::C)v);
+    }
+  }
+}
+
+// Blocks of k_qgemv4mma<T, W, MR> resident on one SM (registers, the 32 KB table), asked once.
+template <typename T, int W, int MR>
+static int qgemv4mma_resident() {
+  static const int r = [] {
+    int b = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, k_qgemv4mma<T, W, MR>, W * 32, 0) != cudaSuccess) {
+      cudaGetLastError();  // not this launch's error: assume one block
+      b = 1;
+    }
+    return b > 0 ? b : 1;
+  }();
+  return r;
+}
+
+// k_qgemv4mma with the most warps a block (K split the finest) that still lets every block be
+// resident at once — one wave, no tail — and at least 4 chunks of K a warp; else 4 warps a block.
+template <typename T, int MR>
+static void qgemv4mma(const T* x, const Q4& q, const Code16& c, const T* bias, const T* res, T* y, int64_t N, int64_t K, int lb, cudaStream_t s) {
+  const int64_t tiles = (N + 15) / 16, KC = K / 64;
+  const int64_t sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  if (tiles > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "qlinear4: N = %lld is too large", (long long)N);
+  if (KC >= 64 && tiles <= sms * qgemv4mma_resident<T, 16, MR>()) k_qgemv4mma<T, 16, MR><<<(unsigned)tiles, 512, 0, s>>>(x, q, c, bias, res, y, N, K, lb);
+  else if (KC >= 32 && tiles <= sms * qgemv4mma_resident<T, 8, MR>()) k_qgemv4mma<T, 8, MR><<<(unsigned)tiles, 256, 0, s>>>(x, q, c, bias, res, y, N, K, lb);
+  else k_qgemv4mma<T, 4, MR><<<(unsigned)tiles, 128, 0, s>>>(x, q, c, bias, res, y, N, K, lb);
 }
 
 // The dequantized weight in T, as the cpu twin computes it: T(f32(code[c] · absmax)), the product in f64.
@@ -1225,6 +1379,7 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
   cudaStream_t s = stream();
   if (M <= 8) {
     const bool vec = K % 32 == 0 && block % 32 == 0 && detail::aligned16(x) && detail::aligned16(w);
+    const bool mma = vec && K % 64 == 0 && block % 64 == 0 && (std::is_same<T, bf16>::value || std::is_same<T, f16>::value);
     const int64_t blocks = (N + 7) / 8;
     if (blocks > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "qlinear4: N = %lld is too large", (long long)N);
     int lb = -1;
@@ -1233,6 +1388,9 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
     qdetail::with_rows(M, [&](auto rows) {
       constexpr int MR = decltype(rows)::value;
       constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;  // output features a block (registers: R·MR sums)
+      if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
+        if (mma) return qdetail::qgemv4mma<T, MR>(x, q, c, bias, residual, y, N, K, lb, s);
+      }
       if (vec) qdetail::k_qgemv4v<T, MR, R><<<(unsigned)((N + R - 1) / R), 128, 0, s>>>(x, q, c, bias, residual, y, N, K, lb);
       else qdetail::k_qgemv4<T, MR><<<(unsigned)blocks, 256, 0, s>>>(x, q, c, bias, residual, y, N, K);
     });
