@@ -1379,7 +1379,10 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
   cudaStream_t s = stream();
   if (M <= 8) {
     const bool vec = K % 32 == 0 && block % 32 == 0 && detail::aligned16(x) && detail::aligned16(w);
-    const bool mma = vec && K % 64 == 0 && block % 64 == 0 && (std::is_same<T, bf16>::value || std::is_same<T, f16>::value);
+    // the tensor-core GEMV from 3 rows: measured on the H100 (bench/qgemv.cu, 7B shapes, µs) it
+    // takes 12–31 at every M ≤ 8, where k_qgemv4v takes 8–17 at M = 1, 10–21 at 2, 18–41 at 4 and
+    // 42–107 at 8
+    const bool mma = M >= 3 && vec && K % 64 == 0 && block % 64 == 0 && (std::is_same<T, bf16>::value || std::is_same<T, f16>::value);
     const int64_t blocks = (N + 7) / 8;
     if (blocks > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "qlinear4: N = %lld is too large", (long long)N);
     int lb = -1;
