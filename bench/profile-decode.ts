@@ -1,6 +1,9 @@
-// Where a decode step's GPU time goes: runs greedy decode on the bench checkpoint with the artifact
-// in KILN_BENCH_ARTIFACT under KILN_PROFILE=ops (set by the caller), which prints GPU time by op
-// kind every 32 forwards. Device-side companion of bench/decode.ts (see bench/NOTES.md).
+// Where a decode step's time goes: runs greedy decode on the bench checkpoint with the artifact in
+// KILN_BENCH_ARTIFACT. Under KILN_PROFILE=ops (set by the caller) the runtime prints GPU time by op
+// kind every 32 forwards (eager: graphs off); under KILN_PROFILE=1 (graphs on) the host's issue time
+// and its wait for the GPU per forward. This script prints the median time between tokens, so the
+// Node side of a step (async hop, logits to the host, sampling) is that minus issue + wait.
+// Device-side companion of bench/decode.ts (see bench/NOTES.md).
 import { loadModel } from "../runtime/api.js";
 
 const ckpt = process.env.KILN_BENCH_CKPT ?? "/tmp/kiln-bench/llama2-7b-random";
@@ -9,6 +12,14 @@ if (!art) throw new Error("set KILN_BENCH_ARTIFACT to a compiled artifact folder
 const model = await loadModel(art, { checkpoint: ckpt });
 const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919) % 32000);
 let n = 0;
-for await (const t of model.generate(prompt, { maxNewTokens: 96 })) n += t.id >= 0 ? 1 : 0;
-console.log(`profiled ${n} tokens`);
+const gaps: number[] = [];
+let last = performance.now();
+for await (const t of model.generate(prompt, { maxNewTokens: 96 })) {
+  const now = performance.now();
+  if (n > 0) gaps.push(now - last); // the first token includes the prefill
+  last = now;
+  n += t.id >= 0 ? 1 : 0;
+}
+const sorted = [...gaps].sort((a, b) => a - b);
+console.log(`profiled ${n} tokens; between tokens: median ${sorted[Math.floor(sorted.length / 2)].toFixed(3)} ms, min ${sorted[0].toFixed(3)} ms`);
 await model.dispose();

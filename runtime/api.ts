@@ -14,7 +14,7 @@ import { ABI_DTYPE } from "../compiler/codegen/emit.js";
 import type { DType } from "../compiler/ir/dtype.js";
 import { DTYPE_BYTES } from "../compiler/ir/dtype.js";
 import { KilnError } from "../compiler/ir/errors.js";
-import { bf16BitsToF32, f16BitsToF32 } from "../compiler/ir/numeric.js";
+import { f16BitsToF32 } from "../compiler/ir/numeric.js";
 import { codeOf } from "../compiler/ir/quant.js";
 import type { BatchResult, RowToken } from "./batch.js";
 import { generateRows } from "./batch.js";
@@ -46,7 +46,9 @@ interface NativeArtifact {
   readonly counts: { inputs: number; weights: number; outputs: number };
   init(device: number): Promise<void>;
   loadWeights(jobs: { file: string; offset: number; count: number; src: number; dst: number; name: string; quant?: object | null }[], onProgress?: (done: number, total: number) => void): Promise<DeviceTensor[]>;
-  forward(weights: DeviceTensor[], inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[], toHost: boolean[]): Promise<(HostTensor | DeviceTensor)[]>;
+  /** the weights every forward(null, …) uses (unwrapped once); [] lets them go */
+  bindWeights(weights: DeviceTensor[]): void;
+  forward(weights: DeviceTensor[] | null, inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[], toHost: boolean[]): Promise<(HostTensor | DeviceTensor)[]>;
   memoryInfo(): { free: number; total: number };
 }
 interface Binding {
@@ -151,11 +153,19 @@ const DTYPE_OF = Object.fromEntries(Object.entries(ABI_DTYPE).map(([k, v]) => [v
 function toF32(t: HostTensor): Float32Array {
   const d = DTYPE_OF[t.dtype];
   if (d === "f32") return new Float32Array(t.data);
-  if (d === "bf16" || d === "f16") {
+  if (d === "bf16") {
+    // a bf16 value is the upper half of its f32: one shift an element (decode converts the whole
+    // vocabulary's logits every token)
     const u = new Uint16Array(t.data);
     const out = new Float32Array(u.length);
-    const f = d === "bf16" ? bf16BitsToF32 : f16BitsToF32;
-    for (let i = 0; i < u.length; i++) out[i] = f(u[i]);
+    const bits = new Uint32Array(out.buffer);
+    for (let i = 0; i < u.length; i++) bits[i] = u[i] << 16;
+    return out;
+  }
+  if (d === "f16") {
+    const u = new Uint16Array(t.data);
+    const out = new Float32Array(u.length);
+    for (let i = 0; i < u.length; i++) out[i] = f16BitsToF32(u[i]);
     return out;
   }
   throw new KilnError("E_RUNTIME", `an output came back as ${d}`);
@@ -175,7 +185,9 @@ export class Model implements AsyncDisposable {
     private readonly weights: DeviceTensor[],
     readonly tokenizer: Tokenizer | undefined,
     readonly checkpoint: string,
-  ) {}
+  ) {
+    art.bindWeights(weights);
+  }
 
   /** Loads an artifact and the weights of a Hugging Face checkpoint onto its target. */
   static async load(dir: string, o: LoadOptions): Promise<Model> {
@@ -382,7 +394,7 @@ export class Model implements AsyncDisposable {
       if (!v) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
       return v as CacheValue;
     });
-    const outs = await native(this.art.forward(this.weights, inputs, this.manifest.outputs.map((o) => toHost(o.name))), this.dir);
+    const outs = await native(this.art.forward(null, inputs, this.manifest.outputs.map((o) => toHost(o.name))), this.dir);
     return new Map(this.manifest.outputs.map((o, j) => [o.name, outs[j]]));
   }
 
@@ -717,6 +729,7 @@ export class Model implements AsyncDisposable {
     await this.queue;
     this.disposed = true;
     this.dropKept();
+    this.art.bindWeights([]);
     for (const w of this.weights) w.free();
   }
 
