@@ -48,7 +48,8 @@ interface NativeArtifact {
   loadWeights(jobs: { file: string; offset: number; count: number; src: number; dst: number; name: string; quant?: object | null }[], onProgress?: (done: number, total: number) => void): Promise<DeviceTensor[]>;
   /** the weights every forward(null, …) uses (unwrapped once); [] lets them go */
   bindWeights(weights: DeviceTensor[]): void;
-  forward(weights: DeviceTensor[] | null, inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[], toHost: boolean[]): Promise<(HostTensor | DeviceTensor)[]>;
+  /** outputs; a number i: written in place into inputs[i] (a device tensor), which it is */
+  forward(weights: DeviceTensor[] | null, inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[], toHost: boolean[]): Promise<(HostTensor | DeviceTensor | number)[]>;
   memoryInfo(): { free: number; total: number };
 }
 interface Binding {
@@ -169,6 +170,17 @@ function toF32(t: HostTensor): Float32Array {
     return out;
   }
   throw new KilnError("E_RUNTIME", `an output came back as ${d}`);
+}
+
+/**
+ * The cache for the next step: `present.*` renamed `past.*`. Tensors of the old cache that are not
+ * in it are freed (a growing cache's old buffers); those written in place (the static and varlen
+ * caches) are the same tensors and stay.
+ */
+function nextCache(old: Map<string, unknown>, present: Map<string, unknown>): Map<string, unknown> {
+  const kept = new Set(present.values());
+  for (const t of old.values()) if (!kept.has(t) && typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
+  return new Map([...present].map(([k, v]) => [k.replace(/^present\./, "past."), v]));
 }
 
 /** One row of numbers, or a batch of rows. */
@@ -395,7 +407,9 @@ export class Model implements AsyncDisposable {
       return v as CacheValue;
     });
     const outs = await native(this.art.forward(null, inputs, this.manifest.outputs.map((o) => toHost(o.name))), this.dir);
-    return new Map(this.manifest.outputs.map((o, j) => [o.name, outs[j]]));
+    // an output written in place into a device-tensor input comes back as that input's index: it
+    // is the same tensor (the static cache's present.* are its past.*)
+    return new Map(this.manifest.outputs.map((o, j) => [o.name, typeof outs[j] === "number" ? (inputs[outs[j] as number] as DeviceTensor) : (outs[j] as HostTensor | DeviceTensor)]));
   }
 
   /** One decoder pass over input_ids plus the cache; returns the logits on the host and the present.* on the target. */
@@ -522,8 +536,7 @@ export class Model implements AsyncDisposable {
           throw new KilnError("E_USAGE", `${past + fresh.length} tokens are over the static cache's capacity ${capacity}`);
         const mask = this.padded ? new BigInt64Array(past + fresh.length).fill(1n) : undefined;
         const { logits, present } = await this.run(t, 1, fresh.length, cache, past, mask);
-        freeCache();
-        cache = new Map([...present].map(([k, v]) => [k.replace(/^present\./, "past."), v]));
+        cache = nextCache(cache, present);
         past += fresh.length;
         const all = toF32(logits);
         const V = logits.shape[2];
@@ -611,8 +624,7 @@ export class Model implements AsyncDisposable {
         feed.set("cache_slot", { dtype: ABI_DTYPE.i32, shape: [N], data: Int32Array.from(calls, (c) => c.row) });
         feed.set("cache_position", { dtype: ABI_DTYPE.i64, shape: [N], data: BigInt64Array.from(calls, (c) => BigInt(past[c.row])) });
         const outs = await this.invoke(feed, (n) => n === "logits");
-        for (const t of cache.values()) if (typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
-        cache = new Map([...outs].filter(([k]) => k.startsWith("present.")).map(([k, v]) => [k.replace(/^present\./, "past."), v]));
+        cache = nextCache(cache, new Map([...outs].filter(([k]) => k.startsWith("present."))));
         for (const c of calls) past[c.row] += c.ids.length;
         // logits at each sequence's last token: [N, 1, V] (lastToken builds), or rows of the packed [1, T, V]
         const logits = outs.get("logits") as HostTensor;

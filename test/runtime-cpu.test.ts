@@ -71,6 +71,41 @@ test("artifacts export only the C ABI (no GNU_UNIQUE symbol shared between libra
   }
 });
 
+test("a static-cache step hands back the caller's own cache tensors as present.* (written in place, no new wrappers)", async () => {
+  const name = "llama-gqa";
+  await using model = await loadModel(arts.get(name)!.dir, { checkpoint: join(FIXTURES, name) });
+  interface Internals {
+    newCache(B: number, S: number): Map<string, unknown>;
+    invoke(feed: Map<string, unknown>, toHost: (name: string) => boolean): Promise<Map<string, unknown>>;
+    manifest: { kvCache?: { position?: string } };
+  }
+  const m = model as unknown as Internals;
+  // step 1 uploads the fresh (host) cache; step 2 passes the device tensors step 1 gave back
+  let cache = m.newCache(1, 16);
+  for (let step = 0; step < 2; step++) {
+    const feed = new Map(cache);
+    feed.set("input_ids", { dtype: 3, shape: [1, 3], data: BigInt64Array.from([1n, 2n, 3n]) });
+    feed.set(m.manifest.kvCache!.position!, { dtype: 3, shape: [], data: new BigInt64Array([BigInt(3 * step)]) });
+    const outs = await m.invoke(feed, (n) => n === "logits");
+    const presents = [...outs].filter(([k]) => k.startsWith("present."));
+    expect(presents.length).toBe(cache.size);
+    for (const [k, v] of presents) {
+      expect(typeof (v as { free?: unknown }).free).toBe("function");
+      if (step === 1) expect(v).toBe(cache.get(k.replace("present.", "past.")));
+    }
+    cache = new Map(presents.map(([k, v]) => [k.replace("present.", "past."), v]));
+  }
+  // and generate still gives Hugging Face's greedy tokens through that cache (twice: the second
+  // generate reuses the kept cache)
+  const { greedy } = reference(name);
+  for (let i = 0; i < 2; i++) {
+    const got: number[] = [];
+    for await (const t of model.generate(greedy.slice(0, 7), { maxNewTokens: greedy.length - 7 })) got.push(t.id);
+    expect(got).toEqual(greedy.slice(7));
+  }
+  for (const v of cache.values()) (v as { free(): void }).free();
+});
+
 test("a bf16 artifact stays close to the f32 reference", async () => {
   const name = "llama-gqa";
   const art = await compile(join(FIXTURES, name), { target: "cpu", dtype: "bf16", cacheDir, maxSeq: 64 });

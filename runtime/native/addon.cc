@@ -423,8 +423,13 @@ class ForwardWorker : public Worker {
       }
       // an output written in place into an input (the static KV cache) shares that input's buffer
       std::shared_ptr<Buffer> b;
+      int alias = -1;
       for (size_t i = 0; i < inputs.size() && !b; i++)
-        if (out[j].data && inbuf[i] && inbuf[i]->ptr == out[j].data) b = inbuf[i];
+        if (out[j].data && inbuf[i] && inbuf[i]->ptr == out[j].data) {
+          b = inbuf[i];
+          if (inputs[i].dev) alias = (int)i;  // the caller's own device tensor
+        }
+      aliases.push_back(alias);
       if (!b) {
         b = std::make_shared<Buffer>();
         b->lib = lib;
@@ -447,7 +452,11 @@ class ForwardWorker : public Worker {
     Napi::Array out = Napi::Array::New(env, results.size());
     for (size_t j = 0; j < results.size(); j++) {
       InputArg& r = results[j];
-      if (r.dev) {
+      if (r.dev && aliases[j] >= 0) {
+        // written in place into input i (the static KV cache): the caller keeps using its own
+        // tensor object; a number says which (no new wrapper a step for every cache tensor)
+        out[j] = Napi::Number::New(env, aliases[j]);
+      } else if (r.dev) {
         out[j] = WrapTensor(env, r.dev, r.dtype, r.shape);
       } else {
         Napi::Object o = Napi::Object::New(env);
@@ -470,6 +479,7 @@ class ForwardWorker : public Worker {
   std::vector<InputArg> inputs;
   std::vector<bool> to_host;
   std::vector<InputArg> results;
+  std::vector<int> aliases;  // per output: the device-tensor input it was written into, or -1
 };
 
 // The bytes of a target buffer, copied to the host (tests compare quantized weights across targets).
