@@ -88,4 +88,29 @@ describe("a Llama's attention on the cpu target reads and writes through its hea
     });
     expect(maxErr).toBeLessThanOrEqual(1e-4);
   }, 300_000);
+
+  test("static KV cache: v's transpose is read by cache_write through strides, no transpose is copied; prefill then decode gives the interpreter's logits", async () => {
+    const art = await compile(root, { target: "cpu", cacheDir, maxSeq: 64 });
+    const src = readFileSync(join(art.dir, "model.cpp"), "utf8").split("\n");
+    const transposes = src.filter((l) => /^ {2}\/\/ %\d+: .* = transpose\(/.test(l));
+    expect(transposes.length).toBe(4 * config.layers);
+    expect(transposes.filter((l) => !/not materialized/.test(l))).toEqual([]);
+    // per layer: k's update row-major (RoPE's output), v's through (b, h, s) strides
+    const writes = src.filter((l) => l.includes("K::cache_write<"));
+    expect(writes).toHaveLength(2 * config.layers);
+    expect(writes.filter((l) => l.split(",").length === 11)).toHaveLength(config.layers); // 11 arguments: with strides
+
+    await using model = await loadModel(art.dir, { checkpoint: root });
+    const prompt = [3, 1, 4, 1, 5, 9, 2];
+    const got: number[] = [];
+    for await (const t of model.generate(prompt, { maxNewTokens: 6 })) got.push(t.id);
+    // the interpreter's greedy continuation of the plain graph (no cache) — argmax of its logits
+    const ids = [...prompt];
+    for (let i = 0; i < 6; i++) {
+      const l = alone(ids);
+      const last = l.subarray((ids.length - 1) * V, ids.length * V);
+      ids.push(last.indexOf(Math.max(...last)));
+    }
+    expect(got).toEqual(ids.slice(prompt.length));
+  }, 300_000);
 });

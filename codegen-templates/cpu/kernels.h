@@ -335,12 +335,18 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
 // The static KV cache's write: rows [*pos, *pos + S) of each of the BH [C, D] slabs of `cache`
 // become the rows of `update` ([BH, S, D]). The runtime checks *pos + S ≤ C before the call.
 template <typename T>
-void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
+void cache_write(T* cache, const T* update, const int64_t* pos, int64_t B, int64_t H, int64_t C, int64_t S, int64_t D, int64_t ub, int64_t uh, int64_t us) {
   const int64_t p = *pos;
   if (p < 0 || p + S > C) rt::fail(KILN_ERR_INVALID, "cache_write: %lld new tokens at position %lld do not fit the cache's capacity %lld", (long long)S, (long long)p, (long long)C);
+  const int64_t BH = B * H;
 #pragma omp parallel for schedule(static) if (BH * S * D > 32768)
   for (int64_t bh = 0; bh < BH; bh++)
-    for (int64_t s = 0; s < S; s++) memcpy(cache + (bh * C + p + s) * D, update + (bh * S + s) * D, sizeof(T) * (size_t)D);
+    for (int64_t s = 0; s < S; s++) memcpy(cache + (bh * C + p + s) * D, update + (bh / H) * ub + (bh % H) * uh + s * us, sizeof(T) * (size_t)D);
+}
+// the update in [B·H, S, D] row-major
+template <typename T>
+void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
+  cache_write<T>(cache, update, pos, 1, BH, C, S, D, BH * S * D, S * D, D);
 }
 
 // Position ids from an attention_mask [B, T]: cumsum − 1 at real tokens, 1 at padding (f32).

@@ -197,7 +197,13 @@ export function emitSource(g: Graph, o: EmitOptions): string {
         body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
         body.push(`  rt::copy(${y}, ${name.get(c.id)}, (int64_t)sizeof(${T}) * ${cprod(c.shape)});`);
       }
-      if (n.op === "cache_write") body.push(`  K::cache_write<${T}>(${y}, ${name.get(u.id)}, ${name.get(p.id)}, ${cdim(B)} * ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)});`);
+      const view = views.get(u.id);
+      if (n.op === "cache_write" && view) {
+        // the update read through its transpose (v's [B, S, H, D] → [B, H, S, D]): (b, h, s) strides of the source
+        const ss = cstrides(view.src.shape);
+        const [sb, sh, st] = view.perm.slice(0, 3).map((k) => ss[k]);
+        body.push(`  K::cache_write<${T}>(${y}, ${name.get(view.src.id)}, ${name.get(p.id)}, ${cdim(B)}, ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)}, ${sb}, ${sh}, ${st});`);
+      } else if (n.op === "cache_write") body.push(`  K::cache_write<${T}>(${y}, ${name.get(u.id)}, ${name.get(p.id)}, ${cdim(B)} * ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)});`);
     } else body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
     if (n.op === "cache_write") {
       // emitted above
@@ -369,7 +375,7 @@ export function elementwiseViews(g: Graph): Map<number, View> {
     const n = g.nodes[i];
     if (!candidate(n)) continue;
     const us = uses.get(n.result.id) ?? [];
-    const ok = us.length > 0 && us.every((u) => readsAsView(u, n.result) || (n.op === "transpose" && readsAsAttentionOperand(u, n.result)) || (n.op === "transpose" && u.op === "gather" && absorbed.has(u.result.id) && u.operands[0].id === n.result.id && !u.operands.slice(1).some((o) => o.id === n.result.id)));
+    const ok = us.length > 0 && us.every((u) => readsAsView(u, n.result) || (n.op === "transpose" && (readsAsAttentionOperand(u, n.result) || readsAsCacheUpdate(u, n.result))) || (n.op === "transpose" && u.op === "gather" && absorbed.has(u.result.id) && u.operands[0].id === n.result.id && !u.operands.slice(1).some((o) => o.id === n.result.id)));
     if (ok) absorbed.add(n.result.id);
   }
   const views = new Map<number, View>();
@@ -385,6 +391,10 @@ export function elementwiseViews(g: Graph): Map<number, View> {
   }
   return views;
 }
+
+/** `u` is a cache_write reading the 4-d `v` only as its update (the static cache's new keys/values; strides). */
+const readsAsCacheUpdate = (u: Node, v: Value): boolean =>
+  u.op === "cache_write" && v.shape.length === 4 && u.operands[1].id === v.id && u.operands[0].id !== v.id && u.operands[2].id !== v.id;
 
 /** `u` is a flash_attention reading the 4-d `v` only as its q, k or v (strides; never as the offset, mask or cu_seqlens). */
 const readsAsAttentionOperand = (u: Node, v: Value): boolean =>
