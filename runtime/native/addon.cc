@@ -378,15 +378,20 @@ struct InputArg {
   std::shared_ptr<Buffer> dev;
 };
 
+// The weights of a forward: the buffers (kept alive while it runs) and their pointers, built once
+// (bindWeights) and shared by every call instead of copied into each.
+struct WeightSet {
+  std::vector<std::shared_ptr<Buffer>> bufs;
+  std::vector<void*> ptrs;
+};
+
 class ForwardWorker : public Worker {
  public:
-  ForwardWorker(Napi::Env env, std::shared_ptr<Library> lib, std::vector<std::shared_ptr<Buffer>> weights, std::vector<InputArg> inputs,
+  ForwardWorker(Napi::Env env, std::shared_ptr<Library> lib, std::shared_ptr<const WeightSet> weights, std::vector<InputArg> inputs,
                 std::vector<bool> to_host)
       : Worker(env), lib(std::move(lib)), weights(std::move(weights)), inputs(std::move(inputs)), to_host(std::move(to_host)) {}
   void Execute() override {
     std::lock_guard<std::mutex> g(lib->mu);
-    std::vector<void*> w;
-    for (auto& b : weights) w.push_back(b->ptr);
     std::vector<kiln_tensor> in(inputs.size());
     std::vector<std::shared_ptr<Buffer>> inbuf(inputs.size());  // each input's buffer (uploaded here or passed in)
     for (size_t i = 0; i < inputs.size(); i++) {
@@ -412,7 +417,7 @@ class ForwardWorker : public Worker {
     int n_out = lib->abi.num_outputs();
     std::vector<kiln_tensor> out(n_out);
     memset(out.data(), 0, sizeof(kiln_tensor) * out.size());
-    int rc = lib->abi.forward(w.data(), in.data(), out.data());
+    int rc = lib->abi.forward(weights->ptrs.data(), in.data(), out.data());
     if (rc) return Fail(rc == KILN_ERR_OOM ? "E_OOM" : rc == KILN_ERR_INVALID ? "E_USAGE" : "E_RUNTIME", lib->abi.last_error());
     for (int j = 0; j < n_out; j++) {
       int64_t n = 1;
@@ -475,7 +480,7 @@ class ForwardWorker : public Worker {
 
  private:
   std::shared_ptr<Library> lib;
-  std::vector<std::shared_ptr<Buffer>> weights;
+  std::shared_ptr<const WeightSet> weights;
   std::vector<InputArg> inputs;
   std::vector<bool> to_host;
   std::vector<InputArg> results;
@@ -563,7 +568,7 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
   }
 
  private:
-  std::vector<std::shared_ptr<Buffer>> bound;  // bindWeights
+  std::shared_ptr<const WeightSet> bound;  // bindWeights
   std::shared_ptr<Library> lib;
 
   Napi::Value Target(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), lib->abi.target()); }
@@ -638,12 +643,13 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
   // (Model.dispose, before it frees them).
   Napi::Value BindWeights(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    std::vector<std::shared_ptr<Buffer>> weights;
+    std::shared_ptr<const WeightSet> weights;
     if (!UnwrapWeights(env, info[0], weights)) return env.Undefined();
     bound = std::move(weights);
     return env.Undefined();
   }
-  bool UnwrapWeights(Napi::Env env, const Napi::Value& v, std::vector<std::shared_ptr<Buffer>>& weights) {
+  bool UnwrapWeights(Napi::Env env, const Napi::Value& v, std::shared_ptr<const WeightSet>& out) {
+    auto set = std::make_shared<WeightSet>();
     if (!v.IsArray()) {
       MakeError(env, "E_USAGE", "weights must be an array of device tensors").ThrowAsJavaScriptException();
       return false;
@@ -660,8 +666,10 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
         MakeError(env, "E_USAGE", "a weight was freed (the model was disposed)").ThrowAsJavaScriptException();
         return false;
       }
-      weights.push_back(t->buf);
+      set->bufs.push_back(t->buf);
+      set->ptrs.push_back(t->buf->ptr);
     }
+    out = std::move(set);
     return true;
   }
 
@@ -669,9 +677,9 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
   Napi::Value Forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Napi::Array ia = info[1].As<Napi::Array>(), ha = info[2].As<Napi::Array>();
-    std::vector<std::shared_ptr<Buffer>> weights;
+    std::shared_ptr<const WeightSet> weights;
     if (info[0].IsNull()) {
-      if (bound.empty() && lib->abi.num_weights() > 0) {
+      if ((!bound || bound->bufs.empty()) && lib->abi.num_weights() > 0) {
         Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
         d.Reject(MakeError(env, "E_USAGE", "no weights are bound (the model was disposed)").Value());
         return d.Promise();
