@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <type_traits>
 #include "../common/kiln_types.h"
 #include "runtime.cuh"
 #include "cublaslt.cuh"
@@ -277,6 +278,157 @@ __global__ void k_gather_runs(const T* __restrict__ x, const I* __restrict__ idx
 // and short prompts (decode, S < 16); prefill goes to the tiled tensor-core kernel of flash_attn2.cuh.
 static const int kChunk = 64;
 
+// 16 bytes of T as f32 (E values)
+template <typename T> struct Vec;
+template <> struct Vec<bf16> {
+  static const int E = 8;
+  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+};
+template <> struct Vec<f16> {
+  static const int E = 8;
+  __device__ __forceinline__ static float h2f(uint32_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
+    return f;
+  }
+  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[2 * i] = h2f(w[i] & 0xffffu);
+      f[2 * i + 1] = h2f(w[i] >> 16);
+    }
+  }
+};
+template <> struct Vec<float> {
+  static const int E = 4;
+  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
+    f[0] = __uint_as_float(q.x);
+    f[1] = __uint_as_float(q.y);
+    f[2] = __uint_as_float(q.z);
+    f[3] = __uint_as_float(q.w);
+  }
+};
+
+// Merges the block's W per-warp online-softmax states (max wm, sum wl, weighted values wacc) after
+// a __syncthreads: split, the partial state [M, L, acc[Dv]] goes to `out`; else the row of y, or
+// empty(d) for a row that saw no key.
+template <typename T, bool SPLIT, int W, int MAXD, typename F>
+__device__ __forceinline__ void merge_warp_states(const float* wm, const float* wl, const float (*wacc)[MAXD], int Dv, float* __restrict__ out,
+                                                  T* __restrict__ yrow, F empty) {
+  float M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < W; w++) M = fmaxf(M, wm[w]);
+  float L = 0.f;
+#pragma unroll
+  for (int w = 0; w < W; w++) L += wm[w] == -INFINITY ? 0.f : wl[w] * __expf(wm[w] - M);
+  if (SPLIT && threadIdx.x == 0) {
+    out[0] = M;
+    out[1] = L;
+  }
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+    float a = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; w++) a += wm[w] == -INFINITY ? 0.f : wacc[w][d] * __expf(wm[w] - M);
+    if (SPLIT) out[2 + d] = a;
+    else yrow[d] = Num<T>::store(M == -INFINITY ? empty(d) : a / L);
+  }
+}
+
+// attend_row's fast path: 16-bit q/k/v, D = Dv = HD (64 or 128), 16-byte aligned rows, no key
+// mask. The simple loop below walks a warp's keys one at a time — a dependent chain of 2-byte loads,
+// a 5-step shuffle and two exps a key, ≈ 1 µs of latency each — which made a decode step's
+// attention ≈ 20 µs a layer on the H100. Here a warp takes its keys 16 at a time: P = HD / 8 lanes
+// share a key, each dotting one 16-byte piece of it with q (all 16 keys' loads in flight at once),
+// the scores are exchanged by shuffles, the online-softmax state (Milakov & Gimelshein, 2018) is
+// updated once per 16 keys, and each lane accumulates its HD / 32 dims of the 16 value rows (again
+// all loads in flight). Same math as the loop (f32, one rounding of the output), other order.
+template <typename T, bool SPLIT, int HD>
+__device__ __forceinline__ void attend_row_vec(const T* __restrict__ qrow, const T* __restrict__ kb, const T* __restrict__ vb, T* __restrict__ yrow,
+                                               float* __restrict__ out, int64_t j0, int64_t j1, int64_t ks, int64_t vs, float scale, float slope) {
+  constexpr int W = 4, P = HD / 8, KPW = 32 / P, KB = 16, E = HD / 32;
+  __shared__ float wm[W], wl[W];
+  __shared__ float wacc[W][HD];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = lane % P;
+  float qf[8];
+  Vec<T>::unpack(__ldg(reinterpret_cast<const uint4*>(qrow) + part), qf);
+  float m = -INFINITY, l = 0.f, acc[E];
+#pragma unroll
+  for (int e = 0; e < E; e++) acc[e] = 0.f;
+  using VW = typename std::conditional<E == 4, uint2, uint32_t>::type;  // a lane's HD / 32 values of a row
+  for (int64_t jb = j0 + (int64_t)warp * KB; jb < j1; jb += (int64_t)W * KB) {
+    // the batch's key pieces and value rows, all in flight before any is used
+    uint4 kw[KB / KPW];
+    VW vw[KB];
+#pragma unroll
+    for (int i = 0; i < KB / KPW; i++) {
+      const int64_t j = jb + i * KPW + lane / P;
+      kw[i] = j < j1 ? __ldg(reinterpret_cast<const uint4*>(kb + j * ks) + part) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int t = 0; t < KB; t++) {
+      if (jb + t < j1) vw[t] = __ldg(reinterpret_cast<const VW*>(vb + (jb + t) * vs + lane * E));
+      else vw[t] = VW();
+    }
+    float sp[KB / KPW];
+#pragma unroll
+    for (int i = 0; i < KB / KPW; i++) {
+      float kf[8];
+      Vec<T>::unpack(kw[i], kf);
+      float d = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; e++) d = fmaf(qf[e], kf[e], d);
+      sp[i] = d;
+    }
+#pragma unroll
+    for (int i = 0; i < KB / KPW; i++)
+#pragma unroll
+      for (int o = P / 2; o > 0; o >>= 1) sp[i] += __shfl_xor_sync(0xffffffffu, sp[i], o);
+    float sc[KB];
+    float mb = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < KB; t++) {
+      const float v = __shfl_sync(0xffffffffu, sp[t / KPW], (t % KPW) * P);
+      sc[t] = jb + t < j1 ? v * scale + slope * (float)(jb + t) : -INFINITY;
+      mb = fmaxf(mb, sc[t]);
+    }
+    const float mn = fmaxf(m, mb);
+    const float corr = m == -INFINITY ? 0.f : __expf(m - mn);
+    l *= corr;
+#pragma unroll
+    for (int e = 0; e < E; e++) acc[e] *= corr;
+#pragma unroll
+    for (int t = 0; t < KB; t++) {
+      if (jb + t < j1) {  // the same for the whole warp
+        const float pr = __expf(sc[t] - mn);
+        l += pr;
+        float vf[8];
+        uint4 w4 = make_uint4(0u, 0u, 0u, 0u);
+        memcpy(&w4, &vw[t], sizeof(VW));
+        Vec<T>::unpack(w4, vf);
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[e] = fmaf(pr, vf[e], acc[e]);
+      }
+    }
+    m = mn;
+  }
+  if (lane == 0) {
+    wm[warp] = m;
+    wl[warp] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < E; e++) wacc[warp][lane * E + e] = acc[e];
+  __syncthreads();
+  merge_warp_states<T, SPLIT, W, HD>(wm, wl, wacc, HD, out, yrow, [](int) { return (float)NAN; });
+}
+
 // One query row (qrow, D values) against keys [j0, j1) of one head (key j's D values at kb + j·ks,
 // its Dv values at vb + j·vs), by the block's 4 warps: score scale · q·k + slope · j, keys with km[j] = 0 skipped. Unsplit it writes
 // the row (yrow); split it writes the partial state [max, sum, acc[Dv]] to `out`. A row that saw no
@@ -285,6 +437,13 @@ template <typename T, bool SPLIT>
 __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* __restrict__ kb, const T* __restrict__ vb, T* __restrict__ yrow, float* __restrict__ out,
                                            int64_t j0, int64_t j1, int64_t ks, int64_t vs, int D, int Dv, float scale, float slope,
                                            const int64_t* __restrict__ km, int64_t Tk) {
+#ifndef KILN_ATTN_NO_VEC  // (defined: the simple loop only — bench/attn_decode.cu times both)
+  if constexpr (sizeof(T) == 2) {
+    const bool vec = !km && D == Dv && (D == 128 || D == 64) && ks % 8 == 0 && vs % 8 == 0 && aligned16(qrow) && aligned16(kb) && aligned16(vb);
+    if (vec && D == 128) return attend_row_vec<T, SPLIT, 128>(qrow, kb, vb, yrow, out, j0, j1, ks, vs, scale, slope);
+    if (vec && D == 64) return attend_row_vec<T, SPLIT, 64>(qrow, kb, vb, yrow, out, j0, j1, ks, vs, scale, slope);
+  }
+#endif
   constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
   __shared__ float qs[MAXD];
   __shared__ float wm[W], wl[W];
@@ -325,35 +484,16 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
     if (d < Dv) wacc[warp][d] = acc[e];
   }
   __syncthreads();
-  float M = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < W; w++) M = fmaxf(M, wm[w]);
-  float L = 0.f;
-#pragma unroll
-  for (int w = 0; w < W; w++) L += wm[w] == -INFINITY ? 0.f : wl[w] * __expf(wm[w] - M);
-  if (SPLIT && threadIdx.x == 0) {
-    out[0] = M;
-    out[1] = L;
-  }
-  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-    float a = 0.f;
-#pragma unroll
-    for (int w = 0; w < W; w++) a += wm[w] == -INFINITY ? 0.f : wacc[w][d] * __expf(wm[w] - M);
-    if (SPLIT) {
-      out[2 + d] = a;
-    } else if (M == -INFINITY) {
-      // no visible key: the mean of V under a key mask (every eager score equal), else NaN
-      float mean = NAN;
-      if (km) {
-        mean = 0.f;
-        for (int64_t j = 0; j < Tk; j++) mean += Num<T>::load(vb[j * vs + d]);
-        mean /= (float)Tk;
-      }
-      yrow[d] = Num<T>::store(mean);
-    } else {
-      yrow[d] = Num<T>::store(a / L);
+  // no visible key: the mean of V under a key mask (every eager score equal), else NaN
+  merge_warp_states<T, SPLIT, W, MAXD>(wm, wl, wacc, Dv, out, yrow, [&](int d) {
+    float mean = NAN;
+    if (km) {
+      mean = 0.f;
+      for (int64_t j = 0; j < Tk; j++) mean += Num<T>::load(vb[j * vs + d]);
+      mean /= (float)Tk;
     }
-  }
+    return mean;
+  });
 }
 
 template <typename T, bool SPLIT>
@@ -405,23 +545,64 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
 // rescales each partial state to the common max and adds.
 template <typename T>
 __global__ void k_attention_combine(const float* __restrict__ part, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides ys) {
+  // the block's threads read the splits' states side by side (a loop over them one at a time was a
+  // chain of dependent L2 reads, ≈ 5 µs of a decode step's attention), the weights exp(m_s − M)
+  // are computed once into shared memory, then each thread sums its dims over the splits with
+  // several loads in flight
+  constexpr int TILE = 1024;
+  __shared__ float wsh[TILE];
+  __shared__ float red[32];
   const int64_t row = blockIdx.x;
   T* yrow = y + (row / S / Hq) * ys.b + ((row / S) % Hq) * ys.h + (row % S) * ys.s;
   const float* p = part + row * (int64_t)splits * (Dv + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < splits; s++) M = fmaxf(M, p[s * (Dv + 2)]);
-  float L = 0.f;
-  for (int s = 0; s < splits; s++) {
-    const float ms = p[s * (Dv + 2)];
-    if (ms != -INFINITY) L += p[s * (Dv + 2) + 1] * __expf(ms - M);
-  }
-  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-    float a = 0.f;
-    for (int s = 0; s < splits; s++) {
-      const float ms = p[s * (Dv + 2)];
-      if (ms != -INFINITY) a += p[s * (Dv + 2) + 2 + d] * __expf(ms - M);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  auto block_reduce = [&](float v, bool is_max) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float u = __shfl_xor_sync(0xffffffffu, v, o);
+      v = is_max ? fmaxf(v, u) : v + u;
     }
-    yrow[d] = Num<T>::store(M == -INFINITY ? NAN : a / L);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = is_max ? -INFINITY : 0.f;
+    for (int w = 0; w < nw; w++) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+    return v;
+  };
+  float M = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmaxf(M, p[(int64_t)s * (Dv + 2)]);
+  M = block_reduce(M, true);
+  float L = 0.f;
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+    const float ms = p[(int64_t)s * (Dv + 2)];
+    if (ms != -INFINITY) L += p[(int64_t)s * (Dv + 2) + 1] * __expf(ms - M);
+  }
+  L = block_reduce(L, false);
+  float a[2] = {0.f, 0.f};  // dims threadIdx.x and threadIdx.x + blockDim.x (Dv ≤ 256, blockDim ≥ Dv / 2)
+  for (int s0 = 0; s0 < splits; s0 += TILE) {
+    const int n = splits - s0 < TILE ? splits - s0 : TILE;
+    __syncthreads();
+    for (int s = threadIdx.x; s < n; s += blockDim.x) {
+      const float ms = p[(int64_t)(s0 + s) * (Dv + 2)];
+      wsh[s] = ms == -INFINITY ? -1.f : __expf(ms - M);  // -1: a split that saw no key (skipped)
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+      const int d = threadIdx.x + k * blockDim.x;
+      if (d >= Dv) continue;
+      const float* pd = p + (int64_t)s0 * (Dv + 2) + 2 + d;
+      float acc = 0.f;
+#pragma unroll 8
+      for (int s = 0; s < n; s++)
+        if (wsh[s] >= 0.f) acc += pd[(int64_t)s * (Dv + 2)] * wsh[s];
+      a[k] += acc;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 2; k++) {
+    const int d = threadIdx.x + k * blockDim.x;
+    if (d < Dv) yrow[d] = Num<T>::store(M == -INFINITY ? NAN : a[k] / L);
   }
 }
 
@@ -584,44 +765,6 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
   return r;
 }
-
-template <typename T> struct Vec;
-template <> struct Vec<bf16> {
-  static const int E = 8;
-  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
-    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-  }
-};
-template <> struct Vec<f16> {
-  static const int E = 8;
-  __device__ __forceinline__ static float h2f(uint32_t h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
-    return f;
-  }
-  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
-    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      f[2 * i] = h2f(w[i] & 0xffffu);
-      f[2 * i + 1] = h2f(w[i] >> 16);
-    }
-  }
-};
-template <> struct Vec<float> {
-  static const int E = 4;
-  __device__ __forceinline__ static void unpack(const uint4& q, float* f) {
-    f[0] = __uint_as_float(q.x);
-    f[1] = __uint_as_float(q.y);
-    f[2] = __uint_as_float(q.z);
-    f[3] = __uint_as_float(q.w);
-  }
-};
 
 template <typename T, int MR, typename A>
 __device__ __forceinline__ void gemv_dot(const uint4& q, const T* __restrict__ x, int64_t K, int64_t k0, A* acc) {
