@@ -904,11 +904,10 @@ __global__ void __launch_bounds__(kArgmaxThreads) k_argmax(const T* __restrict__
     if (VEC) {
       const int E = Vec<T>::E;
       const uint4* xv = reinterpret_cast<const uint4*>(xr);
-      const int64_t units = n / E;
-#pragma unroll 4
-      for (int64_t c = threadIdx.x; c < units; c += blockDim.x) {
+      const int64_t units = n / E, step = blockDim.x;
+      auto scan = [&](const uint4& q, int64_t c) {
         float f[E];
-        Vec<T>::unpack(__ldg(xv + c), f);
+        Vec<T>::unpack(q, f);
 #pragma unroll
         for (int e = 0; e < E; e++) {
           bad |= (f[e] != f[e]) | (f[e] == INFINITY);
@@ -917,7 +916,18 @@ __global__ void __launch_bounds__(kArgmaxThreads) k_argmax(const T* __restrict__
             best = c * E + e;
           }
         }
+      };
+      // four 16-byte loads in flight a thread (a decode step's one row is one block's work), then
+      // scanned in index order
+      int64_t c = threadIdx.x;
+      for (; c + 3 * step < units; c += 4 * step) {
+        uint4 q[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) q[k] = __ldg(xv + c + k * step);
+#pragma unroll
+        for (int k = 0; k < 4; k++) scan(q[k], c + k * step);
       }
+      for (; c < units; c += step) scan(__ldg(xv + c), c);
     } else {
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
         const float v = (float)Nm::load(xr[j]);
