@@ -13,28 +13,14 @@
 #include "cuda/kernels.cuh"
 #include "cuda/runtime.cuh"
 #include "graph_timer.cuh"
+#include "rand.cuh"
+#include "timing.cuh"
 #include "cpu/kernels.h"
 #include <vector>
 
 extern "C" const char* kiln_artifact_hash(void) { return "bench-argmax"; }
 using kiln::bf16;
 using kiln::f16;
-
-static void cudaCk(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-    exit(1);
-  }
-}
-
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float uni() {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (float)((rng >> 40) & 0xffffff) / 16777216.0f;
-}
-static float gauss() { return (uni() + uni() + uni() + uni() - 2.f) * 1.7320508f; }
 
 static bool all_ok = true;
 
@@ -74,13 +60,13 @@ static void run_case(const char* dt, int64_t R, int64_t V, int offset, bool time
   T* x[4];
   int64_t* y[4];
   for (int s = 0; s < SETS; s++) {
-    cudaCk(cudaMalloc(&x[s], sizeof(T) * (n + offset)), "cudaMalloc x");
-    cudaCk(cudaMalloc(&y[s], sizeof(int64_t) * R), "cudaMalloc y");
-    cudaCk(cudaMemcpy(x[s], hx.data(), sizeof(T) * (n + offset), cudaMemcpyHostToDevice), "upload x");
+    ck(cudaMalloc(&x[s], sizeof(T) * (n + offset)), "cudaMalloc x");
+    ck(cudaMalloc(&y[s], sizeof(int64_t) * R), "cudaMalloc y");
+    ck(cudaMemcpy(x[s], hx.data(), sizeof(T) * (n + offset), cudaMemcpyHostToDevice), "upload x");
   }
   kiln::cuda::argmax<T>(x[0] + offset, y[0], R, V);
-  cudaCk(cudaDeviceSynchronize(), "argmax");
-  cudaCk(cudaMemcpy(got.data(), y[0], sizeof(int64_t) * R, cudaMemcpyDeviceToHost), "download y");
+  ck(cudaDeviceSynchronize(), "argmax");
+  ck(cudaMemcpy(got.data(), y[0], sizeof(int64_t) * R, cudaMemcpyDeviceToHost), "download y");
   int64_t bad = -1, none = 0;
   for (int64_t r = 0; r < R; r++) {
     if (got[r] != ref[r] && bad < 0) bad = r;
