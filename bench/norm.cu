@@ -14,6 +14,7 @@
 #include "cuda/kernels.cuh"
 #include "cuda/runtime.cuh"
 #include "graph_timer.cuh"
+#include "rand.cuh"
 #include "cpu/kernels.h"
 #include <algorithm>
 #include <vector>
@@ -35,15 +36,6 @@ static void cudaCk(cudaError_t e, const char* what) {
   }
 }
 
-// deterministic N(0, 1)-ish values (sum of uniforms), rows at scales 2^-12 … 2^12, a constant row
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float uni() {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (float)((rng >> 40) & 0xffffff) / 16777216.0f;
-}
-static float gauss() { return (uni() + uni() + uni() + uni() - 2.f) * 1.7320508f; }
 
 // the output's ordered integer form: adjacent floats of T differ by 1
 template <typename T> static int64_t ordered(T v);
@@ -53,7 +45,7 @@ template <> int64_t ordered<f16>(f16 v) { int16_t i = (int16_t)v.bits; return i 
 
 static bool all_ok = true;
 
-// one case: check against the cpu twin; time it when `timed`
+// one case (rows of gauss() at scales 2^-12 … 2^12, a constant row): check against the cpu twin; time it when `timed`
 template <typename T>
 static void run_case(const char* dt, bool layer, int64_t T_, int64_t D, int offset, bool timed) {
   typedef kiln::Num<T> N;

@@ -3,13 +3,23 @@
 // kind every 32 forwards (eager: graphs off); under KILN_PROFILE=1 (graphs on) the host's issue time
 // and its wait for the GPU per forward. This script prints the median time between tokens, so the
 // Node side of a step (async hop, logits to the host, sampling) is that minus issue + wait.
+// Greedy decoding picks its token on the target (the artifact's next_token; the logits stay there);
+// KILN_BENCH_GREEDY=host loads the artifact with greedyOnTarget: false (the logits come to Node,
+// which takes their argmax), the path of artifacts built before next_token, for an A/B. The first
+// line says which path ran.
 // Device-side companion of bench/decode.ts (see bench/NOTES.md).
 import { loadModel } from "../runtime/api.js";
 
 const ckpt = process.env.KILN_BENCH_CKPT ?? "/tmp/kiln-bench/llama2-7b-random";
 const art = process.env.KILN_BENCH_ARTIFACT;
 if (!art) throw new Error("set KILN_BENCH_ARTIFACT to a compiled artifact folder");
-const model = await loadModel(art, { checkpoint: ckpt });
+const onHost = process.env.KILN_BENCH_GREEDY === "host";
+const model = await loadModel(art, { checkpoint: ckpt, greedyOnTarget: !onHost });
+console.log(
+  onHost || !model.manifest.nextToken
+    ? `greedy: argmax in Node over the downloaded logits (${onHost ? "KILN_BENCH_GREEDY=host" : "the artifact has no next_token"})`
+    : "greedy: next_token picked on the target (the logits stay there)",
+);
 const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919) % 32000);
 let n = 0;
 const gaps: number[] = [];

@@ -50,6 +50,8 @@ interface NativeArtifact {
   bindWeights(weights: DeviceTensor[]): void;
   /** outputs; a number i: written in place into inputs[i] (a device tensor), which it is */
   forward(weights: DeviceTensor[] | null, inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[], toHost: boolean[]): Promise<(HostTensor | DeviceTensor | number)[]>;
+  /** a device tensor's bytes, on the host */
+  download(tensor: DeviceTensor): Promise<ArrayBuffer>;
   memoryInfo(): { free: number; total: number };
 }
 interface Binding {
@@ -89,6 +91,13 @@ export interface LoadOptions {
   device?: number;
   /** progress of the weight upload, in bytes */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * greedy steps (no sampling, no repetition penalty, no logits asked for) take the artifact's own
+   * argmax (its `next_token` output), so only a token id leaves the target and the logits do not
+   * (default true; artifacts built without next_token always take the path of false: the logits
+   * come to Node, which picks the token)
+   */
+  greedyOnTarget?: boolean;
 }
 
 export interface ForwardResult {
@@ -197,9 +206,14 @@ export class Model implements AsyncDisposable {
     private readonly weights: DeviceTensor[],
     readonly tokenizer: Tokenizer | undefined,
     readonly checkpoint: string,
+    greedyOnTarget: boolean,
   ) {
     art.bindWeights(weights);
+    this.nextToken = greedyOnTarget ? manifest.nextToken : undefined;
   }
+
+  /** The artifact's greedy pick that greedy steps download instead of the logits (LoadOptions.greedyOnTarget), if it has one. */
+  private readonly nextToken: Manifest["nextToken"];
 
   /** Loads an artifact and the weights of a Hugging Face checkpoint onto its target. */
   static async load(dir: string, o: LoadOptions): Promise<Model> {
@@ -241,7 +255,7 @@ export class Model implements AsyncDisposable {
       const tokenizer = await Tokenizer.fromCheckpoint(o.checkpoint);
       if (tokenizer && manifest.model.config && typeof manifest.model.config.vocab_size === "number" && tokenizer.vocabSize > manifest.model.config.vocab_size)
         throw new KilnError("E_CONFIG", `tokenizer.json has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${manifest.model.config.vocab_size}`, { where: o.checkpoint });
-      return new Model(dir, manifest, art, weights, tokenizer, o.checkpoint);
+      return new Model(dir, manifest, art, weights, tokenizer, o.checkpoint, o.greedyOnTarget ?? true);
     } finally {
       ckpt.close();
     }
@@ -361,7 +375,7 @@ export class Model implements AsyncDisposable {
       feed.set("cache_slot", { dtype: ABI_DTYPE.i32, shape: [rows.length], data: Int32Array.from(rows.keys()) });
       feed.set("cache_position", { dtype: ABI_DTYPE.i64, shape: [rows.length], data: new BigInt64Array(rows.length) });
     }
-    const outs = await this.invoke(feed, (name) => !name.startsWith("present."));
+    const outs = await this.invoke(feed, (name) => (name === this.manifest.nextToken?.output ? "drop" : !name.startsWith("present.")));
     const result = new Map<string, { data: Float32Array; shape: number[] }>();
     for (const [name, t] of outs) {
       if (name.startsWith("present.")) {
@@ -399,21 +413,74 @@ export class Model implements AsyncDisposable {
     );
   }
 
-  /** One call of the artifact: its inputs by name (fed in the manifest's order); its outputs by name, those `toHost` picks on the host. */
-  private async invoke(feed: Map<string, unknown>, toHost: (name: string) => boolean): Promise<Map<string, HostTensor | DeviceTensor>> {
+  /**
+   * One call of the artifact: its inputs by name (fed in the manifest's order); its outputs by
+   * name, those `toHost` says true of on the host, false on the target; "drop": left on the target
+   * and freed at once (not in the map).
+   */
+  private async invoke(feed: Map<string, unknown>, toHost: (name: string) => boolean | "drop"): Promise<Map<string, HostTensor | DeviceTensor>> {
     const inputs = this.manifest.inputs.map((i) => {
       const v = feed.get(i.name);
       if (!v) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
       return v as CacheValue;
     });
-    const outs = await native(this.art.forward(null, inputs, this.manifest.outputs.map((o) => toHost(o.name))), this.dir);
-    // an output written in place into a device-tensor input comes back as that input's index: it
-    // is the same tensor (the static cache's present.* are its past.*)
-    return new Map(this.manifest.outputs.map((o, j) => [o.name, typeof outs[j] === "number" ? (inputs[outs[j] as number] as DeviceTensor) : (outs[j] as HostTensor | DeviceTensor)]));
+    const how = this.manifest.outputs.map((o) => toHost(o.name));
+    const outs = await native(this.art.forward(null, inputs, how.map((h) => h === true)), this.dir);
+    const m = new Map<string, HostTensor | DeviceTensor>();
+    this.manifest.outputs.forEach((o, j) => {
+      const out = outs[j];
+      if (how[j] === "drop" && typeof out !== "number") return (out as DeviceTensor).free();
+      // an output written in place into a device-tensor input comes back as that input's index: it
+      // is the same tensor (the static cache's present.* are its past.*)
+      m.set(o.name, typeof out === "number" ? (inputs[out] as DeviceTensor) : (out as HostTensor | DeviceTensor));
+    });
+    return m;
   }
 
-  /** One decoder pass over input_ids plus the cache; returns the logits on the host and the present.* on the target. */
-  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>, position: number, mask?: BigInt64Array): Promise<{ logits: HostTensor; present: Map<string, DeviceTensor> }> {
+  /**
+   * Where a decoder step's outputs go: the present.* stay on the target; the logits come to the
+   * host, or with `pick` the greedy pick (next_token) does and the logits stay on the target (for
+   * stepOutputs' fallback); anything else (next_token when not picking) is dropped.
+   */
+  private stepWants(pick: boolean): (name: string) => boolean | "drop" {
+    return (n) => (n.startsWith("present.") ? false : n === "logits" ? !pick : n === this.nextToken?.output && pick ? true : "drop");
+  }
+
+  /**
+   * A step's result for the sampling loop at each of `rows` (flat indices of the positions wanted:
+   * into next_token's elements and the logits' rows of V): with `pick`, the target's greedy pick
+   * (the logits never leave the target: freed here); else the logits. Where the target had no pick
+   * (the manifest's `none`: a NaN or +Inf logit there, or none finite) the logits are downloaded
+   * after all and handed on, so that sampling.ts reports what is wrong with them as it always has.
+   */
+  private async stepOutputs(outs: Map<string, HostTensor | DeviceTensor>, rows: number[], pick: boolean): Promise<(Float32Array | number)[]> {
+    let logits = outs.get("logits");
+    if (!logits) throw new KilnError("E_ARTIFACT", "the artifact returned no 'logits'", { where: this.dir });
+    if (pick) {
+      const picks = new BigInt64Array((outs.get(this.nextToken!.output) as HostTensor).data);
+      const ids = rows.map((r) => Number(picks[r]));
+      const dev = logits as DeviceTensor;
+      if (ids.every((id) => id >= 0)) {
+        dev.free();
+        return ids;
+      }
+      try {
+        logits = { dtype: dev.dtype, shape: dev.shape, data: await native(this.art.download(dev), this.dir) };
+      } finally {
+        dev.free();
+      }
+    }
+    const h = logits as HostTensor;
+    const all = toF32(h);
+    const V = h.shape[h.shape.length - 1];
+    return rows.map((r) => (rows.length === 1 ? all.subarray(r * V, (r + 1) * V) : all.slice(r * V, (r + 1) * V)));
+  }
+
+  /**
+   * One decoder pass over input_ids plus the cache: the outputs as stepWants(pick) places them
+   * (logits on the host unless `pick`), and the present.* (on the target) apart.
+   */
+  private async run(ids: BigInt64Array, B: number, S: number, cache: Map<string, unknown>, position: number, mask?: BigInt64Array, pick = false): Promise<{ outs: Map<string, HostTensor | DeviceTensor>; present: Map<string, DeviceTensor> }> {
     const i64 = (shape: number[], data: BigInt64Array) => ({ dtype: ABI_DTYPE.i64, shape, data });
     const feed = new Map(cache);
     feed.set("input_ids", i64([B, S], ids));
@@ -422,10 +489,14 @@ export class Model implements AsyncDisposable {
       if (!mask) throw new KilnError("E_ARTIFACT", "the artifact wants an attention_mask", { where: this.dir });
       feed.set("attention_mask", i64([B, mask.length / B], mask));
     }
-    const present = await this.invoke(feed, (n) => n === "logits");
-    const logits = present.get("logits") as HostTensor;
-    present.delete("logits");
-    return { logits, present: present as Map<string, DeviceTensor> };
+    const outs = await this.invoke(feed, this.stepWants(pick));
+    const present = new Map<string, DeviceTensor>();
+    for (const [k, v] of outs)
+      if (k.startsWith("present.")) {
+        present.set(k, v as DeviceTensor);
+        outs.delete(k);
+      }
+    return { outs, present };
   }
 
   /** Logits for a batch of token-id rows of equal length (no cache kept). */
@@ -477,8 +548,9 @@ export class Model implements AsyncDisposable {
         rows = rows.map((r) => [...Array<number>(S - r.length).fill(0), ...r]);
       }
       const ids = this.checkIds(rows, 0);
-      const { logits, present } = await this.run(ids, rows.length, rows[0].length, this.newCache(rows.length, rows[0].length), 0, mask);
+      const { outs, present } = await this.run(ids, rows.length, rows[0].length, this.newCache(rows.length, rows[0].length), 0, mask);
       for (const t of present.values()) t.free();
+      const logits = outs.get("logits") as HostTensor;
       return { logits: toF32(logits), shape: logits.shape, lengths };
     });
   }
@@ -529,21 +601,21 @@ export class Model implements AsyncDisposable {
     const freeCache = () => {
       for (const t of cache.values()) if (typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
     };
-    const step = (fresh: number[]): Promise<Float32Array> =>
+    // a greedy step takes the target's own pick (next_token) and leaves the logits there
+    const step = (fresh: number[], _first: boolean, greedy: boolean): Promise<Float32Array | number> =>
       this.serial(async () => {
         const t = this.checkIds([fresh], past);
         if (this.staticCache && past + fresh.length > capacity)
           throw new KilnError("E_USAGE", `${past + fresh.length} tokens are over the static cache's capacity ${capacity}`);
         const mask = this.padded ? new BigInt64Array(past + fresh.length).fill(1n) : undefined;
-        const { logits, present } = await this.run(t, 1, fresh.length, cache, past, mask);
+        const pick = greedy && this.nextToken !== undefined;
+        const { outs, present } = await this.run(t, 1, fresh.length, cache, past, mask, pick);
         cache = nextCache(cache, present);
         past += fresh.length;
-        const all = toF32(logits);
-        const V = logits.shape[2];
-        return all.subarray((fresh.length - 1) * V, fresh.length * V);
+        return (await this.stepOutputs(outs, [fresh.length - 1], pick))[0];
       });
     const decoder = this.tokenizer ? new TextStreamer(this.tokenizer, { skipSpecialTokens: true }) : undefined;
-    const gen = generateTokens((fresh) => step(fresh), ids, opts);
+    const gen = generateTokens(step, ids, opts);
     try {
       for (;;) {
         const r = await gen.next();
@@ -612,7 +684,7 @@ export class Model implements AsyncDisposable {
     const cacheRows = this.kept?.tensors === cache ? this.kept.rows : rows.length;
     this.kept = undefined;
     const past = rows.map(() => 0);
-    const step = (calls: { row: number; ids: number[] }[]): Promise<Float32Array[]> =>
+    const step = (calls: { row: number; ids: number[]; greedy: boolean }[]): Promise<(Float32Array | number)[]> =>
       this.serial(async () => {
         const N = calls.length;
         const flat = calls.flatMap((c) => c.ids);
@@ -623,15 +695,15 @@ export class Model implements AsyncDisposable {
         feed.set("cu_seqlens", { dtype: ABI_DTYPE.i32, shape: [N + 1], data: cu });
         feed.set("cache_slot", { dtype: ABI_DTYPE.i32, shape: [N], data: Int32Array.from(calls, (c) => c.row) });
         feed.set("cache_position", { dtype: ABI_DTYPE.i64, shape: [N], data: BigInt64Array.from(calls, (c) => BigInt(past[c.row])) });
-        const outs = await this.invoke(feed, (n) => n === "logits");
+        // the target picks when every row of the call is greedy (a row that samples needs the logits)
+        const pick = this.nextToken !== undefined && calls.every((c) => c.greedy);
+        const outs = await this.invoke(feed, this.stepWants(pick));
         cache = nextCache(cache, new Map([...outs].filter(([k]) => k.startsWith("present."))));
         for (const c of calls) past[c.row] += c.ids.length;
-        // logits at each sequence's last token: [N, 1, V] (lastToken builds), or rows of the packed [1, T, V]
-        const logits = outs.get("logits") as HostTensor;
-        const all = toF32(logits);
-        const V = logits.shape[logits.shape.length - 1];
-        const lastToken = logits.shape[0] === N && logits.shape[1] === 1;
-        return calls.map((_c, n) => all.slice((lastToken ? n : cu[n + 1] - 1) * V, ((lastToken ? n : cu[n + 1] - 1) + 1) * V));
+        // each sequence's last token: row n of [N, 1, V] (lastToken builds), or row cu_seqlens[n + 1] − 1 of the packed [1, T, V]
+        const shape = (outs.get("logits") as HostTensor | DeviceTensor).shape;
+        const lastToken = shape[0] === N && shape[1] === 1;
+        return this.stepOutputs(outs, calls.map((_c, n) => (lastToken ? n : cu[n + 1] - 1)), pick);
       });
     const streams = rows.map(() => (this.tokenizer ? new TextStreamer(this.tokenizer, { skipSpecialTokens: true }) : undefined));
     const gen = generateRows(step, rows, opts, o.logits === true);

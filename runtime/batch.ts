@@ -9,8 +9,12 @@ import { KilnError } from "../compiler/ir/errors.js";
 import type { GenerationResult, SamplingOptions } from "./sampling.js";
 import { generateTokens } from "./sampling.js";
 
-/** One call of the model for several rows: each row's new tokens → the logits after its last one. */
-export type BatchStepFn = (requests: { row: number; ids: number[] }[]) => Promise<Float32Array[]>;
+/**
+ * One call of the model for several rows: each row's new tokens → the logits after its last one,
+ * or, for a row whose request says `greedy`, the token id the target picked there (StepFn's
+ * contract, sampling.ts).
+ */
+export type BatchStepFn = (requests: { row: number; ids: number[]; greedy: boolean }[]) => Promise<(Float32Array | number)[]>;
 
 export interface RowToken {
   /** which prompt this token continues (its index in the prompts given) */
@@ -43,7 +47,7 @@ export interface BatchResult {
 export async function* generateRows(step: BatchStepFn, prompts: readonly (readonly number[])[], opts: readonly SamplingOptions[], withLogits = false): AsyncGenerator<RowToken, BatchResult> {
   if (opts.length !== prompts.length) throw new KilnError("E_USAGE", `${opts.length} sets of options for ${prompts.length} prompts`, { where: "generateBatch" });
   const stats: BatchStats = { tokensPerCall: [], rowsPerCall: [] };
-  let pending: { row: number; ids: number[]; resolve: (l: Float32Array) => void; reject: (e: unknown) => void }[] = [];
+  let pending: { row: number; ids: number[]; greedy: boolean; resolve: (l: Float32Array | number) => void; reject: (e: unknown) => void }[] = [];
   let outstanding = 0; // rows of this round that have neither asked for a step nor ended
   const flush = () => {
     if (outstanding > 0 || pending.length === 0) return;
@@ -51,7 +55,7 @@ export async function* generateRows(step: BatchStepFn, prompts: readonly (readon
     pending = [];
     stats.tokensPerCall.push(calls.reduce((a, c) => a + c.ids.length, 0));
     stats.rowsPerCall.push(calls.length);
-    step(calls.map(({ row, ids }) => ({ row, ids }))).then(
+    step(calls.map(({ row, ids, greedy }) => ({ row, ids, greedy }))).then(
       (logits) => calls.forEach((c, i) => c.resolve(logits[i])),
       (e: unknown) => calls.forEach((c) => c.reject(e)),
     );
@@ -66,9 +70,11 @@ export async function* generateRows(step: BatchStepFn, prompts: readonly (readon
   const last = new Map<number, Float32Array>();
   const gens = prompts.map((p, row) =>
     generateTokens(
-      (ids) =>
-        new Promise<Float32Array>((resolve, reject) => {
-          pending.push({ row, ids, resolve: (l) => (last.set(row, l), resolve(l)), reject });
+      (ids, _first, greedy) =>
+        new Promise<Float32Array | number>((resolve, reject) => {
+          // a token's logits are attached only if they come back: withLogits asks for them always
+          const keep = (l: Float32Array | number) => (typeof l !== "number" && last.set(row, l), resolve(l));
+          pending.push({ row, ids, greedy: greedy && !withLogits, resolve: keep, reject });
           arrived(row);
         }),
       p,

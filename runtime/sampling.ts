@@ -1,5 +1,6 @@
 // Token selection and the generation loop behind `model.generate()`. The runtime supplies one
-// function, `step(ids) => last-position logits`; everything around it lives here: option
+// function, `step(ids) => last-position logits` (or, for a greedy pick, the token id the target
+// chose: see StepFn); everything around it lives here: option
 // validation, a seeded PRNG, the logits processors (in Hugging Face's order: repetition penalty,
 // then temperature, top-k, top-p), sampling, stop tokens and cancellation.
 //
@@ -368,8 +369,18 @@ function indicesWhere(x: Float32Array, keep: (v: number) => boolean): Int32Array
  * the first call gets the whole prompt with `isFirst` true (prefill); every later call gets only
  * the newest token, `[id]`, with `isFirst` false, and the runtime appends it to its cache. Each
  * call gets a fresh array it may keep.
+ *
+ * `greedy` true says the loop will take the plain argmax of these logits (greedy selection and no
+ * repetition penalty): the step may then return the chosen token id instead, the first index of
+ * the maximum, as the target's `argmax` op picks it (the logits never leave the target). A step
+ * whose target found no token to pick (a NaN or +Inf logit, or none finite) returns the logits, and
+ * the loop reports them as it always has (E_RUNTIME).
  */
-export type StepFn = (ids: number[], isFirst: boolean) => Promise<Float32Array>;
+export type StepFn = (ids: number[], isFirst: boolean, greedy: boolean) => Promise<Float32Array | number>;
+
+/** Whether the loop takes the plain argmax of the logits (what a step's token id may stand for). */
+export const isPlainGreedy = (o: Pick<NormalizedSamplingOptions, "doSample" | "temperature" | "repetitionPenalty">): boolean =>
+  (!o.doSample || o.temperature === 0) && o.repetitionPenalty === 1;
 
 export interface GeneratedToken {
   id: number;
@@ -405,18 +416,27 @@ async function* generate(step: StepFn, prompt: number[], o: NormalizedSamplingOp
   const stops = new Set(o.stopTokens);
   const seen = o.repetitionPenalty !== 1 ? new Set(prompt) : null;
   const tokens: number[] = [];
+  const greedy = isPlainGreedy(o);
   let vocab = -1;
   while (tokens.length < o.maxNewTokens) {
     o.signal?.throwIfAborted();
     const isFirst = tokens.length === 0;
-    const logits = await step(isFirst ? [...prompt] : [tokens[tokens.length - 1]], isFirst);
+    const out = await step(isFirst ? [...prompt] : [tokens[tokens.length - 1]], isFirst, greedy);
     o.signal?.throwIfAborted();
-    if (logits instanceof Float32Array) {
-      if (vocab >= 0 && logits.length !== vocab)
-        throw new KilnError("E_RUNTIME", `step returned ${logits.length} logits, the previous step ${vocab}`, { where: "logits" });
-      vocab = logits.length;
+    let id: number;
+    if (typeof out === "number") {
+      if (!greedy) throw new KilnError("E_RUNTIME", `step returned token id ${out} where the options need logits (sampling or a repetition penalty)`, { where: "step" });
+      if (!Number.isSafeInteger(out) || out < 0 || (vocab >= 0 && out >= vocab))
+        throw new KilnError("E_RUNTIME", `step returned token id ${out}, which is not in the vocabulary${vocab >= 0 ? ` [0, ${vocab})` : ""}`, { where: "step" });
+      id = out;
+    } else {
+      if (out instanceof Float32Array) {
+        if (vocab >= 0 && out.length !== vocab)
+          throw new KilnError("E_RUNTIME", `step returned ${out.length} logits, the previous step ${vocab}`, { where: "logits" });
+        vocab = out.length;
+      }
+      id = pickToken(out, seen, o, rng);
     }
-    const id = pickToken(logits, seen, o, rng);
     seen?.add(id);
     tokens.push(id);
     yield { id, index: tokens.length - 1 };

@@ -239,6 +239,21 @@ describe("reductions", () => {
     const r3 = op1("reduce_sum", [f([2, 2, 2], [1, 2, 3, 4, 5, 6, 7, 8])], { axis: 1, keepdim: false });
     expect([r3.shape, vals(r3)]).toEqual([[2, 2], [4, 6, 12, 14]]);
   });
+
+  test("argmax: the first index of the maximum of the last axis, i64; -1 for a NaN, +Inf or nothing finite", () => {
+    const rows = [
+      [1, 3, 3, 2], // a tie: the first
+      [-Infinity, -5, -Infinity, -5], // masked tokens are never chosen
+      [-Infinity, -Infinity, -Infinity, -Infinity], // nothing to choose
+      [0, NaN, 9, 1], // a NaN anywhere
+      [Infinity, 0, 1, 2], // +Inf
+      [-0, 0, -1, -2], // -0 == 0: the first
+    ];
+    const y = op1("argmax", [f([2, 3, 4], rows.flat())], { axis: -1 });
+    expect([y.dtype, y.shape, vals(y)]).toEqual(["i64", [2, 3], [1, 1, -1, -1, -1, 0]]);
+    // a bf16 row: 1.00390625 rounds to 1 in bf16, so the tie goes to the first
+    expect(vals(op1("argmax", [t("bf16", [3], [1, 1.00390625, 0.5])], { axis: 0 }))).toEqual([0]);
+  });
 });
 
 describe("data movement", () => {

@@ -403,4 +403,41 @@ describe("generateTokens", () => {
     await gen.next();
     await expect(gen.next()).rejects.toMatchObject({ code: "E_RUNTIME", message: expect.stringContaining("2 logits") });
   });
+
+  test("a step may answer a greedy step with the token id it picked: same tokens, stops and result", async () => {
+    const script = [4, 6, 8, 2, 9];
+    const { step: logits } = scripted(script);
+    const greedyFlags: boolean[] = [];
+    let k = 0;
+    const ids: StepFn = async (_ids, _first, greedy) => {
+      greedyFlags.push(greedy);
+      return greedy ? script[k++] : logits(_ids, _first, greedy);
+    };
+    for (const o of [{ maxNewTokens: 5 }, { maxNewTokens: 5, stopTokens: [8] }, { maxNewTokens: 4, temperature: 0 }, { maxNewTokens: 3, doSample: false, topK: 2 }]) {
+      k = 0;
+      greedyFlags.length = 0;
+      const want = await drain(generateTokens(scripted(script).step, [1, 2], o));
+      expect(await drain(generateTokens(ids, [1, 2], o))).toEqual(want);
+      expect(greedyFlags.every((g) => g)).toBe(true);
+    }
+    // sampling or a repetition penalty: the loop asks for logits (greedy false) and takes them
+    for (const o of [{ maxNewTokens: 3, temperature: 0.7, seed: 1 }, { maxNewTokens: 3, repetitionPenalty: 1.2 }, { maxNewTokens: 3, topP: 0.5, seed: 2 }]) {
+      greedyFlags.length = 0;
+      await drain(generateTokens(ids, [1], o));
+      expect(greedyFlags).toEqual([false, false, false]);
+    }
+  });
+
+  test("a token id where logits were needed, or an id outside the vocabulary, is E_RUNTIME", async () => {
+    const always: (id: number) => StepFn = (id) => async () => id;
+    await expect(generateTokens(always(3), [0], { temperature: 0.5 }).next()).rejects.toMatchObject({ code: "E_RUNTIME", message: expect.stringContaining("need logits") });
+    for (const bad of [-1, 2.5, NaN])
+      await expect(generateTokens(always(bad), [0]).next()).rejects.toMatchObject({ code: "E_RUNTIME", message: expect.stringContaining("not in the vocabulary") });
+    // once a step gave logits, the vocabulary is known: an id past it is refused
+    let first = true;
+    const mixed: StepFn = async () => (first ? ((first = false), f32([0, 1, 0])) : 3);
+    const gen = generateTokens(mixed, [0]);
+    expect((await gen.next()).value).toEqual({ id: 1, index: 0 });
+    await expect(gen.next()).rejects.toMatchObject({ code: "E_RUNTIME", message: expect.stringContaining("[0, 3)") });
+  });
 });

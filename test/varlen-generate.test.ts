@@ -42,7 +42,8 @@ describe.each(NAMES)("%s with the varlen KV cache", (name) => {
     ]);
     expect(art.manifest.kvCache).toMatchObject({ mode: "varlen", slot: "cache_slot", position: "cache_position" });
     expect(art.manifest.outputs[0]).toMatchObject({ name: "logits", shape: ["N", 1, 256] });
-    expect(art.manifest.outputs.slice(1).every((o) => o.aliases === o.name.replace("present.", "past."))).toBe(true);
+    expect(art.manifest.outputs[1]).toMatchObject({ name: "next_token", dtype: "i64", shape: ["N", 1] });
+    expect(art.manifest.outputs.slice(2).every((o) => o.aliases === o.name.replace("present.", "past."))).toBe(true);
   });
 
   test("greedy generateBatch gives each prompt's tokens of generate() alone, logits within 1e-5, on real tokens only", async () => {

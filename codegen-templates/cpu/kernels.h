@@ -129,6 +129,32 @@ void reduce(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
     }
 }
 
+// argmax over the last axis (ir/ops.ts): per row of n, the first index of the maximum; -1 (the op's
+// ARGMAX_NONE) where the row holds a NaN or +Inf or nothing above -Inf. Compared in the compute type
+// (exact for every dtype: a 16-bit value widens to f32 without rounding).
+template <typename T>
+void argmax(const T* x, int64_t* y, int64_t rows, int64_t n) {
+  typedef Num<T> Nm;
+#pragma omp parallel for schedule(static) if (rows > 8)
+  for (int64_t r = 0; r < rows; r++) {
+    const T* xr = x + r * n;
+    typename Nm::C m = -INFINITY;
+    int64_t best = -1;
+    for (int64_t j = 0; j < n; j++) {
+      const typename Nm::C v = Nm::load(xr[j]);
+      if (v != v || v == INFINITY) {
+        best = -1;
+        break;
+      }
+      if (v > m) {
+        m = v;
+        best = j;
+      }
+    }
+    y[r] = best;
+  }
+}
+
 // rms_norm / layer_norm (ir/ops.ts) over `rows` rows of D, a row a thread: the eager steps, rounded
 // where the interpreter rounds (common/kiln_norm.h), the sums in f64 in index order as
 // reduce_mean's. LayerNorm when LAYER; no bias where b is null.

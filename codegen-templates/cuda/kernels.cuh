@@ -1015,6 +1015,90 @@ __global__ void k_reduce_strided(const T* __restrict__ x, T* __restrict__ y, int
   }
 }
 
+// ---------------------------------------------------------------- argmax (greedy decoding's pick)
+
+static const int kArgmaxThreads = 1024;
+
+// (v, i) ← the better of (v, i) and (v2, i2): the larger value, equal values → the smaller index;
+// i < 0 is "nothing yet" (values are finite or -Inf here: a NaN / +Inf row is flagged apart).
+__device__ __forceinline__ void argmax_take(float& v, long long& i, float v2, long long i2) {
+  if (i2 >= 0 && (i < 0 || v2 > v || (v2 == v && i2 < i))) {
+    v = v2;
+    i = i2;
+  }
+}
+
+// One block a row (grid-stride over rows; a decode step has B of them, 32000 wide for Llama).
+// Each thread scans its elements in increasing index order (16-byte loads when VEC) keeping the
+// FIRST index of its maximum with a strict >, so combining by (value, smaller index) gives the
+// row's first maximum whatever the thread count: a warp shuffle, then one pass through shared
+// memory. A NaN or +Inf anywhere in the row, or nothing above -Inf, gives -1 (ARGMAX_NONE).
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(kArgmaxThreads) k_argmax(const T* __restrict__ x, int64_t* __restrict__ y, int64_t rows, int64_t n) {
+  typedef Num<T> Nm;
+  __shared__ float sv[kArgmaxThreads / 32];
+  __shared__ long long si[kArgmaxThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * n;
+    float m = -INFINITY;
+    long long best = -1;
+    int bad = 0;
+    if (VEC) {
+      const int E = Vec<T>::E;
+      const uint4* xv = reinterpret_cast<const uint4*>(xr);
+      const int64_t units = n / E, step = blockDim.x;
+      auto scan = [&](const uint4& q, int64_t c) {
+        float f[E];
+        Vec<T>::unpack(q, f);
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+          bad |= (f[e] != f[e]) | (f[e] == INFINITY);
+          if (f[e] > m) {
+            m = f[e];
+            best = c * E + e;
+          }
+        }
+      };
+      // four 16-byte loads in flight a thread (a decode step's one row is one block's work), then
+      // scanned in index order
+      int64_t c = threadIdx.x;
+      for (; c + 3 * step < units; c += 4 * step) {
+        uint4 q[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) q[k] = __ldg(xv + c + k * step);
+#pragma unroll
+        for (int k = 0; k < 4; k++) scan(q[k], c + k * step);
+      }
+      for (; c < units; c += step) scan(__ldg(xv + c), c);
+    } else {
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        const float v = (float)Nm::load(xr[j]);
+        bad |= (v != v) | (v == INFINITY);
+        if (v > m) {
+          m = v;
+          best = j;
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) argmax_take(m, best, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, best, o));
+    if (lane == 0) {
+      sv[warp] = m;
+      si[warp] = best;
+    }
+    bad = __syncthreads_or(bad);  // also the barrier before the warps' results are read
+    if (warp == 0) {
+      m = lane < warps ? sv[lane] : -INFINITY;
+      best = lane < warps ? si[lane] : -1;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) argmax_take(m, best, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, best, o));
+      if (lane == 0) y[r] = bad ? -1 : (int64_t)best;
+    }
+    __syncthreads();  // sv / si are the next row's
+  }
+}
+
 }  // namespace detail
 
 // ======================================================================== launchers (cpu/kernels.h)
@@ -1141,6 +1225,18 @@ void reduce(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
   if (inner == 1) detail::k_reduce_rows<KIND, T><<<detail::grid_for(outer * 32, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, outer, n);
   else detail::k_reduce_strided<KIND, T><<<detail::grid_for(outer * inner, detail::kThreads), detail::kThreads, 0, stream()>>>(x, y, outer, n, inner);
   detail::launched("reduce");
+}
+
+// argmax over the last axis: y[r] = the first index of the maximum of row r of n, or -1 where the
+// row holds a NaN or +Inf or nothing above -Inf (ir/ops.ts argmax; cpu/kernels.h is the twin).
+template <typename T>
+void argmax(const T* x, int64_t* y, int64_t rows, int64_t n) {
+  if (rows <= 0) return;
+  const bool vec = n % detail::Vec<T>::E == 0 && detail::aligned16(x);
+  const unsigned grid = detail::grid_for(rows, 1);
+  if (vec) detail::k_argmax<T, true><<<grid, detail::kArgmaxThreads, 0, stream()>>>(x, y, rows, n);
+  else detail::k_argmax<T, false><<<grid, detail::kArgmaxThreads, 0, stream()>>>(x, y, rows, n);
+  detail::launched("argmax");
 }
 
 // y[o, j, :] = x[o, idx[j], :]; returns the position of the first out-of-range index, or -1.

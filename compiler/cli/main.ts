@@ -53,7 +53,7 @@ export function program(io: IO = stdio): Command {
     .addOption(new Option("--quant <scheme>", "options for quantize-linear in --passes").choices(["int8", "nf4", "fp4"]))
     .action(async (model: string, o: { config?: string; json?: boolean; typecheck: boolean; dtype: DType; passes?: string; kvCache?: boolean; quant?: string }) => {
       const { def, config } = await resolveModel(model, o);
-      let g = traceModel(def, config, { dtype: o.dtype, kvCache: o.kvCache });
+      let g = traceModel(def, config, { dtype: o.dtype, kvCache: o.kvCache, nextToken: o.kvCache === true && def.kind !== "encoder" });
       if (o.passes) {
         const ctx = createContext({ quant: o.quant });
         g = runPipeline(g, parsePipeline(o.passes), { context: ctx });

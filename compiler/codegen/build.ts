@@ -9,9 +9,11 @@ import { homedir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { $ } from "zx";
-import { bindingDim } from "../ir/dim.js";
+import { bindingDim, shapeEq } from "../ir/dim.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph } from "../ir/graph.js";
+import { typeString } from "../ir/graph.js";
+import { ARGMAX_NONE, NEXT_TOKEN } from "../ir/ops.js";
 import { peakLiveBytes } from "../ir/memory.js";
 import { print } from "../ir/print.js";
 import type { Placement } from "../passes/placement.js";
@@ -66,6 +68,14 @@ export interface Manifest {
     /** the varlen cache's i32 [N] input: each sequence's cache row */
     slot?: string;
   } | null;
+  /**
+   * the output holding the target's greedy pick (compile() traces it for decoders with a KV cache:
+   * argmax of `logits` over the vocabulary, i64, one per position of `logits`), and the value it has
+   * where a position has no token to pick (a NaN or +Inf among its logits, or none finite). Greedy
+   * generate() downloads it instead of the logits. Absent in artifacts built before it, and in ones
+   * without it; the runtime then takes the argmax of the downloaded logits itself.
+   */
+  nextToken?: { output: string; none: number };
   /** the placement pass's map of layers onto devices (compiled with maxMemory); absent otherwise */
   placement?: Placement;
   library: string;
@@ -259,9 +269,20 @@ function makeManifest(g: Graph, o: BuildOptions, b: { hash: string; arch: Arch; 
           ...(isVarlen ? { slot: "cache_slot" } : {}),
         }
       : null,
+    ...(nextTokenOf(g) ? { nextToken: { output: NEXT_TOKEN, none: ARGMAX_NONE } } : {}),
     ...(o.placement ? { placement: o.placement } : {}),
     library: LIBRARY,
   };
+}
+
+/** Whether the graph has the output next_token: i64 with the shape of `logits` less its last dim (one pick per position). */
+function nextTokenOf(g: Graph): boolean {
+  const next = g.outputs.find((x) => x.name === NEXT_TOKEN)?.value;
+  const logits = g.outputs.find((x) => x.name === "logits")?.value;
+  if (!next) return false;
+  const ok = !!logits && next.dtype === "i64" && shapeEq(next.shape, logits.shape.slice(0, -1));
+  if (!ok) throw new KilnError("E_BUILD", `output '${NEXT_TOKEN}' must be i64 with the shape of 'logits' less its last dim, got ${typeString(next)}${logits ? ` for logits ${typeString(logits)}` : " and no logits"}`);
+  return true;
 }
 
 /** Reads and checks an artifact folder's manifest. */

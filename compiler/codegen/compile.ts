@@ -113,7 +113,9 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
   // the varlen cache is traced static, then packed by unpad-varlen (varlenCache)
   const varlenCache = want === "varlen";
   const kvCache = encoder || want === "none" ? false : want === "static" || varlenCache ? "static" : true;
-  let graph = traceModel(def, config, { dtype, kvCache, attentionMask: o.padded ?? false });
+  // a decoder that generates (has a KV cache) also answers greedy's question on the target:
+  // next_token = argmax(logits), so a greedy step downloads a token id, not the vocabulary's logits
+  let graph = traceModel(def, config, { dtype, kvCache, attentionMask: o.padded ?? false, nextToken: !encoder && kvCache !== false });
   const maxSeq = o.maxSeq ?? (typeof json.max_position_embeddings === "number" ? json.max_position_embeddings : 4096);
   const maxBatch = o.maxBatch ?? 8;
   for (const [k, v] of Object.entries({ maxSeq, maxBatch }))

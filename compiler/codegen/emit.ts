@@ -644,6 +644,11 @@ function emitOp(n: Node, name: Map<number, string>, where: string, constants: Ma
       const dims = `${cprod(s.slice(0, ax))}, ${cdim(s[ax])}, ${cprod(s.slice(ax + 1))}`;
       return n.op === "softmax" ? [`K::softmax<${T}>(${xs[0]}, ${y}, ${dims});`] : [`K::reduce<K::${REDUCE[n.op]}, ${T}>(${xs[0]}, ${y}, ${dims});`];
     }
+    case "argmax": {
+      // rows of the last axis; one i64 per row (ARGMAX_NONE where a row has no token to pick)
+      const s = x0.shape;
+      return [`K::argmax<${CTYPE[x0.dtype]}>(${xs[0]}, ${y}, ${cprod(s.slice(0, -1))}, ${cdim(s[s.length - 1])});`];
+    }
     case "transpose": {
       const perm = n.attrs.perm as number[];
       const own = cstrides(x0.shape);

@@ -5,7 +5,8 @@ import type { DType } from "../ir/dtype.js";
 import { KilnError } from "../ir/errors.js";
 import type { Graph, TensorType } from "../ir/graph.js";
 import { GraphBuilder } from "../ir/graph.js";
-import { verify } from "../ir/verify.js";
+import { NEXT_TOKEN } from "../ir/ops.js";
+import { inferNode, verify } from "../ir/verify.js";
 import type { Module } from "./module.js";
 import { withParamDType } from "./module.js";
 import type { TraceContext } from "./tensor.js";
@@ -47,6 +48,12 @@ export interface TraceOptions {
   kvCache?: boolean | "static";
   /** add the input attention_mask: i64[B, P+S] for padded batches (see cache.ts) */
   attentionMask?: boolean;
+  /**
+   * decoders: add the output `next_token` = argmax(logits) over the vocabulary (i64, one per
+   * position: [B, S]), so that greedy decoding picks its token on the target and only the id comes
+   * back (the runtime reads the last position's; compile() sets it for decoders with a KV cache)
+   */
+  nextToken?: boolean;
 }
 
 export function traceModel<C>(def: ModelDef<C>, config: C, opts: TraceOptions = {}): Graph {
@@ -70,6 +77,14 @@ export function traceModel<C>(def: ModelDef<C>, config: C, opts: TraceOptions = 
       }
       const outputs = model.forward(inputs);
       for (const [name, t] of Object.entries(outputs)) b.output(name, t.value);
+      if (opts.nextToken) {
+        if (def.kind === "encoder" || !outputs.logits || outputs[NEXT_TOKEN])
+          throw new KilnError("E_USAGE", `nextToken needs a decoder whose forward returns 'logits' and no '${NEXT_TOKEN}' of its own ('${def.family}' returns ${Object.keys(outputs).join(", ")})`);
+        // no source location: the node is the tracer's, not the model file's (and a caller's line would make the IR text, hence the artifact's cache key, depend on who compiled it)
+        const operands = [outputs.logits.value];
+        const attrs = { axis: -1 };
+        b.output(NEXT_TOKEN, b.node("argmax", operands, attrs, inferNode({ op: "argmax", operands, attrs })));
+      }
       for (const [name, v] of ctx.cache?.outputs ?? []) b.output(name, v);
       return b.graph;
     }),

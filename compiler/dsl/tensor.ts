@@ -115,6 +115,8 @@ export class Tensor {
   sum(axis: number, keepdim = false): Tensor { return emit("reduce_sum", [this], { axis, keepdim }); }
   mean(axis: number, keepdim = false): Tensor { return emit("reduce_mean", [this], { axis, keepdim }); }
   max(axis: number, keepdim = false): Tensor { return emit("reduce_max", [this], { axis, keepdim }); }
+  /** i64 index of the maximum along the last axis (the first one; −1 for a row with a NaN, +Inf or nothing finite: ir/ops.ts) */
+  argmax(): Tensor { return emit("argmax", [this], { axis: -1 }); }
 
   /** a cast; no node when the dtype is already `dtype` */
   to(dtype: DType): Tensor { return dtype === this.dtype ? this : emit("cast", [this], { to: dtype }); }

@@ -444,6 +444,48 @@ for (const [name, r] of Object.entries(REDUCE))
     },
   });
 
+// argmax over the last axis (greedy decoding's token choice, made on the target): i64, the FIRST
+// index of the maximum (ties → the smallest index, as torch.argmax and runtime/sampling.ts). A row
+// that holds a NaN or +Infinity, or nothing above −Infinity (every token masked, or an empty row),
+// has no token to choose: its result is ARGMAX_NONE (−1), and the runtime raises E_RUNTIME for it
+// as sampling.ts does for such logits. −Infinity is a masked token and never chosen.
+export const ARGMAX_NONE = -1;
+/** The output a decoder traced with `nextToken` gets (dsl/model.ts): argmax of its logits, the greedy token after each position. */
+export const NEXT_TOKEN = "next_token";
+def({
+  name: "argmax",
+  arity: 1,
+  attrs: { axis: { kind: "int" } },
+  infer: ([t], a) => {
+    needFloat(t);
+    if (t.shape.length < 1) fail(`argmax needs an input of rank >= 1, got ${formatShape(t.shape)}`);
+    if (normAxis(a.axis as number, t.shape.length) !== t.shape.length - 1)
+      fail(`argmax reduces the last axis only (axis -1 or ${t.shape.length - 1}), got axis ${a.axis as number}`);
+    return { dtype: "i64", shape: t.shape.slice(0, -1) };
+  },
+  eval: ([x], _a, out) => {
+    const y = alloc(out.dtype, out.shape);
+    const n = x.shape[x.shape.length - 1];
+    for (let r = 0; r < y.data.length; r++) y.data[r] = argmaxRow(x.data, r * n, n);
+    return y;
+  },
+});
+
+/** The argmax op's rule on x[o, o + n): the first index of the maximum, or ARGMAX_NONE. */
+export function argmaxRow(x: ArrayLike<number>, o: number, n: number): number {
+  let best = ARGMAX_NONE;
+  let max = -Infinity;
+  for (let j = 0; j < n; j++) {
+    const v = x[o + j];
+    if (Number.isNaN(v) || v === Infinity) return ARGMAX_NONE;
+    if (v > max) {
+      max = v;
+      best = j;
+    }
+  }
+  return best;
+}
+
 // ---------------------------------------------------------------- fused norms
 
 // RMSNorm (Zhang & Sennrich, 2019) and LayerNorm (Ba et al., 2016) over the last axis, as one op

@@ -108,7 +108,7 @@ export function unpadVarlen(g: Graph, explain: (msg: string) => void = () => {},
     }
     if (n.op === "flash_attention") return n.attrs.key_mask === true ? undefined : `attention${at(n)} is not masked by the attention_mask (it would mix sequences)`;
     if (ax < 0 && !n.operands.some((o) => seqAxis(o) >= 0)) return undefined;
-    if (["softmax", "reduce_sum", "reduce_mean", "reduce_max"].includes(n.op) && axisOf(n, x.shape.length) === ax) return `${n.op}${at(n)} reduces along the sequence`;
+    if (["softmax", "reduce_sum", "reduce_mean", "reduce_max", "argmax"].includes(n.op) && axisOf(n, x.shape.length) === ax) return `${n.op}${at(n)} reduces along the sequence`;
     if (n.op === "slice" && axisOf(n, x.shape.length) === ax) {
       const [s0, s1] = [n.attrs.start as Dim, n.attrs.end as Dim];
       if (dimEq(s0, 0) && (dimEq(s1, S) || (dimEq(s1, 1) && dimEq(x.shape[ax], S) && ax === 1 && dimEq(x.shape[0], B)))) return undefined;

@@ -445,6 +445,10 @@ const BUILDERS: Record<string, Builder> = {
     const x = g.asFloat(g.atLeastRank(g.need(s.a, notBool), 1));
     g.emit("softmax", [x], { axis: axisOf(x.shape.length, s.c) });
   },
+  argmax: (g, s) => {
+    const x = g.asFloat(g.atLeastRank(g.need(s.a, notBool), 1));
+    g.emit("argmax", [x], { axis: s.c % 2 ? x.shape.length - 1 : -1 });
+  },
   ...Object.fromEntries(
     ["reduce_sum", "reduce_mean", "reduce_max"].map((n): [string, Builder] => [
       n,
