@@ -109,7 +109,11 @@ template <int MR>
 static void old_qgemv4(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K, const double* code) {
   namespace Q = kiln::cuda::qdetail;
   constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;
-  Q::k_qgemv4v<bf16, MR, R><<<(unsigned)((N + R - 1) / R), 128, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), Q::code16(code), nullptr, nullptr, y, N, K, 6);
+  Q::Q4Jobs<bf16> J = {};
+  J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
+  J.n = 1;
+  const unsigned grid = Q::q4_grid(J, R);
+  Q::k_qgemv4v<bf16, MR, R, false><<<grid, 128, 0, kiln::cuda::stream()>>>(x, J, Q::code16(code), K, 6);
 }
 
 int main() {

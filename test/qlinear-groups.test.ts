@@ -1,0 +1,98 @@
+// The 4-bit linears that read one activation run as one call (compiler/codegen/qlinear-groups.ts):
+// which qlinears group (and which must not); the emitted source of a tiny nf4 Llama (q/k/v and
+// gate/up → one qlinear4_group call each); and on the cpu target the same logits and tokens, bit
+// for bit, with and without grouping (f32 and bf16).
+
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, test } from "@jest/globals";
+import { compile } from "../compiler/codegen/compile.js";
+import { qlinear4Groups } from "../compiler/codegen/qlinear-groups.js";
+import type { Attrs, Value } from "../compiler/ir/index.js";
+import { GraphBuilder, inferNode } from "../compiler/ir/index.js";
+import { loadModel } from "../runtime/api.js";
+
+const FIXTURE = join(import.meta.dirname, "fixtures", "llama-gqa");
+const tmp = mkdtempSync(join(tmpdir(), "kiln-qgroup-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+describe("which 4-bit linears group", () => {
+  // x → linears (nf4 unless said) and what reads them
+  function graph(build: (b: { x: Value; lin: (N: number, o?: { scheme?: string; block?: number; x?: Value; res?: Value }) => Value; node: (op: string, xs: Value[], a?: Attrs) => Value; out: (v: Value) => void }) => void) {
+    const b = new GraphBuilder("g");
+    const node = (op: string, operands: Value[], attrs: Attrs = {}): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
+    const x = b.input("x", { dtype: "f32", shape: ["S", 64] });
+    let k = 0;
+    const lin = (N: number, o: { scheme?: string; block?: number; x?: Value; res?: Value } = {}): Value => {
+      const w = b.param(`l${k++}.weight`, { dtype: "f32", shape: [N, 64] });
+      const attrs: Attrs = { scheme: o.scheme ?? "nf4", block: o.block ?? 64, double_quant: false, threshold: 6, ...(o.res ? { residual: true } : {}) };
+      return node("qlinear", [o.x ?? x, w, ...(o.res ? [o.res] : [])], attrs);
+    };
+    let j = 0;
+    build({ x, lin, node, out: (v) => b.output(`y${j++}`, v) });
+    return b.graph;
+  }
+  const ids = (g: ReturnType<typeof graph>) => qlinear4Groups(g).map((grp) => ({ members: grp.members.map((n) => n.result.id) }));
+
+  test("q/k/v of one x group; another scheme, block, x, or int8 does not", () => {
+    const g = graph(({ x, lin, node, out }) => {
+      const h = node("tanh", [x]);
+      for (const v of [lin(64), lin(16), lin(16), lin(16, { scheme: "fp4" }), lin(16, { block: 32 }), lin(16, { scheme: "int8" }), lin(16, { x: h }), lin(8, { scheme: "fp4" })]) out(v);
+    });
+    const q = g.nodes.filter((n) => n.op === "qlinear").map((n) => n.result.id);
+    expect(ids(g)).toEqual([
+      { members: [q[0], q[1], q[2]] },
+      { members: [q[3], q[7]] },
+    ]);
+  });
+
+  test("a linear reading a residual computed after the group's first member runs alone", () => {
+    const g = graph(({ x, lin, out }) => {
+      const q = lin(64);
+      out(q);
+      out(lin(64, { res: q })); // reads q: cannot run in q's call
+      out(lin(16));
+    });
+    const q = g.nodes.filter((n) => n.op === "qlinear").map((n) => n.result.id);
+    expect(ids(g)).toEqual([{ members: [q[0], q[2]] }]);
+  });
+});
+
+describe("a tiny nf4 Llama on the cpu target", () => {
+  const build = (dtype: "f32" | "bf16", qgroup: boolean) => compile(FIXTURE, { target: "cpu", dtype, quant: "nf4", cacheDir: join(tmp, "cache"), maxSeq: 64, qgroup });
+
+  test("q/k/v and gate/up are one qlinear4_group call each a layer; KILN_QGROUP=0 turns it off", async () => {
+    const src = readFileSync(join((await build("f32", true)).dir, "model.cpp"), "utf8");
+    // 2 layers: q/k/v (3 members each) and gate/up grouped, o and down alone
+    const groups = src.match(/K::qlinear4_group<float>\([^;]*\);/g) ?? [];
+    expect(groups.map((c) => c.match(/\{\(const uint8_t\*\)w\d+/g)?.length)).toEqual([3, 2, 3, 2]);
+    expect(src.match(/K::qlinear4<float>\(/g)).toHaveLength(4);
+    const prev = process.env.KILN_QGROUP;
+    process.env.KILN_QGROUP = "0";
+    try {
+      const off = readFileSync(join((await compile(FIXTURE, { target: "cpu", quant: "nf4", cacheDir: join(tmp, "cache"), maxSeq: 64 })).dir, "model.cpp"), "utf8");
+      expect(off).not.toMatch(/qlinear4_group/);
+      expect(off.match(/K::qlinear4<float>\(/g)).toHaveLength(14);
+    } finally {
+      if (prev === undefined) delete process.env.KILN_QGROUP;
+      else process.env.KILN_QGROUP = prev;
+    }
+  }, 120_000);
+
+  test.each(["f32", "bf16"] as const)("%s: the same logits (prefill and a one-token step) and greedy tokens, bit for bit, with and without grouping", async (dtype) => {
+    const ids = [[1, 5, 9, 200, 17, 3, 44], [250, 2, 8, 8, 31, 7, 100]];
+    const runs = [];
+    for (const qgroup of [true, false]) {
+      await using model = await loadModel((await build(dtype, qgroup)).dir, { checkpoint: FIXTURE });
+      const prefill = (await model.forward(ids)).logits;
+      const step = (await model.forward([[42]])).logits;
+      const tokens: number[] = [];
+      for await (const t of model.generate(ids[0], { maxNewTokens: 12 })) tokens.push(t.id);
+      runs.push({ prefill: Array.from(prefill), step: Array.from(step), tokens });
+    }
+    expect(runs[0].prefill.length).toBe(2 * 7 * 256);
+    expect(runs[0].prefill.every(Number.isFinite)).toBe(true);
+    expect(runs[0]).toEqual(runs[1]);
+  }, 120_000);
+});
