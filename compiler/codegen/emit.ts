@@ -148,9 +148,11 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   // attention, as q, k, v) are not materialized: those ops read through them (views)
   const views = elementwiseViews(g);
   const q8Share = int8Shares(g);
-  // 4-bit linears computed together at the first member's position
+  // 4-bit linears computed together at the first member's position (and the gated MLP's product
+  // with them); a pair's gate and up are never materialized
   const q4 = o.qgroup === false ? [] : qlinear4Groups(g);
-  const q4Of = new Map(q4.flatMap((grp) => grp.members.map((n) => [n.result.id, grp] as const)));
+  const q4Of = new Map(q4.flatMap((grp) => [...grp.members, ...(grp.pair ? [grp.pair.product] : [])].map((n) => [n.result.id, grp] as const)));
+  const q4Hidden = new Set(q4.flatMap((grp) => (grp.pair ? [grp.pair.gate.result.id, grp.pair.up.result.id] : [])));
   const nodeAt = new Map(g.nodes.map((n, i) => [n.result.id, i]));
   // where a node's reads happen: a grouped node's at its group's call
   const readAt = (n: Node, i: number): number => {
@@ -164,7 +166,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   g.nodes.forEach((n, i) => {
     const aliasing = n.op === "reshape" || inPlace.has(n.result.id) || writtenBy.has(n.result.id);
     root.set(n.result.id, aliasing ? root.get(n.operands[0].id)! : n.result.id);
-    if (!aliasing && n.op !== "constant" && !views.has(n.result.id)) opRoots.add(n.result.id); // constants live in the library
+    if (!aliasing && n.op !== "constant" && !views.has(n.result.id) && !q4Hidden.has(n.result.id)) opRoots.add(n.result.id); // constants live in the library
     for (const x of readsOf(n)) lastUse.set(root.get(x.id)!, Math.max(lastUse.get(root.get(x.id)!) ?? -1, readAt(n, i)));
   });
   for (const x of g.outputs) kept.add(root.get(x.value.id)!);
@@ -196,7 +198,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     }
     if (grp) {
       body.push(...emitQ4Group(grp, name, ref, whereOf, consts));
-      release(grp.members, i);
+      release([...grp.members, ...(grp.pair ? [grp.pair.product] : [])], i);
       return;
     }
     if (views.has(n.result.id)) {
@@ -372,12 +374,17 @@ function q4Config(n: Node, consts: string[]): string {
   return `${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table}`;
 }
 
-/** The call computing a group of 4-bit linears that read one x (qlinear-groups.ts), with the allocation of every member's result. */
+/**
+ * The call computing a group of 4-bit linears that read one x (qlinear-groups.ts), with the
+ * allocation of every result it writes: each member's (qlinear4_group), or a pair's product
+ * (qlinear4_silu_mul; gate and up are not materialized).
+ */
 function emitQ4Group(grp: Q4Group, name: Map<number, string>, ref: (v: Value) => string, whereOf: (n: Node) => string, consts: string[]): string[] {
   const first = grp.members[0];
   const T = CTYPE[first.result.dtype];
-  const lines = [`  // ${printNode(first, ref)}`, ...grp.members.slice(1).map((n) => `  // ${printNode(n, ref)} (computed here)`)];
-  for (const n of grp.members) {
+  const outs = grp.pair ? [grp.pair.product] : grp.members;
+  const lines = [`  // ${printNode(first, ref)}`, ...[...grp.members.slice(1), ...(grp.pair ? [grp.pair.product] : [])].map((n) => `  // ${printNode(n, ref)} (computed here)`)];
+  for (const n of outs) {
     name.set(n.result.id, `v${n.result.id}`);
     lines.push(`  ${T}* v${n.result.id} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(whereOf(n))});`);
   }
@@ -388,7 +395,10 @@ function emitQ4Group(grp: Q4Group, name: Map<number, string>, ref: (v: Value) =>
     const a = qlinearArgs(n, name);
     return `{${a.w}, ${a.bias}, ${a.res}, ${y}, ${a.N}}`;
   };
-  lines.push(`  K::qlinear4_group<${T}>(${head}, {${grp.members.map((n) => linear(n, `v${n.result.id}`)).join(", ")}});`);
+  if (grp.pair) {
+    const { gate, up, product } = grp.pair;
+    lines.push(`  K::qlinear4_silu_mul<${T}>(${head}, ${linear(gate, "nullptr")}, ${linear(up, "nullptr")}, v${product.result.id});`);
+  } else lines.push(`  K::qlinear4_group<${T}>(${head}, {${grp.members.map((n) => linear(n, `v${n.result.id}`)).join(", ")}});`);
   return lines;
 }
 
