@@ -8,7 +8,9 @@
 // DISTINCT rows agrees with the prefill path (the same rows among 9: dequantize + cuBLASLt), with a
 // bias, for nf4 and fp4 (the codes of compiler/ir/quant.ts), ± double quant, blocks of 64 and 128,
 // bf16 and f16; and the int8 GEMV (M = 1) with its prefill path. A line per case, then "check: PASS"
-// or "check: FAIL" (exit 1). Weights are quantized on the GPU by kiln_quantize4/8.
+// or "check: FAIL" (exit 1). Weights are quantized on the GPU by kiln_quantize4/8. The checks also
+// hold the grouped launches (check_group: q/k/v in one qlinear4_group launch, gate/up + silu·up in
+// one qlinear4_silu_mul launch) against separate ones; their times close the output (time_groups).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/qgemv bench/qgemv.cu
 //   bench/tmp/qgemv
 #include "common/kiln_types.h"
@@ -16,6 +18,8 @@
 #include "cuda/runtime.cuh"
 #include "graph_timer.cuh"
 #include <algorithm>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 extern "C" const char* kiln_artifact_hash(void) { return "bench-qgemv"; }
@@ -104,12 +108,223 @@ static bool check4(const char* label, int64_t N, int64_t K, int64_t block, bool 
   return ok;
 }
 
+// The fused elementwise kernel the codegen emits for a Llama MLP's `(mul:T (silu:T $0) $1)` on
+// contiguous operands (emit.ts emitElementwise's output for T = bf16, copied; W and the store follow T):
+// the unfused path's product.
+template <typename T>
+struct SiluMulF {
+  const T* a0;  // contig
+  const T* a1;  // contig
+  T* y;
+  kiln::Shape out;
+  static constexpr int W = 16 / sizeof(T);
+  KILN_HD T at(const float x0, const float x1) const {
+    const float t0 = kiln::rnd<T>(kiln::OpSilu()(x0));
+    const float t1 = kiln::rnd<T>((float)kiln::OpMul()(t0, x1));
+    if constexpr (std::is_same<T, bf16>::value) return kiln::bf16_of_rounded(t1);
+    else return kiln::Num<T>::store(t1);
+  }
+  KILN_HD void operator()(int64_t i) const { y[i] = at(kiln::Num<T>::load(a0[i]), kiln::Num<T>::load(a1[i])); }
+  KILN_HD void chunk(int64_t i) const {
+    float x0[W];
+    kiln::load_run<W>(x0, a0 + i);
+    float x1[W];
+    kiln::load_run<W>(x1, a1 + i);
+    T r[W];
+    KILN_UNROLL
+    for (int j = 0; j < W; j++) r[j] = at(x0[j], x1[j]);
+    kiln::store_run<W>(y + i, r);
+  }
+  bool chunkable() const { return kiln::aligned16(y) && kiln::aligned16(a0) && kiln::aligned16(a1); }
+};
+template <typename T>
+static void silu_mul_separate(const T* g, const T* u, T* y, int64_t M, int64_t N) {
+  kiln::cuda::for_each(SiluMulF<T>{g, u, y, kiln::Shape{2, {M, N}}}, M * N);
+}
+
+// |a − b| in units in the last place of T (at the larger magnitude); 0 when equal, ∞ for a NaN
+template <typename T>
+static double ulps(T a, T b) {
+  const double x = kiln::Num<T>::load(a), y = kiln::Num<T>::load(b);
+  if (x == y) return 0;
+  if (x != x || y != y) return INFINITY;
+  const int mant = sizeof(T) == 4 ? 23 : std::is_same<T, bf16>::value ? 7 : 10;
+  int e;
+  frexp(std::max(fabs(x), fabs(y)), &e);
+  return fabs(x - y) / ldexp(1.0, e - 1 - mant);
+}
+
+// Linears reading one x in one launch — qlinear4_group, or paired (gate, up) qlinear4_silu_mul —
+// against separate qlinear4 launches (+ the emitted elementwise product when paired), at M = 1…8
+// distinct rows of x, a bias on the first linear and a residual on the second. Bit-identical
+// where the grouped launch runs each linear's own kernel; on the tensor-core path (bf16/f16,
+// M ≥ 3, K and block multiples of 64) a grouped launch may split K over fewer warps than a lone
+// one (f32 sums reassociated): there within 2 ulps of T (of the product, paired). Paired, also
+// against silu·up computed on the host (kiln::silu_mul, host expf) from the separate outputs:
+// within 1 ulp of T. One line; false when out of bounds.
+template <typename T>
+static bool check_group(const char* label, bool pair, std::vector<int64_t> Ns, int64_t K, int64_t block, bool dq, const double* code) {
+  cudaStream_t s = kiln::cuda::stream();
+  const int n = (int)Ns.size();
+  float* xf;
+  cudaMalloc(&xf, 4 * 8 * K);
+  k_rand<<<1024, 256, 0, s>>>(xf, 8 * K, 91, 4.f);
+  T* x;
+  cudaMalloc(&x, sizeof(T) * 8 * K);
+  k_to<T><<<1024, 256, 0, s>>>(xf, x, 8 * K);
+  std::vector<uint8_t*> w(n);
+  std::vector<T*> ys(n), yg(n), extra(n);  // separate and grouped outputs [8, N]; a bias (member 0) or residual (member 1)
+  for (int i = 0; i < n; i++) {
+    const int64_t N = Ns[i];
+    float* wf;
+    cudaMalloc(&wf, 4 * N * K);
+    k_rand<<<1024, 256, 0, s>>>(wf, N * K, 300 + i, 0.05f);
+    cudaMalloc(&w[i], kiln::quant::bytes4(N * K, block, dq));
+    ck(kiln_quantize4(w[i], wf, N * K, block, dq, code), "quantize4");
+    cudaFree(wf);
+    cudaMalloc(&ys[i], sizeof(T) * 8 * N);
+    cudaMalloc(&yg[i], sizeof(T) * 8 * N);
+    float* ef;
+    cudaMalloc(&ef, 4 * 8 * N);
+    k_rand<<<1024, 256, 0, s>>>(ef, 8 * N, 500 + i, 1.f);
+    cudaMalloc(&extra[i], sizeof(T) * 8 * N);
+    k_to<T><<<1024, 256, 0, s>>>(ef, extra[i], 8 * N);
+    cudaFree(ef);
+  }
+  T *ps = nullptr, *pg = nullptr;  // paired: the product, separate and grouped
+  if (pair) cudaMalloc(&ps, sizeof(T) * 8 * Ns[0]), cudaMalloc(&pg, sizeof(T) * 8 * Ns[0]);
+  auto linear = [&](int i, T* y) { return kiln::quant::Q4Linear<T>{w[i], i == 0 ? extra[0] : nullptr, i == 1 ? extra[1] : nullptr, y, Ns[i]}; };
+  const int64_t N0 = Ns[0];
+  int64_t diff = 0, total = 0;
+  double worst = 0, worst_host = 0;
+  bool ok = true;
+  for (int M = 1; M <= 8; M++) {
+    const bool mma = M >= 3 && K % 64 == 0 && block % 64 == 0 && sizeof(T) == 2;
+    for (int i = 0; i < n; i++) {
+      const kiln::quant::Q4Linear<T> l = linear(i, ys[i]);
+      kiln::cuda::qlinear4<T>(x, l.w, l.bias, l.res, l.y, M, l.N, K, block, dq, code);
+      cudaMemset(yg[i], 0xff, sizeof(T) * 8 * Ns[i]);  // NaN: a row the grouped launch misses fails
+    }
+    if (pair) {
+      silu_mul_separate<T>(ys[0], ys[1], ps, M, N0);
+      cudaMemset(pg, 0xff, sizeof(T) * 8 * N0);
+      kiln::cuda::qlinear4_silu_mul<T>(x, M, K, block, dq, code, linear(0, nullptr), linear(1, nullptr), pg);
+    } else if (n == 2) {
+      kiln::cuda::qlinear4_group<T>(x, M, K, block, dq, code, {linear(0, yg[0]), linear(1, yg[1])});
+    } else {
+      kiln::cuda::qlinear4_group<T>(x, M, K, block, dq, code, {linear(0, yg[0]), linear(1, yg[1]), linear(2, yg[2])});
+    }
+    ck(kiln_synchronize(), "sync");
+    for (int i = 0; i < (pair ? 1 : n); i++) {
+      std::vector<T> a(M * Ns[i]), b(M * Ns[i]);
+      cudaMemcpy(a.data(), pair ? ps : ys[i], sizeof(T) * M * Ns[i], cudaMemcpyDeviceToHost);
+      cudaMemcpy(b.data(), pair ? pg : yg[i], sizeof(T) * M * Ns[i], cudaMemcpyDeviceToHost);
+      for (size_t e = 0; e < a.size(); e++) {
+        const double d = ulps(a[e], b[e]);
+        diff += d != 0;
+        total++;
+        worst = std::max(worst, d);
+        if (mma ? !(d <= 2) : d != 0) ok = false;
+      }
+    }
+    if (pair) {
+      std::vector<T> g(M * N0), u(M * N0), p(M * N0);
+      cudaMemcpy(g.data(), ys[0], sizeof(T) * M * N0, cudaMemcpyDeviceToHost);
+      cudaMemcpy(u.data(), ys[1], sizeof(T) * M * N0, cudaMemcpyDeviceToHost);
+      cudaMemcpy(p.data(), pg, sizeof(T) * M * N0, cudaMemcpyDeviceToHost);
+      for (int64_t e = 0; e < M * N0; e++) {
+        const double d = ulps(kiln::silu_mul<T>(g[e], u[e]), p[e]);
+        worst_host = std::max(worst_host, d);
+        if (!mma && !(d <= 1)) ok = false;
+      }
+    }
+  }
+  printf("check %-22s %s N = %lld…, K = %lld, block %lld%s, M = 1…8: %lld of %lld differ from separate launches (max %.0f ulp)%s: %s\n", label,
+         pair ? "silu·up" : "group  ", (long long)N0, (long long)K, (long long)block, dq ? " dq" : "", (long long)diff, (long long)total, worst,
+         pair ? (std::string(", host silu·up max ") + std::to_string((int)worst_host) + " ulp").c_str() : "", ok ? "ok" : "WRONG");
+  for (int i = 0; i < n; i++) {
+    cudaFree(w[i]);
+    cudaFree(ys[i]);
+    cudaFree(yg[i]);
+    cudaFree(extra[i]);
+  }
+  cudaFree(ps);
+  cudaFree(pg);
+  cudaFree(xf);
+  cudaFree(x);
+  return ok;
+}
+
 // The replaced CUDA-core GEMV (k_qgemv4v, as qlinear4 launched it for M ≤ 8), nf4 without double quant, block 64
 template <int MR>
 static void old_qgemv4(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K, const double* code) {
   namespace Q = kiln::cuda::qdetail;
   constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;
-  Q::k_qgemv4v<bf16, MR, R><<<(unsigned)((N + R - 1) / R), 128, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), Q::code16(code), nullptr, nullptr, y, N, K, 6);
+  Q::Q4Jobs<bf16> J = {};
+  J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
+  J.n = 1;
+  const unsigned grid = Q::q4_grid(J, R);
+  Q::k_qgemv4v<bf16, MR, R, false><<<grid, 128, 0, kiln::cuda::stream()>>>(x, J, Q::code16(code), K, 6);
+}
+
+// Grouped against separate launches, nf4 bf16, 7B shapes, M = 1 and 4: q/k/v (3 × 4096×4096) in one
+// qlinear4_group launch vs 3 qlinear4 launches; gate/up (2 × 11008×4096) in one qlinear4_silu_mul
+// launch vs 2 qlinear4 launches + the emitted elementwise product.
+static void time_groups(const double* code) {
+  const int COPIES = 4;
+  const int64_t K = 4096, NQ = 4096, NG = 11008;
+  cudaStream_t s = kiln::cuda::stream();
+  float *wf, *xf;
+  cudaMalloc(&wf, 4 * NG * K);
+  cudaMalloc(&xf, 4 * 8 * K);
+  k_rand<<<1024, 256, 0, s>>>(xf, 8 * K, 17, 4.f);
+  bf16 *x, *y[3], *p;
+  cudaMalloc(&x, 2 * 8 * K);
+  k_to<bf16><<<1024, 256, 0, s>>>(xf, x, 8 * K);
+  for (auto& b : y) cudaMalloc(&b, 2 * 8 * NG);
+  cudaMalloc(&p, 2 * 8 * NG);
+  uint8_t *qkv[COPIES][3], *gu[COPIES][2];
+  auto make = [&](uint8_t*& q, int64_t N, uint32_t seed) {
+    k_rand<<<1024, 256, 0, s>>>(wf, N * K, seed, 0.05f);
+    cudaMalloc(&q, kiln::quant::bytes4(N * K, 64, false));
+    ck(kiln_quantize4(q, wf, N * K, 64, 0, code), "quantize4");
+  };
+  for (int c = 0; c < COPIES; c++) {
+    for (int j = 0; j < 3; j++) make(qkv[c][j], NQ, 700 + 5 * c + j);
+    for (int j = 0; j < 2; j++) make(gu[c][j], NG, 900 + 5 * c + j);
+  }
+  printf("\n| nf4 bf16, 7B | M | separate µs | one launch µs |\n|---|---|---|---|\n");
+  for (int M : {1, 4}) {
+    using L = kiln::quant::Q4Linear<bf16>;
+    const double qs = median_us([&](int i) {
+      for (int j = 0; j < 3; j++) kiln::cuda::qlinear4<bf16>(x, qkv[i % COPIES][j], nullptr, nullptr, y[j], M, NQ, K, 64, false, code);
+    });
+    const double qg = median_us([&](int i) {
+      uint8_t** w = qkv[i % COPIES];
+      kiln::cuda::qlinear4_group<bf16>(x, M, K, 64, false, code, {L{w[0], nullptr, nullptr, y[0], NQ}, L{w[1], nullptr, nullptr, y[1], NQ}, L{w[2], nullptr, nullptr, y[2], NQ}});
+    });
+    const double gs = median_us([&](int i) {
+      kiln::cuda::qlinear4<bf16>(x, gu[i % COPIES][0], nullptr, nullptr, y[0], M, NG, K, 64, false, code);
+      kiln::cuda::qlinear4<bf16>(x, gu[i % COPIES][1], nullptr, nullptr, y[1], M, NG, K, 64, false, code);
+      silu_mul_separate<bf16>(y[0], y[1], p, M, NG);
+    });
+    const double gg = median_us([&](int i) {
+      uint8_t** w = gu[i % COPIES];
+      kiln::cuda::qlinear4_silu_mul<bf16>(x, M, K, 64, false, code, L{w[0], nullptr, nullptr, nullptr, NG}, L{w[1], nullptr, nullptr, nullptr, NG}, p);
+    });
+    ck(kiln_synchronize(), "sync");
+    printf("| q/k/v 3×%lld×%lld | %d | %.1f | %.1f |\n", (long long)NQ, (long long)K, M, qs, qg);
+    printf("| gate/up 2×%lld×%lld + silu·up | %d | %.1f | %.1f |\n", (long long)NG, (long long)K, M, gs, gg);
+  }
+  for (int c = 0; c < COPIES; c++) {
+    for (auto q : qkv[c]) cudaFree(q);
+    for (auto q : gu[c]) cudaFree(q);
+  }
+  for (auto b : y) cudaFree(b);
+  cudaFree(p);
+  cudaFree(x);
+  cudaFree(xf);
+  cudaFree(wf);
 }
 
 int main() {
@@ -132,6 +347,20 @@ int main() {
   ok &= check4<kiln::f16>("f16 nf4", 4096, 4096, 64, false, NF4);
   ok &= check4<kiln::f16>("f16 fp4+dq", 11008, 4096, 64, true, fp4);
   ok &= check4<float>("f32 nf4", 4096, 4096, 64, false, NF4);  // k_qgemv4v
+  // grouped launches (q/k/v; gate/up with silu·up) against separate ones, on every GEMV path
+  ok &= check_group<bf16>("bf16 nf4 q/k/v 7B", false, {4096, 4096, 4096}, 4096, 64, false, NF4);
+  ok &= check_group<bf16>("bf16 nf4 q/k/v GQA", false, {4096, 1024, 1024}, 4096, 64, true, NF4);
+  ok &= check_group<bf16>("bf16 nf4 ragged", false, {1000, 24, 200}, 2048, 64, false, NF4);  // tails, a job of 2 tiles
+  ok &= check_group<bf16>("bf16 nf4 gate/up 7B", true, {11008, 11008}, 4096, 64, false, NF4);
+  ok &= check_group<bf16>("bf16 nf4 gate/up 7B", true, {11008, 11008}, 4096, 64, true, NF4);
+  ok &= check_group<bf16>("bf16 fp4 gate/up ragged", true, {1000, 1000}, 2048, 64, false, fp4);
+  ok &= check_group<bf16>("bf16 nf4 block 32", false, {4096, 1024}, 4096, 32, false, NF4);  // k_qgemv4v at every M
+  ok &= check_group<bf16>("bf16 nf4 block 32", true, {4096, 4096}, 4096, 32, false, NF4);   // paired k_qgemv4v (R = 2 from M = 5)
+  ok &= check_group<bf16>("bf16 nf4 K 1000", false, {500, 300, 200}, 1000, 64, false, NF4);  // K % 32 ≠ 0: the general k_qgemv4
+  ok &= check_group<bf16>("bf16 nf4 K 1000", true, {500, 500}, 1000, 64, true, NF4);
+  ok &= check_group<kiln::f16>("f16 nf4 gate/up", true, {11008, 11008}, 4096, 64, false, NF4);
+  ok &= check_group<float>("f32 nf4 q/k/v GQA", false, {4096, 1024, 1024}, 4096, 64, false, NF4);
+  ok &= check_group<float>("f32 nf4 gate/up", true, {4096, 4096}, 4096, 64, false, NF4);
   const double* nf4 = NF4;
   const int COPIES = 4;
   printf("check: %s\n\n", ok ? "PASS" : "FAIL");
@@ -222,5 +451,6 @@ int main() {
     cudaFree(y);
     cudaFree(y9);
   }
+  time_groups(nf4);
   return 0;
 }

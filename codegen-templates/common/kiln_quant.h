@@ -119,5 +119,16 @@ inline void quantize8(const float* w, int64_t N, int64_t K, uint8_t* out) {
   }
 }
 
+// One 4-bit linear of the targets' qlinear4_group / qlinear4_silu_mul (cpu/kernels.h,
+// cuda/quant.cuh): y = x · deq(w)ᵀ (+ bias) (+ res), N output features, w in the layout above.
+template <typename T>
+struct Q4Linear {
+  const uint8_t* w;
+  const T* bias;
+  const T* res;
+  T* y;
+  int64_t N;
+};
+
 }  // namespace quant
 }  // namespace kiln

@@ -210,4 +210,14 @@ KILN_HD float rnd<float>(float x) { return x; }
 template <>
 KILN_HD float rnd<bf16>(float x) { return bits_f32(bf16_rounded_bits(x)); }
 
+// silu(g)·u for g, u of T, exactly as the fused elementwise kernel computes `(mul:T (silu:T $0) $1)`
+// (emit.ts emitElementwise: each op in T's compute type, rounded to T after it; a product's
+// operands commute bit for bit): the paired gate/up linears' epilogue on both targets.
+template <typename T>
+KILN_HD T silu_mul(T g, T u) {
+  typedef typename Num<T>::C C;
+  const C s = rnd<T>(OpSilu()(Num<T>::load(g)));
+  return Num<T>::store(rnd<T>((C)OpMul()(s, Num<T>::load(u))));
+}
+
 }  // namespace kiln

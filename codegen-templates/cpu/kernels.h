@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <initializer_list>
+#include <vector>
 #include "../common/kiln_types.h"
 #include "../common/kiln_norm.h"
 #include "../common/kiln_quant.h"
@@ -238,6 +240,30 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
       }
     }
   }
+}
+
+using quant::Q4Linear;
+
+// The 4-bit linears that read one x (emit.ts's groups: q/k/v, gate/up): one call, as the cuda
+// target's single GEMV launch at decode; here each is its own qlinear4, so the numbers are those of
+// the ungrouped calls by construction.
+template <typename T>
+void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, std::initializer_list<Q4Linear<T>> ls) {
+  for (const Q4Linear<T>& l : ls) qlinear4<T>(x, l.w, l.bias, l.res, l.y, M, l.N, K, block, dq, code);
+}
+
+// y = silu(x · Wgᵀ (+ bg) (+ rg)) · (x · Wuᵀ (+ bu) (+ ru)): gate and up rounded to T, then the
+// fused elementwise kernel's `(mul (silu $gate) $up)` (kiln::silu_mul). gate.y and up.y are unused.
+template <typename T>
+void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, const Q4Linear<T>& gate, const Q4Linear<T>& up, T* y) {
+  const int64_t N = gate.N;
+  if (up.N != N) rt::fail(KILN_ERR_INVALID, "qlinear4_silu_mul: gate has N = %lld, up N = %lld", (long long)N, (long long)up.N);
+  if (M <= 0 || N <= 0) return;
+  std::vector<T> g((size_t)(M * N)), u((size_t)(M * N));
+  qlinear4<T>(x, gate.w, gate.bias, gate.res, g.data(), M, N, K, block, dq, code);
+  qlinear4<T>(x, up.w, up.bias, up.res, u.data(), M, N, K, block, dq, code);
+#pragma omp parallel for schedule(static) if (M * N > 32768)
+  for (int64_t i = 0; i < M * N; i++) y[i] = silu_mul<T>(g[(size_t)i], u[(size_t)i]);
 }
 
 // qlinear, int8 (LLM.int8): outlier feature dims (|x| > threshold in any row) multiply in floating

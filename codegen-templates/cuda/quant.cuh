@@ -34,6 +34,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -105,55 +106,139 @@ __device__ __forceinline__ void load8(const T* p, float* f) {
   }
 }
 
-// y[m, row] = Σ_k x[m, k] · code[c(row, k)] · absmax(block) (+ bias[row]) (+ res[m, row]) for MR ≤ 8
-// rows of x, any K and block (the general path; k_qgemv4v is the fast one): one warp per output
-// feature, 8 a block.
-template <typename T, int MR>
-__global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, const T* __restrict__ res,
-                                                 T* __restrict__ y, int64_t N, int64_t K) {
-  __shared__ float tab[16];
-  if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= N) return;
-  const double mean = q.dq ? __ldg(q.mean) : 0.0;
-  float acc[MR];
-#pragma unroll
-  for (int m = 0; m < MR; m++) acc[m] = 0.f;
-  for (int64_t k = lane; k < K; k += 32) {
-    const int64_t e = row * K + k;
-    const float wv = tab[(q.codes[e >> 1] >> ((e & 1) * 4)) & 15] * absmax_of(q, mean, e / q.block);
-#pragma unroll
-    for (int m = 0; m < MR; m++) acc[m] = fmaf(wv, (float)Num<T>::load(x[m * K + k]), acc[m]);
-  }
-#pragma unroll
-  for (int m = 0; m < MR; m++)
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
-  if (lane == 0) {
-    const float b = bias ? (float)Num<T>::load(bias[row]) : 0.f;
-#pragma unroll
-    for (int m = 0; m < MR; m++) y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b + (res ? (float)Num<T>::load(res[m * N + row]) : 0.f)));
+// f(std::integral_constant<int, M>()) for M in 1…8 (the GEMVs' rows, a template parameter)
+template <typename F>
+static void with_rows(int64_t M, F f) {
+  switch (M) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 5: f(std::integral_constant<int, 5>()); break;
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 7: f(std::integral_constant<int, 7>()); break;
+    case 8: f(std::integral_constant<int, 8>()); break;
   }
 }
 
+// ---------------------------------------------------------------- the 4-bit decode GEMV (M ≤ 8)
+//
+// One launch computes the linears of a job table. A block finds its job by comparing blockIdx.x
+// with first[] and runs on that job's rows alone, exactly as a launch of that job by itself would
+// (the same sums in the same order: a job's numbers do not depend on the others). qlinear4 is the
+// one-job case; the linears reading one x (q/k/v, gate/up: qlinear4_group) share a launch.
+// `pair`: the table is gate (j[0]) and up (j[1]) of one N and every block is job 0's; a block
+// computes the same rows of both, so its epilogue holds g and u and stores silu(T(g))·T(u) as the
+// fused elementwise kernel would (kiln::silu_mul) into j[0].y; j[1].y is unused.
+template <typename T>
+struct Q4Job {
+  Q4 q;
+  const T* bias;
+  const T* res;
+  T* y;
+  int64_t N;
+};
+template <typename T>
+struct Q4Jobs {
+  Q4Job<T> j[4];
+  int n;
+  int64_t first[5];  // first block of job i; first[n] = the grid
+  bool pair;
+};
+
+// this block's job: the last i < n with first[i] ≤ blockIdx.x
+template <typename T>
+__device__ __forceinline__ int job_of(const Q4Jobs<T>& J) {
+  int i = 0;
+#pragma unroll
+  for (int k = 1; k < 4; k++) i += k < J.n && (int64_t)blockIdx.x >= J.first[k];
+  return i;
+}
+// J.j[ji], read at compile-time indices (fewer registers than one read at a run-time index)
+template <typename T>
+__device__ __forceinline__ Q4Job<T> job_at(const Q4Jobs<T>& J, int ji) {
+  Q4Job<T> r = J.j[0];
+#pragma unroll
+  for (int k = 1; k < 4; k++)
+    if (ji == k) r = J.j[k];
+  return r;
+}
+// an output's f32 value (sum, bias and residual, added in each kernel's own order) rounded to T
+template <typename T>
+__device__ __forceinline__ T round_out(float v) {
+  return Num<T>::store((typename Num<T>::C)v);
+}
+// element i of job ji's output: v alone, or paired (J.pair), silu(T(v))·T(u) into job 0's
+template <typename T>
+__device__ __forceinline__ void store_out(const Q4Jobs<T>& J, bool pair, int ji, int64_t i, float v, float u) {
+  if (pair) J.j[0].y[i] = silu_mul<T>(round_out<T>(v), round_out<T>(u));
+  else J.j[ji].y[i] = round_out<T>(v);
+}
+
+// y[m, row] = Σ_k x[m, k] · code[c(row, k)] · absmax(block) (+ bias[row]) (+ res[m, row]) for MR ≤ 8
+// rows of x, any K and block (the general path; k_qgemv4v is the fast one): one warp per output
+// feature (paired: the feature of gate and of up), 8 a block.
+template <typename T, int MR>
+__global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, Code16 code, int64_t K) {
+  __shared__ float tab[16];
+  if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, ji = job_of(J);
+  const int64_t N = J.j[ji].N;
+  const int64_t row = ((int64_t)blockIdx.x - J.first[ji]) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  float v[2][MR];  // the job's values, then up's (paired)
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    if (h == 1 && !J.pair) break;
+    const Q4Job<T>& jb = J.j[ji + h];
+    const Q4& q = jb.q;
+    const double mean = q.dq ? __ldg(q.mean) : 0.0;
+    float acc[MR];
+#pragma unroll
+    for (int m = 0; m < MR; m++) acc[m] = 0.f;
+    for (int64_t k = lane; k < K; k += 32) {
+      const int64_t e = row * K + k;
+      const float wv = tab[(q.codes[e >> 1] >> ((e & 1) * 4)) & 15] * absmax_of(q, mean, e / q.block);
+#pragma unroll
+      for (int m = 0; m < MR; m++) acc[m] = fmaf(wv, (float)Num<T>::load(x[m * K + k]), acc[m]);
+    }
+#pragma unroll
+    for (int m = 0; m < MR; m++)
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
+    const float b = jb.bias ? (float)Num<T>::load(jb.bias[row]) : 0.f;
+#pragma unroll
+    for (int m = 0; m < MR; m++) v[h][m] = acc[m] + b + (jb.res ? (float)Num<T>::load(jb.res[m * N + row]) : 0.f);
+  }
+  if (lane == 0)
+#pragma unroll
+    for (int m = 0; m < MR; m++) store_out(J, J.pair, ji, m * N + row, v[0][m], J.pair ? v[1][m] : 0.f);
+}
+
 // The decode GEMV's fast path (K and block multiples of 32, 16-byte aligned operands): a block of
-// 4 warps computes R output features, its 128 lanes splitting K into 16-byte pieces of codes (32
-// weights of one absmax block); the R rows' pieces are loaded together, each piece of x once for
-// the R rows. A code is found by byte offset: (w << 2) & 0x3c3c3c3c puts 4·code of the even
-// elements in the bytes of a word, (w >> 2) & 0x3c3c3c3c those of the odd ones; one byte_perm
-// extracts it and one shared load fetches the value. lb = log2(block), or -1.
-template <typename T, int MR, int R>
-__global__ void __launch_bounds__(128) k_qgemv4v(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, const T* __restrict__ res,
-                                                  T* __restrict__ y, int64_t N, int64_t K, int lb) {
+// 4 warps computes R output features (paired: R/2 of gate and the same R/2 of up), its 128 lanes
+// splitting K into 16-byte pieces of codes (32 weights of one absmax block); the R rows' pieces
+// are loaded together, each piece of x once for the R rows. A code is found by byte offset:
+// (w << 2) & 0x3c3c3c3c puts 4·code of the even elements in the bytes of a word, (w >> 2) &
+// 0x3c3c3c3c those of the odd ones; one byte_perm extracts it and one shared load fetches the
+// value. lb = log2(block), or -1. A row's sum does not depend on R. P = J.pair, as a template
+// parameter, and the blocks an SM asked of M = 1 and 2 keep these kernels at the registers they
+// had with one job (64 and 80: 8 and 6 blocks of 4 warps an SM; a job table read at a run-time
+// index otherwise costs ~8 more).
+template <typename T, int MR, int R, bool P>
+__global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, Code16 code, int64_t K, int lb) {
   __shared__ float tab[16];
   __shared__ float red[4][R * MR];
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
   __syncthreads();
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-  const int64_t row0 = (int64_t)blockIdx.x * R;
-  const double mean = q.dq ? __ldg(q.mean) : 0.0;
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, ji = job_of(J);
+  // slots 0…H-1: rows row0… of the job; paired, slots H…R-1: the same rows of up
+  constexpr int H = P ? R / 2 : R;
+  const Q4Job<T> ja = job_at(J, ji);
+  const Q4 qa = ja.q, qb = P ? J.j[1].q : qa;
+  const int64_t N = ja.N, row0 = ((int64_t)blockIdx.x - J.first[ji]) * H;
+  const double meana = qa.dq ? __ldg(qa.mean) : 0.0, meanb = P && qb.dq ? __ldg(qb.mean) : 0.0;
   const int64_t KV = K / 32;
   const char* tb = reinterpret_cast<const char*>(tab);
   float acc[R][MR];
@@ -166,10 +251,11 @@ __global__ void __launch_bounds__(128) k_qgemv4v(const T* __restrict__ x, Q4 q, 
     float a[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
-      const int64_t row = row0 + r < N ? row0 + r : N - 1;  // rows past N: computed, never stored
-      pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>(q.codes) + row * KV + p);
+      const int64_t want = row0 + (r >= H ? r - H : r);
+      const int64_t row = want < N ? want : N - 1;  // rows past N: computed, never stored
+      pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>((r >= H ? qb : qa).codes) + row * KV + p);
       const int64_t e = row * K + p * 32;
-      a[r] = absmax_of(q, mean, lb >= 0 ? (e >> lb) : e / q.block);
+      a[r] = absmax_of(r >= H ? qb : qa, r >= H ? meanb : meana, lb >= 0 ? (e >> lb) : e / qa.block);
     }
     float part[R][MR];
 #pragma unroll
@@ -209,12 +295,16 @@ __global__ void __launch_bounds__(128) k_qgemv4v(const T* __restrict__ x, Q4 q, 
       if (lane == 0) red[wid][r * MR + m] = v;
     }
   __syncthreads();
-  if (threadIdx.x < R * MR) {
+  if (threadIdx.x < H * MR) {
     const int r = threadIdx.x / MR, m = threadIdx.x % MR;
     const int64_t row = row0 + r;
     if (row < N) {
-      const float b = bias ? (float)Num<T>::load(bias[row]) : 0.f, r = res ? (float)Num<T>::load(res[m * N + row]) : 0.f;
-      y[m * N + row] = Num<T>::store((typename Num<T>::C)(red[0][threadIdx.x] + red[1][threadIdx.x] + red[2][threadIdx.x] + red[3][threadIdx.x] + b + r));
+      // slot s of job jb: its four warps' sums + bias + residual
+      auto value = [&](int s, const Q4Job<T>& jb) {
+        const float b = jb.bias ? (float)Num<T>::load(jb.bias[row]) : 0.f, rs = jb.res ? (float)Num<T>::load(jb.res[m * N + row]) : 0.f;
+        return red[0][s * MR + m] + red[1][s * MR + m] + red[2][s * MR + m] + red[3][s * MR + m] + b + rs;
+      };
+      store_out(J, P, ji, m * N + row, value(r, J.j[ji]), P ? value(r + H, J.j[1]) : 0.f);
     }
   }
 }
@@ -240,7 +330,8 @@ __device__ __forceinline__ uint2 ld_stream8(const uint2* p) {
 // from tensor-core multiplication as Marlin, Frantar et al. 2024, "MARLIN: Mixed-Precision
 // Auto-Regressive Parallel Inference on Large Language Models"; the code is ours.)
 //
-// A block computes 16 output features (rows g and g+8 of the mma tile, g = lane/4); its W warps
+// A block computes 16 output features (rows g and g+8 of the mma tile, g = lane/4; paired: rows
+// g of gate and g of up, 8 features of each); its W warps
 // split K into 64-weight chunks, chunk kc to warp kc mod W, U chunks in flight a lane (8 bytes of
 // each of its two rows a chunk), and add their partial sums in shared memory. The K order inside
 // a chunk is permuted so that lane (g, t) loads 8 contiguous bytes: bytes 8t…8t+7 of a row's
@@ -250,22 +341,25 @@ __device__ __forceinline__ uint2 ld_stream8(const uint2* p) {
 // (64 registers a thread: 32 warps an SM.)
 template <typename T, int W, int MR>
 __global__ void __launch_bounds__(W * 32, 1024 / (W * 32))
-    k_qgemv4mma(const T* __restrict__ x, Q4 q, Code16 code, const T* __restrict__ bias, const T* __restrict__ res, T* __restrict__ y, int64_t N, int64_t K,
-                int lb) {
+    k_qgemv4mma(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, Code16 code, int64_t K, int lb) {
   constexpr int U = 4;
   __shared__ __align__(16) uint32_t tab[256 * 32];
   __shared__ float red[W][16 * MR];
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int64_t row0 = (int64_t)blockIdx.x * 16, KC = K / 64;
-  const int64_t ra = row0 + g < N ? row0 + g : N - 1, rb = row0 + g + 8 < N ? row0 + g + 8 : N - 1;  // rows past N: computed, never stored
-  const uint2* wa = reinterpret_cast<const uint2*>(q.codes + ra * (K / 2)) + t;
-  const uint2* wb = reinterpret_cast<const uint2*>(q.codes + rb * (K / 2)) + t;
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, ji = job_of(J);
+  // tile rows 0…7 and 8…15: the job's rows row0… and row0 + 8…, or paired, rows row0… of gate and of up
+  const int H = J.pair ? 8 : 16;
+  const Q4 qa = J.j[ji].q, qb = J.j[J.pair ? 1 : ji].q;
+  const int64_t N = J.j[ji].N, row0 = ((int64_t)blockIdx.x - J.first[ji]) * H, KC = K / 64;
+  const int64_t ga = row0 + g, gb = row0 + g + (J.pair ? 0 : 8);
+  const int64_t ra = ga < N ? ga : N - 1, rb = gb < N ? gb : N - 1;  // rows past N: computed, never stored
+  const uint2* wa = reinterpret_cast<const uint2*>(qa.codes + ra * (K / 2)) + t;
+  const uint2* wb = reinterpret_cast<const uint2*>(qb.codes + rb * (K / 2)) + t;
   const uint4* xp = reinterpret_cast<const uint4*>(x + (int64_t)(g < MR ? g : 0) * K) + 2 * t;
   const int64_t ca0 = ra * KC, cb0 = rb * KC;  // the rows' first chunks (the absmax block of chunk c: c·64 / block)
   const int lc = lb - 6;                         // block = 64·2^lc; negative: not a power of 2
-  const double mean = q.dq ? __ldg(q.mean) : 0.0;
-  // the absmax block of chunk c of the weight
-  auto block_of = [&](int64_t c) { return lc >= 0 ? c >> lc : c / (q.block / 64); };
+  const double meana = qa.dq ? __ldg(qa.mean) : 0.0, meanb = qb.dq ? __ldg(qb.mean) : 0.0;
+  // the absmax block of chunk c of the weight (gate and up share the block size)
+  auto block_of = [&](int64_t c) { return lc >= 0 ? c >> lc : c / (qa.block / 64); };
   // codes of chunks kc0 + u·W of rows g, g + 8 into pa, pb; their absmax (or double-quant code and
   // scale) prefetched into L1, where absmax_of finds it without a second trip to memory
   uint2 pa[U], pb[U];
@@ -279,10 +373,10 @@ __global__ void __launch_bounds__(W * 32, 1024 / (W * 32))
         pb[u] = ld_stream8(wb + 4 * kc);
         if (t == 0) {
           const int64_t ba = block_of(ca0 + kc), bb = block_of(cb0 + kc);
-          if (q.dq) {
-            prefetch_l1(q.acode + ba), prefetch_l1(q.acode + bb), prefetch_l1(q.ascale + (ba >> 8)), prefetch_l1(q.ascale + (bb >> 8));
+          if (qa.dq) {
+            prefetch_l1(qa.acode + ba), prefetch_l1(qb.acode + bb), prefetch_l1(qa.ascale + (ba >> 8)), prefetch_l1(qb.ascale + (bb >> 8));
           } else {
-            prefetch_l1(q.absmax + ba), prefetch_l1(q.absmax + bb);
+            prefetch_l1(qa.absmax + ba), prefetch_l1(qb.absmax + bb);
           }
         }
       }
@@ -306,7 +400,7 @@ __global__ void __launch_bounds__(W * 32, 1024 / (W * 32))
     for (int u = 0; u < U; u++) {
       const int64_t kc = kc0 + u * W;
       if (kc >= KC) break;  // the same for the whole warp
-      const float sa = absmax_of(q, mean, block_of(ca0 + kc)), sb = absmax_of(q, mean, block_of(cb0 + kc));
+      const float sa = absmax_of(qa, meana, block_of(ca0 + kc)), sb = absmax_of(qb, meanb, block_of(cb0 + kc));
       uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
       if (g < MR) x0 = __ldg(xp + 8 * kc), x1 = __ldg(xp + 8 * kc + 1);
       const uint32_t xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
@@ -332,15 +426,19 @@ __global__ void __launch_bounds__(W * 32, 1024 / (W * 32))
     if (m < MR) red[wid][r * MR + m] = acc[i];
   }
   __syncthreads();
-  if (threadIdx.x < 16 * MR) {
+  if (threadIdx.x < H * MR) {
     const int r = threadIdx.x / MR, m = threadIdx.x % MR;
     const int64_t row = row0 + r;
     if (row < N) {
-      float v = bias ? (float)Num<T>::load(bias[row]) : 0.f;
+      // tile row s of job jb: bias + its W warps' sums + residual
+      auto value = [&](int s, const Q4Job<T>& jb) {
+        float v = jb.bias ? (float)Num<T>::load(jb.bias[row]) : 0.f;
 #pragma unroll
-      for (int w = 0; w < W; w++) v += red[w][threadIdx.x];
-      if (res) v += (float)Num<T>::load(res[m * N + row]);  // fuse-residual's add, rounded once with the rest
-      y[m * N + row] = Num<T>::store((typename Num<T>::C)v);
+        for (int w = 0; w < W; w++) v += red[w][s * MR + m];
+        if (jb.res) v += (float)Num<T>::load(jb.res[m * N + row]);  // fuse-residual's add, rounded once with the rest
+        return v;
+      };
+      store_out(J, J.pair, ji, m * N + row, value(r, J.j[ji]), J.pair ? value(r + 8, J.j[1]) : 0.f);
     }
   }
 }
@@ -359,16 +457,77 @@ static int qgemv4mma_resident() {
   return r;
 }
 
-// k_qgemv4mma with the most warps a block (K split the finest) that still lets every block be
-// resident at once — one wave, no tail — and at least 4 chunks of K a warp; else 4 warps a block.
+// first[] of J for `rows` output features a block (paired: of gate and of up each); the grid
+template <typename T>
+static unsigned q4_grid(Q4Jobs<T>& J, int64_t rows) {
+  int64_t b = 0;
+  for (int i = 0; i < J.n; i++) {
+    J.first[i] = b;
+    if (!J.pair || i == 0) b += (J.j[i].N + rows - 1) / rows;
+  }
+  J.first[J.n] = b;
+  if (b > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "qlinear4: N = %lld is too large (%lld blocks)", (long long)J.j[0].N, (long long)b);
+  return (unsigned)b;
+}
+
+// k_qgemv4mma with the most warps a block (K split the finest) that still lets every block of the
+// launch (all its jobs) be resident at once — one wave, no tail — and at least 4 chunks of K a
+// warp; else 4 warps a block. (W orders the f32 sums: a grouped launch with more tiles than one
+// job's may pick a smaller W than that job alone, and then differs from it by that reassociation.)
 template <typename T, int MR>
-static void qgemv4mma(const T* x, const Q4& q, const Code16& c, const T* bias, const T* res, T* y, int64_t N, int64_t K, int lb, cudaStream_t s) {
-  const int64_t tiles = (N + 15) / 16, KC = K / 64;
-  const int64_t sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
-  if (tiles > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "qlinear4: N = %lld is too large", (long long)N);
-  if (KC >= 64 && tiles <= sms * qgemv4mma_resident<T, 16, MR>()) k_qgemv4mma<T, 16, MR><<<(unsigned)tiles, 512, 0, s>>>(x, q, c, bias, res, y, N, K, lb);
-  else if (KC >= 32 && tiles <= sms * qgemv4mma_resident<T, 8, MR>()) k_qgemv4mma<T, 8, MR><<<(unsigned)tiles, 256, 0, s>>>(x, q, c, bias, res, y, N, K, lb);
-  else k_qgemv4mma<T, 4, MR><<<(unsigned)tiles, 128, 0, s>>>(x, q, c, bias, res, y, N, K, lb);
+static void qgemv4mma(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, cudaStream_t s) {
+  const unsigned tiles = q4_grid(J, J.pair ? 8 : 16);
+  const int64_t KC = K / 64, sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  if (KC >= 64 && tiles <= sms * qgemv4mma_resident<T, 16, MR>()) k_qgemv4mma<T, 16, MR><<<tiles, 512, 0, s>>>(x, J, c, K, lb);
+  else if (KC >= 32 && tiles <= sms * qgemv4mma_resident<T, 8, MR>()) k_qgemv4mma<T, 8, MR><<<tiles, 256, 0, s>>>(x, J, c, K, lb);
+  else k_qgemv4mma<T, 4, MR><<<tiles, 128, 0, s>>>(x, J, c, K, lb);
+}
+
+// Which decode GEMV runs a linear (M ≤ 8): the general kernel, the CUDA-core fast path, or the
+// tensor cores. Linears sharing a launch must share the path (their numbers are then those of
+// their own launches).
+enum Q4Path { Q4_ANY, Q4_VEC, Q4_MMA };
+template <typename T>
+static Q4Path qgemv4_path(const T* x, const uint8_t* w, int64_t M, int64_t K, int64_t block) {
+  const bool vec = K % 32 == 0 && block % 32 == 0 && detail::aligned16(x) && detail::aligned16(w);
+  // the tensor-core GEMV from 3 rows: measured on the H100 (bench/qgemv.cu, 7B shapes, µs) it
+  // takes 12–31 at every M ≤ 8, where k_qgemv4v takes 8–17 at M = 1, 10–21 at 2, 18–41 at 4 and
+  // 42–107 at 8
+  const bool mma = M >= 3 && vec && K % 64 == 0 && block % 64 == 0 && (std::is_same<T, bf16>::value || std::is_same<T, f16>::value);
+  return mma ? Q4_MMA : vec ? Q4_VEC : Q4_ANY;
+}
+
+// One launch of the decode GEMV over J's jobs (1 ≤ M ≤ 8 rows of x), all by `path`; fills first[].
+template <typename T>
+static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t K, int64_t block, Q4Path path, cudaStream_t s) {
+  int lb = -1;
+  for (int i = 0; i < 62; i++)
+    if (((int64_t)1 << i) == block) lb = i;
+  with_rows(M, [&](auto rows) {
+    constexpr int MR = decltype(rows)::value;
+    constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;  // output features a block (registers: R·MR sums)
+    constexpr int RP = R < 2 ? 2 : R;                 // paired: R/2 features of gate and of up
+    if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
+      if (path == Q4_MMA) return qgemv4mma<T, MR>(x, J, c, K, lb, s);
+    }
+    if (path == Q4_VEC && !J.pair) {
+      const unsigned grid = q4_grid(J, R);
+      k_qgemv4v<T, MR, R, false><<<grid, 128, 0, s>>>(x, J, c, K, lb);
+    } else if (path == Q4_VEC) {
+      const unsigned grid = q4_grid(J, RP / 2);
+      k_qgemv4v<T, MR, RP, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
+    } else {
+      const unsigned grid = q4_grid(J, 8);
+      k_qgemv4<T, MR><<<grid, 256, 0, s>>>(x, J, c, K);
+    }
+  });
+  detail::launched("qlinear4 (GEMV)");
+}
+
+// silu(g)·u elementwise (the paired linears' prefill)
+template <typename T>
+__global__ void k_silu_mul(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ y, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) y[i] = silu_mul<T>(g[i], u[i]);
 }
 
 // The dequantized weight in T, as the cpu twin computes it: T(f32(code[c] · absmax)), the product in f64.
@@ -1103,20 +1262,6 @@ zero(o);
 }
 }  // namespace i8
 
-// f(std::integral_constant<int, M>()) for M in 1…8 (the GEMVs' rows, a template parameter)
-template <typename F>
-static void with_rows(int64_t M, F f) {
-  switch (M) {
-    case 1: f(std::integral_constant<int, 1>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    case 4: f(std::integral_constant<int, 4>()); break;
-    case 5: f(std::integral_constant<int, 5>()); break;
-    case 6: f(std::integral_constant<int, 6>()); break;
-    case 7: f(std::integral_constant<int, 7>()); break;
-    case 8: f(std::integral_constant<int, 8>()); break;
-  }
-}
 
 // How the large-M LLM.int8 product runs (KILN_INT8_GEMM): "lt", cuBLASLt's integer GEMM into an
 // int32 matrix, then i8::k_epi (scales, outliers, bias); "lt-chunked", the same over column chunks
@@ -1378,27 +1523,10 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
   const qdetail::Code16 c = qdetail::code16(code);
   cudaStream_t s = stream();
   if (M <= 8) {
-    const bool vec = K % 32 == 0 && block % 32 == 0 && detail::aligned16(x) && detail::aligned16(w);
-    // the tensor-core GEMV from 3 rows: measured on the H100 (bench/qgemv.cu, 7B shapes, µs) it
-    // takes 12–31 at every M ≤ 8, where k_qgemv4v takes 8–17 at M = 1, 10–21 at 2, 18–41 at 4 and
-    // 42–107 at 8
-    const bool mma = M >= 3 && vec && K % 64 == 0 && block % 64 == 0 && (std::is_same<T, bf16>::value || std::is_same<T, f16>::value);
-    const int64_t blocks = (N + 7) / 8;
-    if (blocks > 0x7fffffffLL) rt::fail(KILN_ERR_INVALID, "qlinear4: N = %lld is too large", (long long)N);
-    int lb = -1;
-    for (int i = 0; i < 62; i++)
-      if (((int64_t)1 << i) == block) lb = i;
-    qdetail::with_rows(M, [&](auto rows) {
-      constexpr int MR = decltype(rows)::value;
-      constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;  // output features a block (registers: R·MR sums)
-      if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
-        if (mma) return qdetail::qgemv4mma<T, MR>(x, q, c, bias, residual, y, N, K, lb, s);
-      }
-      if (vec) qdetail::k_qgemv4v<T, MR, R><<<(unsigned)((N + R - 1) / R), 128, 0, s>>>(x, q, c, bias, residual, y, N, K, lb);
-      else qdetail::k_qgemv4<T, MR><<<(unsigned)blocks, 256, 0, s>>>(x, q, c, bias, residual, y, N, K);
-    });
-    detail::launched("qlinear4 (GEMV)");
-    return;
+    qdetail::Q4Jobs<T> J = {};
+    J.j[0] = {q, bias, residual, y, N};
+    J.n = 1;
+    return qdetail::qgemv4<T>(x, J, c, M, K, block, qdetail::qgemv4_path(x, w, M, K, block), s);
   }
   // prefill: dequantize into a scratch weight, then the 16-bit GEMM of `linear`
   T* wd = (T*)rt::alloc((int64_t)sizeof(T) * N * K, "qlinear4 (dequantized weight)");
@@ -1406,6 +1534,61 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
   detail::launched("qlinear4 (dequantize)");
   linear<T>(x, wd, bias, residual, y, M, N, K);
   rt::release(wd);
+}
+
+using quant::Q4Linear;
+
+// The 4-bit linears that read one x with one scheme, block, double quant and K (emit.ts groups
+// q/k/v and gate/up): at decode (M ≤ 8) ONE GEMV launch (up to 4 linears a launch) computes them
+// all, each as its own qlinear4 would; prefill runs them one by one (as do linears whose weights
+// would take different GEMV paths, e.g. one not 16-byte aligned).
+template <typename T>
+void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, std::initializer_list<Q4Linear<T>> ls) {
+  if (M <= 0 || ls.size() == 0) return;
+  const Q4Linear<T>* l = ls.begin();
+  const int64_t n = (int64_t)ls.size();
+  const qdetail::Q4Path path = qdetail::qgemv4_path(x, l[0].w, M, K, block);
+  bool one = M <= 8;
+  for (int64_t i = 0; i < n; i++) one = one && l[i].N > 0 && qdetail::qgemv4_path(x, l[i].w, M, K, block) == path;
+  if (!one) {
+    for (int64_t i = 0; i < n; i++) qlinear4<T>(x, l[i].w, l[i].bias, l[i].res, l[i].y, M, l[i].N, K, block, dq, code);
+    return;
+  }
+  const qdetail::Code16 c = qdetail::code16(code);
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    qdetail::Q4Jobs<T> J = {};
+    for (int64_t i = i0; i < n && i < i0 + 4; i++) J.j[J.n++] = {qdetail::q4_of(l[i].w, l[i].N * K, block, dq), l[i].bias, l[i].res, l[i].y, l[i].N};
+    qdetail::qgemv4<T>(x, J, c, M, K, block, path, stream());
+  }
+}
+
+// y = silu(x · Wgᵀ (+ bg) (+ rg)) · (x · Wuᵀ (+ bu) (+ ru)), y [M, N]: a gated MLP's gate and up
+// linears and the fused elementwise `(mul (silu $gate) $up)` that is their only reader, with that
+// kernel's rounding (g and u rounded to T, then kiln::silu_mul). Decode (M ≤ 8): one launch, a
+// block computing the same rows of gate and up so its epilogue holds both; prefill (or weights
+// taking different GEMV paths): both linears into scratch, then the product. gate.y and up.y are
+// unused.
+template <typename T>
+void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, const Q4Linear<T>& gate, const Q4Linear<T>& up, T* y) {
+  const int64_t N = gate.N;
+  if (up.N != N) rt::fail(KILN_ERR_INVALID, "qlinear4_silu_mul: gate has N = %lld, up N = %lld", (long long)N, (long long)up.N);
+  if (M <= 0 || N <= 0) return;
+  cudaStream_t s = stream();
+  const qdetail::Q4Path path = qdetail::qgemv4_path(x, gate.w, M, K, block);
+  if (M <= 8 && qdetail::qgemv4_path(x, up.w, M, K, block) == path) {
+    qdetail::Q4Jobs<T> J = {};
+    J.j[0] = {qdetail::q4_of(gate.w, N * K, block, dq), gate.bias, gate.res, y, N};
+    J.j[1] = {qdetail::q4_of(up.w, N * K, block, dq), up.bias, up.res, nullptr, N};
+    J.n = 2;
+    J.pair = true;
+    return qdetail::qgemv4<T>(x, J, qdetail::code16(code), M, K, block, path, s);
+  }
+  T* gu = (T*)rt::alloc(2 * (int64_t)sizeof(T) * M * N, "qlinear4_silu_mul (gate and up)");
+  qlinear4<T>(x, gate.w, gate.bias, gate.res, gu, M, N, K, block, dq, code);
+  qlinear4<T>(x, up.w, up.bias, up.res, gu + M * N, M, N, K, block, dq, code);
+  qdetail::k_silu_mul<T><<<detail::grid_for(M * N, detail::kThreads), detail::kThreads, 0, s>>>(gu, gu + M * N, y, M * N);
+  detail::launched("qlinear4 (silu·up)");
+  rt::release(gu);
 }
 
 // Linears of one graph that read the same activation x with the same threshold share its int8

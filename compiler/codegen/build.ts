@@ -98,6 +98,8 @@ export interface BuildOptions {
   /** the layers' devices (placement pass), written into the manifest */
   placement?: Placement;
   cacheDir?: string;
+  /** emit.ts's qgroup: the 4-bit linears reading one x in one call (default true) */
+  qgroup?: boolean;
   /** called as the build goes: "cache-hit" | "emit" | "compile" | "done" */
   onProgress?: (stage: "cache-hit" | "emit" | "compile" | "done", info?: string) => void;
 }
@@ -168,7 +170,7 @@ export async function buildArtifact(g: Graph, o: BuildOptions): Promise<{ dir: s
   const irText = print(g);
   const templates = templateFiles();
   const hash = createHash("sha256")
-    .update(JSON.stringify({ kiln: KILN_VERSION, format: ARTIFACT_FORMAT, abi: ABI_VERSION, target: o.target, arch: o.target === "cuda" ? arch : null, cmd, version, flags, bounds: o.bounds, config: o.config ?? null, family: o.family, ...(o.placement ? { placement: o.placement } : {}) }))
+    .update(JSON.stringify({ kiln: KILN_VERSION, format: ARTIFACT_FORMAT, abi: ABI_VERSION, target: o.target, arch: o.target === "cuda" ? arch : null, cmd, version, flags, bounds: o.bounds, config: o.config ?? null, family: o.family, qgroup: o.qgroup !== false, ...(o.placement ? { placement: o.placement } : {}) }))
     .update(irText)
     .update(JSON.stringify(templates))
     .update(codegenSources())
@@ -183,7 +185,7 @@ export async function buildArtifact(g: Graph, o: BuildOptions): Promise<{ dir: s
 
   o.onProgress?.("emit");
   const template = readFileSync(join(TEMPLATES_DIR, "model.cpp.tpl"), "utf8");
-  const code = emitSource(g, { target: o.target, hash, kilnVersion: KILN_VERSION, template });
+  const code = emitSource(g, { target: o.target, hash, kilnVersion: KILN_VERSION, template, qgroup: o.qgroup });
   mkdirSync(cacheDir, { recursive: true });
   const staging = join(cacheDir, `${hash}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 8)}`);
   mkdirSync(staging);

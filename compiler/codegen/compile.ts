@@ -63,6 +63,13 @@ export interface CompileOptions {
   /** maxMemory "auto": each device's memory */
   deviceMemory?: Record<string | number, string | number>;
   typecheck?: boolean;
+  /**
+   * compute the 4-bit (fp4/nf4) linears that read one activation in one kernel call — q/k/v, and
+   * gate/up with silu(gate)·up in its epilogue (compiler/codegen/qlinear-groups.ts). Default: on,
+   * unless the environment has KILN_QGROUP=0 at compile time. The numbers are those of the
+   * separate calls (see the README).
+   */
+  qgroup?: boolean;
   /** stage callbacks for progress display */
   onProgress?: (stage: "trace" | "passes" | "cache-hit" | "emit" | "compile" | "done", info?: string) => void;
 }
@@ -147,6 +154,7 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
     bounds: dimBounds(maxBatch, maxSeq),
     placement: ctx.results.get("placement") as Placement | undefined,
     cacheDir: o.cacheDir,
+    qgroup: o.qgroup ?? process.env.KILN_QGROUP !== "0",
     onProgress: o.onProgress,
   });
   if (o.out) copyArtifact(built.dir, o.out);

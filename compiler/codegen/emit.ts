@@ -18,6 +18,8 @@ import type { Expr } from "../ir/expr.js";
 import { parseExpr, printExpr } from "../ir/expr.js";
 import type { FourBit } from "../ir/quant.js";
 import { codeOf } from "../ir/quant.js";
+import type { Q4Group } from "./qlinear-groups.js";
+import { qlinear4Groups } from "./qlinear-groups.js";
 
 export type Target = "cpu" | "cuda";
 
@@ -73,6 +75,8 @@ export interface EmitOptions {
   kilnVersion: string;
   /** the skeleton, codegen-templates/model.cpp.tpl */
   template: string;
+  /** compute the 4-bit linears reading one x in one call (qlinear-groups.ts; default true; KILN_QGROUP=0 at compile time turns it off) */
+  qgroup?: boolean;
 }
 
 /**
@@ -144,6 +148,17 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   // attention, as q, k, v) are not materialized: those ops read through them (views)
   const views = elementwiseViews(g);
   const q8Share = int8Shares(g);
+  // 4-bit linears computed together at the first member's position (and the gated MLP's product
+  // with them); a pair's gate and up are never materialized
+  const q4 = o.qgroup === false ? [] : qlinear4Groups(g);
+  const q4Of = new Map(q4.flatMap((grp) => [...grp.members, ...(grp.pair ? [grp.pair.product] : [])].map((n) => [n.result.id, grp] as const)));
+  const q4Hidden = new Set(q4.flatMap((grp) => (grp.pair ? [grp.pair.gate.result.id, grp.pair.up.result.id] : [])));
+  const nodeAt = new Map(g.nodes.map((n, i) => [n.result.id, i]));
+  // where a node's reads happen: a grouped node's at its group's call
+  const readAt = (n: Node, i: number): number => {
+    const grp = q4Of.get(n.result.id);
+    return grp ? nodeAt.get(grp.members[0].result.id)! : i;
+  };
   // attention writes its result through the transpose that is its only reader (which then aliases it)
   const attnOut = attentionOutputs(g, views);
   const writtenBy = new Map([...attnOut].map(([fa, t]) => [t.result.id, fa]));
@@ -151,17 +166,41 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   g.nodes.forEach((n, i) => {
     const aliasing = n.op === "reshape" || inPlace.has(n.result.id) || writtenBy.has(n.result.id);
     root.set(n.result.id, aliasing ? root.get(n.operands[0].id)! : n.result.id);
-    if (!aliasing && n.op !== "constant" && !views.has(n.result.id)) opRoots.add(n.result.id); // constants live in the library
-    for (const x of readsOf(n)) lastUse.set(root.get(x.id)!, i);
+    if (!aliasing && n.op !== "constant" && !views.has(n.result.id) && !q4Hidden.has(n.result.id)) opRoots.add(n.result.id); // constants live in the library
+    for (const x of readsOf(n)) lastUse.set(root.get(x.id)!, Math.max(lastUse.get(root.get(x.id)!) ?? -1, readAt(n, i)));
   });
   for (const x of g.outputs) kept.add(root.get(x.value.id)!);
 
   const ref = (v: Value): string => `%${v.kind === "op" ? String(v.id) : v.name}`;
+  const whereOf = (n: Node): string => `${printNode(n, ref).split(" loc(")[0]}${n.loc ? ` at ${locString(n.loc)}` : ""}`;
+  // after the reads of `ns` at node i: free the buffers whose last use that was, and results nobody reads
+  const release = (ns: Node[], i: number): void => {
+    const freed = new Set<number>();
+    for (const x of ns.flatMap(readsOf)) {
+      const r = root.get(x.id)!;
+      if (lastUse.get(r) === i && opRoots.has(r) && !kept.has(r) && !freed.has(r)) {
+        freed.add(r);
+        body.push(`  rt::release(${name.get(r)});`);
+      }
+    }
+    // a result nobody reads (dead code that survived) is freed at once
+    for (const n of ns) if (!lastUse.has(n.result.id) && !kept.has(n.result.id) && opRoots.has(n.result.id)) body.push(`  rt::release(v${n.result.id});`);
+  };
   g.nodes.forEach((n, i) => {
     const y = `v${n.result.id}`;
     name.set(n.result.id, y);
     const T = CTYPE[n.result.dtype];
-    const where = `${printNode(n, ref).split(" loc(")[0]}${n.loc ? ` at ${locString(n.loc)}` : ""}`;
+    const where = whereOf(n);
+    const grp = q4Of.get(n.result.id);
+    if (grp && grp.members[0] !== n) {
+      body.push(`  // ${printNode(n, ref)} (computed by the call at %${grp.members[0].result.id})`);
+      return;
+    }
+    if (grp) {
+      body.push(...emitQ4Group(grp, name, ref, whereOf, consts));
+      release([...grp.members, ...(grp.pair ? [grp.pair.product] : [])], i);
+      return;
+    }
     if (views.has(n.result.id)) {
       body.push(`  // ${printNode(n, ref)} (not materialized: its readers read ${ref(views.get(n.result.id)!.src)} through it)`);
       return;
@@ -214,25 +253,14 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     } else if (n.op === "qlinear") {
       // the same call on both targets: the cuda wrappers (cuda/quant.cuh) take the host code table
       // and pass its 16 values to the kernels by value
-      const scheme = n.attrs.scheme as string;
-      const [x, w] = n.operands;
-      const [N, K] = w.shape;
-      const M = cprod(x.shape.slice(0, -1));
-      const res = n.attrs.residual === true ? name.get(n.operands[n.operands.length - 1].id)! : "nullptr";
-      const bias = n.operands.length - (n.attrs.residual === true ? 1 : 0) > 2 ? name.get(n.operands[2].id)! : "nullptr";
-      const wp = `(const uint8_t*)${name.get(w.id)}`;
-      if (scheme === "int8") {
+      const q = qlinearArgs(n, name);
+      if (n.attrs.scheme === "int8") {
         // linears reading the same x with the same threshold share its quantization (Q8Shared)
         const sh = q8Share.get(n.result.id);
         if (sh?.first) body.push(`  K::Q8Shared q8s${sh.id};`);
-        body.push(`  K::qlinear8<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${res}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${fmtDouble(n.attrs.threshold as number)}${sh ? `, &q8s${sh.id}` : ""});`);
+        body.push(`  K::qlinear8<${T}>(${q.x}, ${q.w}, ${q.bias}, ${q.res}, ${y}, ${q.M}, ${q.N}, ${q.K}, ${fmtDouble(n.attrs.threshold as number)}${sh ? `, &q8s${sh.id}` : ""});`);
         if (sh?.last) body.push(`  K::qlinear8_done(&q8s${sh.id});`);
-      }
-      else {
-        const table = `kiln_code_${scheme}`;
-        if (!consts.some((c) => c.includes(`${table}[16]`))) consts.push(`static const double ${table}[16] = {${codeOf(scheme as FourBit).map((v) => fmtDouble(v)).join(", ")}};`);
-        body.push(`  K::qlinear4<${T}>(${name.get(x.id)}, ${wp}, ${bias}, ${res}, ${y}, ${M}, ${cdim(N)}, ${cdim(K)}, ${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table});`);
-      }
+      } else body.push(`  K::qlinear4<${T}>(${q.x}, ${q.w}, ${q.bias}, ${q.res}, ${y}, ${q.M}, ${q.N}, ${q.K}, ${q4Config(n, consts)});`);
     } else if (n.op === "elementwise" || LONE_ELEMENTWISE.has(n.op)) {
       // a lone arithmetic op (one fuse-elementwise left alone: nothing to fuse with) runs as a
       // one-op expression, so it gets the functor's vectorized chunks too
@@ -241,17 +269,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       kernels.push(functor);
       body.push(`  ${call}`);
     } else body.push(...emitOp(n, name, where, constants, { views, attnOut }).map((l) => `  ${l}`));
-    // free operands whose buffers die here
-    const freed = new Set<number>();
-    for (const x of readsOf(n)) {
-      const r = root.get(x.id)!;
-      if (lastUse.get(r) === i && opRoots.has(r) && !kept.has(r) && !freed.has(r)) {
-        freed.add(r);
-        body.push(`  rt::release(${name.get(r)});`);
-      }
-    }
-    // a result nobody reads (dead code that survived) is freed at once
-    if (!lastUse.has(n.result.id) && !kept.has(n.result.id) && opRoots.has(n.result.id)) body.push(`  rt::release(${y});`);
+    release([n], i);
   });
 
   const outputs: string[] = [`  rt::finish("forward");`];
@@ -331,6 +349,57 @@ export function int8Shares(g: Graph): Map<number, { id: number; first: boolean; 
     ns.forEach((n, i) => out.set(n.result.id, { id: ns[0].result.id, first: i === 0, last: i === ns.length - 1 }));
   }
   return out;
+}
+
+/** A qlinear's operands as C++ arguments: x, the weight's bytes, bias and residual (or nullptr), M, N, K. */
+function qlinearArgs(n: Node, name: Map<number, string>): Record<"x" | "w" | "bias" | "res" | "M" | "N" | "K", string> {
+  const [x, w] = n.operands;
+  const residual = n.attrs.residual === true;
+  return {
+    x: name.get(x.id)!,
+    w: `(const uint8_t*)${name.get(w.id)}`,
+    bias: n.operands.length - (residual ? 1 : 0) > 2 ? name.get(n.operands[2].id)! : "nullptr",
+    res: residual ? name.get(n.operands[n.operands.length - 1].id)! : "nullptr",
+    M: cprod(x.shape.slice(0, -1)),
+    N: cdim(w.shape[0]),
+    K: cdim(w.shape[1]),
+  };
+}
+
+/** A 4-bit qlinear's `block, double_quant, code` arguments; declares the code table (host memory) once. */
+function q4Config(n: Node, consts: string[]): string {
+  const scheme = n.attrs.scheme as FourBit;
+  const table = `kiln_code_${scheme}`;
+  if (!consts.some((c) => c.includes(`${table}[16]`))) consts.push(`static const double ${table}[16] = {${codeOf(scheme).map((v) => fmtDouble(v)).join(", ")}};`);
+  return `${n.attrs.block as number}, ${n.attrs.double_quant ? "true" : "false"}, ${table}`;
+}
+
+/**
+ * The call computing a group of 4-bit linears that read one x (qlinear-groups.ts), with the
+ * allocation of every result it writes: each member's (qlinear4_group), or a pair's product
+ * (qlinear4_silu_mul; gate and up are not materialized).
+ */
+function emitQ4Group(grp: Q4Group, name: Map<number, string>, ref: (v: Value) => string, whereOf: (n: Node) => string, consts: string[]): string[] {
+  const first = grp.members[0];
+  const T = CTYPE[first.result.dtype];
+  const outs = grp.pair ? [grp.pair.product] : grp.members;
+  const lines = [`  // ${printNode(first, ref)}`, ...[...grp.members.slice(1), ...(grp.pair ? [grp.pair.product] : [])].map((n) => `  // ${printNode(n, ref)} (computed here)`)];
+  for (const n of outs) {
+    name.set(n.result.id, `v${n.result.id}`);
+    lines.push(`  ${T}* v${n.result.id} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(whereOf(n))});`);
+  }
+  lines.push(`  rt::op_mark("qlinear");`);
+  const q = qlinearArgs(first, name);
+  const head = `${q.x}, ${q.M}, ${q.K}, ${q4Config(first, consts)}`;
+  const linear = (n: Node, y: string): string => {
+    const a = qlinearArgs(n, name);
+    return `{${a.w}, ${a.bias}, ${a.res}, ${y}, ${a.N}}`;
+  };
+  if (grp.pair) {
+    const { gate, up, product } = grp.pair;
+    lines.push(`  K::qlinear4_silu_mul<${T}>(${head}, ${linear(gate, "nullptr")}, ${linear(up, "nullptr")}, v${product.result.id});`);
+  } else lines.push(`  K::qlinear4_group<${T}>(${head}, {${grp.members.map((n) => linear(n, `v${n.result.id}`)).join(", ")}});`);
+  return lines;
 }
 
 /** An elementwise operand read through a transpose and/or a constant-index gather of `src`. */

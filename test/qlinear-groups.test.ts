@@ -1,0 +1,135 @@
+// The 4-bit linears that read one activation run as one call (compiler/codegen/qlinear-groups.ts):
+// which qlinears group and which pair with silu·up (and which must not); the emitted source of a
+// tiny nf4 Llama (q/k/v → one qlinear4_group call, gate/up → one qlinear4_silu_mul call, the
+// elementwise product gone); and on the cpu target the same logits and tokens, bit for bit, with
+// and without grouping (f32 and bf16).
+
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, test } from "@jest/globals";
+import { compile } from "../compiler/codegen/compile.js";
+import { qlinear4Groups, siluMul } from "../compiler/codegen/qlinear-groups.js";
+import { parseExpr } from "../compiler/ir/expr.js";
+import type { Attrs, Value } from "../compiler/ir/index.js";
+import { GraphBuilder, inferNode } from "../compiler/ir/index.js";
+import { loadModel } from "../runtime/api.js";
+
+const FIXTURE = join(import.meta.dirname, "fixtures", "llama-gqa");
+const tmp = mkdtempSync(join(tmpdir(), "kiln-qgroup-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+describe("which 4-bit linears group", () => {
+  // x → linears (nf4 unless said) and what reads them
+  function graph(build: (b: { x: Value; lin: (N: number, o?: { scheme?: string; block?: number; x?: Value; res?: Value }) => Value; node: (op: string, xs: Value[], a?: Attrs) => Value; out: (v: Value) => void }) => void) {
+    const b = new GraphBuilder("g");
+    const node = (op: string, operands: Value[], attrs: Attrs = {}): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
+    const x = b.input("x", { dtype: "f32", shape: ["S", 64] });
+    let k = 0;
+    const lin = (N: number, o: { scheme?: string; block?: number; x?: Value; res?: Value } = {}): Value => {
+      const w = b.param(`l${k++}.weight`, { dtype: "f32", shape: [N, 64] });
+      const attrs: Attrs = { scheme: o.scheme ?? "nf4", block: o.block ?? 64, double_quant: false, threshold: 6, ...(o.res ? { residual: true } : {}) };
+      return node("qlinear", [o.x ?? x, w, ...(o.res ? [o.res] : [])], attrs);
+    };
+    let j = 0;
+    build({ x, lin, node, out: (v) => b.output(`y${j++}`, v) });
+    return b.graph;
+  }
+  const ids = (g: ReturnType<typeof graph>) => qlinear4Groups(g).map((grp) => ({ members: grp.members.map((n) => n.result.id), pair: grp.pair && [grp.pair.gate.result.id, grp.pair.up.result.id, grp.pair.product.result.id] }));
+
+  test("q/k/v of one x group; another scheme, block, x, or int8 does not", () => {
+    const g = graph(({ x, lin, node, out }) => {
+      const h = node("tanh", [x]);
+      for (const v of [lin(64), lin(16), lin(16), lin(16, { scheme: "fp4" }), lin(16, { block: 32 }), lin(16, { scheme: "int8" }), lin(16, { x: h }), lin(8, { scheme: "fp4" })]) out(v);
+    });
+    const q = g.nodes.filter((n) => n.op === "qlinear").map((n) => n.result.id);
+    expect(ids(g)).toEqual([
+      { members: [q[0], q[1], q[2]], pair: undefined },
+      { members: [q[3], q[7]], pair: undefined },
+    ]);
+  });
+
+  test("gate/up read only by silu(gate)·up pair, in either operand or product order", () => {
+    for (const expr of ["(mul:f32 (silu:f32 $0) $1)", "(mul:f32 $1 (silu:f32 $0))", "(mul:f32 (silu:f32 $1) $0)"]) {
+      let want: number[] = [];
+      const g = graph(({ lin, node, out }) => {
+        const gate = lin(128), up = lin(128);
+        const swapped = expr.includes("silu:f32 $1");
+        const p = node("elementwise", swapped ? [up, gate] : [gate, up], { expr });
+        out(p);
+        want = [gate.id, up.id, p.id];
+      });
+      expect(ids(g)).toEqual([{ members: want.slice(0, 2), pair: want }]);
+    }
+  });
+
+  test("no pair where the product is another expression, a result has another reader or is an output, or the Ns differ", () => {
+    const cases: [string, (b: Parameters<Parameters<typeof graph>[0]>[0]) => void][] = [
+      ["silu·silu", ({ lin, node, out }) => out(node("elementwise", [lin(128), lin(128)], { expr: "(mul:f32 (silu:f32 $0) (silu:f32 $1))" }))],
+      ["gelu·up", ({ lin, node, out }) => out(node("elementwise", [lin(128), lin(128)], { expr: "(mul:f32 (gelu:f32 $0) $1)" }))],
+      ["silu(gate)·gate", ({ lin, node, out }) => { const a = lin(128); lin(128); out(node("elementwise", [a, a], { expr: "(mul:f32 (silu:f32 $0) $1)" })); }],
+      ["gate read twice", ({ lin, node, out }) => { const a = lin(128), u = lin(128); out(node("elementwise", [a, u], { expr: "(mul:f32 (silu:f32 $0) $1)" })); out(node("exp", [a])); }],
+      ["up an output", ({ lin, node, out }) => { const a = lin(128), u = lin(128); out(node("elementwise", [a, u], { expr: "(mul:f32 (silu:f32 $0) $1)" })); out(u); }],
+      ["Ns differ (up broadcast)", ({ lin, node, out }) => out(node("elementwise", [lin(128), lin(1)], { expr: "(mul:f32 (silu:f32 $0) $1)" }))],
+      ["a third member", ({ lin, node, out }) => { out(node("elementwise", [lin(128), lin(128)], { expr: "(mul:f32 (silu:f32 $0) $1)" })); out(lin(16)); }],
+    ];
+    for (const [label, build] of cases) {
+      const grps = qlinear4Groups(graph(build));
+      expect({ label, groups: grps.length, pair: grps.some((g) => g.pair) }).toEqual({ label, groups: 1, pair: false });
+    }
+    expect(siluMul(parseExpr("(mul:bf16 (silu:f32 $0) $1)"), "bf16")).toBeUndefined(); // every node in T
+    expect(siluMul(parseExpr("(mul:f32 (silu:f32 $0) $1)"), "f32")).toEqual({ gate: 0, up: 1 });
+  });
+
+  test("a linear reading a residual computed after the group's first member runs alone", () => {
+    const g = graph(({ x, lin, out }) => {
+      const q = lin(64);
+      out(q);
+      out(lin(64, { res: q })); // reads q: cannot run in q's call
+      out(lin(16));
+    });
+    const q = g.nodes.filter((n) => n.op === "qlinear").map((n) => n.result.id);
+    expect(ids(g)).toEqual([{ members: [q[0], q[2]], pair: undefined }]);
+  });
+});
+
+describe("a tiny nf4 Llama on the cpu target", () => {
+  const build = (dtype: "f32" | "bf16", qgroup: boolean) => compile(FIXTURE, { target: "cpu", dtype, quant: "nf4", cacheDir: join(tmp, "cache"), maxSeq: 64, qgroup });
+
+  test("q/k/v are one qlinear4_group call and gate/up one qlinear4_silu_mul call a layer; KILN_QGROUP=0 turns it off", async () => {
+    const src = readFileSync(join((await build("f32", true)).dir, "model.cpp"), "utf8");
+    // 2 layers: q/k/v (3 members each) grouped, gate/up paired into the product, o and down alone
+    const groups = src.match(/K::qlinear4_group<float>\([^;]*\);/g) ?? [];
+    expect(groups.map((c) => c.match(/\{\(const uint8_t\*\)w\d+/g)?.length)).toEqual([3, 3]);
+    expect(src.match(/K::qlinear4_silu_mul<float>\(/g)).toHaveLength(2);
+    expect(src.match(/K::qlinear4<float>\(/g)).toHaveLength(4);
+    expect(src).not.toContain("// (mul:f32 (silu:f32 $0) $1)\nstruct F"); // the elementwise product's functor is gone
+    const prev = process.env.KILN_QGROUP;
+    process.env.KILN_QGROUP = "0";
+    try {
+      const off = readFileSync(join((await compile(FIXTURE, { target: "cpu", quant: "nf4", cacheDir: join(tmp, "cache"), maxSeq: 64 })).dir, "model.cpp"), "utf8");
+      expect(off).not.toMatch(/qlinear4_group|qlinear4_silu_mul/);
+      expect(off.match(/K::qlinear4<float>\(/g)).toHaveLength(14);
+      expect(off).toContain("// (mul:f32 (silu:f32 $0) $1)\nstruct F");
+    } finally {
+      if (prev === undefined) delete process.env.KILN_QGROUP;
+      else process.env.KILN_QGROUP = prev;
+    }
+  }, 120_000);
+
+  test.each(["f32", "bf16"] as const)("%s: the same logits (prefill and a one-token step) and greedy tokens, bit for bit, with and without grouping", async (dtype) => {
+    const ids = [[1, 5, 9, 200, 17, 3, 44], [250, 2, 8, 8, 31, 7, 100]];
+    const runs = [];
+    for (const qgroup of [true, false]) {
+      await using model = await loadModel((await build(dtype, qgroup)).dir, { checkpoint: FIXTURE });
+      const prefill = (await model.forward(ids)).logits;
+      const step = (await model.forward([[42]])).logits;
+      const tokens: number[] = [];
+      for await (const t of model.generate(ids[0], { maxNewTokens: 12 })) tokens.push(t.id);
+      runs.push({ prefill: Array.from(prefill), step: Array.from(step), tokens });
+    }
+    expect(runs[0].prefill.length).toBe(2 * 7 * 256);
+    expect(runs[0].prefill.every(Number.isFinite)).toBe(true);
+    expect(runs[0]).toEqual(runs[1]);
+  }, 120_000);
+});
