@@ -264,7 +264,7 @@ static void old_qgemv4(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int6
   J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
   J.n = 1;
   const unsigned grid = Q::q4_grid(J, R);
-  Q::k_qgemv4v<bf16, MR, R, false><<<grid, 128, 0, kiln::cuda::stream()>>>(x, J, Q::code16(code), K, 6);
+  Q::k_qgemv4v<bf16, MR, R, false, false><<<grid, 128, 0, kiln::cuda::stream()>>>(x, J, Q::code16(code), K, 6);
 }
 
 // Grouped against separate launches, nf4 bf16, 7B shapes, M = 1 and 4: q/k/v (3 × 4096×4096) in one

@@ -1,8 +1,8 @@
-// Experiment: the 4-bit decode GEMV at M = 1 — the current k_qgemv4v against warp-streaming
+// Experiment: the 4-bit decode GEMV at M = 1 — qlinear4's k_qgemv4v against warp-streaming
 // variants (a warp owns RW output rows and walks all of K, U 16-byte pieces a row in flight a lane,
 // the next U loaded before the current are multiplied). Llama-2-7B shapes, nf4 block 64, bf16 x,
 // 8 weight copies rotated (> L2), graph of 20 calls, median of 15. Checks each variant against
-// k_qgemv4v (rel L2 ≤ 1e-2) first (the loads-only floors compute nothing and are not checked).
+// qlinear4's own path (rel L2 ≤ 1e-2) first (the loads-only floors compute nothing and are not checked).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/qgemv1 bench/qgemv1.cu
 //   bench/tmp/qgemv1 [shape index]   (one shape only: for ncu)
 #include "common/kiln_types.h"
@@ -365,11 +365,9 @@ template <int RW, int U, int WPB>
 static void run_ws(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   k_ws<RW, U, WPB><<<(unsigned)((N + RW - 1) / RW), WPB * 32, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
 }
-static void run_mma(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  Q::qgemv4mma<bf16, 1>(x, Q::q4_of(w, N * K, 64, false), g_code, nullptr, nullptr, y, N, K, 6, kiln::cuda::stream());
-}
+// the production path (qlinear4 → the job-table k_qgemv4v), nf4, block 64, no double quant
 static void run_old(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  Q::k_qgemv4v<bf16, 1, 4><<<(unsigned)((N + 3) / 4), 128, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, nullptr, nullptr, y, N, K, 6);
+  kiln::cuda::qlinear4<bf16>(x, w, nullptr, nullptr, y, 1, N, K, 64, false, NF4);
 }
 
 int main(int argc, char** argv) {
@@ -377,7 +375,7 @@ int main(int argc, char** argv) {
   const int only = argc > 1 ? atoi(argv[1]) : -1;  // one shape (for ncu)
   g_code = Q::code16(NF4);
   const Variant vs[] = {
-      {"old v R4", run_old},
+      {"qlinear4 (k_qgemv4v)", run_old},
       {"w RW1 U4 W4", run_w<1, 4, 4>},
       {"w RW2 U2 W4", run_w<2, 2, 4>},
       {"w RW2 U4 W4", run_w<2, 4, 4>},
@@ -387,7 +385,6 @@ int main(int argc, char** argv) {
       {"ws RW2 U2 W4", run_ws<2, 2, 4>},
       {"ws RW4 U1 W4", run_ws<4, 1, 4>},
       {"ws RW2 U1 W8", run_ws<2, 1, 8>},
-      {"mma (k_qgemv4mma)", run_mma},
       {"t KS4 U2", run_t<4, 2>},
       {"t KS8 U2", run_t<8, 2>},
       {"t KS16 U2", run_t<16, 2>},
@@ -406,7 +403,7 @@ int main(int argc, char** argv) {
       {"loads only RW2 U2 W4 (floor)", run_w<2, 2, 4, true>},
       {"loads only RW2 U4 W4 (floor)", run_w<2, 4, 4, true>},
   };
-  const int NCHECK = 26;  // the loads-only variants compute nothing checkable
+  const int NCHECK = 25;  // the loads-only variants compute nothing checkable
   const int NV = sizeof(vs) / sizeof(vs[0]);
   const int64_t shapes[4][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
   const int COPIES = 8;

@@ -95,6 +95,14 @@ __device__ __forceinline__ float absmax_of(const Q4& q, double mean, int64_t b) 
   return (float)fmax(0.0, v);
 }
 
+// absmax_of when the caller knows at compile time whether the weight is double-quantized (DQ
+// false: one load; the hot decode GEMV then carries no f64 path and no branch on q.dq)
+template <bool DQ>
+__device__ __forceinline__ float absmax_as(const Q4& q, double mean, int64_t b) {
+  if constexpr (!DQ) return __ldg(q.absmax + b);
+  else return absmax_of(q, mean, b);
+}
+
 // 8 activations as f32 from 16-byte aligned memory
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float* f) {
@@ -226,7 +234,7 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, const _
 // parameter, and the blocks an SM asked of M = 1 and 2 keep these kernels at the registers they
 // had with one job (64 and 80: 8 and 6 blocks of 4 warps an SM; a job table read at a run-time
 // index otherwise costs ~8 more).
-template <typename T, int MR, int R, bool P>
+template <typename T, int MR, int R, bool P, bool DQ>
 __global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, Code16 code, int64_t K, int lb) {
   __shared__ float tab[16];
   __shared__ float red[4][R * MR];
@@ -238,7 +246,7 @@ __global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(
   const Q4Job<T> ja = job_at(J, ji);
   const Q4 qa = ja.q, qb = P ? J.j[1].q : qa;
   const int64_t N = ja.N, row0 = ((int64_t)blockIdx.x - J.first[ji]) * H;
-  const double meana = qa.dq ? __ldg(qa.mean) : 0.0, meanb = P && qb.dq ? __ldg(qb.mean) : 0.0;
+  const double meana = DQ ? __ldg(qa.mean) : 0.0, meanb = P && DQ ? __ldg(qb.mean) : 0.0;
   const int64_t KV = K / 32;
   const char* tb = reinterpret_cast<const char*>(tab);
   float acc[R][MR];
@@ -255,7 +263,7 @@ __global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(
       const int64_t row = want < N ? want : N - 1;  // rows past N: computed, never stored
       pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>((r >= H ? qb : qa).codes) + row * KV + p);
       const int64_t e = row * K + p * 32;
-      a[r] = absmax_of(r >= H ? qb : qa, r >= H ? meanb : meana, lb >= 0 ? (e >> lb) : e / qa.block);
+      a[r] = absmax_as<DQ>(r >= H ? qb : qa, r >= H ? meanb : meana, lb >= 0 ? (e >> lb) : e / qa.block);
     }
     float part[R][MR];
 #pragma unroll
@@ -510,12 +518,16 @@ static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t
     if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
       if (path == Q4_MMA) return qgemv4mma<T, MR>(x, J, c, K, lb, s);
     }
+    // the jobs of a launch share double quantization (a group's key; one job alone trivially)
+    const bool dq = J.j[0].q.dq;
     if (path == Q4_VEC && !J.pair) {
       const unsigned grid = q4_grid(J, R);
-      k_qgemv4v<T, MR, R, false><<<grid, 128, 0, s>>>(x, J, c, K, lb);
+      if (dq) k_qgemv4v<T, MR, R, false, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
+      else k_qgemv4v<T, MR, R, false, false><<<grid, 128, 0, s>>>(x, J, c, K, lb);
     } else if (path == Q4_VEC) {
       const unsigned grid = q4_grid(J, RP / 2);
-      k_qgemv4v<T, MR, RP, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
+      if (dq) k_qgemv4v<T, MR, RP, true, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
+      else k_qgemv4v<T, MR, RP, true, false><<<grid, 128, 0, s>>>(x, J, c, K, lb);
     } else {
       const unsigned grid = q4_grid(J, 8);
       k_qgemv4<T, MR><<<grid, 256, 0, s>>>(x, J, c, K);
