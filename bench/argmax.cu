@@ -62,11 +62,16 @@ static void run_case(const char* dt, int64_t R, int64_t V, int offset, bool time
   for (int s = 0; s < SETS; s++) {
     ck(cudaMalloc(&x[s], sizeof(T) * (n + offset)), "cudaMalloc x");
     ck(cudaMalloc(&y[s], sizeof(int64_t) * R), "cudaMalloc y");
-    ck(cudaMemcpy(x[s], hx.data(), sizeof(T) * (n + offset), cudaMemcpyHostToDevice), "upload x");
+    // on Kiln's stream: it is non-blocking, so a plain cudaMemcpy from pageable memory (which may
+    // return before its DMA lands) is not ordered before the kernel — the first run read the freed
+    // buffers of the previous case in the large cases
+    ck(cudaMemcpyAsync(x[s], hx.data(), sizeof(T) * (n + offset), cudaMemcpyHostToDevice, kiln::cuda::stream()), "upload x");
+    ck(cudaStreamSynchronize(kiln::cuda::stream()), "upload x (sync)");
   }
   kiln::cuda::argmax<T>(x[0] + offset, y[0], R, V);
   ck(cudaDeviceSynchronize(), "argmax");
-  ck(cudaMemcpy(got.data(), y[0], sizeof(int64_t) * R, cudaMemcpyDeviceToHost), "download y");
+  ck(cudaMemcpyAsync(got.data(), y[0], sizeof(int64_t) * R, cudaMemcpyDeviceToHost, kiln::cuda::stream()), "download y");
+  ck(cudaStreamSynchronize(kiln::cuda::stream()), "download y (sync)");
   int64_t bad = -1, none = 0;
   for (int64_t r = 0; r < R; r++) {
     if (got[r] != ref[r] && bad < 0) bad = r;

@@ -235,7 +235,10 @@ static bool check_group(const char* label, bool pair, std::vector<int64_t> Ns, i
       for (int64_t e = 0; e < M * N0; e++) {
         const double d = ulps(kiln::silu_mul<T>(g[e], u[e]), p[e]);
         worst_host = std::max(worst_host, d);
-        if (!mma && !(d <= 1)) ok = false;
+        // 16-bit T rounds the host/device expf difference away (≤ 1 ulp); in f32 it shows: CUDA's
+        // expf is within 2 ulp (programming guide, math functions) and the host's within 1, then
+        // the quotient and product round once each — up to 4 ulp of f32
+        if (!mma && !(d <= (sizeof(T) == 4 ? 4 : 1))) ok = false;
       }
     }
   }
