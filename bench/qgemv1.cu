@@ -8,34 +8,13 @@
 #include "common/kiln_types.h"
 #include "cuda/quant.cuh"
 #include "graph_timer.cuh"
+#include "qbench.cuh"
 #include <algorithm>
 #include <vector>
 
 extern "C" const char* kiln_artifact_hash(void) { return "bench-qgemv1"; }
 using kiln::bf16;
 namespace Q = kiln::cuda::qdetail;
-
-__global__ void k_rand(float* p, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    p[i] = ((float)(h & 0xffffff) / 16777216.0f - 0.5f) * scale;
-  }
-}
-__global__ void k_tobf(const float* a, bf16* b, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) b[i] = kiln::Num<bf16>::store(a[i]);
-}
-static void ck(int rc, const char* what) {
-  if (rc) {
-    fprintf(stderr, "%s failed: %s\n", what, kiln_last_error());
-    exit(1);
-  }
-}
-static const double NF4[16] = {-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
-                               -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-                               0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0};
 
 static Q::Code16 g_code;
 // 32 weights of one 16-byte piece against 32 activations (f32), the sum unscaled
@@ -423,7 +402,7 @@ int main(int argc, char** argv) {
     cudaMalloc(&y, 2 * N);
     cudaMalloc(&y0, 2 * N);
     k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(xf, K, 7, 4.f);
-    k_tobf<<<1024, 256, 0, kiln::cuda::stream()>>>(xf, x, K);
+    k_to<bf16><<<1024, 256, 0, kiln::cuda::stream()>>>(xf, x, K);
     uint8_t* q4[COPIES];
     const int64_t b4 = kiln::quant::bytes4(n, 64, false);
     for (int c = 0; c < COPIES; c++) {
