@@ -1,6 +1,9 @@
 // Experiment: the 4-bit decode GEMV at M = 1 — qlinear4's k_qgemv4v against warp-streaming
 // variants (a warp owns RW output rows and walks all of K, U 16-byte pieces a row in flight a lane,
-// the next U loaded before the current are multiplied). Llama-2-7B shapes, nf4 block 64, bf16 x,
+// the next U loaded before the current are multiplied), K-split, a lean tensor-core kernel, the
+// production kernel specialized (v2), the same with f16x2 sums (v2h: how much the arithmetic
+// costs), and loads-only floors of two access patterns (v2's own: is it the pattern or the
+// arithmetic?). Llama-2-7B shapes, nf4 block 64, bf16 x,
 // 8 weight copies rotated (> L2), graph of 20 calls, median of 15. Checks each variant against
 // qlinear4's own path (rel L2 ≤ 1e-2) first (the loads-only floors compute nothing and are not checked).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/qgemv1 bench/qgemv1.cu
@@ -279,7 +282,7 @@ static void run_tauto(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64
 }
 
 // k_qgemv4v specialized: M = 1, no double quant, block = 2^lb, MINB blocks an SM asked of ptxas
-template <int R, int MINB, int TPB>
+template <int R, int MINB, int TPB, bool FAKE = false>
 __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
   __shared__ float tab[16];
   __shared__ float red[TPB / 32][R];
@@ -309,7 +312,10 @@ __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q:
 #pragma unroll
     for (int j = 0; j < 4; j++) Q::load8<bf16>(x + p * 32 + 8 * j, xf + 8 * j);
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = fmaf(dot32(pc[r], xf, tb), a[r], acc[r]);
+    for (int r = 0; r < R; r++) {
+      if (FAKE) acc[r] += __uint_as_float((pc[r].x ^ pc[r].y ^ pc[r].z ^ pc[r].w) & 0x3fffffffu) * a[r] * xf[r];
+      else acc[r] = fmaf(dot32(pc[r], xf, tb), a[r], acc[r]);
+    }
   }
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -326,9 +332,83 @@ __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q:
     y[row0 + threadIdx.x] = kiln::Num<bf16>::store(v);
   }
 }
-template <int R, int MINB, int TPB>
+
+// k_v2's structure with the products of a 16-byte piece (32 weights) summed in f16x2: a byte of
+// codes → the pair (code[lo], code[hi]) as half2 from a 256-entry table replicated per lane (32 KB,
+// no bank conflicts), one HFMA2 a byte against x's pair converted once to f16x2; the piece's sum
+// to f32, then × absmax in f32. ≈ 2 instructions a weight against ≈ 3.5 — a measurement of how
+// much the CUDA-core arithmetic costs (f16 accumulation over 16 products: not a production path).
+template <int R, int TPB>
+__global__ void __launch_bounds__(TPB) k_v2h(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
+  __shared__ uint32_t ptab[256 * 32];
+  __shared__ float red[TPB / 32][R];
+  for (int i = threadIdx.x; i < 256 * 32; i += TPB) {
+    const int b = i >> 5;
+    const __half2 h = __floats2half2_rn(code.f[b & 15], code.f[b >> 4]);
+    ptab[i] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  const int64_t row0 = (int64_t)blockIdx.x * R;
+  const int KV = (int)(K / 32);
+  const uint32_t* tl = ptab + lane;
+  const uint4* cbase = reinterpret_cast<const uint4*>(q.codes) + row0 * KV;
+  const float* abase = q.absmax + ((row0 * K) >> lb);
+  const int apr = (int)(K >> lb), cs = lb - 5;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.f;
+  for (int p = threadIdx.x; p < KV; p += TPB) {
+    uint4 pc[R];
+    float a[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int rr = row0 + r < N ? r : (int)(N - 1 - row0);
+      pc[r] = kiln::cuda::detail::ld_stream(cbase + rr * KV + p);
+      a[r] = __ldg(abase + rr * apr + (p >> cs));
+    }
+    float xf[32];
+#pragma unroll
+    for (int j = 0; j < 4; j++) Q::load8<bf16>(x + p * 32 + 8 * j, xf + 8 * j);
+    __half2 x2[16];
+#pragma unroll
+    for (int k = 0; k < 16; k++) x2[k] = __floats2half2_rn(xf[2 * k], xf[2 * k + 1]);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      __half2 s2 = __floats2half2_rn(0.f, 0.f);
+      const uint32_t wv[4] = {pc[r].x, pc[r].y, pc[r].z, pc[r].w};
+#pragma unroll
+      for (int k = 0; k < 16; k++) {
+        const uint32_t b = (wv[k >> 2] >> (8 * (k & 3))) & 0xffu;
+        const uint32_t t = tl[b << 5];
+        s2 = __hfma2(*reinterpret_cast<const __half2*>(&t), x2[k], s2);
+      }
+      const float2 f = __half22float2(s2);
+      acc[r] = fmaf(f.x + f.y, a[r], acc[r]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    float v = acc[r];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) red[wid][r] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < R && row0 + threadIdx.x < N) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < TPB / 32; w++) v += red[w][threadIdx.x];
+    y[row0 + threadIdx.x] = kiln::Num<bf16>::store(v);
+  }
+}
+template <int R, int TPB>
+static void run_v2h(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
+  k_v2h<R, TPB><<<(unsigned)((N + R - 1) / R), TPB, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
+}
+template <int R, int MINB, int TPB, bool FAKE = false>
 static void run_v2(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  k_v2<R, MINB, TPB><<<(unsigned)((N + R - 1) / R), TPB, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
+  k_v2<R, MINB, TPB, FAKE><<<(unsigned)((N + R - 1) / R), TPB, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
 }
 
 struct Variant {
@@ -379,10 +459,13 @@ int main(int argc, char** argv) {
       {"v2 R4 minb8 64", run_v2<4, 16, 64>},
       {"v2 R8 minb4 256", run_v2<8, 4, 256>},
       {"v2 R2 minb16 64", run_v2<2, 24, 64>},
+      {"v2h (f16x2 sums) R4 128", run_v2h<4, 128>},
+      {"v2h (f16x2 sums) R8 128", run_v2h<8, 128>},
       {"loads only RW2 U2 W4 (floor)", run_w<2, 2, 4, true>},
       {"loads only RW2 U4 W4 (floor)", run_w<2, 4, 4, true>},
+      {"loads only, v2 R4 minb8 128 (its floor)", run_v2<4, 8, 128, true>},
   };
-  const int NCHECK = 25;  // the loads-only variants compute nothing checkable
+  const int NCHECK = 27;  // the loads-only variants compute nothing checkable
   const int NV = sizeof(vs) / sizeof(vs[0]);
   const int64_t shapes[4][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
   const int COPIES = 8;
