@@ -20,6 +20,28 @@ using kiln::bf16;
 namespace Q = kiln::cuda::qdetail;
 
 static Q::Code16 g_code;
+// The block's W warps each hold R per-lane partial sums of rows row0…: summed over the lanes and
+// the warps, rounded to bf16 and stored (rows past N skipped). All threads call it.
+template <int R, int W>
+__device__ __forceinline__ void store_block_rows(const float (&acc)[R], int64_t row0, int64_t N, bf16* __restrict__ y) {
+  __shared__ float red[W][R];
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    float v = acc[r];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) red[wid][r] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < R && row0 + threadIdx.x < N) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; w++) v += red[w][threadIdx.x];
+    y[row0 + threadIdx.x] = kiln::Num<bf16>::store(v);
+  }
+}
+
 // 32 weights of one 16-byte piece against 32 activations (f32), the sum unscaled
 __device__ __forceinline__ float dot32(const uint4& pc, const float* xf, const char* tb) {
   float part = 0.f;
@@ -123,10 +145,8 @@ __global__ void __launch_bounds__(WPB * 32) k_w(const bf16* __restrict__ x, Q::Q
 template <int RW, int U, int WPB>
 __global__ void __launch_bounds__(WPB * 32) k_ws(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
   __shared__ float tab[16];
-  __shared__ float red[WPB][RW];
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
   __syncthreads();
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
   const int64_t row0 = (int64_t)blockIdx.x * RW;
   const double mean = q.dq ? __ldg(q.mean) : 0.0;
   const int64_t KV = K / 32;
@@ -169,20 +189,7 @@ __global__ void __launch_bounds__(WPB * 32) k_ws(const bf16* __restrict__ x, Q::
       }
     }
   }
-#pragma unroll
-  for (int r = 0; r < RW; r++) {
-    float v = acc[r];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) red[wid][r] = v;
-  }
-  __syncthreads();
-  if (threadIdx.x < RW && row0 + threadIdx.x < N) {
-    float v = 0.f;
-#pragma unroll
-    for (int w = 0; w < WPB; w++) v += red[w][threadIdx.x];
-    y[row0 + threadIdx.x] = kiln::Num<bf16>::store(v);
-  }
+  store_block_rows<RW, WPB>(acc, row0, N, y);
 }
 
 
@@ -285,10 +292,8 @@ static void run_tauto(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64
 template <int R, int MINB, int TPB, bool FAKE = false>
 __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
   __shared__ float tab[16];
-  __shared__ float red[TPB / 32][R];
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
   __syncthreads();
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
   const int64_t row0 = (int64_t)blockIdx.x * R;
   const int KV = (int)(K / 32);
   const char* tb = reinterpret_cast<const char*>(tab);
@@ -317,20 +322,7 @@ __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q:
       else acc[r] = fmaf(dot32(pc[r], xf, tb), a[r], acc[r]);
     }
   }
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    float v = acc[r];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) red[wid][r] = v;
-  }
-  __syncthreads();
-  if (threadIdx.x < R && row0 + threadIdx.x < N) {
-    float v = 0.f;
-#pragma unroll
-    for (int w = 0; w < TPB / 32; w++) v += red[w][threadIdx.x];
-    y[row0 + threadIdx.x] = kiln::Num<bf16>::store(v);
-  }
+  store_block_rows<R, TPB / 32>(acc, row0, N, y);
 }
 
 // k_v2's structure with the products of a 16-byte piece (32 weights) summed in f16x2: a byte of
@@ -341,14 +333,13 @@ __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q:
 template <int R, int TPB>
 __global__ void __launch_bounds__(TPB) k_v2h(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
   __shared__ uint32_t ptab[256 * 32];
-  __shared__ float red[TPB / 32][R];
   for (int i = threadIdx.x; i < 256 * 32; i += TPB) {
     const int b = i >> 5;
     const __half2 h = __floats2half2_rn(code.f[b & 15], code.f[b >> 4]);
     ptab[i] = *reinterpret_cast<const uint32_t*>(&h);
   }
   __syncthreads();
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
   const int64_t row0 = (int64_t)blockIdx.x * R;
   const int KV = (int)(K / 32);
   const uint32_t* tl = ptab + lane;
@@ -387,20 +378,7 @@ __global__ void __launch_bounds__(TPB) k_v2h(const bf16* __restrict__ x, Q::Q4 q
       acc[r] = fmaf(f.x + f.y, a[r], acc[r]);
     }
   }
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    float v = acc[r];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) red[wid][r] = v;
-  }
-  __syncthreads();
-  if (threadIdx.x < R && row0 + threadIdx.x < N) {
-    float v = 0.f;
-#pragma unroll
-    for (int w = 0; w < TPB / 32; w++) v += red[w][threadIdx.x];
-    y[row0 + threadIdx.x] = kiln::Num<bf16>::store(v);
-  }
+  store_block_rows<R, TPB / 32>(acc, row0, N, y);
 }
 template <int R, int TPB>
 static void run_v2h(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
