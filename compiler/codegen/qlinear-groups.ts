@@ -10,6 +10,7 @@
 // weights and biases always do; a residual computed in between does not, and that linear then
 // runs alone). The graph is not changed: this is where the target computes, not what.
 
+import { shapeEq } from "../ir/dim.js";
 import type { DType } from "../ir/dtype.js";
 import type { Expr } from "../ir/expr.js";
 import { parseExpr } from "../ir/expr.js";
@@ -47,8 +48,7 @@ function gatedPair(members: Node[], uses: Map<number, Node[]>, outputs: Set<numb
   const e = readers[0][0];
   if (!readers.every((r) => r.length === 1 && r[0] === e) || e.op !== "elementwise" || e.operands.length !== 2) return undefined;
   if (members.some((m) => outputs.has(m.result.id)) || a.operands[1].shape[0] !== b.operands[1].shape[0]) return undefined;
-  const same = (x: readonly unknown[], y: readonly unknown[]) => x.length === y.length && x.every((d, i) => d === y[i]);
-  if (e.result.dtype !== a.result.dtype || !same(e.result.shape, a.result.shape)) return undefined;
+  if (e.result.dtype !== a.result.dtype || !shapeEq(e.result.shape, a.result.shape)) return undefined;
   const args = siluMul(parseExpr(e.attrs.expr as string), e.result.dtype);
   if (!args) return undefined;
   const gate = members.find((m) => m.result.id === e.operands[args.gate].id);
