@@ -45,6 +45,7 @@
 #include "runtime.cuh"
 #include "cublaslt.cuh"
 #include "kernels.cuh"
+#include "i8wgmma.cuh"
 
 namespace kiln {
 namespace cuda {
@@ -1278,9 +1279,11 @@ zero(o);
 // How the large-M LLM.int8 product runs (KILN_INT8_GEMM): "lt", cuBLASLt's integer GEMM into an
 // int32 matrix, then i8::k_epi (scales, outliers, bias); "lt-chunked", the same over column chunks
 // whose int32 products (≤ 16 MiB) are read back while still in L2; "own", i8::k_gemm alone (one
-// launch, no int32 matrix); "auto" (the default), the fastest of those, timed once per (M rounded
-// up to a power of 2, N, K, dtype) on the first call outside a CUDA graph capture (inside one: "lt").
-enum { I8_AUTO = 0, I8_LT = 1, I8_LT_CHUNKED = 2, I8_OWN = 3 };
+// launch, no int32 matrix); "wgmma", i8w::k_gemm (sm_90a, bf16/f16: the int8 wgmma GEMM with the
+// whole epilogue, one launch); "auto" (the default), the fastest of those, timed once per (M
+// rounded up to a power of 2, N, K, dtype) on the first call outside a CUDA graph capture (inside
+// one: "wgmma" where it runs, else "lt").
+enum { I8_AUTO = 0, I8_LT = 1, I8_LT_CHUNKED = 2, I8_OWN = 3, I8_WG = 4 };
 static int& i8_mode() {
   static int mode = [] {
     const char* e = getenv("KILN_INT8_GEMM");
@@ -1288,12 +1291,15 @@ static int& i8_mode() {
     if (!strcmp(e, "lt")) return (int)I8_LT;
     if (!strcmp(e, "lt-chunked")) return (int)I8_LT_CHUNKED;
     if (!strcmp(e, "own")) return (int)I8_OWN;
-    rt::fail(KILN_ERR_INVALID, "KILN_INT8_GEMM = \"%s\": expected auto, lt, lt-chunked or own", e);
+    if (!strcmp(e, "wgmma")) return (int)I8_WG;
+    rt::fail(KILN_ERR_INVALID, "KILN_INT8_GEMM = \"%s\": expected auto, lt, lt-chunked, own or wgmma", e);
     return (int)I8_AUTO;
   }();
   return mode;
 }
-static const char* i8_name(int how) { return how == I8_LT ? "lt" : how == I8_LT_CHUNKED ? "lt-chunked" : how == I8_OWN ? "own" : "auto"; }
+static const char* i8_name(int how) {
+  return how == I8_LT ? "lt" : how == I8_LT_CHUNKED ? "lt-chunked" : how == I8_OWN ? "own" : how == I8_WG ? "wgmma" : "auto";
+}
 
 // columns of one chunk of "lt-chunked": int32 products of at most 16 MiB, at least 256 columns
 static int64_t i8_chunk(int64_t M) {
@@ -1364,10 +1370,24 @@ static bool i8_products(const I8Gemm<T>& g, int64_t n, int64_t nc, int32_t* acc,
   return true;
 }
 
+// whether i8w::k_gemm can compute g (the same conditions as i8w::run, asked before choosing it)
+template <typename T>
+static bool i8w_ok(const I8Gemm<T>& g) {
+  return g.own_ok && i8w::available<T>() && g.K > 0 && g.K % 16 == 0 && g.Kp % 16 == 0 && g.Cp % 64 == 0 && detail::aligned16(g.qx) && (!g.xo || detail::aligned16(g.xo)) &&
+         (!g.wo || detail::aligned16(g.wo)) && g.M <= 0x7fffffffLL && (g.N + i8w::BN - 1) / i8w::BN <= 65535;
+}
+
 // y of a large-M qlinear8 the way `how` says; acc: room for the int32 products (4·M·N bytes; unused by "own").
 template <typename T>
 static void i8_run(int how, const I8Gemm<T>& g, int32_t* acc, cudaStream_t s) {
   if (how == I8_OWN && g.own_ok) return i8_own<T>(g, s);
+  if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
+    if (how == I8_WG && i8w_ok(g)) {
+      // a map the driver refused (never seen): the other one-launch kernel (no int32 matrix either)
+      if (!i8w::run<T>(g.qx, g.Kp, g.qw, g.sx, g.sw, g.count, g.xo, g.wo, g.Cp, g.bias, g.res, g.y, g.M, g.N, g.K, s)) i8_own<T>(g, s);
+      return;
+    }
+  }
   const int64_t step = how == I8_LT_CHUNKED ? i8_chunk(g.M) : g.N;
   for (int64_t n = 0; n < g.N; n += step) {
     const int64_t nc = step < g.N - n ? step : g.N - n;
@@ -1394,11 +1414,12 @@ static int i8_choose(const I8Gemm<T>& g, cudaStream_t s) {
   }
   cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   rt::check(cudaStreamIsCapturing(s, &cs), "cudaStreamIsCapturing (qlinear8)");
-  if (cs != cudaStreamCaptureStatusNone) return I8_LT;
-  int cands[3], nc = 0;
+  if (cs != cudaStreamCaptureStatusNone) return i8w_ok(g) ? I8_WG : I8_LT;
+  int cands[4], nc = 0;
   cands[nc++] = I8_LT;
   if (g.N > i8_chunk(g.M)) cands[nc++] = I8_LT_CHUNKED;
   if (g.own_ok) cands[nc++] = I8_OWN;
+  if (i8w_ok(g)) cands[nc++] = I8_WG;
   int32_t* acc = (int32_t*)rt::alloc(4 * g.M * g.N, "qlinear8 (int32 products)");
   cudaEvent_t ev[2];
   for (auto& e : ev) rt::check(cudaEventCreate(&e), "cudaEventCreate (qlinear8)");
@@ -1651,7 +1672,8 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
   const qdetail::I8Prep<T> p = qdetail::i8_prep<T>(a, w, bias, residual, y, N, s);
   const int how = qdetail::i8_choose<T>(p.g, s);
   const int64_t cols = how == qdetail::I8_LT_CHUNKED && qdetail::i8_chunk(M) < N ? qdetail::i8_chunk(M) : N;
-  int32_t* acc = how == qdetail::I8_OWN && p.g.own_ok ? nullptr : (int32_t*)rt::alloc(4 * M * cols, "qlinear8 (int32 products)");
+  const bool no_acc = (how == qdetail::I8_OWN && p.g.own_ok) || (how == qdetail::I8_WG && qdetail::i8w_ok(p.g));
+  int32_t* acc = no_acc ? nullptr : (int32_t*)rt::alloc(4 * M * cols, "qlinear8 (int32 products)");
   qdetail::i8_run<T>(how, p.g, acc, s);
   if (acc) rt::release(acc);
   qdetail::i8_release(p);
