@@ -240,7 +240,7 @@ static Stages stages(const bf16* x, uint8_t* const* q8, int copies, bf16* y, int
   const int64_t Kp = p.g.Kp;
   t.quant = median_us([&](int) { Q::i8_quant_rows<bf16>(x, true, M, K, Kp, 6.f, w, s); });
   t.list = median_us([&](int) { Q::k_i8_list4<<<1, 1024, 0, s>>>(w.flags, K, w.list, w.count); });
-  t.fix = median_us([&](int) { Q::k_i8_fix_rows<bf16, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, 6.f, w.flags, w.list, w.count, w.qx, w.sx, a.xo, p.g.Cp); });
+  t.fix = median_us([&](int) { Q::k_i8_fix_rows<bf16, true><<<(unsigned)M, Q::i8_row_threads<bf16>(K), 0, s>>>(x, M, K, Kp, 6.f, w.flags, w.list, w.count, w.qx, w.sx, a.xo, p.g.Cp); });
   t.gather = median_us([&](int) { Q::k_i8_gather_w<bf16><<<(unsigned)((N + 7) / 8), 256, 0, s>>>(p.g.qw, N, K, w.list, w.count, p.wo, p.g.Cp); });
   if (Q::i8_products<bf16>(p.g, 0, N, acc, s)) {
     t.gemm = median_us([&](int) { Q::i8_products<bf16>(p.g, 0, N, acc, s); });

@@ -149,7 +149,9 @@ __global__ void __launch_bounds__(THREADS, 1)
         bar_wait(empty + 8 * s, ((i / STAGES) & 1) ^ 1);
         const uint32_t fb = full + 8 * s, a = ring + s * STAGE_BYTES;
         bar_expect(fb, STAGE_BYTES);
-        const int k = i < KT ? i * BK : (i - KT) * 64;  // int8 k-slices, then 64 outlier columns a slice
+        // int8 k-slices in order (the blocks resident together read the same slices while L2 holds
+        // them: rotating each block's start measured 7–17 % slower), then 64 outlier columns a slice
+        const int k = i < KT ? i * BK : (i - KT) * 64;
         tma2d(a, i < KT ? &ta : &to_x, k, (int)m0, fb);
         tma2d(a + A_BYTES, i < KT ? &tb : &to_w, k, (int)n0, fb);
       }

@@ -786,9 +786,9 @@ struct Row {
 // flags: that differs only where another row flagged this row's largest column, and
 // k_i8_fix_rows then repairs the row (and zeroes the codes of every flagged column).
 // RC > 0 (VEC): the row, at most RC·256 16-byte chunks, stays in registers: its loads are all
-// issued before the first is used, and x is read once (i8_rc picks RC).
+// issued before the first is used, and x is read once (i8_quant_rows picks RC and the block size).
 template <typename T, bool VEC, int RC>
-__global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, int64_t K, int64_t Kp, float threshold, int* __restrict__ flags,
+__global__ void __launch_bounds__(1024) k_i8_quant_rows(const T* __restrict__ x, int64_t K, int64_t Kp, float threshold, int* __restrict__ flags,
                                                        int8_t* __restrict__ q, float* __restrict__ sx) {
   const int64_t m = blockIdx.x;
   const T* xr = x + m * K;
@@ -844,7 +844,7 @@ __global__ void __launch_bounds__(256) k_i8_quant_rows(const T* __restrict__ x, 
 // that another row flagged (a listed column with |x| ≤ threshold and |x|/127 ≥ sx) is quantized
 // again over the unflagged columns, as the cpu twin does.
 template <typename T, bool VEC>
-__global__ void __launch_bounds__(256) k_i8_fix_rows(const T* __restrict__ x, int64_t M, int64_t K, int64_t Kp, float threshold, const int* __restrict__ flags,
+__global__ void __launch_bounds__(1024) k_i8_fix_rows(const T* __restrict__ x, int64_t M, int64_t K, int64_t Kp, float threshold, const int* __restrict__ flags,
                                                      const int* __restrict__ list, const int* __restrict__ count, int8_t* __restrict__ q,
                                                      float* __restrict__ sx, uint16_t* __restrict__ xo, int64_t Cp) {
   const int cnt = *count;
@@ -1461,14 +1461,25 @@ static I8Ws i8_ws(int64_t M, int64_t K) {
 }
 
 // k_i8_quant_rows with the fewest registers that hold a row of K (VEC), else the two-pass form
+// Threads a block of the row kernels (k_i8_quant_rows, k_i8_fix_rows): enough that a thread holds
+// at most two 16-byte chunks of a row, from 256 to 1024. (At 256 a K = 11008 row took 5–6 chunks a
+// thread, 8 in registers: 55–60 µs for M = 2048 on the H100, 3× what its bytes need.)
+template <typename T>
+static unsigned i8_row_threads(int64_t K) {
+  const int64_t half = (K / detail::Vec<T>::E + 1) / 2;
+  const int64_t t = (half + 31) / 32 * 32;
+  return (unsigned)(t < 256 ? 256 : t > 1024 ? 1024 : t);
+}
+
 template <typename T>
 static void i8_quant_rows(const T* x, bool vx, int64_t M, int64_t K, int64_t Kp, float cut, const I8Ws& ws, cudaStream_t s) {
-  const int64_t chunks = (K / detail::Vec<T>::E + 255) / 256;  // 16-byte chunks a thread
-  if (vx && chunks <= 2) k_i8_quant_rows<T, true, 2><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
-  else if (vx && chunks <= 4) k_i8_quant_rows<T, true, 4><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
-  else if (vx && chunks <= 8) k_i8_quant_rows<T, true, 8><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
-  else if (vx) k_i8_quant_rows<T, true, 0><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
-  else k_i8_quant_rows<T, false, 0><<<(unsigned)M, 256, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  const unsigned nt = i8_row_threads<T>(K);
+  const int64_t chunks = (K / detail::Vec<T>::E + nt - 1) / nt;  // 16-byte chunks a thread
+  if (vx && chunks <= 2) k_i8_quant_rows<T, true, 2><<<(unsigned)M, nt, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx && chunks <= 4) k_i8_quant_rows<T, true, 4><<<(unsigned)M, nt, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx && chunks <= 8) k_i8_quant_rows<T, true, 8><<<(unsigned)M, nt, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else if (vx) k_i8_quant_rows<T, true, 0><<<(unsigned)M, nt, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
+  else k_i8_quant_rows<T, false, 0><<<(unsigned)M, nt, 0, s>>>(x, K, Kp, cut, ws.flags, ws.qx, ws.sx);
 }
 
 // The activation side of a large-M qlinear8 (what depends on x and the threshold only): the rows'
@@ -1509,8 +1520,9 @@ static I8Act i8_act(const T* x, int64_t M, int64_t K, double threshold, cudaStre
   if (decomp) {
     a.xo = (uint16_t*)rt::alloc(2 * M * Cp * (std::is_same<T, float>::value ? 2 : 1), "qlinear8 (outlier columns of x)");
     k_i8_list4<<<1, 1024, 0, s>>>(a.ws.flags, K, a.ws.list, a.ws.count);
-    if (vx) k_i8_fix_rows<T, true><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, a.ws.flags, a.ws.list, a.ws.count, a.ws.qx, a.ws.sx, a.xo, Cp);
-    else k_i8_fix_rows<T, false><<<(unsigned)M, 256, 0, s>>>(x, M, K, Kp, thr, a.ws.flags, a.ws.list, a.ws.count, a.ws.qx, a.ws.sx, a.xo, Cp);
+    const unsigned nt = i8_row_threads<T>(K);
+    if (vx) k_i8_fix_rows<T, true><<<(unsigned)M, nt, 0, s>>>(x, M, K, Kp, thr, a.ws.flags, a.ws.list, a.ws.count, a.ws.qx, a.ws.sx, a.xo, Cp);
+    else k_i8_fix_rows<T, false><<<(unsigned)M, nt, 0, s>>>(x, M, K, Kp, thr, a.ws.flags, a.ws.list, a.ws.count, a.ws.qx, a.ws.sx, a.xo, Cp);
     detail::launched("qlinear8 (outlier columns)");
   }
   return a;
