@@ -108,12 +108,17 @@ __device__ __forceinline__ void wgmma_16(uint32_t (&d)[128], uint64_t da, uint64
 }
 #endif
 
+// named barrier 1 among the 256 consumer threads (the producer warpgroup never waits on it)
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+
 // The kernel (T: bf16 or f16). ta: qx [M, Kp] int8, tb: qw [N, K] int8 (boxes 128 B × 128 and ×
 // 256 rows); to_x, to_w: xo [M, Cp], wo [N, Cp] 16-bit (64 × 128 and × 256), read only when
-// *count > 0. Grid: x over 128-row tiles (fastest: the blocks resident together share weight
-// tiles in L2), y over 256-feature tiles. (Measured on the H100 and not kept, bench/NOTES.md:
-// 2-block clusters sharing the weight tile by TMA multicast, and a ring of 8 stages 64 bytes
-// deep — both slower.)
+// *count > 0. Persistent: a block per SM walks the 128 × 256 tiles t = blockIdx.x, + gridDim.x, …
+// (rows fastest: the blocks resident together share weight tiles in L2), and the ring's stage
+// count runs on across tiles, so the producer loads the next tile's first slices while the
+// consumers scale and store this one. (Measured on the H100 and not kept, bench/NOTES.md: 2-block
+// clusters sharing the weight tile by TMA multicast, a ring of 8 stages 64 bytes deep, and
+// rotating each block's k order — all slower.)
 template <typename T>
 __global__ void __launch_bounds__(THREADS, 1)
     k_gemm(const __grid_constant__ CUtensorMap ta, const __grid_constant__ CUtensorMap tb, const __grid_constant__ CUtensorMap to_x,
@@ -128,100 +133,110 @@ __global__ void __launch_bounds__(THREADS, 1)
   float* s_sw = reinterpret_cast<float*>(base + STAGES * STAGE_BYTES + 2 * STAGES * 8);
   float* s_b = s_sw + BN;
   const int wg = threadIdx.x >> 7, tid = threadIdx.x & 127;
-  const int64_t m0 = (int64_t)blockIdx.x * BM, n0 = (int64_t)blockIdx.y * BN;
+  const int64_t MT = (M + BM - 1) / BM, tiles = MT * ((N + BN - 1) / BN);
   const int KT = (int)((K + BK - 1) / BK), cnt = *count, OT = (cnt + 63) / 64;
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) bar_init(full + 8 * s, 1), bar_init(empty + 8 * s, 8);  // empty: the 8 consumer warps
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
-  if (wg > 0) {  // the block's scales and biases, as f32
-    const int c = threadIdx.x - 128;
-    const int64_t n = n0 + c;
-    s_sw[c] = n < N ? (float)sw[n] : 0.f;
-    s_b[c] = bias && n < N ? (float)Num<T>::load(bias[n]) : 0.f;
-  }
   __syncthreads();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
     if (tid == 0) {
-      for (int i = 0; i < KT + OT; i++) {
-        const int s = i % STAGES;
-        bar_wait(empty + 8 * s, ((i / STAGES) & 1) ^ 1);
-        const uint32_t fb = full + 8 * s, a = ring + s * STAGE_BYTES;
-        bar_expect(fb, STAGE_BYTES);
-        // int8 k-slices in order (the blocks resident together read the same slices while L2 holds
-        // them: rotating each block's start measured 7–17 % slower), then 64 outlier columns a slice
-        const int k = i < KT ? i * BK : (i - KT) * 64;
-        tma2d(a, i < KT ? &ta : &to_x, k, (int)m0, fb);
-        tma2d(a + A_BYTES, i < KT ? &tb : &to_w, k, (int)n0, fb);
+      uint32_t it = 0;  // slices loaded so far (all tiles)
+      for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const int m0 = (int)(t % MT) * BM, n0 = (int)(t / MT) * BN;
+        for (int i = 0; i < KT + OT; i++, it++) {
+          const uint32_t s = it % STAGES;
+          bar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
+          const uint32_t fb = full + 8 * s, a = ring + s * STAGE_BYTES;
+          bar_expect(fb, STAGE_BYTES);
+          // int8 k-slices in order (the blocks resident together read the same slices while L2
+          // holds them), then 64 outlier columns a slice
+          const int k = i < KT ? i * BK : (i - KT) * 64;
+          tma2d(a, i < KT ? &ta : &to_x, k, m0, fb);
+          tma2d(a + A_BYTES, i < KT ? &tb : &to_w, k, n0, fb);
+        }
       }
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-    const int cw = wg - 1;  // rows 64·cw … of the tile
+    const int cw = wg - 1;  // rows 64·cw … of a tile
     const uint32_t a_off = cw * 64 * BK;
-    uint32_t acc[128];  // int32 products, then (the same registers) their f32 values
-    for (int i = 0; i < KT; i++) {
-      const int s = i % STAGES;
-      bar_wait(full + 8 * s, (i / STAGES) & 1);
-      const uint32_t a = ring + s * STAGE_BYTES;
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < BK / 32; kk++) wgmma_s8(acc, desc(a + a_off + 32 * kk), desc(a + A_BYTES + 32 * kk), i > 0 || kk > 0);
-      wg_commit();
-      wg_wait<1>();  // slice i − 1's products are done: its stage goes back to the producer
-      if (i > 0) release(empty, (i - 1) % STAGES);
-    }
-    wg_wait<0>();
-    fence_regs(acc);
-    if (KT > 0) release(empty, (KT - 1) % STAGES);
     // this thread's rows: r0 (registers 4j, 4j + 1) and r0 + 8 (4j + 2, 4j + 3); features 8j + 2t, + 1
-    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int64_t r0 = m0 + cw * 64 + warp * 16 + g, r1 = r0 + 8;
-    const float sx0 = r0 < M ? sx[r0] : 0.f, sx1 = r1 < M ? sx[r1] : 0.f;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const bool pairs = (N & 1) == 0 && ((uintptr_t)y & 3) == 0;
+    uint32_t it = 0;  // slices consumed so far (all tiles)
+    for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const int64_t m0 = (t % MT) * BM, n0 = (t / MT) * BN;
+      consumers_sync();  // every consumer is past the last tile's epilogue: its scales can go
+      {
+        const int c = threadIdx.x - 128;
+        const int64_t n = n0 + c;
+        s_sw[c] = n < N ? (float)sw[n] : 0.f;
+        s_b[c] = bias && n < N ? (float)Num<T>::load(bias[n]) : 0.f;
+      }
+      uint32_t acc[128];  // int32 products, then (the same registers) their f32 values
+      for (int i = 0; i < KT; i++, it++) {
+        const uint32_t s = it % STAGES;
+        bar_wait(full + 8 * s, (it / STAGES) & 1);
+        const uint32_t a = ring + s * STAGE_BYTES;
+        wg_fence();
 #pragma unroll
-    for (int j = 0; j < 32; j++) {
-      acc[4 * j] = __float_as_uint((float)(int32_t)acc[4 * j] * sx0);
-      acc[4 * j + 1] = __float_as_uint((float)(int32_t)acc[4 * j + 1] * sx0);
-      acc[4 * j + 2] = __float_as_uint((float)(int32_t)acc[4 * j + 2] * sx1);
-      acc[4 * j + 3] = __float_as_uint((float)(int32_t)acc[4 * j + 3] * sx1);
-    }
-    for (int i = KT; i < KT + OT; i++) {
-      const int s = i % STAGES;
-      bar_wait(full + 8 * s, (i / STAGES) & 1);
-      const uint32_t a = ring + s * STAGE_BYTES;
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; kk++) wgmma_16<T>(acc, desc(a + a_off + 32 * kk), desc(a + A_BYTES + 32 * kk));
-      wg_commit();
+        for (int kk = 0; kk < BK / 32; kk++) wgmma_s8(acc, desc(a + a_off + 32 * kk), desc(a + A_BYTES + 32 * kk), i > 0 || kk > 0);
+        wg_commit();
+        wg_wait<1>();  // slice i − 1's products are done: its stage goes back to the producer
+        if (i > 0) release(empty, (it - 1) % STAGES);
+      }
       wg_wait<0>();
       fence_regs(acc);
-      release(empty, s);
-    }
-    // y = f · sw[n] + bias[n] (+ res[m, n]), two features (4 bytes) a store
-    const bool pairs = (N & 1) == 0 && ((uintptr_t)y & 3) == 0;
+      if (KT > 0) release(empty, (it - 1) % STAGES);
+      const int64_t r0 = m0 + cw * 64 + warp * 16 + g, r1 = r0 + 8;
+      const float sx0 = r0 < M ? sx[r0] : 0.f, sx1 = r1 < M ? sx[r1] : 0.f;
 #pragma unroll
-    for (int j = 0; j < 32; j++) {
-      const int c = 8 * j + 2 * t;
-      const int64_t n = n0 + c;
-      if (n >= N) continue;
+      for (int j = 0; j < 32; j++) {
+        acc[4 * j] = __float_as_uint((float)(int32_t)acc[4 * j] * sx0);
+        acc[4 * j + 1] = __float_as_uint((float)(int32_t)acc[4 * j + 1] * sx0);
+        acc[4 * j + 2] = __float_as_uint((float)(int32_t)acc[4 * j + 2] * sx1);
+        acc[4 * j + 3] = __float_as_uint((float)(int32_t)acc[4 * j + 3] * sx1);
+      }
+      for (int i = 0; i < OT; i++, it++) {
+        const uint32_t s = it % STAGES;
+        bar_wait(full + 8 * s, (it / STAGES) & 1);
+        const uint32_t a = ring + s * STAGE_BYTES;
+        wg_fence();
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int64_t r = h ? r1 : r0;
-        if (r >= M) continue;
-        float v0 = __uint_as_float(acc[4 * j + 2 * h]) * s_sw[c] + s_b[c], v1 = __uint_as_float(acc[4 * j + 2 * h + 1]) * s_sw[c + 1] + s_b[c + 1];
-        if (res) {
-          v0 += (float)Num<T>::load(res[r * N + n]);
-          if (n + 1 < N) v1 += (float)Num<T>::load(res[r * N + n + 1]);
-        }
-        T* yp = y + r * N + n;
-        const T o0 = Num<T>::store((typename Num<T>::C)v0), o1 = Num<T>::store((typename Num<T>::C)v1);
-        if (pairs) {
-          T pr[2] = {o0, o1};
-          *reinterpret_cast<uint32_t*>(yp) = *reinterpret_cast<const uint32_t*>(pr);
-        } else {
-          yp[0] = o0;
-          if (n + 1 < N) yp[1] = o1;
+        for (int kk = 0; kk < 4; kk++) wgmma_16<T>(acc, desc(a + a_off + 32 * kk), desc(a + A_BYTES + 32 * kk));
+        wg_commit();
+        wg_wait<0>();
+        fence_regs(acc);
+        release(empty, s);
+      }
+      consumers_sync();  // this tile's scales and biases are in shared memory
+      // y = f · sw[n] + bias[n] (+ res[m, n]), two features (4 bytes) a store
+#pragma unroll
+      for (int j = 0; j < 32; j++) {
+        const int c = 8 * j + 2 * t4;
+        const int64_t n = n0 + c;
+        if (n >= N) continue;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int64_t r = h ? r1 : r0;
+          if (r >= M) continue;
+          float v0 = __uint_as_float(acc[4 * j + 2 * h]) * s_sw[c] + s_b[c], v1 = __uint_as_float(acc[4 * j + 2 * h + 1]) * s_sw[c + 1] + s_b[c + 1];
+          if (res) {
+            v0 += (float)Num<T>::load(res[r * N + n]);
+            if (n + 1 < N) v1 += (float)Num<T>::load(res[r * N + n + 1]);
+          }
+          T* yp = y + r * N + n;
+          const T o0 = Num<T>::store((typename Num<T>::C)v0), o1 = Num<T>::store((typename Num<T>::C)v1);
+          if (pairs) {
+            T pr[2] = {o0, o1};
+            *reinterpret_cast<uint32_t*>(yp) = *reinterpret_cast<const uint32_t*>(pr);
+          } else {
+            yp[0] = o0;
+            if (n + 1 < N) yp[1] = o1;
+          }
         }
       }
     }
@@ -286,7 +301,7 @@ static bool map2d(CUtensorMap* m, CUtensorMapDataType dt, int esize, const void*
 template <typename T>
 static bool run(const int8_t* qx, int64_t Kp, const int8_t* qw, const float* sx, const double* sw, const int* count, const uint16_t* xo,
                 const uint16_t* wo, int64_t Cp, const T* bias, const T* res, T* y, int64_t M, int64_t N, int64_t K, cudaStream_t s) {
-  if (!available<T>() || K <= 0 || K % 16 || Kp % 16 || Cp % 64 || M > 0x7fffffffLL || N > 0x7fffffffLL || (N + BN - 1) / BN > 65535) return false;
+  if (!available<T>() || K <= 0 || K % 16 || Kp % 16 || Cp % 64 || M > 0x7fffffffLL - BM || N > 0x7fffffffLL - BN) return false;
   if (((uintptr_t)qx & 15) || ((uintptr_t)qw & 15) || ((uintptr_t)xo & 15) || ((uintptr_t)wo & 15)) return false;
   const CUtensorMapDataType t16 = std::is_same<T, bf16>::value ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   CUtensorMap ta, tb, tx, tw;
@@ -299,8 +314,8 @@ static bool run(const int8_t* qx, int64_t Kp, const int8_t* qw, const float* sx,
   static bool attr = false;  // opting in to the shared memory, once per instantiation
   if (!attr) rt::check(cudaFuncSetAttribute(k_gemm<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM), "cudaFuncSetAttribute (qlinear8 wgmma)");
   attr = true;
-  const dim3 grid((unsigned)((M + BM - 1) / BM), (unsigned)((N + BN - 1) / BN));
-  k_gemm<T><<<grid, THREADS, SMEM, s>>>(ta, tb, tx, tw, sx, sw, count, bias, res, y, M, N, K);
+  const int64_t tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN), sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  k_gemm<T><<<(unsigned)(tiles < sms ? tiles : sms), THREADS, SMEM, s>>>(ta, tb, tx, tw, sx, sw, count, bias, res, y, M, N, K);
   detail::launched("qlinear8 (int8 wgmma GEMM, outliers)");
   return true;
 }

@@ -1374,7 +1374,7 @@ static bool i8_products(const I8Gemm<T>& g, int64_t n, int64_t nc, int32_t* acc,
 template <typename T>
 static bool i8w_ok(const I8Gemm<T>& g) {
   return g.own_ok && i8w::available<T>() && g.K > 0 && g.K % 16 == 0 && g.Kp % 16 == 0 && g.Cp % 64 == 0 && detail::aligned16(g.qx) && (!g.xo || detail::aligned16(g.xo)) &&
-         (!g.wo || detail::aligned16(g.wo)) && g.M <= 0x7fffffffLL && (g.N + i8w::BN - 1) / i8w::BN <= 65535;
+         (!g.wo || detail::aligned16(g.wo)) && g.M <= 0x7fffffffLL - i8w::BM && g.N <= 0x7fffffffLL - i8w::BN;
 }
 
 // y of a large-M qlinear8 the way `how` says; acc: room for the int32 products (4·M·N bytes; unused by "own").
