@@ -10,7 +10,7 @@
 // folder of artifacts compiled elsewhere, <target>-<dtype>-<case> (`kiln compile … --out`; saves
 // nvcc time on the GPU machine); KILN_GPU_REPORT_QUANT: a file for the measured errors as JSON.
 
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, test } from "@jest/globals";
 import type { Arch } from "../compiler/codegen/build.js";
@@ -107,5 +107,57 @@ describe.each(DTYPES)("%s artifacts", (dtype) => {
     // bf16: the interpreter rounds every op to bf16 where the kernels keep f32 inside a fused op, so
     // even the cpu twin is a few % off it: the GPU may be off by 1.5× the twin's error + 1e-2
     for (const e of Object.values(errs)) expect(e.rel).toBeLessThan(dtype === "f32" ? 2e-3 : 1.5 * e.cpuRel + 1e-2);
+  }, 600_000);
+});
+
+// The int8 prefill product by each of its kernels (KILN_INT8_GEMM; read once per loaded artifact
+// library, so each mode loads its own copy of the artifact): on the H100 "wgmma" is Hopper's int8
+// wgmma kernel with the whole epilogue, "lt" cuBLASLt's int32 GEMM + Kiln's epilogue, "own" the
+// mma.sync kernel. Every mode's logits at M = 14 and M = 2 × 32 are within tolerance of the
+// interpreter, as the auto-chosen one's are above, and the modes agree with each other.
+describe("LLM.int8 prefill kernels", () => {
+  test.each([
+    ["int8", "int8", { quant: "int8" }],
+    ["int8 threshold 0.5", "int8t05", { quant: "int8", int8Threshold: 0.5 }],
+  ] as [string, string, Q][])("%s, bf16: wgmma, lt and own give the interpreter's logits", async (label, slug, q) => {
+    const art = await artifact("cuda", "bf16", slug, q);
+    const ck = openCheckpoint(FIX);
+    const weights = Object.fromEntries(art.graph.params.map((p) => [p.name, { dtype: p.dtype, shape: ck.info(p.name).shape, data: ck.toFloat32(p.name) }]));
+    const vocab = ck.info("model.embed_tokens.weight").shape[0];
+    ck.close();
+    const long = [0, 1].map((r) => Array.from({ length: 32 }, (_, i) => (r * 977 + i * 131 + 7) % vocab));
+    const cases = [["M=14", ids], ["M=64", long]] as const;
+    const want = cases.map(([, rows]) => run(art.graph, { input_ids: tensor("i64", [rows.length, rows[0].length], rows.flat()), ...initialCache(art.graph, rows.length, rows[0].length) }, weights).logits.data);
+    const twin: Float32Array[] = [];
+    {
+      await using cpu = await loadModel((await artifact("cpu", "bf16", slug, q)).dir, { checkpoint: FIX });
+      for (const [, rows] of cases) twin.push((await cpu.forward(rows.map((r) => [...r]))).logits);
+    }
+    const got: Record<string, Float32Array[]> = {};
+    for (const mode of ["wgmma", "lt", "own"]) {
+      const copy = `${art.dir}-${mode}`;
+      cpSync(art.dir, copy, { recursive: true });
+      process.env.KILN_INT8_GEMM = mode;
+      try {
+        await using m = await loadModel(copy, { checkpoint: FIX });
+        got[mode] = [];
+        for (const [, rows] of cases) got[mode].push((await m.forward(rows.map((r) => [...r]))).logits);
+      } finally {
+        delete process.env.KILN_INT8_GEMM;
+        rmSync(copy, { recursive: true, force: true });
+      }
+    }
+    const errs: Record<string, number> = {};
+    const bound: Record<string, number> = {};
+    cases.forEach(([m], i) => {
+      const cpuRel = relErr(twin[i], want[i]).rel;
+      errs[`cpu twin ${m}`] = cpuRel;
+      // as above: the interpreter rounds every op to bf16, so the GPU may be off it by 1.5× the twin's error + 1e-2
+      for (const mode of Object.keys(got)) (errs[`${mode} ${m}`] = relErr(got[mode][i], want[i]).rel), (bound[`${mode} ${m}`] = 1.5 * cpuRel + 1e-2);
+      errs[`wgmma vs lt ${m}`] = relErr(got.wgmma[i], got.lt[i]).rel;
+      bound[`wgmma vs lt ${m}`] = cpuRel + 1e-2;  // two f32 epilogues whose bf16 roundings may part by an ulp
+    });
+    report[`bf16 ${label} prefill kernels`] = errs;
+    for (const [k, b] of Object.entries(bound)) expect([k, errs[k] < b]).toEqual([k, true]);
   }, 600_000);
 });
