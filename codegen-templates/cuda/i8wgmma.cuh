@@ -8,7 +8,8 @@
 // int8 plus the 16-bit outlier columns; the outlier product's operands are the dense 16-bit
 // matrices k_i8_fix_rows and k_i8_gather_w made, the weight's codes exact in bf16/f16).
 //
-// A block owns 128 rows of x × 256 output features, three warpgroups: one producer thread loads
+// A tile is 128 rows of x × 256 output features; a block per SM walks the tiles (persistent: the
+// next tile's loads overlap this one's epilogue). Three warpgroups: one producer thread loads
 // 128-byte-deep k-slices of qx (128 × 128 B) and qw (256 × 128 B) by TMA into a 4-stage ring of
 // shared memory (128-byte swizzle, the layout the descriptors name), full/empty mbarriers pass the
 // stages; two consumer warpgroups each multiply 64 rows × 256 features by wgmma m64n256k32
