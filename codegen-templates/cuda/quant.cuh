@@ -1637,9 +1637,9 @@ void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq,
 }
 
 // Linears of one graph that read the same activation x with the same threshold share its int8
-// quantization at prefill (emit.ts declares one Q8Shared for them and calls qlinear8_done after
-// the last): x is an SSA value, unchanged while they run, so the first one's result is exactly what
-// each would compute.
+// quantization, at prefill and at decode (emit.ts declares one Q8Shared for them and calls
+// qlinear8_done after the last): x is an SSA value, unchanged while they run, so the first one's
+// result is exactly what each would compute.
 struct Q8Shared {
   qdetail::I8Act act;
 };
@@ -1653,15 +1653,26 @@ template <typename T>
 void qlinear8(const T* x, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K, double threshold, Q8Shared* sh = nullptr) {
   if (M <= 0 || N <= 0) return;
   cudaStream_t s = stream();
+  const bool reuse = sh && sh->act.ws.base && sh->act.x == (const void*)x && sh->act.M == M && sh->act.K == K && sh->act.threshold == threshold;
   if (M <= 8) {
-    // decode: outlier columns and the rows' int8 in one launch, then the dp4a GEMV
+    // decode: outlier columns and the rows' int8 in one launch (shared, as at prefill, by the
+    // linears that read this x: q/k/v, gate/up), then the dp4a GEMV
     const int8_t* qw = (const int8_t*)w;
     const double* sw = (const double*)(w + quant::pad16(N * K));
     const int64_t Kp = (K + 15) / 16 * 16;
-    const qdetail::I8Ws ws = qdetail::i8_ws(M, K);
-    qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, (int)M, threshold > 0 && isfinite(threshold), (float)threshold, ws.flags, K, ws.list, ws.count, Kp, ws.qx,
-                                             ws.sx);
-    detail::launched("qlinear8 (outliers, quantize activations)");
+    qdetail::I8Ws ws;
+    if (reuse) {
+      ws = sh->act.ws;
+    } else {
+      ws = qdetail::i8_ws(M, K);
+      qdetail::k_i8_list<T><<<1, 1024, 0, s>>>(x, (int)M, threshold > 0 && isfinite(threshold), (float)threshold, ws.flags, K, ws.list, ws.count, Kp, ws.qx,
+                                               ws.sx);
+      detail::launched("qlinear8 (outliers, quantize activations)");
+      if (sh) {
+        qlinear8_done(sh);
+        sh->act.ws = ws, sh->act.x = x, sh->act.M = M, sh->act.K = K, sh->act.threshold = threshold;
+      }
+    }
     const bool vec = K % 16 == 0 && detail::aligned16(w);
     const unsigned blocks = (unsigned)((N + 7) / 8);
     qdetail::with_rows(M, [&](auto rows) {
@@ -1670,11 +1681,10 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
       else qdetail::k_qgemv8<T, MR, false><<<blocks, 256, 0, s>>>(x, ws.qx, Kp, ws.sx, qw, sw, ws.list, ws.count, bias, residual, y, N, K);
     });
     detail::launched("qlinear8 (GEMV)");
-    rt::release(ws.base);
+    if (!sh) rt::release(ws.base);  // else qlinear8_done gives it back after the group's last linear
     return;
   }
   // prefill: the activations' int8 and outlier columns (i8_prep), then the product (i8_run)
-  const bool reuse = sh && sh->act.ws.base && sh->act.x == (const void*)x && sh->act.M == M && sh->act.K == K && sh->act.threshold == threshold;
   qdetail::I8Act own;
   if (!reuse) {
     qlinear8_done(sh);
