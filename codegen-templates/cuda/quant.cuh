@@ -622,10 +622,35 @@ __global__ void __launch_bounds__(256) k_quantize8(const float* __restrict__ w, 
 
 // ---------------------------------------------------------------- LLM.int8
 
-// The ordered list of outlier columns and its length (one block of 1024). small_m > 0 (decode):
-// the flags are computed here from the small_m rows of x (none when !decomp), and the rows are
-// quantized here too (as k_i8_quant_rows): one launch before the GEMV. (Prefill lists the flags of
-// k_i8_quant_rows with k_i8_list4.)
+// One round of the ordered outlier list (one block of 1024; every thread calls it): this thread's
+// flags f of columns k … k + 3 are appended at their place in column order — a warp scan of the
+// per-thread counts, the warps' totals in shared memory — and base grows by the round's count.
+__device__ __forceinline__ void list_round(const int (&f)[4], int64_t k, int* warp_n, int& base, int* __restrict__ list) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  const int c = (f[0] != 0) + (f[1] != 0) + (f[2] != 0) + (f[3] != 0);
+  int incl = c;  // inclusive scan over the warp
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += v;
+  }
+  if (lane == 31) warp_n[wid] = incl;
+  __syncthreads();
+  int at = base + incl - c;
+  for (int i = 0; i < wid; i++) at += warp_n[i];
+#pragma unroll
+  for (int e = 0; e < 4; e++)
+    if (f[e]) list[at++] = (int)(k + e);
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int i = 0; i < 32; i++) base += warp_n[i];
+  __syncthreads();
+}
+
+// Decode's activation side in one launch (one block of 1024; M ≤ 8 rows of x): the outlier flags
+// (|x| > threshold in any row; none when !decomp), their ordered list and count, and the rows'
+// int8 (absmax over the unflagged columns, sx = absmax/127, codes 0 at flagged columns and from
+// K up to Kp) — 4 consecutive columns a thread, 4096 a round (the list's scan once a round).
 template <typename T>
 __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int small_m, bool decomp, float threshold, int* __restrict__ flags, int64_t K,
                                                   int* __restrict__ list, int* __restrict__ count, int64_t Kp, int8_t* __restrict__ q, float* __restrict__ sx) {
@@ -633,42 +658,38 @@ __global__ void __launch_bounds__(1024) k_i8_list(const T* __restrict__ x, int s
   __shared__ int base;
   if (threadIdx.x == 0) base = 0;
   __syncthreads();
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-  for (int64_t k0 = 0; k0 < K; k0 += 1024) {
-    const int64_t k = k0 + threadIdx.x;
-    int f = 0;
-    if (k < K) {
-      if (small_m > 0) {
-        if (decomp)
-          for (int m = 0; m < small_m; m++) f |= fabsf((float)Num<T>::load(x[m * K + k])) > threshold;
-        flags[k] = f;
-      } else {
-        f = flags[k];
-      }
+  for (int64_t k0 = 0; k0 < K; k0 += 4 * 1024) {
+    const int64_t k = k0 + 4 * threadIdx.x;
+    int f[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      if (k + e >= K) continue;
+      if (decomp)
+        for (int m = 0; m < small_m; m++) f[e] |= fabsf((float)Num<T>::load(x[m * K + k + e])) > threshold;
+      flags[k + e] = f[e];
     }
-    const unsigned bal = __ballot_sync(0xffffffffu, f);
-    if (lane == 0) warp_n[wid] = __popc(bal);
-    __syncthreads();
-    int before = base;
-    for (int i = 0; i < wid; i++) before += warp_n[i];
-    if (f) list[before + __popc(bal & ((1u << lane) - 1u))] = (int)k;
-    __syncthreads();
-    if (threadIdx.x == 0)
-      for (int i = 0; i < 32; i++) base += warp_n[i];
-    __syncthreads();
+    list_round(f, k, warp_n, base, list);
   }
   if (threadIdx.x == 0) *count = base;
-  for (int m = 0; m < small_m; m++) {  // flags[k] was written by this thread (k ≡ threadIdx.x)
+  for (int m = 0; m < small_m; m++) {  // flags[k] was written by this thread (k = k0 + 4·threadIdx.x + e)
     const T* xr = x + (int64_t)m * K;
     float mx = 0.f;
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
-      if (!flags[k]) mx = fmaxf(mx, fabsf((float)Num<T>::load(xr[k])));
+    for (int64_t k = 4 * threadIdx.x; k < K; k += 4 * 1024)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        if (k + e < K && !flags[k + e]) mx = fmaxf(mx, fabsf((float)Num<T>::load(xr[k + e])));
     mx = block_max(mx);
     if (threadIdx.x == 0) sx[m] = mx / 127.f;
-    for (int64_t k = threadIdx.x; k < Kp; k += blockDim.x) {
-      float v = 0.f;
-      if (k < K && mx > 0.f && !flags[k]) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn((float)Num<T>::load(xr[k]), mx), 127.f), 0.5f));
-      q[(int64_t)m * Kp + k] = (int8_t)v;
+    int8_t* qr = q + (int64_t)m * Kp;
+    for (int64_t k = 4 * threadIdx.x; k < Kp; k += 4 * 1024) {
+      uint32_t w = 0;
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float v = 0.f;
+        if (k + e < K && mx > 0.f && !flags[k + e]) v = floorf(__fadd_rn(__fmul_rn(__fdiv_rn((float)Num<T>::load(xr[k + e]), mx), 127.f), 0.5f));
+        w |= (uint32_t)(uint8_t)(int8_t)v << (8 * e);
+      }
+      *reinterpret_cast<uint32_t*>(qr + k) = w;  // Kp and k multiples of 4 (Kp of 16), q 16-byte aligned
     }
   }
 }
@@ -681,7 +702,6 @@ __global__ void __launch_bounds__(1024) k_i8_list4(const int* __restrict__ flags
   __shared__ int base;
   if (threadIdx.x == 0) base = 0;
   __syncthreads();
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
   for (int64_t k0 = 0; k0 < K; k0 += 4 * 1024) {
     const int64_t k = k0 + 4 * threadIdx.x;
     int f[4];
@@ -692,24 +712,7 @@ __global__ void __launch_bounds__(1024) k_i8_list4(const int* __restrict__ flags
 #pragma unroll
       for (int e = 0; e < 4; e++) f[e] = k + e < K ? flags[k + e] : 0;
     }
-    const int c = (f[0] != 0) + (f[1] != 0) + (f[2] != 0) + (f[3] != 0);
-    int incl = c;  // inclusive scan over the warp
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += v;
-    }
-    if (lane == 31) warp_n[wid] = incl;
-    __syncthreads();
-    int at = base + incl - c;
-    for (int i = 0; i < wid; i++) at += warp_n[i];
-#pragma unroll
-    for (int e = 0; e < 4; e++)
-      if (f[e]) list[at++] = (int)(k + e);
-    __syncthreads();
-    if (threadIdx.x == 0)
-      for (int i = 0; i < 32; i++) base += warp_n[i];
-    __syncthreads();
+    list_round(f, k, warp_n, base, list);
   }
   if (threadIdx.x == 0) *count = base;
 }
