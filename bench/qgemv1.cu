@@ -288,6 +288,29 @@ static void run_tauto(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64
   else run_t<4, 2>(x, w, y, N, K);
 }
 
+// Piece p of the R rows row0… (rows past N read row N − 1): their 16-byte code pieces, absmax
+// values, and the 32 x values they multiply — what k_v2 and k_v2h load each step.
+template <int R>
+struct V2Rows {
+  const uint4* cbase;
+  const float* abase;
+  int KV, apr, cs;
+  int64_t row0, N;
+  __device__ V2Rows(const Q::Q4& q, int64_t row0_, int64_t N_, int64_t K, int lb)
+      : cbase(reinterpret_cast<const uint4*>(q.codes) + row0_ * (K / 32)), abase(q.absmax + ((row0_ * K) >> lb)), KV((int)(K / 32)),
+        apr((int)(K >> lb)), cs(lb - 5), row0(row0_), N(N_) {}
+  __device__ __forceinline__ void load(const bf16* __restrict__ x, int p, uint4 (&pc)[R], float (&a)[R], float (&xf)[32]) const {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int rr = row0 + r < N ? r : (int)(N - 1 - row0);
+      pc[r] = kiln::cuda::detail::ld_stream(cbase + rr * KV + p);
+      a[r] = __ldg(abase + rr * apr + (p >> cs));
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) Q::load8<bf16>(x + p * 32 + 8 * j, xf + 8 * j);
+  }
+};
+
 // k_qgemv4v specialized: M = 1, no double quant, block = 2^lb, MINB blocks an SM asked of ptxas
 template <int R, int MINB, int TPB, bool FAKE = false>
 __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
@@ -295,27 +318,15 @@ __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q:
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
   __syncthreads();
   const int64_t row0 = (int64_t)blockIdx.x * R;
-  const int KV = (int)(K / 32);
   const char* tb = reinterpret_cast<const char*>(tab);
-  const uint4* cbase = reinterpret_cast<const uint4*>(q.codes) + row0 * KV;
-  const float* abase = q.absmax + ((row0 * K) >> lb);
-  const int apr = (int)(K >> lb);  // absmax blocks a row
-  const int cs = lb - 5;           // chunks an absmax block: 2^cs
+  const V2Rows<R> rows(q, row0, N, K, lb);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
-  for (int p = threadIdx.x; p < KV; p += TPB) {
+  for (int p = threadIdx.x; p < rows.KV; p += TPB) {
     uint4 pc[R];
-    float a[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const int rr = row0 + r < N ? r : (int)(N - 1 - row0);
-      pc[r] = kiln::cuda::detail::ld_stream(cbase + rr * KV + p);
-      a[r] = __ldg(abase + rr * apr + (p >> cs));
-    }
-    float xf[32];
-#pragma unroll
-    for (int j = 0; j < 4; j++) Q::load8<bf16>(x + p * 32 + 8 * j, xf + 8 * j);
+    float a[R], xf[32];
+    rows.load(x, p, pc, a, xf);
 #pragma unroll
     for (int r = 0; r < R; r++) {
       if (FAKE) acc[r] += __uint_as_float((pc[r].x ^ pc[r].y ^ pc[r].z ^ pc[r].w) & 0x3fffffffu) * a[r] * xf[r];
@@ -341,26 +352,15 @@ __global__ void __launch_bounds__(TPB) k_v2h(const bf16* __restrict__ x, Q::Q4 q
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t row0 = (int64_t)blockIdx.x * R;
-  const int KV = (int)(K / 32);
   const uint32_t* tl = ptab + lane;
-  const uint4* cbase = reinterpret_cast<const uint4*>(q.codes) + row0 * KV;
-  const float* abase = q.absmax + ((row0 * K) >> lb);
-  const int apr = (int)(K >> lb), cs = lb - 5;
+  const V2Rows<R> rows(q, row0, N, K, lb);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
-  for (int p = threadIdx.x; p < KV; p += TPB) {
+  for (int p = threadIdx.x; p < rows.KV; p += TPB) {
     uint4 pc[R];
-    float a[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const int rr = row0 + r < N ? r : (int)(N - 1 - row0);
-      pc[r] = kiln::cuda::detail::ld_stream(cbase + rr * KV + p);
-      a[r] = __ldg(abase + rr * apr + (p >> cs));
-    }
-    float xf[32];
-#pragma unroll
-    for (int j = 0; j < 4; j++) Q::load8<bf16>(x + p * 32 + 8 * j, xf + 8 * j);
+    float a[R], xf[32];
+    rows.load(x, p, pc, a, xf);
     __half2 x2[16];
 #pragma unroll
     for (int k = 0; k < 16; k++) x2[k] = __floats2half2_rn(xf[2 * k], xf[2 * k + 1]);

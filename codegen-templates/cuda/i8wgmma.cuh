@@ -92,6 +92,12 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[128]) {
 #pragma unroll
   for (int j = 0; j < 128; j++) asm volatile("" : "+r"(d[j])::"memory");
 }
+// the shared address of slice it's stage once the producer's TMA has filled it (the ring's round
+// it / STAGES, mod 2, is the phase to wait for)
+__device__ __forceinline__ uint32_t await_full(uint32_t ring, uint32_t full, uint32_t it) {
+  bar_wait(full + 8 * (it % STAGES), (it / STAGES) & 1);
+  return ring + (it % STAGES) * STAGE_BYTES;
+}
 // stage s back to the producer: an arrival of each consumer warp
 __device__ __forceinline__ void release(uint32_t empty, int s) {
   __syncwarp();
@@ -179,9 +185,7 @@ __global__ void __launch_bounds__(THREADS, 1)
       }
       uint32_t acc[128];  // int32 products, then (the same registers) their f32 values
       for (int i = 0; i < KT; i++, it++) {
-        const uint32_t s = it % STAGES;
-        bar_wait(full + 8 * s, (it / STAGES) & 1);
-        const uint32_t a = ring + s * STAGE_BYTES;
+        const uint32_t a = await_full(ring, full, it);
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < BK / 32; kk++) wgmma_s8(acc, desc(a + a_off + 32 * kk), desc(a + A_BYTES + 32 * kk), i > 0 || kk > 0);
@@ -202,16 +206,14 @@ __global__ void __launch_bounds__(THREADS, 1)
         acc[4 * j + 3] = __float_as_uint((float)(int32_t)acc[4 * j + 3] * sx1);
       }
       for (int i = 0; i < OT; i++, it++) {
-        const uint32_t s = it % STAGES;
-        bar_wait(full + 8 * s, (it / STAGES) & 1);
-        const uint32_t a = ring + s * STAGE_BYTES;
+        const uint32_t a = await_full(ring, full, it);
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) wgmma_16<T>(acc, desc(a + a_off + 32 * kk), desc(a + A_BYTES + 32 * kk));
         wg_commit();
         wg_wait<0>();
         fence_regs(acc);
-        release(empty, s);
+        release(empty, it % STAGES);
       }
       consumers_sync();  // this tile's scales and biases are in shared memory
       // y = f · sw[n] + bias[n] (+ res[m, n]), two features (4 bytes) a store

@@ -1403,8 +1403,16 @@ static void i8_run(int how, const I8Gemm<T>& g, int32_t* acc, cudaStream_t s) {
 template <typename T>
 static int i8_choose(const I8Gemm<T>& g, cudaStream_t s) {
   const int mode = i8_mode();
+  if (mode == I8_WG && !i8w_ok(g)) {
+    static bool noted = false;  // forced, but it cannot run here: say so once (lt computes the same y)
+    if (!noted)
+      fprintf(stderr, "kiln: KILN_INT8_GEMM=wgmma: the int8 wgmma kernel cannot run here (it needs an sm_90a build on an sm_90 device, bf16/f16, K a multiple of 16; this call: M=%lld N=%lld K=%lld); using lt\n",
+              (long long)g.M, (long long)g.N, (long long)g.K);
+    noted = true;
+    return I8_LT;
+  }
   if (mode != I8_AUTO) return mode;
-  if (!lt::available()) return g.own_ok ? I8_OWN : I8_LT;
+  if (!lt::available()) return i8w_ok(g) ? I8_WG : g.own_ok ? I8_OWN : I8_LT;  // no cuBLASLt: Kiln's own one-launch kernels
   int64_t mb = 1;
   while (mb < g.M) mb <<= 1;
   static std::mutex mu;
