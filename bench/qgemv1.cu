@@ -1,11 +1,12 @@
-// Experiment: the 4-bit decode GEMV at M = 1 — qlinear4's k_qgemv4v against warp-streaming
-// variants (a warp owns RW output rows and walks all of K, U 16-byte pieces a row in flight a lane,
-// the next U loaded before the current are multiplied), K-split, a lean tensor-core kernel, the
-// production kernel specialized (v2), the same with f16x2 sums (v2h: how much the arithmetic
-// costs), and loads-only floors of two access patterns (v2's own: is it the pattern or the
-// arithmetic?). Llama-2-7B shapes, nf4 block 64, bf16 x,
-// 8 weight copies rotated (> L2), graph of 20 calls, median of 15. Checks each variant against
-// qlinear4's own path (rel L2 ≤ 1e-2) first (the loads-only floors compute nothing and are not checked).
+// Experiment: the 4-bit decode GEMV at M = 1. qlinear4's paths (k_qgemv4v, the reference of
+// the check, and k_qgemv4mma) against kernels that decouple the weight loads from the decoding:
+// k_qgemv4r (a TMA ring of 2 KB stages fed by one producer thread, 16 consumer warps decoding on
+// the tensor cores), v3 (k_qgemv4v's access pattern with D units a thread in flight by cp.async),
+// the lean tensor-core kernel t, k_qgemv4v specialized (v2), the same with f16x2 sums (v2h), and
+// loads-only floors (v2's pattern; k_qgemv4r's ring with and without its absmax/x reads, and with
+// 2 KB contiguous stages). Llama-2-7B shapes, nf4 block 64, bf16 x, 8 weight copies rotated
+// (> L2), graph of 20 calls, median of 15. Checks each computing variant against k_qgemv4v
+// (rel L2 ≤ 1e-2) first (the loads-only floors compute nothing and are not checked).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/qgemv1 bench/qgemv1.cu
 //   bench/tmp/qgemv1 [shape index]   (one shape only: for ncu)
 #include "common/kiln_types.h"
@@ -14,6 +15,287 @@
 #include "qbench.cuh"
 #include <algorithm>
 #include <vector>
+
+namespace kiln {
+namespace cuda {
+namespace qdetail {
+// The decode GEMV for M ≤ 4 rows of x fed by TMA (sm_90a; bf16/f16, K a multiple of 256, block a
+// multiple of 64). What bounds k_qgemv4v at M = 1 (bench/NOTES.md): each thread loads its pieces
+// into registers, waits, decodes, and only other blocks' loads overlap its arithmetic — at
+// K = 4096 a thread has one piece a row, so a kernel is one wave of loads followed by one wave of
+// decoding (7.7 µs where the same loads alone take 4.7). Here the loads never wait on the
+// arithmetic: a producer thread streams the weight by TMA into a ring of 32 shared-memory stages
+// (2 KB each: 16 rows × 256 weights, two 8-row boxes with the 128-byte swizzle), 16 consumer warps
+// decode stages as they land and hand them back through mbarriers, so each SM keeps ≈ 64 KB of
+// the weight in flight whatever the shape.
+// - tile = 16 output rows (paired: 8 of gate and the same 8 of up): box 0 holds A rows 0…7, box 1
+//   rows 8…15; stage i of a tile = k in [256 i, 256 i + 256). A persistent block walks its tiles
+//   (blockIdx.x, + gridDim.x, …) and its stages in order; stage s goes to warps 2(s mod 8) and
+//   2(s mod 8) + 1, which take its halves h = 0, 1 (k in 256 i + 128 h + [0, 128)).
+// - lane (g, t) of a warp reads the 16 bytes (32 weights) t of its half of A rows g and g + 8;
+//   mma m16n8k16 step j (of 8) takes byte 2j of each as the k pair (2t, 2t + 1) and byte 2j + 1 as
+//   (2t + 8, 2t + 9) — the decode is k_qgemv4mma's: a byte → the pair of 16-bit code values from a
+//   table replicated per lane (32 KB, no bank conflicts), already an A register.
+// - a 64-weight absmax chunk is two lanes' pieces (t = 0, 1 or 2, 3), so the mma's 16 k mix two
+//   chunks: B's column 2m + c carries row m of x only on the lanes t with t / 2 = c (zeros
+//   elsewhere), and C[., 2m + c] is chunk c's sum for row m, scaled by its own absmax.
+// - A row g lives in smem row π(g) of its box, π(2p) = p, π(2p + 1) = p + 4: with the swizzle
+//   (16-byte unit u of smem row r at u ^ r) the 8 lanes of each quarter-warp then read 8 different
+//   bank groups.
+// - at a tile's end the warps' sums meet in shared memory (double-buffered by tile parity, one
+//   barrier among the consumers), and bias, residual and silu·up (paired) are applied once.
+// Not kept in qlinear4: slower than k_qgemv4v at every shape (bench/NOTES.md, "The 4-bit GEMV at M = 1:
+// three pipelined designs"). (The producer/consumer TMA ring follows CUTLASS 3 and FlashAttention-3, the split of decoding
+// from the tensor-core product Marlin, Frantar et al. 2024; the code is ours.)
+// the job of tile (block) `tile` of a launch: the last i < n with first[i] ≤ tile
+template <typename T>
+__device__ __forceinline__ int job_of_tile(const Q4Jobs<T>& J, int64_t tile) {
+  int i = 0;
+#pragma unroll
+  for (int k = 1; k < 4; k++) i += k < J.n && tile >= J.first[k];
+  return i;
+}
+namespace q4r {
+constexpr int RING = 64 * 1024, CW = 16, THREADS = (CW + 1) * 32;
+constexpr int TAB_BYTES = 256 * 32 * 4;
+template <int MR, int BK>
+struct Smem {
+  static constexpr int STAGE_BYTES = 2048 * BK, STAGES = RING / STAGE_BYTES;
+  static constexpr int RED = 2 * CW * MR * 16 * 4;
+  // ring (1024-aligned), table, partial sums, 2·STAGES mbarriers, + alignment slack
+  static constexpr int BYTES = 1024 + RING + TAB_BYTES + RED + 2 * STAGES * 8;  // + x: MR·K 16-bit values
+};
+__host__ __device__ constexpr int pi_row(int g) { return (g & 1) ? 4 + (g >> 1) : (g >> 1); }
+}  // namespace q4r
+
+template <typename T>
+struct Q4Maps {
+  CUtensorMap m[4];  // job i's codes: K/2 bytes × N rows, boxes of 128 bytes × 8 rows
+};
+
+template <typename T, int MR, bool DQ, int BK = 1, int FAKE = 0, bool FLAT = false>
+__global__ void __launch_bounds__(q4r::THREADS, 1)
+    k_qgemv4r(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, const __grid_constant__ Q4Maps<T> maps, Code16 code, int64_t K, int lb) {
+#ifdef KILN_I8W
+  using namespace q4r;
+  static_assert(MR >= 1 && MR <= 4, "k_qgemv4r: at most 4 rows of x (2 columns of B each)");
+  constexpr int STAGE_BYTES = Smem<MR, BK>::STAGE_BYTES, STAGES = Smem<MR, BK>::STAGES, G = 8 / BK;  // G: warp groups (2·BK warps a stage)
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const uint32_t ring = (raw + 1023) & ~1023u;
+  uint8_t* base = smem_raw + (ring - raw);
+  uint32_t* tab = reinterpret_cast<uint32_t*>(base + STAGES * STAGE_BYTES);
+  float* red = reinterpret_cast<float*>(base + STAGES * STAGE_BYTES + TAB_BYTES);  // [2][CW][MR][16]
+  const uint32_t full = ring + STAGES * STAGE_BYTES + TAB_BYTES + Smem<MR, BK>::RED, empty = full + STAGES * 8;
+  T* xs = reinterpret_cast<T*>(base + STAGES * STAGE_BYTES + TAB_BYTES + Smem<MR, BK>::RED + 2 * STAGES * 8);  // x, MR rows of K
+  const int64_t tiles = J.first[J.n], KS = K / (256 * BK), KC = K / 64;
+  const int H = J.pair ? 8 : 16;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; s++) i8w::bar_init(full + 8 * s, 1), i8w::bar_init(empty + 8 * s, 2 * BK);  // empty: the stage's 2·BK warps
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  if (threadIdx.x >= CW * 32) {  // the producer warp; one thread issues
+    if (threadIdx.x == CW * 32) {
+      uint32_t s = 0;
+      for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const int ji = job_of_tile(J, tile);
+        const int64_t row0 = (tile - J.first[ji]) * H;
+        const CUtensorMap* ma = &maps.m[ji];
+        const CUtensorMap* mb = &maps.m[J.pair ? 1 : ji];
+        const int rb = (int)(J.pair ? row0 : row0 + 8);
+        for (int64_t i = 0; i < KS; i++, s++) {
+          const uint32_t st = s % STAGES, fb = full + 8 * st, dst = ring + st * STAGE_BYTES;
+          i8w::bar_wait(empty + 8 * st, ((s / STAGES) & 1) ^ 1);
+          i8w::bar_expect(fb, STAGE_BYTES);
+#pragma unroll
+          for (int b = 0; b < BK; b++) {
+            if (FLAT) {  // benchmarks: the same bytes as 2 KB contiguous pieces (map: 128-byte rows of the flat weight)
+              const int fr = (int)(((tile * KS + i) * BK + b) * 16);
+              i8w::tma2d(dst + 2048 * b, ma, 0, fr, fb);
+              i8w::tma2d(dst + 2048 * b + 1024, mb, 0, fr + 8, fb);
+            } else {
+              i8w::tma2d(dst + 2048 * b, ma, (int)(128 * (BK * i + b)), (int)row0, fb);
+              i8w::tma2d(dst + 2048 * b + 1024, mb, (int)(128 * (BK * i + b)), rb, fb);
+            }
+          }
+        }
+      }
+    }
+    return;
+  }
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, p = w / (2 * BK), bx = (w / 2) % BK, h = w & 1;
+  for (int i = threadIdx.x; i < 256 * 8; i += CW * 32) {
+    const int b = i >> 3;
+    const uint32_t v = fa2::Mma<T>::pack(code.f[b & 15], code.f[b >> 4]);
+    reinterpret_cast<uint4*>(tab)[i] = make_uint4(v, v, v, v);
+  }
+  for (int64_t i = threadIdx.x; i < MR * K / 8; i += CW * 32) reinterpret_cast<uint4*>(xs)[i] = __ldg(reinterpret_cast<const uint4*>(x) + i);
+  asm volatile("bar.sync 1, %0;" ::"n"(CW * 32) : "memory");  // table and x are in place (the producer never waits on this)
+  const uint32_t* tl = tab + lane;  // this lane's copy: pair b at tl[32 b]
+  // this lane's two A rows in the stage: smem row π(g) of box 0 and of box 1, unit 4h + t swizzled
+  const int pr = q4r::pi_row(g);
+  const uint32_t off = 2048 * bx + pr * 128 + (((4 * h + t) ^ pr) << 4);
+  // B: row m = g / 2 of x on the lanes whose piece is in chunk c = g % 2 of the half
+  const bool xl = g < 2 * MR && (t >> 1) == (g & 1);
+  const uint4* xp = reinterpret_cast<const uint4*>(xs + (int64_t)(xl ? g >> 1 : 0) * K + 256 * bx + 128 * h + 32 * t);
+  const int lc = lb - 6;
+  const int64_t cpb = J.j[0].q.block / 64;
+  auto blk = [&](int64_t c) { return lc >= 0 ? c >> lc : c / cpb; };
+  // The group's units are the block's stages p, p + G, …: unit (j, i) = stage i of the block's
+  // tile j. What a unit needs besides its stage (its rows' absmax, its x) is read one unit ahead.
+  struct Unit {
+    int64_t j, i;     // local tile, stage in it (j ≥ the block's tiles: none)
+    int64_t ra, rb;   // the lane's two weight rows (clamped to N − 1)
+    int ji;
+  };
+  const int64_t ntile = tiles > blockIdx.x ? (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
+  auto place = [&](Unit& u) {  // i may be ≥ KS: carry into the next tiles
+    while (u.i >= KS && u.j < ntile) u.i -= KS, u.j++;
+    if (u.j >= ntile) return;
+    const int64_t tile = blockIdx.x + u.j * gridDim.x;
+    u.ji = job_of_tile(J, tile);
+    const int64_t N = J.j[u.ji].N, row0 = (tile - J.first[u.ji]) * H;
+    const int64_t a = row0 + pr, b = J.pair ? row0 + pr : row0 + 8 + pr;
+    u.ra = a < N ? a : N - 1, u.rb = b < N ? b : N - 1;
+    if (u.i < G && t < MR) {  // a new tile: its rows' absmax lines on their way into L1
+      const Q4& qa = J.j[u.ji].q;
+      const Q4& qb = J.j[J.pair ? 1 : u.ji].q;
+      if (DQ) {
+        for (int64_t c = 0; c < KC; c += 128) prefetch_l1(qa.acode + blk(u.ra * KC + c)), prefetch_l1(qb.acode + blk(u.rb * KC + c));
+      } else {
+        for (int64_t c = 0; c < KC; c += 32) prefetch_l1(qa.absmax + blk(u.ra * KC + c)), prefetch_l1(qb.absmax + blk(u.rb * KC + c));
+      }
+    }
+  };
+  auto fetch = [&](const Unit& u, float (&am)[4], uint32_t (&xr)[16]) {
+    if (u.j >= ntile || FAKE == 2) return;
+    if (t < MR) {
+      const Q4& qa = J.j[u.ji].q;
+      const Q4& qb = J.j[J.pair ? 1 : u.ji].q;
+      const double meana = DQ ? __ldg(qa.mean) : 0.0, meanb = DQ ? __ldg(qb.mean) : 0.0;
+      const int64_t ca = u.ra * KC + 4 * (BK * u.i + bx) + 2 * h, cb = u.rb * KC + 4 * (BK * u.i + bx) + 2 * h;
+      am[0] = absmax_as<DQ>(qa, meana, blk(ca)), am[1] = absmax_as<DQ>(qa, meana, blk(ca + 1));
+      am[2] = absmax_as<DQ>(qb, meanb, blk(cb)), am[3] = absmax_as<DQ>(qb, meanb, blk(cb + 1));
+    }
+    if (xl) {
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const uint4 v = xp[u.i * 32 * BK + j];
+        xr[4 * j] = v.x, xr[4 * j + 1] = v.y, xr[4 * j + 2] = v.z, xr[4 * j + 3] = v.w;
+      }
+    }
+  };
+  float acc[2] = {0.f, 0.f};
+  int64_t done = 0;  // tiles whose sums this warp has handed in
+  // hand in the sums of local tile `done` (every consumer warp does, in order: one barrier each)
+  auto flush = [&]() {
+    const int64_t tile = blockIdx.x + done * gridDim.x;
+    const int ji = job_of_tile(J, tile);
+    const int64_t N = J.j[ji].N, row0 = (tile - J.first[ji]) * H;
+    float* rd = red + (done & 1) * (CW * MR * 16);
+    if (t < MR) rd[(w * MR + t) * 16 + g] = acc[0], rd[(w * MR + t) * 16 + g + 8] = acc[1];
+    acc[0] = acc[1] = 0.f;
+    asm volatile("bar.sync 1, %0;" ::"n"(CW * 32) : "memory");
+    if (threadIdx.x < H * MR) {
+      const int r = threadIdx.x / MR, m = threadIdx.x % MR;  // A row r (r < 8 paired: gate's; r + 8: up's)
+      const int64_t row = row0 + (r < 8 ? q4r::pi_row(r) : 8 + q4r::pi_row(r - 8));
+      if (row < N) {
+        auto value = [&](int ar, const Q4Job<T>& jb) {
+          float v = jb.bias ? (float)Num<T>::load(jb.bias[row]) : 0.f;
+#pragma unroll
+          for (int ww = 0; ww < CW; ww++) v += rd[(ww * MR + m) * 16 + ar];
+          if (jb.res) v += (float)Num<T>::load(jb.res[m * N + row]);  // fuse-residual's add, rounded once with the rest
+          return v;
+        };
+        store_out(J, J.pair, ji, m * N + row, value(r, J.j[ji]), J.pair ? value(r + 8, J.j[1]) : 0.f);
+      }
+    }
+    done++;
+  };
+  Unit cu = {0, p, 0, 0, 0};
+  place(cu);
+  float am[4] = {0.f, 0.f, 0.f, 0.f};
+  uint32_t xr[16];
+#pragma unroll
+  for (int j = 0; j < 16; j++) xr[j] = 0u;
+  fetch(cu, am, xr);
+  while (cu.j < ntile) {
+    Unit nx = cu;
+    nx.i += G;
+    place(nx);
+    float amn[4] = {0.f, 0.f, 0.f, 0.f};
+    uint32_t xn[16];
+#pragma unroll
+    for (int j = 0; j < 16; j++) xn[j] = 0u;
+    fetch(nx, amn, xn);  // the next unit's absmax and x in flight while this one is decoded
+    while (done < cu.j) flush();
+    const uint32_t s = (uint32_t)(cu.j * KS + cu.i), st = s % STAGES;
+    i8w::bar_wait(full + 8 * st, (s / STAGES) & 1);
+    const uint8_t* stg = base + st * STAGE_BYTES;
+    const uint4 ca = *reinterpret_cast<const uint4*>(stg + off), cb = *reinterpret_cast<const uint4*>(stg + 1024 + off);
+    i8w::release(empty, (int)st);  // the codes are in registers: the stage goes back
+    float p0[4] = {0.f, 0.f, 0.f, 0.f}, p1[4] = {0.f, 0.f, 0.f, 0.f};  // two chains of 4 mma
+    if (FAKE) p0[0] = __uint_as_float((ca.x ^ ca.y ^ cb.z ^ cb.w) & 0x3fffffffu);  // the loads alone (benchmarks)
+#pragma unroll
+    for (int j = 0; j < (FAKE ? 0 : 8); j++) {
+      const uint32_t va = j < 2 ? ca.x : j < 4 ? ca.y : j < 6 ? ca.z : ca.w;
+      const uint32_t vb = j < 2 ? cb.x : j < 4 ? cb.y : j < 6 ? cb.z : cb.w;
+      const int k = 2 * (j & 1);
+      const uint32_t a[4] = {tl[__byte_perm(va, 0, 0x4440 + k) << 5], tl[__byte_perm(vb, 0, 0x4440 + k) << 5], tl[__byte_perm(va, 0, 0x4441 + k) << 5],
+                             tl[__byte_perm(vb, 0, 0x4441 + k) << 5]};
+      fa2::Mma<T>::run(j & 1 ? p1 : p0, a, xr[2 * j], xr[2 * j + 1]);
+    }
+    acc[0] = fmaf(p0[0] + p1[0], am[0], fmaf(p0[1] + p1[1], am[1], acc[0]));
+    acc[1] = fmaf(p0[2] + p1[2], am[2], fmaf(p0[3] + p1[3], am[3], acc[1]));
+    cu = nx;
+#pragma unroll
+    for (int j = 0; j < 4; j++) am[j] = amn[j];
+#pragma unroll
+    for (int j = 0; j < 16; j++) xr[j] = xn[j];
+  }
+  while (done < ntile) flush();
+#else
+  __trap();  // never launched: the host asks qgemv4r_ok first
+#endif
+}
+
+// Whether k_qgemv4r runs here: an sm_90 device, the kernel built for sm_90a, the tensor-map encoder.
+template <typename T>
+static bool qgemv4r_ok() {
+  static const bool ok = [] {
+    cudaFuncAttributes fa;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaFuncGetAttributes(&fa, k_qgemv4r<T, 1, false>) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major == 9 && fa.binaryVersion == 90 && i8w::encoder() != nullptr;
+  }();
+  return ok;
+}
+
+// One launch of k_qgemv4r over J; false (nothing launched) where a map cannot be made.
+template <typename T, int MR, bool DQ>
+static bool qgemv4r(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, cudaStream_t s) {
+  const unsigned tiles = q4_grid(J, J.pair ? 8 : 16);
+  Q4Maps<T> maps;
+  memset(&maps, 0, sizeof maps);
+  for (int i = 0; i < J.n; i++)
+    if (!i8w::map2d(&maps.m[i], CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, J.j[i].q.codes, K / 2, J.j[i].N, K / 2, 8)) return false;
+  const int bytes = q4r::Smem<MR, 1>::BYTES + (int)(MR * K * (int64_t)sizeof(T));
+  static int attr = 0;  // the shared memory opted in to so far, per instantiation
+  if (bytes > attr) rt::check(cudaFuncSetAttribute(k_qgemv4r<T, MR, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute (qlinear4 TMA GEMV)");
+  attr = bytes > attr ? bytes : attr;
+  const int64_t sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  k_qgemv4r<T, MR, DQ><<<(unsigned)(tiles < sms ? tiles : sms), q4r::THREADS, bytes, s>>>(x, J, maps, c, K, lb);
+  return true;
+}
+
+}  // namespace qdetail
+}  // namespace cuda
+}  // namespace kiln
 
 extern "C" const char* kiln_artifact_hash(void) { return "bench-qgemv1"; }
 using kiln::bf16;
@@ -58,140 +340,6 @@ __device__ __forceinline__ float dot32(const uint4& pc, const float* xf, const c
   }
   return part;
 }
-
-template <int RW, int U, int WPB, bool FAKE = false>
-__global__ void __launch_bounds__(WPB * 32) k_w(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
-  __shared__ float tab[16];
-  if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const int64_t row0 = ((int64_t)blockIdx.x * WPB + (threadIdx.x >> 5)) * RW;
-  if (row0 >= N) return;
-  const double mean = q.dq ? __ldg(q.mean) : 0.0;
-  const int64_t KV = K / 32;
-  const char* tb = reinterpret_cast<const char*>(tab);
-  const uint4* base[RW];
-  int64_t ebase[RW];
-#pragma unroll
-  for (int r = 0; r < RW; r++) {
-    const int64_t row = row0 + r < N ? row0 + r : N - 1;
-    base[r] = reinterpret_cast<const uint4*>(q.codes) + row * KV;
-    ebase[r] = row * K;
-  }
-  float acc[RW];
-#pragma unroll
-  for (int r = 0; r < RW; r++) acc[r] = 0.f;
-  uint4 cur[U][RW];
-  float am[U][RW];
-  auto load = [&](int64_t p0, uint4 (&c)[U][RW], float (&a)[U][RW]) {
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int64_t p = p0 + 32 * u;
-#pragma unroll
-      for (int r = 0; r < RW; r++) {
-        if (p < KV) {
-          c[u][r] = kiln::cuda::detail::ld_stream(base[r] + p);
-          const int64_t e = ebase[r] + p * 32;
-          a[u][r] = Q::absmax_of(q, mean, lb >= 0 ? (e >> lb) : e / q.block);
-        }
-      }
-    }
-  };
-  load(lane, cur, am);
-  for (int64_t p0 = lane; p0 < KV; p0 += 32 * U) {
-    uint4 nxt[U][RW];
-    float an[U][RW];
-    if (p0 + 32 * U < KV) load(p0 + 32 * U, nxt, an);
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int64_t p = p0 + 32 * u;
-      if (p < KV) {
-        float xf[32];
-#pragma unroll
-        for (int j = 0; j < 4; j++) Q::load8<bf16>(x + p * 32 + 8 * j, xf + 8 * j);
-#pragma unroll
-        for (int r = 0; r < RW; r++) {
-          if (FAKE) acc[r] += __uint_as_float((cur[u][r].x ^ cur[u][r].y ^ cur[u][r].z ^ cur[u][r].w) & 0x3fffffffu) * am[u][r] * xf[r];
-          else acc[r] = fmaf(dot32(cur[u][r], xf, tb), am[u][r], acc[r]);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++)
-#pragma unroll
-      for (int r = 0; r < RW; r++) {
-        cur[u][r] = nxt[u][r];
-        am[u][r] = an[u][r];
-      }
-  }
-#pragma unroll
-  for (int r = 0; r < RW; r++) {
-    float v = acc[r];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    acc[r] = v;
-  }
-  if (lane < RW && row0 + lane < N) {
-    float v = acc[0];
-#pragma unroll
-    for (int r = 1; r < RW; r++)
-      if (lane == r) v = acc[r];
-    y[row0 + lane] = kiln::Num<bf16>::store(v);
-  }
-}
-
-// K split in two halves across a warp pair? no: a block of WPB warps, each warp a slice of K for the
-// same RW rows, partial sums added in shared memory (more warps in flight for short N)
-template <int RW, int U, int WPB>
-__global__ void __launch_bounds__(WPB * 32) k_ws(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
-  __shared__ float tab[16];
-  if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
-  __syncthreads();
-  const int64_t row0 = (int64_t)blockIdx.x * RW;
-  const double mean = q.dq ? __ldg(q.mean) : 0.0;
-  const int64_t KV = K / 32;
-  const char* tb = reinterpret_cast<const char*>(tab);
-  const uint4* base[RW];
-  int64_t ebase[RW];
-#pragma unroll
-  for (int r = 0; r < RW; r++) {
-    const int64_t row = row0 + r < N ? row0 + r : N - 1;
-    base[r] = reinterpret_cast<const uint4*>(q.codes) + row * KV;
-    ebase[r] = row * K;
-  }
-  float acc[RW];
-#pragma unroll
-  for (int r = 0; r < RW; r++) acc[r] = 0.f;
-  const int T = WPB * 32;
-  for (int64_t p0 = threadIdx.x; p0 < KV; p0 += T * U) {
-    uint4 c[U][RW];
-    float a[U][RW];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int64_t p = p0 + T * u;
-#pragma unroll
-      for (int r = 0; r < RW; r++)
-        if (p < KV) {
-          c[u][r] = kiln::cuda::detail::ld_stream(base[r] + p);
-          const int64_t e = ebase[r] + p * 32;
-          a[u][r] = Q::absmax_of(q, mean, lb >= 0 ? (e >> lb) : e / q.block);
-        }
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int64_t p = p0 + T * u;
-      if (p < KV) {
-        float xf[32];
-#pragma unroll
-        for (int j = 0; j < 4; j++) Q::load8<bf16>(x + p * 32 + 8 * j, xf + 8 * j);
-#pragma unroll
-        for (int r = 0; r < RW; r++) acc[r] = fmaf(dot32(c[u][r], xf, tb), a[u][r], acc[r]);
-      }
-    }
-  }
-  store_block_rows<RW, WPB>(acc, row0, N, y);
-}
-
 
 // Lean tensor-core GEMV for M ≤ 8 (here M = 1): a block of KS warps owns 16 output rows, warp w
 // takes the 64-weight chunks w, w + KS, …, U chunks in flight a lane; the byte → code-pair table
@@ -281,12 +429,6 @@ template <int KS, int U>
 static void run_t(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   k_t<KS, U, false><<<(unsigned)((N + 15) / 16), KS * 32, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
 }
-// KS by N: about 16 warps an SM
-static void run_tauto(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  const int64_t tiles = (N + 15) / 16;
-  if (tiles * 8 <= 2 * 132 * 16) run_t<8, 2>(x, w, y, N, K);
-  else run_t<4, 2>(x, w, y, N, K);
-}
 
 // Piece p of the R rows row0… (rows past N read row N − 1): their 16-byte code pieces, absmax
 // values, and the 32 x values they multiply — what k_v2 and k_v2h load each step.
@@ -299,34 +441,47 @@ struct V2Rows {
   __device__ V2Rows(const Q::Q4& q, int64_t row0_, int64_t N_, int64_t K, int lb)
       : cbase(reinterpret_cast<const uint4*>(q.codes) + row0_ * (K / 32)), abase(q.absmax + ((row0_ * K) >> lb)), KV((int)(K / 32)),
         apr((int)(K >> lb)), cs(lb - 5), row0(row0_), N(N_) {}
-  __device__ __forceinline__ void load(const bf16* __restrict__ x, int p, uint4 (&pc)[R], float (&a)[R], float (&xf)[32]) const {
+  __device__ __forceinline__ void load_w(int p, uint4 (&pc)[R], float (&a)[R]) const {
 #pragma unroll
     for (int r = 0; r < R; r++) {
       const int rr = row0 + r < N ? r : (int)(N - 1 - row0);
       pc[r] = kiln::cuda::detail::ld_stream(cbase + rr * KV + p);
       a[r] = __ldg(abase + rr * apr + (p >> cs));
     }
+  }
+  __device__ __forceinline__ void load_x(const bf16* __restrict__ x, int p, float (&xf)[32]) const {
 #pragma unroll
     for (int j = 0; j < 4; j++) Q::load8<bf16>(x + p * 32 + 8 * j, xf + 8 * j);
   }
+  __device__ __forceinline__ void load(const bf16* __restrict__ x, int p, uint4 (&pc)[R], float (&a)[R], float (&xf)[32]) const {
+    load_w(p, pc, a);
+    load_x(x, p, xf);
+  }
 };
 
-// k_qgemv4v specialized: M = 1, no double quant, block = 2^lb, MINB blocks an SM asked of ptxas
-template <int R, int MINB, int TPB, bool FAKE = false>
+// k_qgemv4v specialized: M = 1, no double quant, block = 2^lb, MINB blocks an SM asked of ptxas.
+// PDL (launched with programmatic stream serialization): the first weight pieces and absmax are
+// loaded, then griddepcontrol.wait — x and y belong to the previous kernel until it returns.
+template <int R, int MINB, int TPB, bool FAKE = false, bool PDL = false>
 __global__ void __launch_bounds__(TPB, MINB) k_v2(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
   __shared__ float tab[16];
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
-  __syncthreads();
   const int64_t row0 = (int64_t)blockIdx.x * R;
   const char* tb = reinterpret_cast<const char*>(tab);
   const V2Rows<R> rows(q, row0, N, K, lb);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
-  for (int p = threadIdx.x; p < rows.KV; p += TPB) {
-    uint4 pc[R];
-    float a[R], xf[32];
-    rows.load(x, p, pc, a, xf);
+  uint4 pc[R];
+  float a[R];
+  int p = threadIdx.x;
+  if (p < rows.KV) rows.load_w(p, pc, a);
+  if (PDL) asm volatile("griddepcontrol.wait;" ::: "memory");
+  __syncthreads();  // tab
+  for (; p < rows.KV; p += TPB) {
+    if (p != (int)threadIdx.x) rows.load_w(p, pc, a);
+    float xf[32];
+    rows.load_x(x, p, xf);
 #pragma unroll
     for (int r = 0; r < R; r++) {
       if (FAKE) acc[r] += __uint_as_float((pc[r].x ^ pc[r].y ^ pc[r].z ^ pc[r].w) & 0x3fffffffu) * a[r] * xf[r];
@@ -393,18 +548,173 @@ struct Variant {
   const char* name;
   void (*launch)(const bf16*, const uint8_t*, bf16*, int64_t, int64_t);
 };
-template <int RW, int U, int WPB, bool FAKE = false>
-static void run_w(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  const int64_t rows = (int64_t)RW * WPB;
-  k_w<RW, U, WPB, FAKE><<<(unsigned)((N + rows - 1) / rows), WPB * 32, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
-}
-template <int RW, int U, int WPB>
-static void run_ws(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  k_ws<RW, U, WPB><<<(unsigned)((N + RW - 1) / RW), WPB * 32, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
-}
-// the production path (qlinear4 → the job-table k_qgemv4v), nf4, block 64, no double quant
+// the production path (qlinear4: the path auto picks), nf4, block 64, no double quant
 static void run_old(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   kiln::cuda::qlinear4<bf16>(x, w, nullptr, nullptr, y, 1, N, K, 64, false, NF4);
+}
+// one decode path of qlinear4 forced (Q::Q4_VEC: k_qgemv4v, Q4_MMA: k_qgemv4mma)
+template <int PATH>
+static void run_path(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
+  Q::Q4Jobs<bf16> J = {};
+  J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
+  J.n = 1;
+  Q::qgemv4<bf16>(x, J, g_code, 1, K, 64, (Q::Q4Path)PATH, kiln::cuda::stream());
+}
+
+// v2's access pattern (R rows a block; thread tid takes 16-byte pieces tid, tid + TPB, … of each
+// row) with the loads decoupled from the arithmetic: persistent blocks walk row groups, and each
+// thread keeps D units in flight by cp.async into its own shared-memory slot — a unit is its R
+// code pieces, their R absmax values and the 32 x values they multiply, so nothing the arithmetic
+// reads waits on memory once the unit's group has landed (M = 1, no double quant, block 2^lb).
+template <int R, int D, int TPB, int MINB>
+__global__ void __launch_bounds__(TPB, MINB) k_v3(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
+  struct __align__(16) Slot {
+    uint4 c[R];
+    uint4 x[4];
+    float a[R];
+  };
+  __shared__ float tab[16];
+  extern __shared__ __align__(16) uint8_t slot_raw[];
+  Slot(*slot)[TPB] = reinterpret_cast<Slot(*)[TPB]>(slot_raw);  // [D][TPB]
+  __shared__ float red[2][TPB / 32][R];
+  if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
+  const int tid = threadIdx.x, KV = (int)(K / 32), apr = (int)(K >> lb), cs = lb - 5;
+  const int64_t groups = (N + R - 1) / R;
+  const char* tb = reinterpret_cast<const char*>(tab);
+  struct Cur {
+    int64_t g;
+    int p;
+  };
+  auto adv = [&](Cur& u) {
+    u.p += TPB;
+    if (u.p >= KV) u.p = tid, u.g += gridDim.x;
+  };
+  auto issue = [&](const Cur& u, int k) {
+    if (u.g < groups && u.p < KV) {
+      Slot& sl = slot[k][tid];
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const int64_t row = u.g * R + r < N ? u.g * R + r : N - 1;
+        kiln::cuda::fa2::cp_async16(kiln::cuda::fa2::smem_u32(&sl.c[r]), reinterpret_cast<const uint4*>(q.codes) + row * KV + u.p, true);
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(kiln::cuda::fa2::smem_u32(&sl.a[r])), "l"(q.absmax + row * apr + (u.p >> cs)));
+      }
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(kiln::cuda::fa2::smem_u32(&sl.x[j])), "l"(reinterpret_cast<const uint4*>(x) + u.p * 4 + j));
+    }
+    kiln::cuda::fa2::cp_async_commit();  // empty groups too: wait_group counts them
+  };
+  Cur ld = {blockIdx.x, tid}, cu = ld;
+#pragma unroll
+  for (int d = 0; d < D; d++) issue(ld, d), adv(ld);
+  __syncthreads();  // tab
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.f;
+  int k = 0, par = 0;
+  while (cu.g < groups) {
+    kiln::cuda::fa2::cp_async_wait<D - 1>();
+    if (cu.p < KV) {
+      const Slot& sl = slot[k][tid];
+      float xf[32];
+#pragma unroll
+      for (int j = 0; j < 4; j++) kiln::cuda::detail::Vec<bf16>::unpack(sl.x[j], xf + 8 * j);
+#pragma unroll
+      for (int r = 0; r < R; r++) acc[r] = fmaf(dot32(sl.c[r], xf, tb), sl.a[r], acc[r]);
+    }
+    issue(ld, k);  // this slot's next unit (its reads above are done: their values are in acc)
+    adv(ld);
+    k = k + 1 == D ? 0 : k + 1;
+    const int64_t g = cu.g;
+    adv(cu);
+    if (cu.g != g) {  // the group's last unit: its rows' sums
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        float v = acc[r];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if ((tid & 31) == 0) red[par][tid >> 5][r] = v;
+        acc[r] = 0.f;
+      }
+      __syncthreads();
+      if (tid < R && g * R + tid < N) {
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < TPB / 32; w++) v += red[par][w][tid];
+        y[g * R + tid] = kiln::Num<bf16>::store(v);
+      }
+      par ^= 1;
+    }
+  }
+  kiln::cuda::fa2::cp_async_wait<0>();
+}
+template <int R, int D, int TPB, int MINB>
+static void run_v3(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
+  const int64_t groups = (N + R - 1) / R;
+  constexpr int bytes = D * TPB * (int)(((R + 4) * 16 + 4 * R + 15) / 16 * 16);
+  static int most = 0;
+  if (!most) {
+    cudaFuncSetAttribute(k_v3<R, D, TPB, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&most, k_v3<R, D, TPB, MINB>, TPB, bytes);
+    most *= 132;
+  }
+  k_v3<R, D, TPB, MINB><<<(unsigned)(groups < most ? groups : most), TPB, bytes, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
+}
+
+// k_qgemv4r with BK 128-byte boxes a stage (K % (256·BK) == 0, else BK = 1) and FAKE (the loads alone)
+template <int BK, int FAKE, bool FLAT = false>
+static void run_r(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
+  if (K % (256 * BK)) return run_r<1, FAKE, FLAT>(x, w, y, N, K);
+  Q::Q4Jobs<bf16> J = {};
+  J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
+  J.n = 1;
+  const unsigned tiles = Q::q4_grid(J, 16);
+  Q::Q4Maps<bf16> maps;
+  memset(&maps, 0, sizeof maps);
+  if (!(FLAT ? Q::i8w::map2d(&maps.m[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, w, 128, (N + 15) / 16 * 16 * K / 256, 128, 8)
+             : Q::i8w::map2d(&maps.m[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, w, K / 2, N, K / 2, 8)))
+    exit(2);
+  const int bytes = Q::q4r::Smem<1, BK>::BYTES + (int)(2 * K);
+  cudaFuncSetAttribute(Q::k_qgemv4r<bf16, 1, false, BK, FAKE, FLAT>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  Q::k_qgemv4r<bf16, 1, false, BK, FAKE, FLAT><<<tiles < 132 ? tiles : 132, Q::q4r::THREADS, bytes, kiln::cuda::stream()>>>(x, J, maps, g_code, K, 6);
+}
+
+// ---- PDL: a norm-like kernel (one block: Σx², then x·rsqrt) chained with the GEMV, as in a
+// decode layer (norm → q/k/v, norm → gate/up). MODE 0: plain launches; 1: the GEMV launched with
+// programmatic stream serialization loads its first weight pieces and absmax, then waits
+// (griddepcontrol.wait) before reading x, and the norm triggers its dependents at its start;
+// 2: as 1, and the norm is itself launched that way (waits before reading).
+template <int MODE>
+__global__ void __launch_bounds__(256) k_pnorm(const bf16* __restrict__ x, bf16* __restrict__ y, int K) {
+  if (MODE >= 1) asm volatile("griddepcontrol.launch_dependents;");
+  if (MODE == 2) asm volatile("griddepcontrol.wait;" ::: "memory");
+  __shared__ float red[8];
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < K; i += 256) {
+    const float v = kiln::Num<bf16>::load(x[i]);
+    ss += v * v;
+  }
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  float t = 0.f;
+  for (int w = 0; w < 8; w++) t += red[w];
+  const float r = rsqrtf(t / K + 1e-5f);
+  for (int i = threadIdx.x; i < K; i += 256) y[i] = kiln::Num<bf16>::store(kiln::Num<bf16>::load(x[i]) * r);
+}
+template <int MODE>
+static void pdl_pair(const bf16* x, bf16* xn, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
+  cudaStream_t s = kiln::cuda::stream();
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t c1 = {};
+  c1.gridDim = dim3(1), c1.blockDim = dim3(256), c1.stream = s, c1.attrs = at, c1.numAttrs = MODE == 2 ? 1 : 0;
+  ck(cudaLaunchKernelEx(&c1, k_pnorm<MODE>, x, xn, (int)K) == cudaSuccess ? 0 : 1, "pnorm");
+  cudaLaunchConfig_t c2 = {};
+  c2.gridDim = dim3((unsigned)((N + 3) / 4)), c2.blockDim = dim3(128), c2.stream = s, c2.attrs = at, c2.numAttrs = MODE >= 1 ? 1 : 0;
+  if (MODE >= 1) ck(cudaLaunchKernelEx(&c2, k_v2<4, 8, 128, false, true>, (const bf16*)xn, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6) == cudaSuccess ? 0 : 1, "v2p");
+  else ck(cudaLaunchKernelEx(&c2, k_v2<4, 8, 128, false, false>, (const bf16*)xn, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6) == cudaSuccess ? 0 : 1, "v2p");
 }
 
 int main(int argc, char** argv) {
@@ -412,38 +722,28 @@ int main(int argc, char** argv) {
   const int only = argc > 1 ? atoi(argv[1]) : -1;  // one shape (for ncu)
   g_code = Q::code16(NF4);
   const Variant vs[] = {
-      {"qlinear4 (k_qgemv4v)", run_old},
-      {"w RW1 U4 W4", run_w<1, 4, 4>},
-      {"w RW2 U2 W4", run_w<2, 2, 4>},
-      {"w RW2 U4 W4", run_w<2, 4, 4>},
-      {"w RW4 U2 W4", run_w<4, 2, 4>},
-      {"w RW2 U2 W8", run_w<2, 2, 8>},
-      {"w RW1 U8 W4", run_w<1, 8, 4>},
-      {"ws RW2 U2 W4", run_ws<2, 2, 4>},
-      {"ws RW4 U1 W4", run_ws<4, 1, 4>},
-      {"ws RW2 U1 W8", run_ws<2, 1, 8>},
-      {"t KS4 U2", run_t<4, 2>},
+      {"qlinear4 auto", run_old},
+      {"k_qgemv4v (vec)", run_path<Q::Q4_VEC>},
+      {"k_qgemv4mma (mma)", run_path<Q::Q4_MMA>},
+      {"k_qgemv4r (TMA ring, mma decode)", run_r<1, 0>},
+      {"k_qgemv4r, 4 KB stages (K % 512 = 0; else 2 KB)", run_r<2, 0>},
       {"t KS8 U2", run_t<8, 2>},
-      {"t KS16 U2", run_t<16, 2>},
-      {"t KS4 U4", run_t<4, 4>},
-      {"t KS8 U4", run_t<8, 4>},
-      {"t KS2 U4", run_t<2, 4>},
-      {"t auto", run_tauto},
+      {"v3 R4 D2 128 minb8", run_v3<4, 2, 128, 8>},
+      {"v3 R4 D3 128 minb6", run_v3<4, 3, 128, 6>},
+      {"v3 R4 D4 128 minb4", run_v3<4, 4, 128, 4>},
+      {"v3 R2 D4 128 minb8", run_v3<2, 4, 128, 8>},
+      {"v3 R4 D2 256 minb4", run_v3<4, 2, 256, 4>},
+      {"v3 R8 D2 128 minb4", run_v3<8, 2, 128, 4>},
       {"v2 R4 minb8 128", run_v2<4, 8, 128>},
-      {"v2 R4 minb12 128", run_v2<4, 12, 128>},
-      {"v2 R4 minb16 128", run_v2<4, 16, 128>},
-      {"v2 R2 minb16 128", run_v2<2, 16, 128>},
-      {"v2 R8 minb8 128", run_v2<8, 8, 128>},
-      {"v2 R4 minb8 64", run_v2<4, 16, 64>},
-      {"v2 R8 minb4 256", run_v2<8, 4, 256>},
-      {"v2 R2 minb16 64", run_v2<2, 24, 64>},
-      {"v2h (f16x2 sums) R4 128", run_v2h<4, 128>},
       {"v2h (f16x2 sums) R8 128", run_v2h<8, 128>},
-      {"loads only RW2 U2 W4 (floor)", run_w<2, 2, 4, true>},
-      {"loads only RW2 U4 W4 (floor)", run_w<2, 4, 4, true>},
       {"loads only, v2 R4 minb8 128 (its floor)", run_v2<4, 8, 128, true>},
+      {"loads only, k_qgemv4r (stages, absmax, x)", run_r<1, 1>},
+      {"loads only, k_qgemv4r, 4 KB stages", run_r<2, 1>},
+      {"loads only, k_qgemv4r, 2 KB contiguous stages", run_r<1, 1, true>},
+      {"stages only (no absmax, no x), k_qgemv4r", run_r<1, 2>},
+      {"stages only (no absmax, no x), k_qgemv4r, 4 KB stages", run_r<2, 2>},
   };
-  const int NCHECK = 27;  // the loads-only variants compute nothing checkable
+  const int NCHECK = 14;  // the loads-only variants compute nothing checkable
   const int NV = sizeof(vs) / sizeof(vs[0]);
   const int64_t shapes[4][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
   const int COPIES = 8;
@@ -471,7 +771,7 @@ int main(int argc, char** argv) {
       cudaMalloc(&q4[c], b4);
       ck(kiln_quantize4(q4[c], wf, n, 64, 0, NF4), "quantize4");
     }
-    run_old(x, q4[0], y0, N, K);
+    run_path<Q::Q4_VEC>(x, q4[0], y0, N, K);  // the reference: k_qgemv4v (f32 code values, f32 FMAs)
     std::vector<bf16> h0(N), h(N);
     ck(kiln_synchronize(), "sync");
     cudaMemcpy(h0.data(), y0, 2 * N, cudaMemcpyDeviceToHost);
@@ -508,6 +808,50 @@ int main(int argc, char** argv) {
       printf(" %.1f (%.2f) |", t[v][si], bytes / t[v][si] / 1e6);
     }
     printf("\n");
+  }
+  // PDL: µs a (norm → GEMV) pair, a chain of 20 in a graph; the chain's last y must not depend on the mode
+  printf("\n| norm → GEMV pair (µs) | plain | GEMV by PDL, weights before the wait | both by PDL |\n|---|---|---|---|\n");
+  for (int si = 0; si < 4; si++) {
+    if (only >= 0 && si != only) continue;
+    const int64_t N = shapes[si][0], K = shapes[si][1], n = N * K;
+    if (N < K) continue;  // the chain feeds y's first K values to the next norm
+    float *wf, *yf;
+    cudaMalloc(&wf, 4 * n);
+    cudaMalloc(&yf, 4 * N);
+    bf16 *yb[2], *xn;
+    cudaMalloc(&yb[0], 2 * N), cudaMalloc(&yb[1], 2 * N), cudaMalloc(&xn, 2 * K);
+    uint8_t* q4[COPIES];
+    const int64_t b4 = kiln::quant::bytes4(n, 64, false);
+    for (int c = 0; c < COPIES; c++) {
+      k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(wf, n, 300 + c, 0.05f);
+      cudaMalloc(&q4[c], b4);
+      ck(kiln_quantize4(q4[c], wf, n, 64, 0, NF4), "quantize4");
+    }
+    double tm[3];
+    std::vector<bf16> last[3];
+    for (int mode = 0; mode < 3; mode++) {
+      auto pair = [&](int i) {
+        bf16 *a = yb[i % 2], *b = yb[(i + 1) % 2];
+        if (mode == 0) pdl_pair<0>(a, xn, q4[i % COPIES], b, N, K);
+        else if (mode == 1) pdl_pair<1>(a, xn, q4[i % COPIES], b, N, K);
+        else pdl_pair<2>(a, xn, q4[i % COPIES], b, N, K);
+      };
+      k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(yf, N, 11, 2.f);
+      k_to<bf16><<<1024, 256, 0, kiln::cuda::stream()>>>(yf, yb[0], N);
+      for (int i = 0; i < 6; i++) pair(i);
+      ck(kiln_synchronize(), "sync");
+      last[mode].resize(N);
+      cudaMemcpy(last[mode].data(), yb[0], 2 * N, cudaMemcpyDeviceToHost);
+      tm[mode] = median_us(pair);
+    }
+    for (int mode = 1; mode < 3; mode++)
+      if (memcmp(last[mode].data(), last[0].data(), 2 * N)) {
+        printf("WRONG: PDL mode %d changes the chain's result (%lld×%lld)\n", mode, (long long)N, (long long)K);
+        ok = false;
+      }
+    printf("| %lld×%lld | %.1f | %.1f | %.1f |\n", (long long)N, (long long)K, tm[0], tm[1], tm[2]);
+    for (int c = 0; c < COPIES; c++) cudaFree(q4[c]);
+    cudaFree(wf), cudaFree(yf), cudaFree(yb[0]), cudaFree(yb[1]), cudaFree(xn);
   }
   printf("check: %s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;
