@@ -9,7 +9,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
-import { emitSource } from "../compiler/codegen/emit.js";
 import { qlinear4Groups, siluMul } from "../compiler/codegen/qlinear-groups.js";
 import { parseExpr } from "../compiler/ir/expr.js";
 import type { Attrs, Value } from "../compiler/ir/index.js";
@@ -99,11 +98,10 @@ describe("a tiny nf4 Llama on the cpu target", () => {
 
   test("q/k/v are one qlinear4_group call and gate/up one qlinear4_silu_mul call a layer; KILN_QGROUP=0 turns it off", async () => {
     const src = readFileSync(join((await build("f32", true)).dir, "model.cpp"), "utf8");
-    // 2 layers: q/k/v (3 members each) grouped, gate/up paired into the product, o and down alone;
-    // q/k/v and gate/up read an RMSNorm only linears read: the _norm calls (emit.ts normReaders)
-    const groups = src.match(/K::qlinear4_group_norm<float>\([^;]*\);/g) ?? [];
+    // 2 layers: q/k/v (3 members each) grouped, gate/up paired into the product, o and down alone
+    const groups = src.match(/K::qlinear4_group<float>\([^;]*\);/g) ?? [];
     expect(groups.map((c) => c.match(/\{\(const uint8_t\*\)w\d+/g)?.length)).toEqual([3, 3]);
-    expect(src.match(/K::qlinear4_silu_mul_norm<float>\(/g)).toHaveLength(2);
+    expect(src.match(/K::qlinear4_silu_mul<float>\(/g)).toHaveLength(2);
     expect(src.match(/K::qlinear4<float>\(/g)).toHaveLength(4);
     expect(src).not.toContain("// (mul:f32 (silu:f32 $0) $1)\nstruct F"); // the elementwise product's functor is gone
     const prev = process.env.KILN_QGROUP;
@@ -111,9 +109,7 @@ describe("a tiny nf4 Llama on the cpu target", () => {
     try {
       const off = readFileSync(join((await compile(FIXTURE, { target: "cpu", quant: "nf4", cacheDir: join(tmp, "cache"), maxSeq: 64 })).dir, "model.cpp"), "utf8");
       expect(off).not.toMatch(/qlinear4_group|qlinear4_silu_mul/);
-      // o and down alone; q/k/v and gate/up alone, each reading its norm through qlinear4_norm
-      expect(off.match(/K::qlinear4<float>\(/g)).toHaveLength(4);
-      expect(off.match(/K::qlinear4_norm<float>\(/g)).toHaveLength(10);
+      expect(off.match(/K::qlinear4<float>\(/g)).toHaveLength(14);
       expect(off).toContain("// (mul:f32 (silu:f32 $0) $1)\nstruct F");
     } finally {
       if (prev === undefined) delete process.env.KILN_QGROUP;
@@ -136,50 +132,4 @@ describe("a tiny nf4 Llama on the cpu target", () => {
     expect(runs[0].prefill.every(Number.isFinite)).toBe(true);
     expect(runs[0]).toEqual(runs[1]);
   }, 120_000);
-});
-
-// emit.ts normReaders: an RMSNorm whose every reader is a linear (16-bit or 4-bit) reading it as x
-// has those readers emitted as the `_norm` calls and itself run only where the target's decode
-// GEMVs do not compute it (K::norm_fused); any other reader, or the norm being an output, keeps
-// the plain norm and plain calls. (On the cpu target norm_fused is false: the same numbers as
-// before, which the llama-parity and grouping tests above check end to end.)
-describe("an RMSNorm read only by linears", () => {
-  const template = readFileSync(join(import.meta.dirname, "..", "codegen-templates", "model.cpp.tpl"), "utf8");
-  function source(build: (b: GraphBuilder, node: (op: string, xs: Value[], a?: Attrs) => Value, x: Value, gamma: Value) => void, target: "cpu" | "cuda" = "cpu"): string {
-    const b = new GraphBuilder("g");
-    const node = (op: string, operands: Value[], attrs: Attrs = {}): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
-    const x = b.input("x", { dtype: "f32", shape: ["S", 64] });
-    const gamma = b.param("norm.weight", { dtype: "f32", shape: [64] });
-    build(b, node, x, gamma);
-    return emitSource(b.graph, { target, hash: "h", kilnVersion: "0", template });
-  }
-  const w = (b: GraphBuilder, name: string, N: number) => b.param(name, { dtype: "f32", shape: [N, 64] });
-
-  test("its linear and 4-bit readers become _norm calls and the norm runs only when K::norm_fused says no", () => {
-    const src = source((b, node, x, gamma) => {
-      const n = node("rms_norm", [x, gamma], { eps: 1e-5 });
-      b.output("a", node("linear", [n, w(b, "a.weight", 32)]));
-      b.output("q", node("qlinear", [n, w(b, "q.weight", 64)], { scheme: "nf4", block: 64, double_quant: false, threshold: 0 }));
-    });
-    expect(src).toMatch(/const bool nf(\d+) = K::norm_fused\(\(d_S\)\);\n {2}if \(!nf\1\) K::rms_norm<float>\(/);
-    expect(src.match(/K::linear_norm<float>\(/g)).toHaveLength(1);
-    expect(src.match(/K::qlinear4_norm<float>\(/g)).toHaveLength(1);
-    expect(src).not.toMatch(/K::linear<float>\(|K::qlinear4<float>\(/);
-  });
-
-  test.each([
-    ["another op reads it", (b: GraphBuilder, node: (op: string, xs: Value[], a?: Attrs) => Value, n: Value) => b.output("s", node("add", [n, n]))],
-    ["it is an output", (b: GraphBuilder, _node: unknown, n: Value) => b.output("n", n)],
-    ["an int8 linear reads it", (b: GraphBuilder, node: (op: string, xs: Value[], a?: Attrs) => Value, n: Value) =>
-      b.output("i", node("qlinear", [n, w(b, "i.weight", 16)], { scheme: "int8", block: 64, double_quant: false, threshold: 6 }))],
-  ])("not when %s", (_label, extra) => {
-    const src = source((b, node, x, gamma) => {
-      const n = node("rms_norm", [x, gamma], { eps: 1e-5 });
-      b.output("a", node("linear", [n, w(b, "a.weight", 32)]));
-      extra(b, node, n);
-    });
-    expect(src).not.toMatch(/norm_fused|K::(linear|qlinear4\w*)_norm</);
-    expect(src).toMatch(/ K::rms_norm<float>\(/);
-    expect(src.match(/K::linear<float>\(/g)).toHaveLength(1);
-  });
 });

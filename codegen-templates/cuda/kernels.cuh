@@ -17,7 +17,6 @@
 #include <math.h>
 #include <type_traits>
 #include "../common/kiln_types.h"
-#include "../common/kiln_norm.h"
 #include "runtime.cuh"
 #include "cublaslt.cuh"
 #include "flash_attn2.cuh"
@@ -760,21 +759,6 @@ namespace detail {
 
 // ---------------------------------------------------------------- GEMV (decode)
 
-// f(std::integral_constant<int, M>()) for M in 1…8 (the GEMV's rows of x, a template parameter)
-template <typename F>
-static void with_rows8(int64_t M, F f) {
-  switch (M) {
-    case 1: f(std::integral_constant<int, 1>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    case 4: f(std::integral_constant<int, 4>()); break;
-    case 5: f(std::integral_constant<int, 5>()); break;
-    case 6: f(std::integral_constant<int, 6>()); break;
-    case 7: f(std::integral_constant<int, 7>()); break;
-    case 8: f(std::integral_constant<int, 8>()); break;
-  }
-}
-
 // 16 bytes of weights, loaded once: no L1 allocation (each weight is read once a forward).
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   uint4 r;
@@ -782,22 +766,16 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   return r;
 }
 
-// NRM: x is an RMSNorm's input (k_gemv's NRM): ss[m] += x², and x·gamma is what multiplies
-template <typename T, int MR, typename A, bool NRM = false>
-__device__ __forceinline__ void gemv_dot(const uint4& q, const T* __restrict__ x, int64_t K, int64_t k0, A* acc, const T* __restrict__ gamma = nullptr,
-                                         float* ss = nullptr) {
+template <typename T, int MR, typename A>
+__device__ __forceinline__ void gemv_dot(const uint4& q, const T* __restrict__ x, int64_t K, int64_t k0, A* acc) {
   const int E = Vec<T>::E;
-  float wf[E], gf[E];
+  float wf[E];
   Vec<T>::unpack(q, wf);
-  if constexpr (NRM) Vec<T>::unpack(__ldg(reinterpret_cast<const uint4*>(gamma + k0)), gf);
 #pragma unroll
   for (int m = 0; m < MR; m++) {
     uint4 xq = __ldg(reinterpret_cast<const uint4*>(x + m * K + k0));
     float xf[E];
     Vec<T>::unpack(xq, xf);
-    if constexpr (NRM)
-#pragma unroll
-      for (int e = 0; e < E; e++) ss[m] = fmaf(xf[e], xf[e], ss[m]), xf[e] *= gf[e];
 #pragma unroll
     for (int e = 0; e < E; e++) acc[m] += (A)wf[e] * (A)xf[e];
   }
@@ -805,22 +783,17 @@ __device__ __forceinline__ void gemv_dot(const uint4& q, const T* __restrict__ x
 
 // y[m, row] = Σ_k x[m, k] · w[row, k] (+ bias[row]) (+ res[m, row]) for MR ≤ 8 rows of x: one warp
 // per output feature, blockDim/32 a block. VEC: rows 16-byte aligned (K a multiple of 16 / sizeof(T)); the
-// lanes of a warp read consecutive 16-byte pieces, U in flight per lane. NRM (with VEC): x is the
-// input of the RMSNorm the linear reads (linear_norm): each warp reads all of x anyway, so it sums
-// x² and multiplies x by gamma as it goes, and scales its dot product by the row's 1/rms
-// (kiln_norm.h norm_inv) — the norm's own kernel does not run.
-template <typename T, int MR, bool VEC, bool NRM = false, int U = (MR == 1 ? 16 : 4)>
+// lanes of a warp read consecutive 16-byte pieces, U in flight per lane.
+template <typename T, int MR, bool VEC, int U = (MR == 1 ? 16 : 4)>
 __global__ void __launch_bounds__(256) k_gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, const T* __restrict__ res,
-                                               T* __restrict__ y, int64_t N, int64_t K, const T* __restrict__ gamma = nullptr, float eps = 0.f) {
-  static_assert(VEC || !NRM, "k_gemv: the fused RMSNorm needs the 16-byte path");
+                                               T* __restrict__ y, int64_t N, int64_t K) {
   typedef typename Acc<T>::type A;
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return;
   A acc[MR];
-  float ss[MR];
 #pragma unroll
-  for (int m = 0; m < MR; m++) acc[m] = 0, ss[m] = 0.f;
+  for (int m = 0; m < MR; m++) acc[m] = 0;
   const T* wr = w + row * K;
   if (VEC) {
     const int E = Vec<T>::E;
@@ -835,7 +808,7 @@ __global__ void __launch_bounds__(256) k_gemv(const T* __restrict__ x, const T* 
 #pragma unroll
       for (int u = 0; u < U; u++) q[u] = ld_stream(w4 + i + 32 * u);
 #pragma unroll
-      for (int u = 0; u < U; u++) gemv_dot<T, MR, A, NRM>(q[u], x, K, (i + 32 * u) * E, acc, gamma, ss);
+      for (int u = 0; u < U; u++) gemv_dot<T, MR, A>(q[u], x, K, (i + 32 * u) * E, acc);
     }
     if (U > 4)
       for (; i + 96 < KV; i += 128) {
@@ -843,9 +816,9 @@ __global__ void __launch_bounds__(256) k_gemv(const T* __restrict__ x, const T* 
 #pragma unroll
         for (int u = 0; u < 4; u++) q[u] = ld_stream(w4 + i + 32 * u);
 #pragma unroll
-        for (int u = 0; u < 4; u++) gemv_dot<T, MR, A, NRM>(q[u], x, K, (i + 32 * u) * E, acc, gamma, ss);
+        for (int u = 0; u < 4; u++) gemv_dot<T, MR, A>(q[u], x, K, (i + 32 * u) * E, acc);
       }
-    for (; i < KV; i += 32) gemv_dot<T, MR, A, NRM>(ld_stream(w4 + i), x, K, i * E, acc, gamma, ss);
+    for (; i < KV; i += 32) gemv_dot<T, MR, A>(ld_stream(w4 + i), x, K, i * E, acc);
   } else {
     for (int64_t k = lane; k < K; k += 32) {
       A wv = (A)Num<T>::load(wr[k]);
@@ -856,17 +829,11 @@ __global__ void __launch_bounds__(256) k_gemv(const T* __restrict__ x, const T* 
 #pragma unroll
   for (int m = 0; m < MR; m++)
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
-      if constexpr (NRM) ss[m] += __shfl_xor_sync(0xffffffffu, ss[m], o);
-    }
+    for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
   if (lane == 0) {
     A b = bias ? (A)Num<T>::load(bias[row]) : (A)0;
 #pragma unroll
-    for (int m = 0; m < MR; m++) {
-      if constexpr (NRM) acc[m] *= (A)norm_inv((double)ss[m], K, eps);
-      y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b + (res ? (A)Num<T>::load(res[m * N + row]) : (A)0)));
-    }
+    for (int m = 0; m < MR; m++) y[m * N + row] = Num<T>::store((typename Num<T>::C)(acc[m] + b + (res ? (A)Num<T>::load(res[m * N + row]) : (A)0)));
   }
 }
 
@@ -1404,37 +1371,5 @@ void for_each(const F& f, int64_t n) {
 }  // namespace cuda
 }  // namespace kiln
 
-#include "norm.cuh"   // rms_norm / layer_norm (before quant.cuh: its _norm calls run it)
 #include "quant.cuh"  // qlinear4 / qlinear8 and quantize-on-load (issue 6)
-
-namespace kiln {
-namespace cuda {
-
-// Whether the linears reading an RMSNorm's output (emit.ts: all of its readers are linears)
-// compute the norm themselves at these rows — the decode GEMVs (≤ 8 rows), whose blocks read all
-// of x anyway — so the norm's own kernel does not run (its output is then not written).
-static inline bool norm_fused(int64_t rows) { return rows >= 1 && rows <= 8; }
-
-// linear(rms_norm(xp, gamma, eps), w, bias, residual) (emit.ts). fused (norm_fused(M)): the norm
-// did not run; the GEMV computes it (k_gemv<…, NRM>), or where the GEMV is not the path (cuBLASLt
-// from 2 rows, unaligned operands) the norm runs here into xn first. !fused: xn is the norm's output.
-template <typename T>
-void linear_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, const T* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K) {
-  if (M <= 0 || N <= 0) return;
-  const bool gemv = M == 1 || (M <= 8 && !(Is16<T>::value && K > 0 && lt::available()));
-  const bool vec = (K % detail::Vec<T>::E == 0) && detail::aligned16(xp) && detail::aligned16(w) && detail::aligned16(gamma);
-  if (!fused || !gemv || !vec || (N + 7) / 8 > 0x7fffffffLL) {
-    if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
-    return linear<T>(xn, w, bias, residual, y, M, N, K);
-  }
-  const unsigned blocks = (unsigned)((N + 7) / 8);
-  cudaStream_t s = stream();
-  detail::with_rows8(M, [&](auto rows) {
-    constexpr int MR = decltype(rows)::value;
-    detail::k_gemv<T, MR, true, true><<<blocks, 256, 0, s>>>(xp, w, bias, residual, y, N, K, gamma, (float)eps);
-  });
-  detail::launched("linear (GEMV, RMSNorm fused)");
-}
-
-}  // namespace cuda
-}  // namespace kiln
+#include "norm.cuh"   // rms_norm / layer_norm

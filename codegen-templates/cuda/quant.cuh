@@ -118,8 +118,18 @@ __device__ __forceinline__ void load8(const T* p, float* f) {
 // f(std::integral_constant<int, M>()) for M in 1…8 (the GEMVs' rows, a template parameter)
 template <typename F>
 static void with_rows(int64_t M, F f) {
-  detail::with_rows8(M, f);
+  switch (M) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 5: f(std::integral_constant<int, 5>()); break;
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 7: f(std::integral_constant<int, 7>()); break;
+    case 8: f(std::integral_constant<int, 8>()); break;
+  }
 }
+
 // ---------------------------------------------------------------- the 4-bit decode GEMV (M ≤ 8)
 //
 // One launch computes the linears of a job table. A block finds its job by comparing blockIdx.x
@@ -143,9 +153,6 @@ struct Q4Jobs {
   int n;
   int64_t first[5];  // first block of job i; first[n] = the grid
   bool pair;
-  // x is RMSNorm's input (k_qgemv4v<…, NRM>): the linears read rms_norm(x, gamma, eps)
-  const T* gamma;
-  float eps;
 };
 
 // this block's job: the last i < n with first[i] ≤ blockIdx.x
@@ -228,17 +235,10 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, const _
 // parameter, and the blocks an SM asked of M = 1 and 2 keep these kernels at the registers they
 // had with one job (64 and 80: 8 and 6 blocks of 4 warps an SM; a job table read at a run-time
 // index otherwise costs ~8 more).
-//
-// NRM: x is the input of the RMSNorm whose output the linears read (emit.ts: a decode layer's
-// input_layernorm → q/k/v, post_attention_layernorm → gate/up), and the norm runs here instead of
-// in its own kernel: every block reads all of x anyway, so it also sums x² (the row's own values,
-// in f32) and multiplies x by gamma as it loads it; the row's 1/rms (kiln_norm.h norm_inv) scales
-// the finished dot product. The products differ from the separate norm's only in where the
-// normalized activations are rounded (to T there, not here): within T's rounding of the output.
-template <typename T, int MR, int R, bool P, bool DQ, bool NRM = false>
+template <typename T, int MR, int R, bool P, bool DQ>
 __global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, Code16 code, int64_t K, int lb) {
   __shared__ float tab[16];
-  __shared__ float red[4][R * MR + (NRM ? MR : 0)];
+  __shared__ float red[4][R * MR];
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
   __syncthreads();
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, ji = job_of(J);
@@ -250,13 +250,11 @@ __global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(
   const double meana = DQ ? __ldg(qa.mean) : 0.0, meanb = P && DQ ? __ldg(qb.mean) : 0.0;
   const int64_t KV = K / 32;
   const char* tb = reinterpret_cast<const char*>(tab);
-  float acc[R][MR], ss[MR];
+  float acc[R][MR];
 #pragma unroll
-  for (int m = 0; m < MR; m++) {
-    ss[m] = 0.f;
+  for (int r = 0; r < R; r++)
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r][m] = 0.f;
-  }
+    for (int m = 0; m < MR; m++) acc[r][m] = 0.f;
   for (int64_t p = threadIdx.x; p < KV; p += 128) {
     uint4 pc[R];
     float a[R];
@@ -278,14 +276,6 @@ __global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(
       float xf[MR][8];
 #pragma unroll
       for (int m = 0; m < MR; m++) load8<T>(x + m * K + p * 32 + 8 * j, xf[m]);
-      if constexpr (NRM) {  // x² of the row's own values, then x·gamma
-        float gf[8];
-        load8<T>(J.gamma + p * 32 + 8 * j, gf);
-#pragma unroll
-        for (int m = 0; m < MR; m++)
-#pragma unroll
-          for (int e = 0; e < 8; e++) ss[m] = fmaf(xf[m][e], xf[m][e], ss[m]), xf[m][e] *= gf[e];
-      }
 #pragma unroll
       for (int r = 0; r < R; r++) {
         const uint32_t w = j == 0 ? pc[r].x : j == 1 ? pc[r].y : j == 2 ? pc[r].z : pc[r].w;
@@ -313,25 +303,15 @@ __global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(
       for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
       if (lane == 0) red[wid][r * MR + m] = v;
     }
-  if constexpr (NRM)
-#pragma unroll
-    for (int m = 0; m < MR; m++) {
-      float v = ss[m];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0) red[wid][R * MR + m] = v;
-    }
   __syncthreads();
   if (threadIdx.x < H * MR) {
     const int r = threadIdx.x / MR, m = threadIdx.x % MR;
     const int64_t row = row0 + r;
     if (row < N) {
-      float inv = 1.f;  // NRM: 1/rms of row m of x
-      if constexpr (NRM) inv = norm_inv((double)red[0][R * MR + m] + red[1][R * MR + m] + red[2][R * MR + m] + red[3][R * MR + m], K, J.eps);
-      // slot s of job jb: its four warps' sums (× inv) + bias + residual
+      // slot s of job jb: its four warps' sums + bias + residual
       auto value = [&](int s, const Q4Job<T>& jb) {
         const float b = jb.bias ? (float)Num<T>::load(jb.bias[row]) : 0.f, rs = jb.res ? (float)Num<T>::load(jb.res[m * N + row]) : 0.f;
-        return (red[0][s * MR + m] + red[1][s * MR + m] + red[2][s * MR + m] + red[3][s * MR + m]) * inv + b + rs;
+        return red[0][s * MR + m] + red[1][s * MR + m] + red[2][s * MR + m] + red[3][s * MR + m] + b + rs;
       };
       store_out(J, P, ji, m * N + row, value(r, J.j[ji]), P ? value(r + H, J.j[1]) : 0.f);
     }
@@ -540,25 +520,15 @@ static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t
       if (path == Q4_MMA) return qgemv4mma<T, MR>(x, J, c, K, lb, s);
     }
     // the jobs of a launch share double quantization (a group's key; one job alone trivially)
-    const bool dq = J.j[0].q.dq, nrm = J.gamma != nullptr;
-    if (nrm && path != Q4_VEC) rt::fail(KILN_ERR_INVALID, "qlinear4: the RMSNorm is fused only into the CUDA-core decode GEMV");
-    // k_qgemv4v<T, MR, RR, P, dq, nrm> on `grid` blocks
-    auto vec = [&](auto rr, auto pp, unsigned grid) {
-      constexpr int RR = decltype(rr)::value;
-      constexpr bool PP = decltype(pp)::value;
-      if (nrm) {
-        if (dq) k_qgemv4v<T, MR, RR, PP, true, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
-        else k_qgemv4v<T, MR, RR, PP, false, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
-      } else if (dq) {
-        k_qgemv4v<T, MR, RR, PP, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
-      } else {
-        k_qgemv4v<T, MR, RR, PP, false><<<grid, 128, 0, s>>>(x, J, c, K, lb);
-      }
-    };
+    const bool dq = J.j[0].q.dq;
     if (path == Q4_VEC && !J.pair) {
-      vec(std::integral_constant<int, R>(), std::false_type(), q4_grid(J, R));
+      const unsigned grid = q4_grid(J, R);
+      if (dq) k_qgemv4v<T, MR, R, false, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
+      else k_qgemv4v<T, MR, R, false, false><<<grid, 128, 0, s>>>(x, J, c, K, lb);
     } else if (path == Q4_VEC) {
-      vec(std::integral_constant<int, RP>(), std::true_type(), q4_grid(J, RP / 2));
+      const unsigned grid = q4_grid(J, RP / 2);
+      if (dq) k_qgemv4v<T, MR, RP, true, true><<<grid, 128, 0, s>>>(x, J, c, K, lb);
+      else k_qgemv4v<T, MR, RP, true, false><<<grid, 128, 0, s>>>(x, J, c, K, lb);
     } else {
       const unsigned grid = q4_grid(J, 8);
       k_qgemv4<T, MR><<<grid, 256, 0, s>>>(x, J, c, K);
@@ -1717,64 +1687,6 @@ void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq,
   qdetail::k_silu_mul<T><<<detail::grid_for(M * N, detail::kThreads), detail::kThreads, 0, s>>>(gu, gu + M * N, y, M * N);
   detail::launched("qlinear4 (silu·up)");
   rt::release(gu);
-}
-
-// The 4-bit linears of a group (or a gate/up pair) reading rms_norm(xp, gamma, eps) (emit.ts: a
-// norm whose only readers are linears). `fused` (norm_fused(M), the same for every reader of the
-// norm): the norm was not run and its output xn is not written; the decode GEMV then computes it
-// inside (k_qgemv4v<…, NRM>), and where that GEMV is not the path (the tensor-core one from 3 rows,
-// the general one) the norm runs here into xn first. !fused: xn holds the norm's output.
-namespace qdetail {
-template <typename T>
-static bool q4_norm_here(const T* xp, const T* gamma, int64_t M, int64_t K, int64_t block, std::initializer_list<const Q4Linear<T>*> ls) {
-  if (M > 8 || !detail::aligned16(gamma)) return false;
-  for (const Q4Linear<T>* l : ls)
-    if (l->N <= 0 || qgemv4_path(xp, l->w, M, K, block) != Q4_VEC) return false;
-  return true;
-}
-}  // namespace qdetail
-template <typename T>
-void qlinear4_group_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
-                         std::initializer_list<Q4Linear<T>> ls) {
-  if (M <= 0 || ls.size() == 0) return;
-  const Q4Linear<T>* l = ls.begin();
-  const int64_t n = (int64_t)ls.size();
-  bool here = fused;
-  for (int64_t i = 0; i < n && here; i++) here = qdetail::q4_norm_here<T>(xp, gamma, M, K, block, {&l[i]});
-  if (!here) {
-    if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
-    return qlinear4_group<T>(xn, M, K, block, dq, code, ls);
-  }
-  const qdetail::Code16 c = qdetail::code16(code);
-  for (int64_t i0 = 0; i0 < n; i0 += 4) {
-    qdetail::Q4Jobs<T> J = {};
-    for (int64_t i = i0; i < n && i < i0 + 4; i++) J.j[J.n++] = {qdetail::q4_of(l[i].w, l[i].N * K, block, dq), l[i].bias, l[i].res, l[i].y, l[i].N};
-    J.gamma = gamma, J.eps = (float)eps;
-    qdetail::qgemv4<T>(xp, J, c, M, K, block, qdetail::Q4_VEC, stream());
-  }
-}
-template <typename T>
-void qlinear4_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N,
-                   int64_t K, int64_t block, bool dq, const double* code) {
-  qlinear4_group_norm<T>(xp, gamma, eps, fused, xn, M, K, block, dq, code, {{w, bias, residual, y, N}});
-}
-template <typename T>
-void qlinear4_silu_mul_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
-                            const Q4Linear<T>& gate, const Q4Linear<T>& up, T* y) {
-  const int64_t N = gate.N;
-  if (up.N != N) rt::fail(KILN_ERR_INVALID, "qlinear4_silu_mul: gate has N = %lld, up N = %lld", (long long)N, (long long)up.N);
-  if (M <= 0 || N <= 0) return;
-  if (!fused || !qdetail::q4_norm_here<T>(xp, gamma, M, K, block, {&gate, &up})) {
-    if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
-    return qlinear4_silu_mul<T>(xn, M, K, block, dq, code, gate, up, y);
-  }
-  qdetail::Q4Jobs<T> J = {};
-  J.j[0] = {qdetail::q4_of(gate.w, N * K, block, dq), gate.bias, gate.res, y, N};
-  J.j[1] = {qdetail::q4_of(up.w, N * K, block, dq), up.bias, up.res, nullptr, N};
-  J.n = 2;
-  J.pair = true;
-  J.gamma = gamma, J.eps = (float)eps;
-  qdetail::qgemv4<T>(xp, J, qdetail::code16(code), M, K, block, qdetail::Q4_VEC, stream());
 }
 
 // Linears of one graph that read the same activation x with the same threshold share its int8
