@@ -187,9 +187,21 @@ function toF32(t: HostTensor): Float32Array {
  * caches) are the same tensors and stay.
  */
 function nextCache(old: Map<string, unknown>, present: Map<string, unknown>): Map<string, unknown> {
+  // the static cache written in place: every present.* is its past.* — the same map serves again
+  // (a decode step then allocates no map and renames nothing)
+  let same = old.size === present.size;
+  for (const [k, v] of present) if (!same || old.get(pastName(k)) !== v) same = false;
+  if (same) return old;
   const kept = new Set(present.values());
   for (const t of old.values()) if (!kept.has(t) && typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
-  return new Map([...present].map(([k, v]) => [k.replace(/^present\./, "past."), v]));
+  return new Map([...present].map(([k, v]) => [pastName(k), v]));
+}
+const pastNames = new Map<string, string>();
+/** present.X → past.X (remembered: a decode step asks for the same names every time) */
+function pastName(k: string): string {
+  let p = pastNames.get(k);
+  if (p === undefined) pastNames.set(k, (p = k.replace(/^present\./, "past.")));
+  return p;
 }
 
 /** One row of numbers, or a batch of rows. */
@@ -424,7 +436,8 @@ export class Model implements AsyncDisposable {
       if (!v) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
       return v as CacheValue;
     });
-    const how = this.manifest.outputs.map((o) => toHost(o.name));
+    let how = this.howOf.get(toHost);
+    if (!how) this.howOf.set(toHost, (how = this.manifest.outputs.map((o) => toHost(o.name))));
     const outs = await native(this.art.forward(null, inputs, how.map((h) => h === true)), this.dir);
     const m = new Map<string, HostTensor | DeviceTensor>();
     this.manifest.outputs.forEach((o, j) => {
@@ -443,8 +456,12 @@ export class Model implements AsyncDisposable {
    * stepOutputs' fallback); anything else (next_token when not picking) is dropped.
    */
   private stepWants(pick: boolean): (name: string) => boolean | "drop" {
-    return (n) => (n.startsWith("present.") ? false : n === "logits" ? !pick : n === this.nextToken?.output && pick ? true : "drop");
+    // one function per mode, so invoke finds its per-output answers computed (howOf)
+    return (this.wants[pick ? 1 : 0] ??= (n) => (n.startsWith("present.") ? false : n === "logits" ? !pick : n === this.nextToken?.output && pick ? true : "drop"));
   }
+  private readonly wants: ((name: string) => boolean | "drop")[] = [];
+  /** invoke's per-output placement for a placement function (each output's answer, once) */
+  private readonly howOf = new WeakMap<(name: string) => boolean | "drop", (boolean | "drop")[]>();
 
   /**
    * A step's result for the sampling loop at each of `rows` (flat indices of the positions wanted:
