@@ -560,36 +560,50 @@ __global__ void k_dequant4(Q4 q, Code16 code, T* __restrict__ out, int64_t n) {
   }
 }
 
-// k_dequant4 a 16-byte piece of codes (32 weights of one absmax block) a thread, for n and block
-// multiples of 32 and 16-byte aligned codes and output: the same values (code · absmax in f64,
-// rounded to f32, then to T), stored 16 bytes at a time. (k_dequant4 takes a byte a thread and
-// divides a 64-bit index by the block for each weight: ≈ 100–160 µs on a 4096 × 11008 weight,
-// most of 4-bit prefill's lead over bf16.) lp = log2(block / 32), or -1.
-template <typename T>
-__global__ void __launch_bounds__(256) k_dequant4v(Q4 q, Code16 code, T* __restrict__ out, int64_t pieces, int lp) {
+// k_dequant4 for n and block multiples of 32 and 16-byte aligned codes and output: the same values
+// (code · absmax in f64, rounded to f32, then to T), a thread taking 4 bytes of codes (8 weights of
+// one absmax block) a step, so that a warp's loads read 128 contiguous bytes and its 16-byte stores
+// write 512; U words a thread a step (1: ≈ 2.5 TB/s of bytes moved on the 7B shapes; 4, strided by
+// the grid, 2.0–2.2). k_dequant4 takes a byte a thread and divides a 64-bit index by the block for
+// each weight: ≈ 4.6× slower; 16 bytes of codes a thread, whose 16-byte stores land 64 bytes apart,
+// ≈ 1.6–2× slower (bench/dequant.cu).
+template <typename T, int U = 1>
+__global__ void __launch_bounds__(256) k_dequant4w(Q4 q, Code16 code, T* __restrict__ out, int64_t words, int lw) {
   __shared__ double cd[16];
   if (threadIdx.x < 16) cd[threadIdx.x] = code.d[threadIdx.x];
   __syncthreads();
   const double mean = q.dq ? __ldg(q.mean) : 0.0;
-  const int64_t ppb = q.block / 32;
-  constexpr int PER = 16 / sizeof(T);  // values a 16-byte store
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < pieces; i += (int64_t)gridDim.x * blockDim.x) {
-    const uint4 c = detail::ld_stream(reinterpret_cast<const uint4*>(q.codes) + i);
-    const double a = (double)absmax_of(q, mean, lp >= 0 ? i >> lp : i / ppb);
-    const uint32_t wv[4] = {c.x, c.y, c.z, c.w};
-    uint4* o = reinterpret_cast<uint4*>(out + i * 32);
+  const int64_t wpb = q.block / 8;  // words an absmax block
+  constexpr int PER = 16 / sizeof(T);
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < words; i0 += U * stride) {
+    uint32_t c[U];
+    double a[U];
 #pragma unroll
-    for (int s = 0; s < 32 / PER; s++) {  // values PER·s … PER·s + PER − 1
-      T v[PER];
-#pragma unroll
-      for (int e = 0; e < PER; e++) {
-        const int k = PER * s + e;  // weight k: byte k/2 (word k/8), low nibble when k is even
-        const uint32_t code4 = (wv[k >> 3] >> (4 * (k & 7))) & 15u;
-        v[e] = Num<T>::store((typename Num<T>::C)__double2float_rn(__dmul_rn(cd[code4], a)));
+    for (int u = 0; u < U; u++) {
+      const int64_t i = i0 + u * stride;
+      if (i < words) {
+        c[u] = __ldg(reinterpret_cast<const uint32_t*>(q.codes) + i);
+        a[u] = (double)absmax_of(q, mean, lw >= 0 ? i >> lw : i / wpb);
       }
-      uint4 u;
-      memcpy(&u, v, 16);
-      o[s] = u;
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t i = i0 + u * stride;
+      if (i >= words) break;
+      uint4* o = reinterpret_cast<uint4*>(out + i * 8);
+#pragma unroll
+      for (int s = 0; s < 8 / PER; s++) {
+        T v[PER];
+#pragma unroll
+        for (int e = 0; e < PER; e++) {
+          const int k = PER * s + e;  // weight k of the word: low nibble of byte k/2 when k is even
+          v[e] = Num<T>::store((typename Num<T>::C)__double2float_rn(__dmul_rn(cd[(c[u] >> (4 * k)) & 15u], a[u])));
+        }
+        uint4 w;
+        memcpy(&w, v, 16);
+        o[s] = w;
+      }
     }
   }
 }
@@ -1624,8 +1638,8 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
     int lp = -1;
     for (int i = 0; i < 62; i++)
       if (((int64_t)32 << i) == block) lp = i;
-    const int64_t pieces = N * K / 32;
-    qdetail::k_dequant4v<T><<<detail::grid_for(pieces, 256), 256, 0, s>>>(q, c, wd, pieces, lp);
+    const int64_t words = N * K / 8;
+    qdetail::k_dequant4w<T><<<detail::grid_for(words, 256), 256, 0, s>>>(q, c, wd, words, lp >= 0 ? lp + 2 : -1);
   } else {
     qdetail::k_dequant4<T><<<detail::grid_for((N * K + 1) / 2, detail::kThreads), detail::kThreads, 0, s>>>(q, c, wd, N * K);
   }
