@@ -189,9 +189,7 @@ function toF32(t: HostTensor): Float32Array {
 function nextCache(old: Map<string, unknown>, present: Map<string, unknown>): Map<string, unknown> {
   // the static cache written in place: every present.* is its past.* — the same map serves again
   // (a decode step then allocates no map and renames nothing)
-  let same = old.size === present.size;
-  for (const [k, v] of present) if (!same || old.get(pastName(k)) !== v) same = false;
-  if (same) return old;
+  if (old.size === present.size && [...present].every(([k, v]) => old.get(pastName(k)) === v)) return old;
   const kept = new Set(present.values());
   for (const t of old.values()) if (!kept.has(t) && typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
   return new Map([...present].map(([k, v]) => [pastName(k), v]));
@@ -436,9 +434,13 @@ export class Model implements AsyncDisposable {
       if (!v) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
       return v as CacheValue;
     });
-    let how = this.howOf.get(toHost);
-    if (!how) this.howOf.set(toHost, (how = this.manifest.outputs.map((o) => toHost(o.name))));
-    const outs = await native(this.art.forward(null, inputs, how.map((h) => h === true)), this.dir);
+    let place = this.placeOf.get(toHost);
+    if (!place) {
+      const how = this.manifest.outputs.map((o) => toHost(o.name));
+      this.placeOf.set(toHost, (place = { how, host: how.map((h) => h === true) }));
+    }
+    const { how, host } = place;
+    const outs = await native(this.art.forward(null, inputs, host), this.dir);
     const m = new Map<string, HostTensor | DeviceTensor>();
     this.manifest.outputs.forEach((o, j) => {
       const out = outs[j];
@@ -456,12 +458,12 @@ export class Model implements AsyncDisposable {
    * stepOutputs' fallback); anything else (next_token when not picking) is dropped.
    */
   private stepWants(pick: boolean): (name: string) => boolean | "drop" {
-    // one function per mode, so invoke finds its per-output answers computed (howOf)
+    // one function per mode, so invoke finds its per-output answers computed (placeOf)
     return (this.wants[pick ? 1 : 0] ??= (n) => (n.startsWith("present.") ? false : n === "logits" ? !pick : n === this.nextToken?.output && pick ? true : "drop"));
   }
   private readonly wants: ((name: string) => boolean | "drop")[] = [];
-  /** invoke's per-output placement for a placement function (each output's answer, once) */
-  private readonly howOf = new WeakMap<(name: string) => boolean | "drop", (boolean | "drop")[]>();
+  /** invoke's per-output placement for a placement function, and its to-host flags (computed once) */
+  private readonly placeOf = new WeakMap<(name: string) => boolean | "drop", { how: (boolean | "drop")[]; host: boolean[] }>();
 
   /**
    * A step's result for the sampling loop at each of `rows` (flat indices of the positions wanted:

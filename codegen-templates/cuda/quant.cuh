@@ -115,6 +115,12 @@ __device__ __forceinline__ void load8(const T* p, float* f) {
   }
 }
 
+// log2(v) when v is a power of 2, else -1 (the kernels then divide instead of shifting)
+static inline int log2_exact(int64_t v) {
+  for (int i = 0; i < 62; i++)
+    if (((int64_t)1 << i) == v) return i;
+  return -1;
+}
 // f(std::integral_constant<int, M>()) for M in 1…8 (the GEMVs' rows, a template parameter)
 template <typename F>
 static void with_rows(int64_t M, F f) {
@@ -509,9 +515,7 @@ static Q4Path qgemv4_path(const T* x, const uint8_t* w, int64_t M, int64_t K, in
 // One launch of the decode GEMV over J's jobs (1 ≤ M ≤ 8 rows of x), all by `path`; fills first[].
 template <typename T>
 static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t K, int64_t block, Q4Path path, cudaStream_t s) {
-  int lb = -1;
-  for (int i = 0; i < 62; i++)
-    if (((int64_t)1 << i) == block) lb = i;
+  const int lb = log2_exact(block);
   with_rows(M, [&](auto rows) {
     constexpr int MR = decltype(rows)::value;
     constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;  // output features a block (registers: R·MR sums)
@@ -563,11 +567,11 @@ __global__ void k_dequant4(Q4 q, Code16 code, T* __restrict__ out, int64_t n) {
 // k_dequant4 for n and block multiples of 32 and 16-byte aligned codes and output: the same values
 // (code · absmax in f64, rounded to f32, then to T), a thread taking 4 bytes of codes (8 weights of
 // one absmax block) a step, so that a warp's loads read 128 contiguous bytes and its 16-byte stores
-// write 512; U words a thread a step (1: ≈ 2.5 TB/s of bytes moved on the 7B shapes; 4, strided by
-// the grid, 2.0–2.2). k_dequant4 takes a byte a thread and divides a 64-bit index by the block for
-// each weight: ≈ 4.6× slower; 16 bytes of codes a thread, whose 16-byte stores land 64 bytes apart,
-// ≈ 1.6–2× slower (bench/dequant.cu).
-template <typename T, int U = 1>
+// write 512: ≈ 2.5 TB/s of bytes moved on the 7B shapes. k_dequant4 takes a byte a thread and
+// divides a 64-bit index by the block for each weight: ≈ 4.6× slower. Measured and not kept
+// (bench/NOTES.md): 4 words a thread a step (strided by the grid: 2.0–2.2 TB/s), 16 bytes of codes
+// a thread (its 16-byte stores land 64 bytes apart: 1.6–2× slower). lw = log2(words a block), or -1.
+template <typename T>
 __global__ void __launch_bounds__(256) k_dequant4w(Q4 q, Code16 code, T* __restrict__ out, int64_t words, int lw) {
   __shared__ double cd[16];
   if (threadIdx.x < 16) cd[threadIdx.x] = code.d[threadIdx.x];
@@ -575,35 +579,21 @@ __global__ void __launch_bounds__(256) k_dequant4w(Q4 q, Code16 code, T* __restr
   const double mean = q.dq ? __ldg(q.mean) : 0.0;
   const int64_t wpb = q.block / 8;  // words an absmax block
   constexpr int PER = 16 / sizeof(T);
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < words; i0 += U * stride) {
-    uint32_t c[U];
-    double a[U];
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < words; i += (int64_t)gridDim.x * blockDim.x) {
+    const uint32_t c = __ldg(reinterpret_cast<const uint32_t*>(q.codes) + i);
+    const double a = (double)absmax_of(q, mean, lw >= 0 ? i >> lw : i / wpb);
+    uint4* o = reinterpret_cast<uint4*>(out + i * 8);
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int64_t i = i0 + u * stride;
-      if (i < words) {
-        c[u] = __ldg(reinterpret_cast<const uint32_t*>(q.codes) + i);
-        a[u] = (double)absmax_of(q, mean, lw >= 0 ? i >> lw : i / wpb);
+    for (int s = 0; s < 8 / PER; s++) {
+      T v[PER];
+#pragma unroll
+      for (int e = 0; e < PER; e++) {
+        const int k = PER * s + e;  // weight k of the word: low nibble of byte k/2 when k is even
+        v[e] = Num<T>::store((typename Num<T>::C)__double2float_rn(__dmul_rn(cd[(c >> (4 * k)) & 15u], a)));
       }
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int64_t i = i0 + u * stride;
-      if (i >= words) break;
-      uint4* o = reinterpret_cast<uint4*>(out + i * 8);
-#pragma unroll
-      for (int s = 0; s < 8 / PER; s++) {
-        T v[PER];
-#pragma unroll
-        for (int e = 0; e < PER; e++) {
-          const int k = PER * s + e;  // weight k of the word: low nibble of byte k/2 when k is even
-          v[e] = Num<T>::store((typename Num<T>::C)__double2float_rn(__dmul_rn(cd[(c[u] >> (4 * k)) & 15u], a[u])));
-        }
-        uint4 w;
-        memcpy(&w, v, 16);
-        o[s] = w;
-      }
+      uint4 w;
+      memcpy(&w, v, 16);
+      o[s] = w;
     }
   }
 }
@@ -1635,11 +1625,8 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
   // prefill: dequantize into a scratch weight, then the 16-bit GEMM of `linear`
   T* wd = (T*)rt::alloc((int64_t)sizeof(T) * N * K, "qlinear4 (dequantized weight)");
   if ((N * K) % 32 == 0 && block % 32 == 0 && detail::aligned16(w) && detail::aligned16(wd)) {
-    int lp = -1;
-    for (int i = 0; i < 62; i++)
-      if (((int64_t)32 << i) == block) lp = i;
     const int64_t words = N * K / 8;
-    qdetail::k_dequant4w<T><<<detail::grid_for(words, 256), 256, 0, s>>>(q, c, wd, words, lp >= 0 ? lp + 2 : -1);
+    qdetail::k_dequant4w<T><<<detail::grid_for(words, 256), 256, 0, s>>>(q, c, wd, words, qdetail::log2_exact(block / 8));
   } else {
     qdetail::k_dequant4<T><<<detail::grid_for((N * K + 1) / 2, detail::kThreads), detail::kThreads, 0, s>>>(q, c, wd, N * K);
   }
