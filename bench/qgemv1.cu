@@ -293,6 +293,183 @@ static bool qgemv4r(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t K, int lb
   return true;
 }
 
+// k_qgemv4d (2026-11-26, measured slower than k_qgemv4v and not kept; bench/NOTES.md): the decode
+// GEMV at M = 1 on the tensor cores (bf16/f16, K and block multiples of 64), the "diagonal" form. At M = 1 the kernels above spend most of their time in the SM's load/store
+// pipe, not in DRAM (ncu on k_qgemv4v at 11008×4096: 5.9 instructions a weight; L1 wavefronts 66 %
+// of the elapsed cycles, 65 % of them the one-weight code-table lookups and most of the rest x
+// loaded 64 bytes apart). Here:
+// - a lane loads 8 contiguous bytes (16 weights) of each of two rows A and B, and the warp's 32
+//   lanes 256 contiguous bytes of a row: a 512-weight window, segment g = lane/4 of it (64 weights:
+//   one absmax block) held by the 4 lanes (g, t = lane%4);
+// - mma m16n8k16 multiplies them with A's rows g = the 8 segments of row A and rows g + 8 those
+//   of row B, and B's column g = the x of segment g, so D[g][g] is segment g's dot product for row
+//   A and D[g + 8][g] for row B (the off-diagonal products are computed and dropped: the tensor
+//   cores have room, the load/store pipe does not). A lane's x words are then exactly the x of its
+//   own weights, already mma B registers, read from shared memory where x is staged once;
+// - a byte of codes (two weights) becomes its mma A register (the two 16-bit code values) by one
+//   byte_perm, which also forms the shared address, and one shared load from a 256-entry table
+//   replicated per lane (word b·64 + lane: the 32 lanes hit 32 banks whatever the bytes);
+// - blocks are persistent (one an SM, 24 warps) so the 32 KB of table is written once an SM;
+//   warps split the K windows S ways and add their sums in shared memory in a fixed order.
+// A warp's unit is 4 output rows (two A/B pairs) or, paired, 2 output features (A = gate, B = up).
+// (The split of decoding from tensor-core multiplication is that of Marlin, Frantar et al. 2024,
+// and FLUTE's byte → code-pair table, Guo et al. 2024; the diagonal use of the mma is ours.)
+namespace q4d {
+constexpr int kWarps = 24, kThreads = kWarps * 32;  // ≤ 85 registers a thread (64 spill)
+constexpr int kTabBytes = 256 * 64 * 4;  // 256 byte values × 64 words (lanes 0…31 used)
+// shared bytes for K: the table and x padded to whole 512-weight windows
+static inline int64_t smem(int64_t K) { return 0x10000 + kTabBytes + (K + 511) / 512 * 512 * 2; }  // + the table's alignment
+constexpr int64_t kMaxK = 24576;  // ≤ 4 windows a warp at S = 12; 176 KB
+}  // namespace q4d
+
+
+// one 32-bit shared load at a shared-window address
+__device__ __forceinline__ uint32_t lds32(uint32_t a) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
+  return v;
+}
+
+template <typename T, bool DQ>
+__global__ void __launch_bounds__(q4d::kThreads, 1) k_qgemv4d(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, Code16 code, int64_t K, int lb, int S) {
+  extern __shared__ __align__(16) uint32_t q4d_sm[];
+  __shared__ float red[2][q4d::kWarps][2];
+  // the table at a 64 KB-aligned shared address, so that byte_perm forms a lookup's whole address
+  // (byte 1 the code byte, byte 0 the lane's word, byte 2 the table's 64 KB page); x after it
+  const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(q4d_sm), taddr = (sbase + 0xffffu) & ~0xffffu;
+  uint32_t* tab = reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(q4d_sm) + (taddr - sbase));
+  uint4* xs = reinterpret_cast<uint4*>(tab + q4d::kTabBytes / 4);
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int NW = (int)((K + 511) / 512);
+  for (int i = threadIdx.x; i < 256 * 32; i += q4d::kThreads) {
+    const int b = i >> 5;
+    tab[b * 64 + (i & 31)] = fa2::Mma<T>::pack(code.f[b & 15], code.f[b >> 4]);
+  }
+  // x chunk c (8 values) at c ^ bit 3 of c: a lane's two chunks, and the warp's, in distinct banks
+  for (int c = threadIdx.x; c < NW * 64; c += q4d::kThreads) {
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (8 * (int64_t)c < K) v = __ldg(reinterpret_cast<const uint4*>(x) + c);
+    xs[c ^ ((c >> 3) & 1)] = v;
+  }
+  __syncthreads();
+  // S warps (a group) split a unit's windows: split s takes windows s, s + S, … (at most 4)
+  const int GPB = q4d::kWarps / S, group = wid / S, split = wid % S, WPU = (NW + S - 1) / S;
+  const int64_t units = J.first[J.n], ustride = (int64_t)gridDim.x * GPB;
+  const uint32_t lanebase = taddr + (uint32_t)lane * 4u;
+  const bool diag = t == (g >> 1), odd = g & 1;
+  const int xc = 8 * g + 2 * t;  // the lane's first x chunk in a window
+  int parity = 0;
+  for (int64_t u = (int64_t)blockIdx.x * GPB + group; u < units; u += ustride) {
+    // the unit's rows: paired, A = gate and B = up of feature f; else rows f and f + 1 of job ji
+    // (rows past N read row N − 1: computed, never stored)
+    const int ji = J.pair ? 0 : job_of_tile(J, u);
+    const int64_t N = J.j[ji].N, f = J.pair ? u - J.first[0] : (u - J.first[ji]) * 2;
+    const int64_t ra = f < N ? f : N - 1, rb = J.pair ? ra : (f + 1 < N ? f + 1 : N - 1);
+    const Q4& qa = J.j[ji].q;
+    const Q4& qb = J.pair ? J.j[1].q : qa;
+    const uint2* pa = reinterpret_cast<const uint2*>(qa.codes + ra * (K / 2)) + lane;
+    const uint2* pb = reinterpret_cast<const uint2*>(qb.codes + rb * (K / 2)) + lane;
+    // K is a multiple of the block, a power of 2: element row·K + k is in block (row·K >> lb) + (k >> lb)
+    const int64_t ba = (ra * K) >> lb, bb = (rb * K) >> lb;
+    const double ma = DQ ? __ldg(qa.mean) : 0.0, mb = DQ ? __ldg(qb.mean) : 0.0;
+    uint2 ca[4], cb[4];
+    float sa[4], sb[4];
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+      const int w = split + m * S, k0 = w * 512 + 64 * g;
+      ca[m] = cb[m] = make_uint2(0, 0);
+      sa[m] = sb[m] = 0.f;
+      if (m < WPU && k0 < K) {
+        ca[m] = ld_stream8(pa + 32 * w);
+        cb[m] = ld_stream8(pb + 32 * w);
+        sa[m] = absmax_as<DQ>(qa, ma, ba + (k0 >> lb));
+        sb[m] = absmax_as<DQ>(qb, mb, bb + (k0 >> lb));
+      }
+    }
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+      if (m < WPU && split + m * S < NW) {  // the same for the whole warp
+        const int c0 = (split + m * S) * 64 + xc;
+        const uint4 x0 = xs[c0 ^ (g & 1)], x1 = xs[(c0 + 1) ^ (g & 1)];
+        const uint32_t xw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int s2 = 0; s2 < 4; s2++) {
+          const uint32_t va = s2 < 2 ? ca[m].x : ca[m].y, vb = s2 < 2 ? cb[m].x : cb[m].y;
+          // bytes 0 and 1 (steps 0, 2) or 2 and 3 (steps 1, 3) of the word: weights (4s, 4s + 1), (4s + 2, 4s + 3)
+          const uint32_t s0 = s2 & 1 ? 0x7624u : 0x7604u, s1 = s2 & 1 ? 0x7634u : 0x7614u;
+          const uint32_t a[4] = {lds32(__byte_perm(va, lanebase, s0)), lds32(__byte_perm(vb, lanebase, s0)), lds32(__byte_perm(va, lanebase, s1)),
+                                 lds32(__byte_perm(vb, lanebase, s1))};
+          fa2::Mma<T>::run(c, a, xw[2 * s2], xw[2 * s2 + 1]);
+        }
+        acc[0] = fmaf(c[0], sa[m], acc[0]);
+        acc[1] = fmaf(c[1], sa[m], acc[1]);
+        acc[2] = fmaf(c[2], sb[m], acc[2]);
+        acc[3] = fmaf(c[3], sb[m], acc[3]);
+      }
+    }
+    // D[g][g] sits in lane (g, g/2), element g % 2 (row A) and 2 + g % 2 (row B); summed over the
+    // warp, then over the group's S warps in split order
+    float va = diag ? (odd ? acc[1] : acc[0]) : 0.f, vb = diag ? (odd ? acc[3] : acc[2]) : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) va += __shfl_xor_sync(0xffffffffu, va, o), vb += __shfl_xor_sync(0xffffffffu, vb, o);
+    if (S > 1) {
+      if (lane == 0) red[parity][wid][0] = va, red[parity][wid][1] = vb;
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(S * 32) : "memory");
+      va = vb = 0.f;
+      for (int s2 = 0; s2 < S; s2++) va += red[parity][wid - split + s2][0], vb += red[parity][wid - split + s2][1];
+      parity ^= 1;  // the next unit writes the other half; this one's readers are past its barrier by then
+    }
+    if (split == 0 && lane == 0) {
+      if (J.pair) {
+        if (f < N) {
+          if (J.j[0].bias) va += (float)Num<T>::load(J.j[0].bias[f]);
+          if (J.j[0].res) va += (float)Num<T>::load(J.j[0].res[f]);
+          if (J.j[1].bias) vb += (float)Num<T>::load(J.j[1].bias[f]);
+          if (J.j[1].res) vb += (float)Num<T>::load(J.j[1].res[f]);
+          store_out(J, true, 0, f, va, vb);
+        }
+      } else {
+        const T* bias = J.j[ji].bias;
+        const T* res = J.j[ji].res;
+        if (f < N) store_out(J, false, ji, f, va + (bias ? (float)Num<T>::load(bias[f]) : 0.f) + (res ? (float)Num<T>::load(res[f]) : 0.f), 0.f);
+        if (f + 1 < N) store_out(J, false, ji, f + 1, vb + (bias ? (float)Num<T>::load(bias[f + 1]) : 0.f) + (res ? (float)Num<T>::load(res[f + 1]) : 0.f), 0.f);
+      }
+    }
+  }
+}
+
+// k_qgemv4d over J (M = 1): units of a row pair (paired: a feature's gate and up rows), a unit's
+// K windows split S ways (≤ 4 windows a warp; S warps, their sums added in order through shared
+// memory), one persistent block an SM.
+template <typename T>
+static void qgemv4d(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, cudaStream_t s, int force_s = 0) {
+  const int64_t units = q4_grid(J, J.pair ? 1 : 2), NW = (K + 511) / 512;
+  const int64_t sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  static const int divisors[] = {1, 2, 3, 4, 6, 8, 12};
+  int S = 12;
+  for (int d : divisors)
+    if ((NW + d - 1) / d <= 4) {
+      S = d;
+      break;
+    }
+  if (force_s > 0 && (NW + force_s - 1) / force_s <= 4) S = force_s;
+  const int64_t groups = (units + q4d::kWarps / S - 1) / (q4d::kWarps / S);
+  const unsigned grid = (unsigned)(groups < sms ? groups : sms);
+  const int64_t bytes = q4d::smem(K);
+  static bool attr[2] = {false, false};
+  const bool dq = J.j[0].q.dq;
+  if (!attr[dq]) {
+    const int maxb = (int)q4d::smem(q4d::kMaxK);
+    if (dq) cudaFuncSetAttribute(k_qgemv4d<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, maxb);
+    else cudaFuncSetAttribute(k_qgemv4d<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, maxb);
+    attr[dq] = true;
+  }
+  if (dq) k_qgemv4d<T, true><<<grid, q4d::kThreads, bytes, s>>>(x, J, c, K, lb, S);
+  else k_qgemv4d<T, false><<<grid, q4d::kThreads, bytes, s>>>(x, J, c, K, lb, S);
+}
+
 }  // namespace qdetail
 }  // namespace cuda
 }  // namespace kiln
@@ -555,6 +732,13 @@ static void run_old(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t
   kiln::cuda::qlinear4<bf16>(x, w, nullptr, nullptr, y, 1, N, K, 64, false, NF4);
 }
 // one decode path of qlinear4 forced (Q::Q4_VEC: k_qgemv4v, Q4_MMA: k_qgemv4mma)
+template <int FS>
+static void run_d(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
+  Q::Q4Jobs<bf16> J = {};
+  J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
+  J.n = 1;
+  Q::qgemv4d<bf16>(x, J, g_code, K, 6, kiln::cuda::stream(), FS);
+}
 template <int PATH>
 static void run_path(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   Q::Q4Jobs<bf16> J = {};
@@ -727,25 +911,18 @@ int main(int argc, char** argv) {
       {"qlinear4 auto", run_old},
       {"k_qgemv4v (vec)", run_path<Q::Q4_VEC>},
       {"k_qgemv4mma (mma)", run_path<Q::Q4_MMA>},
-      {"k_qgemv4r (TMA ring, mma decode)", run_r<1, 0>},
-      {"k_qgemv4r, 4 KB stages (K % 512 = 0; else 2 KB)", run_r<2, 0>},
       {"t KS8 U2", run_t<8, 2>},
-      {"v3 R4 D2 128 minb8", run_v3<4, 2, 128, 8>},
-      {"v3 R4 D3 128 minb6", run_v3<4, 3, 128, 6>},
-      {"v3 R4 D4 128 minb4", run_v3<4, 4, 128, 4>},
-      {"v3 R2 D4 128 minb8", run_v3<2, 4, 128, 8>},
-      {"v3 R4 D2 256 minb4", run_v3<4, 2, 256, 4>},
-      {"v3 R8 D2 128 minb4", run_v3<8, 2, 128, 4>},
       {"v2 R4 minb8 128", run_v2<4, 8, 128>},
-      {"v2h (f16x2 sums) R8 128", run_v2h<8, 128>},
+      {"k_qgemv4d (diagonal mma), S auto", run_d<0>},
+      {"k_qgemv4d S1", run_d<1>},
+      {"k_qgemv4d S2", run_d<2>},
+      {"k_qgemv4d S4", run_d<4>},
+      {"k_qgemv4d S8", run_d<8>},
+      {"k_qgemv4d S3", run_d<3>},
+      {"k_qgemv4d S6", run_d<6>},
       {"loads only, v2 R4 minb8 128 (its floor)", run_v2<4, 8, 128, true>},
-      {"loads only, k_qgemv4r (stages, absmax, x)", run_r<1, 1>},
-      {"loads only, k_qgemv4r, 4 KB stages", run_r<2, 1>},
-      {"loads only, k_qgemv4r, 2 KB contiguous stages", run_r<1, 1, true>},
-      {"stages only (no absmax, no x), k_qgemv4r", run_r<1, 2>},
-      {"stages only (no absmax, no x), k_qgemv4r, 4 KB stages", run_r<2, 2>},
   };
-  const int NCHECK = 14;  // the loads-only variants compute nothing checkable
+  const int NCHECK = 12;  // the loads-only variants compute nothing checkable
   const int NV = sizeof(vs) / sizeof(vs[0]);
   const int64_t shapes[4][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
   const int COPIES = 8;
