@@ -723,6 +723,76 @@ static void run_v2(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t 
   k_v2<R, MINB, TPB, FAKE><<<(unsigned)((N + R - 1) / R), TPB, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
 }
 
+// Word-per-lane (2026-11-26): lane L of the block's 128 threads takes code words L, L + 128, … (8
+// weights) of R rows, so a warp's code loads read 128 contiguous bytes a row and its x loads 512
+// contiguous bytes (k_qgemv4v's 16-byte pieces make a warp's x loads span 16 cache lines); the
+// absmax is applied per word. U words a row in flight. M = 1, no double quant, K % block = 0.
+__device__ __forceinline__ uint32_t ld_stream4(const uint32_t* p) {
+  uint32_t r;
+  asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
+  return r;
+}
+template <int R, int U, int MINB>
+__global__ void __launch_bounds__(128, MINB) k_w(const bf16* __restrict__ x, Q::Q4 q, Q::Code16 code, bf16* __restrict__ y, int64_t N, int64_t K, int lb) {
+  __shared__ float tab[16];
+  if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
+  __syncthreads();
+  const char* tb = reinterpret_cast<const char*>(tab);
+  const int64_t row0 = (int64_t)blockIdx.x * R;
+  const int KW = (int)(K / 8), lw = lb - 3;  // words a row; log2(words a block)
+  const uint32_t* cw = reinterpret_cast<const uint32_t*>(q.codes);
+  int off[R];  // the rows' first word and first absmax block, relative to row0's (rows past N read row N − 1)
+  int aoff[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int rr = row0 + r < N ? r : (int)(N - 1 - row0);
+    off[r] = rr * KW;
+    aoff[r] = rr * (KW >> lw);
+  }
+  const uint32_t* c0 = cw + row0 * KW;
+  const float* a0 = q.absmax + ((row0 * K) >> lb);
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.f;
+  for (int i0 = threadIdx.x; i0 < KW; i0 += 128 * U) {
+    uint32_t c[U][R];
+    float a[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int i = i0 + 128 * u;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        c[u][r] = i < KW ? ld_stream4(c0 + off[r] + i) : 0u;
+        a[u][r] = i < KW ? __ldg(a0 + aoff[r] + (i >> lw)) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int i = i0 + 128 * u;
+      if (i >= KW) break;
+      float xf[8];
+      Q::load8<bf16>(x + 8 * (int64_t)i, xf);
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint32_t w = c[u][r], lo = (w << 2) & 0x3c3c3c3cu, hi = (w >> 2) & 0x3c3c3c3cu;
+        float part = 0.f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          const float v0 = *reinterpret_cast<const float*>(tb + __byte_perm(lo, 0, 0x4440 + k));
+          const float v1 = *reinterpret_cast<const float*>(tb + __byte_perm(hi, 0, 0x4440 + k));
+          part = fmaf(v1, xf[2 * k + 1], fmaf(v0, xf[2 * k], part));
+        }
+        acc[r] = fmaf(part, a[u][r], acc[r]);
+      }
+    }
+  }
+  store_block_rows<R, 4>(acc, row0, N, y);
+}
+template <int R, int U, int MINB>
+static void run_w(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
+  k_w<R, U, MINB><<<(unsigned)((N + R - 1) / R), 128, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 64, false), g_code, y, N, K, 6);
+}
+
 struct Variant {
   const char* name;
   void (*launch)(const bf16*, const uint8_t*, bf16*, int64_t, int64_t);
@@ -910,19 +980,16 @@ int main(int argc, char** argv) {
   const Variant vs[] = {
       {"qlinear4 auto", run_old},
       {"k_qgemv4v (vec)", run_path<Q::Q4_VEC>},
-      {"k_qgemv4mma (mma)", run_path<Q::Q4_MMA>},
-      {"t KS8 U2", run_t<8, 2>},
       {"v2 R4 minb8 128", run_v2<4, 8, 128>},
       {"k_qgemv4d (diagonal mma), S auto", run_d<0>},
-      {"k_qgemv4d S1", run_d<1>},
-      {"k_qgemv4d S2", run_d<2>},
-      {"k_qgemv4d S4", run_d<4>},
-      {"k_qgemv4d S8", run_d<8>},
-      {"k_qgemv4d S3", run_d<3>},
-      {"k_qgemv4d S6", run_d<6>},
+      {"w R4 U2 minb8", run_w<4, 2, 8>},
+      {"w R4 U4 minb6", run_w<4, 4, 6>},
+      {"w R2 U4 minb8", run_w<2, 4, 8>},
+      {"w R8 U2 minb6", run_w<8, 2, 6>},
+      {"w R4 U1 minb8", run_w<4, 1, 8>},
       {"loads only, v2 R4 minb8 128 (its floor)", run_v2<4, 8, 128, true>},
   };
-  const int NCHECK = 12;  // the loads-only variants compute nothing checkable
+  const int NCHECK = 9;  // the loads-only variants compute nothing checkable
   const int NV = sizeof(vs) / sizeof(vs[0]);
   const int64_t shapes[4][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
   const int COPIES = 8;
