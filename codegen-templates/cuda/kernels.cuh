@@ -271,10 +271,13 @@ __global__ void k_gather_runs(const T* __restrict__ x, const I* __restrict__ idx
 // al., 2022); the 4 states are merged through shared memory at the end. f32 arithmetic, one
 // rounding of the output. Unsplit (SPLIT false, gridDim.y = 1) a block writes its row of y. Split
 // (the "flash-decoding" scheme, Dao et al., 2023), block (row, split) writes its partial max, sum
-// and weighted values and k_attention_combine merges the splits: a decode step has only B·H query
-// rows, and one block a row would leave most SMs idle while each walks the whole cache alone. The
-// grid covers the keys' full extent Tk (with the static cache, its capacity: the position lives on
-// the device); splits past the query's last key exit at once. This is the simple kernel for decode
+// and weighted values and the row's last block to finish merges the splits (combine_row; or, past
+// the runtime's counters or with KILN_ATTN_COMBINE=kernel, the k_attention_combine kernel): a
+// decode step has only B·H query rows, and one block a row would leave most SMs idle while each
+// walks the whole cache alone. The grid covers the keys' full extent Tk (with the static cache,
+// its capacity: the position lives on the device); splits past the query's last key exit at once.
+// Merging in the last block instead of a second kernel: 8.63 vs 9.08 µs a 7B decode call at
+// position 224, 20.90 vs 21.05 at 2000 (H100, bench/attn_decode.cu). This is the simple kernel for decode
 // and short prompts (decode, S < 16); prefill goes to the tiled tensor-core kernel of flash_attn2.cuh.
 static const int kChunk = 64;
 
@@ -496,12 +499,15 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
   });
 }
 
+template <typename T>
+__device__ __noinline__ void combine_row(const float* __restrict__ p, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides& ys, int64_t row);
+
 template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
                                                    float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
                                                    bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
                                                    const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu,
-                                                   int64_t window, const AttnLayout L) {
+                                                   int64_t window, const AttnLayout L, int* __restrict__ done) {
   const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
   const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
   const int64_t g = Hq / Hkv;
@@ -528,23 +534,45 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   int64_t j1 = SPLIT ? ((int64_t)blockIdx.y + 1) * kChunk : Tk;  // the split's own chunk, even when `first` cuts into it
   if (j1 > last + 1) j1 = last + 1;
   if (j1 > Tk) j1 = Tk;
+  // with done, only the splits up to the query's last key take part (count, write, are merged)
+  const int nact = !SPLIT || !done ? (int)gridDim.y : (int)((last + 1 < Tk ? last + 1 : Tk) + kChunk - 1) / kChunk;
+  if (SPLIT && (int)blockIdx.y >= nact) return;
   if (SPLIT && j0 >= j1) {
     if (threadIdx.x == 0) {
       out[0] = -INFINITY;
       out[1] = 0.f;
     }
-    return;
+  } else {
+    const T* kb = k + b * L.k.b + (h / g) * L.k.h;
+    const T* vb = v + b * L.v.b + (h / g) * L.v.h;
+    attend_row<T, SPLIT>(q + b * L.q.b + h * L.q.h + i * L.q.s, kb, vb, y + b * L.y.b + h * L.y.h + i * L.y.s, out, j0, j1, L.k.s, L.v.s, D, Dv, scale,
+                         alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk);
   }
-  const T* kb = k + b * L.k.b + (h / g) * L.k.h;
-  const T* vb = v + b * L.v.b + (h / g) * L.v.h;
-  attend_row<T, SPLIT>(q + b * L.q.b + h * L.q.h + i * L.q.s, kb, vb, y + b * L.y.b + h * L.y.h + i * L.y.s, out, j0, j1, L.k.s, L.v.s, D, Dv, scale,
-                       alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk);
+  if constexpr (SPLIT) {
+    // done (the runtime's zeroed counters, one a row): the row's last block to finish merges the
+    // splits, so a decode step has no separate combine kernel (the "last block" reduction of the
+    // CUDA threadFenceReduction sample): each block's partial is made visible before it counts
+    // itself; the last one puts the counter back to 0 for the next launch (and graph replay)
+    if (!done) return;
+    __shared__ bool is_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      is_last = atomicAdd(done + row, 1) == nact - 1;
+      if (is_last) done[row] = 0;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    combine_row<T>(part + row * (int64_t)gridDim.y * (Dv + 2), y, nact, Dv, Hq, S, L.y, row);
+  }
 }
 
-// Merges the splits of a row ((b · Hq + h) · S + i, written at y + b·ys.b + h·ys.h + i·ys.s):
-// rescales each partial state to the common max and adds.
+// Merges the `splits` partial states p of a row ((b · Hq + h) · S + i, written at y + b·ys.b +
+// h·ys.h + i·ys.s): rescales each to the common max and adds. The block's threads (≥ Dv / 2,
+// ≤ 1024) all call it.
 template <typename T>
-__global__ void k_attention_combine(const float* __restrict__ part, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides ys) {
+__device__ __noinline__ void combine_row(const float* __restrict__ p, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides& ys, int64_t row) {
   // the block's threads read the splits' states side by side (a loop over them one at a time was a
   // chain of dependent L2 reads, ≈ 5 µs of a decode step's attention), the weights exp(m_s − M)
   // are computed once into shared memory, then each thread sums its dims over the splits with
@@ -552,9 +580,7 @@ __global__ void k_attention_combine(const float* __restrict__ part, T* __restric
   constexpr int TILE = 1024;
   __shared__ float wsh[TILE];
   __shared__ float red[32];
-  const int64_t row = blockIdx.x;
   T* yrow = y + (row / S / Hq) * ys.b + ((row / S) % Hq) * ys.h + (row % S) * ys.s;
-  const float* p = part + row * (int64_t)splits * (Dv + 2);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
   auto block_reduce = [&](float v, bool is_max) {
 #pragma unroll
@@ -604,6 +630,10 @@ __global__ void k_attention_combine(const float* __restrict__ part, T* __restric
     const int d = threadIdx.x + k * blockDim.x;
     if (d < Dv) yrow[d] = Num<T>::store(M == -INFINITY ? NAN : a[k] / L);
   }
+}
+template <typename T>
+__global__ void k_attention_combine(const float* __restrict__ part, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides ys) {
+  combine_row<T>(part + (int64_t)blockIdx.x * splits * (Dv + 2), y, splits, Dv, Hq, S, ys, blockIdx.x);
 }
 
 // ---------------------------------------------------------------- the varlen KV cache
@@ -695,14 +725,20 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   // few rows against many keys (decode): split the keys across blocks, then combine
   if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535 && !key_mask && !cu_seqlens) {
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
-    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L);
+    // the last block of a row merges its splits (counters: the runtime's, for up to
+    // attn_done_rows rows); else a combine kernel. KILN_ATTN_COMBINE=kernel: always the kernel (A/B)
+    static const bool kernel_combine = getenv("KILN_ATTN_COMBINE") && strcmp(getenv("KILN_ATTN_COMBINE"), "kernel") == 0;
+    int* done = !kernel_combine && rows <= rt::state().attn_done_rows ? rt::state().attn_done : nullptr;
+    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L, done);
     detail::launched("flash_attention (split KV)");
-    detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv, Hq, S, L.y);
-    detail::launched("flash_attention (combine)");
+    if (!done) {
+      detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv, Hq, S, L.y);
+      detail::launched("flash_attention (combine)");
+    }
     rt::release(part);
     return;
   }
-  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L);
+  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L, nullptr);
   detail::launched("flash_attention");
 }
 template <typename T>
