@@ -921,6 +921,20 @@ static void run_d(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K
   J.n = 1;
   Q::qgemv4d<bf16>(x, J, g_code, K, 6, kiln::cuda::stream(), FS);
 }
+// gate/up paired as the MLP runs them (J.pair: silu(gate)·up stored), N features of each: the
+// weight w as gate and the next copy as up — timed against one linear of 2N rows
+static uint8_t* g_q4[8];
+static void run_pair(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
+  int c = 0;
+  while (c < 7 && g_q4[c] != w) c++;
+  const uint8_t* g_up = g_q4[(c + 1) % 8];
+  Q::Q4Jobs<bf16> J = {};
+  J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
+  J.j[1] = {Q::q4_of(g_up, N * K, 64, false), nullptr, nullptr, nullptr, N};
+  J.n = 2;
+  J.pair = true;
+  Q::qgemv4<bf16>(x, J, g_code, 1, K, 64, Q::Q4_VEC, kiln::cuda::stream());
+}
 template <int PATH>
 static void run_path(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   Q::Q4Jobs<bf16> J = {};
@@ -1099,6 +1113,7 @@ int main(int argc, char** argv) {
       {"d4 U3 24 warps", run_d4<3, 24>},
       {"d4 U6 16 warps", run_d4<6, 16>},
       {"loads only, v2 R4 minb8 128 (its floor)", run_v2<4, 8, 128, true>},
+      {"gate/up paired (N of each: twice the bytes, TB/s column ×2)", run_pair},
   };
   const int NCHECK = 8;  // the loads-only variants compute nothing checkable
   const int NV = sizeof(vs) / sizeof(vs[0]);
@@ -1127,6 +1142,7 @@ int main(int argc, char** argv) {
       k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(wf, n, 100 + c, 0.05f);
       cudaMalloc(&q4[c], b4);
       ck(kiln_quantize4(q4[c], wf, n, 64, 0, NF4), "quantize4");
+      g_q4[c] = q4[c];
     }
     run_path<Q::Q4_VEC>(x, q4[0], y0, N, K);  // the reference: k_qgemv4v (f32 code values, f32 FMAs)
     std::vector<bf16> h0(N), h(N);
