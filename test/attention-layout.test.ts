@@ -95,10 +95,12 @@ describe("a Llama's attention on the cpu target reads and writes through its hea
     const transposes = src.filter((l) => /^ {2}\/\/ %\d+: .* = transpose\(/.test(l));
     expect(transposes.length).toBe(4 * config.layers);
     expect(transposes.filter((l) => !/not materialized/.test(l))).toEqual([]);
-    // per layer: k's update row-major (RoPE's output), v's through (b, h, s) strides
-    const writes = src.filter((l) => l.includes("K::cache_write<"));
+    // per layer: k's update row-major (RoPE's output), v's through (b, h, s) strides — the two
+    // batched into one launch (batch-launches.ts: K::for_each_n of two K::cache_write_each)
+    const writes = src.flatMap((l) => [...l.matchAll(/K::cache_write(?:_each)?<[^>]+>\(([^;]*?)\)(?=, K::|\)?;)/g)].map((m) => m[1]));
     expect(writes).toHaveLength(2 * config.layers);
-    expect(writes.filter((l) => l.split(",").length === 11)).toHaveLength(config.layers); // 11 arguments: with strides
+    expect(writes.filter((a) => a.split(",").length === 11)).toHaveLength(config.layers); // 11 arguments: with strides
+    expect(src.filter((l) => l.includes("K::for_each_n(") && (l.match(/K::cache_write_each</g) ?? []).length === 2)).toHaveLength(config.layers);
 
     await using model = await loadModel(art.dir, { checkpoint: root });
     const prompt = [3, 1, 4, 1, 5, 9, 2];

@@ -220,4 +220,16 @@ KILN_HD T silu_mul(T g, T u) {
   return Num<T>::store(rnd<T>((C)OpMul()(s, Num<T>::load(u))));
 }
 
+// One launch's share of a batched launch (K::for_each_n, codegen's batching of independent
+// elementwise and cache-write kernels): a functor and its element count.
+template <typename F>
+struct Each {
+  F f;
+  int64_t n;
+};
+template <typename F>
+inline Each<F> each(const F& f, int64_t n) {
+  return Each<F>{f, n};
+}
+
 }  // namespace kiln

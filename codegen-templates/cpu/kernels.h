@@ -400,6 +400,22 @@ template <typename T>
 void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
   cache_write<T>(cache, update, pos, 1, BH, C, S, D, BH * S * D, S * D, D);
 }
+// a cache_write as one part of a batched launch (for_each_n): here, the call itself, run in turn
+template <typename T>
+struct CacheWriteCall {
+  T* cache;
+  const T* update;
+  const int64_t* pos;
+  int64_t B, H, C, S, D, ub, uh, us;
+};
+template <typename T>
+CacheWriteCall<T> cache_write_each(T* cache, const T* update, const int64_t* pos, int64_t B, int64_t H, int64_t C, int64_t S, int64_t D, int64_t ub, int64_t uh, int64_t us) {
+  return CacheWriteCall<T>{cache, update, pos, B, H, C, S, D, ub, uh, us};
+}
+template <typename T>
+CacheWriteCall<T> cache_write_each(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
+  return cache_write_each<T>(cache, update, pos, 1, BH, C, S, D, BH * S * D, S * D, D);
+}
 
 // Position ids from an attention_mask [B, T]: cumsum − 1 at real tokens, 1 at padding (f32).
 inline void mask_positions(const int64_t* m, float* y, int64_t B, int64_t T) {
@@ -511,6 +527,21 @@ void for_each(const F& f, int64_t n) {
   }
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; i++) f(i);
+}
+
+// Independent elementwise loops and cache writes batched by the codegen into one launch on the
+// cuda target (for_each_n); here they run one after another, as they would unbatched.
+template <typename F>
+void run_each(const Each<F>& e) {
+  for_each(e.f, e.n);
+}
+template <typename T>
+void run_each(const CacheWriteCall<T>& c) {
+  cache_write<T>(c.cache, c.update, c.pos, c.B, c.H, c.C, c.S, c.D, c.ub, c.uh, c.us);
+}
+template <typename... Es>
+void for_each_n(const Es&... es) {
+  (run_each(es), ...);
 }
 
 }  // namespace cpu

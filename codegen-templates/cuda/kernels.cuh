@@ -1432,6 +1432,96 @@ inline void varlen_positions(const int32_t* cu, float* y, int64_t n_cu, int64_t 
 // Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f), in
 // chunks of F::W elements where the functor allows them (aligned pointers, and W dividing the
 // innermost dim where an operand broadcasts), else one element a thread.
+// A cache_write as a functor (one element of [B, H, S, D] a call; W of one row a chunk), so that
+// it can share a launch with other independent small kernels (for_each_n). Positions past the
+// capacity are skipped, as k_cache_write skips them (the runtime checked the bounds).
+template <typename T>
+struct CacheWriteF {
+  T* cache;
+  const T* update;
+  const int64_t* pos;
+  int64_t H, C, S, D, ub, uh, us;
+  static constexpr int W = 16 / sizeof(T);
+  __device__ __forceinline__ void operator()(int64_t e) const {
+    const int64_t p = *pos, d = e % D, s = (e / D) % S, bh = e / (D * S), b = bh / H, h = bh % H;
+    if (p >= 0 && p + s < C) cache[(bh * C + p + s) * D + d] = update[b * ub + h * uh + s * us + d];
+  }
+  __device__ __forceinline__ void chunk(int64_t e) const {
+    const int64_t p = *pos, d = e % D, s = (e / D) % S, bh = e / (D * S), b = bh / H, h = bh % H;
+    if (p >= 0 && p + s < C)
+      *reinterpret_cast<uint4*>(cache + (bh * C + p + s) * D + d) = *reinterpret_cast<const uint4*>(update + b * ub + h * uh + s * us + d);
+  }
+  bool chunkable() const { return D % W == 0 && ub % W == 0 && uh % W == 0 && us % W == 0 && aligned16(cache) && aligned16(update); }
+};
+template <typename T>
+Each<CacheWriteF<T>> cache_write_each(T* cache, const T* update, const int64_t* pos, int64_t B, int64_t H, int64_t C, int64_t S, int64_t D, int64_t ub, int64_t uh, int64_t us) {
+  return Each<CacheWriteF<T>>{CacheWriteF<T>{cache, update, pos, H, C, S, D, ub, uh, us}, B * H * S * D};
+}
+template <typename T>
+Each<CacheWriteF<T>> cache_write_each(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
+  return cache_write_each<T>(cache, update, pos, 1, BH, C, S, D, BH * S * D, S * D, D);
+}
+
+namespace detail {
+// Part k of a batched launch: its element count, chunks (0: element by element) and block range.
+struct EachPart {
+  int64_t n, chunks;
+  unsigned first, blocks;
+};
+template <int N>
+struct EachParts {
+  EachPart p[N];
+};
+// block b of the part: a grid-stride loop over the part's own blocks (k_for_each / k_for_each_chunks)
+template <typename F>
+__device__ __forceinline__ void each_part(const F& f, const EachPart& p, int64_t b) {
+  const int64_t stride = (int64_t)p.blocks * blockDim.x;
+  if (p.chunks > 0) {
+    for (int64_t c = b * blockDim.x + threadIdx.x; c < p.chunks; c += stride) f.chunk(c * F::W);
+    const int64_t t = p.chunks * F::W + b * blockDim.x + threadIdx.x;
+    if (t < p.n) f(t);
+  } else {
+    for (int64_t i = b * blockDim.x + threadIdx.x; i < p.n; i += stride) f(i);
+  }
+}
+template <int K, int N, typename F, typename... Rest>
+__device__ __forceinline__ void each_dispatch(const EachParts<N>& P, const F& f, const Rest&... rest) {
+  const unsigned b = blockIdx.x;
+  if (b >= P.p[K].first && b < P.p[K].first + P.p[K].blocks) return each_part(f, P.p[K], (int64_t)(b - P.p[K].first));
+  if constexpr (sizeof...(Rest) > 0) each_dispatch<K + 1, N>(P, rest...);
+}
+template <int N, typename... Fs>
+__global__ void k_for_each_n(EachParts<N> P, Fs... fs) {
+  pdl_wait();
+  each_dispatch<0, N>(P, fs...);
+}
+}  // namespace detail
+
+// Independent elementwise loops and cache writes in ONE launch (the codegen batches consecutive
+// ones that neither read what another writes nor write what another touches): each keeps its own
+// blocks, chunking and loop; at decode, where each is a few blocks, one launch instead of several.
+template <typename... Fs>
+void for_each_n(const Each<Fs>&... es) {
+  constexpr int N = sizeof...(Fs);
+  detail::EachParts<N> P;
+  unsigned total = 0;
+  int k = 0;
+  auto part = [&](const auto& e) {
+    using F = typename std::decay<decltype(e.f)>::type;
+    detail::EachPart& p = P.p[k++];
+    p.n = e.n > 0 ? e.n : 0;
+    p.chunks = p.n > 0 && e.f.chunkable() ? p.n / F::W : 0;
+    p.first = total;
+    p.blocks = p.n <= 0 ? 0 : detail::grid_for(p.chunks > 0 ? p.chunks : p.n, detail::kThreads);
+    total += p.blocks;
+  };
+  (part(es), ...);
+  if (total == 0) return;
+  void (*kern)(detail::EachParts<N>, Fs...) = detail::k_for_each_n<N, Fs...>;  // (a pack's kernel named explicitly)
+  detail::launch_pdl(kern, total, detail::kThreads, 0, P, es.f...);
+  detail::launched("fused elementwise (batched)");
+}
+
 template <typename F>
 void for_each(const F& f, int64_t n) {
   if (n <= 0) return;

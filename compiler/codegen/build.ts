@@ -100,6 +100,8 @@ export interface BuildOptions {
   cacheDir?: string;
   /** emit.ts's qgroup: the 4-bit linears reading one x in one call (default true) */
   qgroup?: boolean;
+  /** emit.ts's batch: independent small launches batched into one (batch-launches.ts; default true) */
+  batch?: boolean;
   /** called as the build goes: "cache-hit" | "emit" | "compile" | "done" */
   onProgress?: (stage: "cache-hit" | "emit" | "compile" | "done", info?: string) => void;
 }
@@ -170,7 +172,7 @@ export async function buildArtifact(g: Graph, o: BuildOptions): Promise<{ dir: s
   const irText = print(g);
   const templates = templateFiles();
   const hash = createHash("sha256")
-    .update(JSON.stringify({ kiln: KILN_VERSION, format: ARTIFACT_FORMAT, abi: ABI_VERSION, target: o.target, arch: o.target === "cuda" ? arch : null, cmd, version, flags, bounds: o.bounds, config: o.config ?? null, family: o.family, qgroup: o.qgroup !== false, ...(o.placement ? { placement: o.placement } : {}) }))
+    .update(JSON.stringify({ kiln: KILN_VERSION, format: ARTIFACT_FORMAT, abi: ABI_VERSION, target: o.target, arch: o.target === "cuda" ? arch : null, cmd, version, flags, bounds: o.bounds, config: o.config ?? null, family: o.family, qgroup: o.qgroup !== false, ...(o.batch === false ? { batch: false } : {}), ...(o.placement ? { placement: o.placement } : {}) }))
     .update(irText)
     .update(JSON.stringify(templates))
     .update(codegenSources())
@@ -185,7 +187,7 @@ export async function buildArtifact(g: Graph, o: BuildOptions): Promise<{ dir: s
 
   o.onProgress?.("emit");
   const template = readFileSync(join(TEMPLATES_DIR, "model.cpp.tpl"), "utf8");
-  const code = emitSource(g, { target: o.target, hash, kilnVersion: KILN_VERSION, template, qgroup: o.qgroup });
+  const code = emitSource(g, { target: o.target, hash, kilnVersion: KILN_VERSION, template, qgroup: o.qgroup, batch: o.batch });
   mkdirSync(cacheDir, { recursive: true });
   const staging = join(cacheDir, `${hash}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 8)}`);
   mkdirSync(staging);

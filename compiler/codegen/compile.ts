@@ -70,6 +70,12 @@ export interface CompileOptions {
    * separate calls (see the README).
    */
   qgroup?: boolean;
+  /**
+   * Batch consecutive independent elementwise kernels and cache writes into one launch
+   * (compiler/codegen/batch-launches.ts: at decode, RoPE of q and k in one, the k and v cache
+   * writes in another). Default: on, unless the environment has KILN_BATCH=0 at compile time.
+   */
+  batch?: boolean;
   /** stage callbacks for progress display */
   onProgress?: (stage: "trace" | "passes" | "cache-hit" | "emit" | "compile" | "done", info?: string) => void;
 }
@@ -155,6 +161,7 @@ export async function compile(model: string | ModelDef<unknown>, o: CompileOptio
     placement: ctx.results.get("placement") as Placement | undefined,
     cacheDir: o.cacheDir,
     qgroup: o.qgroup ?? process.env.KILN_QGROUP !== "0",
+    batch: o.batch ?? process.env.KILN_BATCH !== "0",
     onProgress: o.onProgress,
   });
   if (o.out) copyArtifact(built.dir, o.out);

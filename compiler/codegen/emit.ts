@@ -20,6 +20,7 @@ import type { FourBit } from "../ir/quant.js";
 import { codeOf } from "../ir/quant.js";
 import type { Q4Group } from "./qlinear-groups.js";
 import { qlinear4Groups } from "./qlinear-groups.js";
+import { batchLaunches } from "./batch-launches.js";
 
 export type Target = "cpu" | "cuda";
 
@@ -77,6 +78,8 @@ export interface EmitOptions {
   template: string;
   /** compute the 4-bit linears reading one x in one call (qlinear-groups.ts; default true; KILN_QGROUP=0 at compile time turns it off) */
   qgroup?: boolean;
+  /** batch consecutive independent elementwise kernels and cache writes into one launch (batch-launches.ts; default true) */
+  batch?: boolean;
 }
 
 /**
@@ -307,7 +310,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
     KERNELS: kernels.join("\n\n"),
     BIND: bind.join("\n"),
     WEIGHTS: weights.join("\n") || "  (void)w;",
-    BODY: body.join("\n"),
+    BODY: (o.batch === false ? body : batchLaunches(body)).join("\n"),
     OUTPUTS: outputs.join("\n"),
     NUM_INPUTS: String(g.inputs.length),
     NUM_WEIGHTS: String(g.params.length),
