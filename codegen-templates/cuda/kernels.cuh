@@ -46,41 +46,6 @@ static inline void launched(const char* what) {
   if (e != cudaSuccess) rt::fail(KILN_ERR_DEVICE, "CUDA error %s (%s) launching the %s kernel", cudaGetErrorName(e), cudaGetErrorString(e), what);
 }
 
-// Programmatic dependent launch (PDL, sm_90): the decode step's small kernels (elementwise, norms,
-// cache writes, attention, argmax) are launched with programmatic stream serialization, so each
-// one's launch and block start overlap the drain of the kernel before it; the kernel's first act
-// is griddepcontrol.wait (all of the previous kernel's work done and visible), so it reads and
-// writes nothing earlier than a plain launch would. bench/pdl.cu measured ≈ 0.26 µs a small
-// kernel in a replayed graph. KILN_PDL=0 turns it off (A/B); devices before sm_90 launch plainly.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-static inline bool pdl_on() {
-  static const bool on = rt::state().cc_major >= 9 && !(getenv("KILN_PDL") && strcmp(getenv("KILN_PDL"), "0") == 0);
-  return on;
-}
-// k<<<grid, block, smem, stream()>>>(args…), by PDL where pdl_on(); k must begin with pdl_wait()
-template <typename... KArgs, typename... Args>
-static inline void launch_pdl(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
-  if (!pdl_on()) {
-    k<<<grid, block, smem, stream()>>>(args...);
-    return;
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream();
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = at;
-  cfg.numAttrs = 1;
-  cudaLaunchKernelEx(&cfg, k, args...);  // an error surfaces in launched()
-}
-
 // Blocks for `work` items at `per_block` a block, capped for grid-stride loops.
 static inline unsigned grid_for(int64_t work, int per_block) {
   int64_t b = (work + per_block - 1) / per_block;
@@ -162,7 +127,6 @@ __device__ __forceinline__ void offsets(I k, const Geo<NOPS>& g, int64_t* off) {
 // A fused elementwise op: the codegen writes the functor (one element per call).
 template <typename F>
 __global__ void k_for_each(const F f, int64_t n) {
-  pdl_wait();
   KILN_GRID_STRIDE(int64_t, i, n) f(i);
 }
 
@@ -170,7 +134,6 @@ __global__ void k_for_each(const F f, int64_t n) {
 // operand and chunk); the n % W elements past the last chunk one a thread.
 template <typename F>
 __global__ void k_for_each_chunks(const F f, int64_t chunks, int64_t n) {
-  pdl_wait();
   KILN_GRID_STRIDE(int64_t, c, chunks) f.chunk(c * F::W);
   const int64_t t = chunks * F::W + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (t < n) f(t);
@@ -308,13 +271,10 @@ __global__ void k_gather_runs(const T* __restrict__ x, const I* __restrict__ idx
 // al., 2022); the 4 states are merged through shared memory at the end. f32 arithmetic, one
 // rounding of the output. Unsplit (SPLIT false, gridDim.y = 1) a block writes its row of y. Split
 // (the "flash-decoding" scheme, Dao et al., 2023), block (row, split) writes its partial max, sum
-// and weighted values and the row's last block to finish merges the splits (combine_row; or, past
-// the runtime's counters or with KILN_ATTN_COMBINE=kernel, the k_attention_combine kernel): a
-// decode step has only B·H query rows, and one block a row would leave most SMs idle while each
-// walks the whole cache alone. The grid covers the keys' full extent Tk (with the static cache,
-// its capacity: the position lives on the device); splits past the query's last key exit at once.
-// Merging in the last block instead of a second kernel: 8.63 vs 9.08 µs a 7B decode call at
-// position 224, 20.90 vs 21.05 at 2000 (H100, bench/attn_decode.cu). This is the simple kernel for decode
+// and weighted values and k_attention_combine merges the splits: a decode step has only B·H query
+// rows, and one block a row would leave most SMs idle while each walks the whole cache alone. The
+// grid covers the keys' full extent Tk (with the static cache, its capacity: the position lives on
+// the device); splits past the query's last key exit at once. This is the simple kernel for decode
 // and short prompts (decode, S < 16); prefill goes to the tiled tensor-core kernel of flash_attn2.cuh.
 static const int kChunk = 64;
 
@@ -536,16 +496,12 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
   });
 }
 
-template <typename T>
-__device__ __noinline__ void combine_row(const float* __restrict__ p, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides& ys, int64_t row);
-
 template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
                                                    float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
                                                    bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
                                                    const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu,
-                                                   int64_t window, const AttnLayout L, int* __restrict__ done) {
-  pdl_wait();
+                                                   int64_t window, const AttnLayout L) {
   const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
   const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
   const int64_t g = Hq / Hkv;
@@ -572,45 +528,23 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   int64_t j1 = SPLIT ? ((int64_t)blockIdx.y + 1) * kChunk : Tk;  // the split's own chunk, even when `first` cuts into it
   if (j1 > last + 1) j1 = last + 1;
   if (j1 > Tk) j1 = Tk;
-  // with done, only the splits up to the query's last key take part (count, write, are merged)
-  const int nact = !SPLIT || !done ? (int)gridDim.y : (int)((last + 1 < Tk ? last + 1 : Tk) + kChunk - 1) / kChunk;
-  if (SPLIT && (int)blockIdx.y >= nact) return;
   if (SPLIT && j0 >= j1) {
     if (threadIdx.x == 0) {
       out[0] = -INFINITY;
       out[1] = 0.f;
     }
-  } else {
-    const T* kb = k + b * L.k.b + (h / g) * L.k.h;
-    const T* vb = v + b * L.v.b + (h / g) * L.v.h;
-    attend_row<T, SPLIT>(q + b * L.q.b + h * L.q.h + i * L.q.s, kb, vb, y + b * L.y.b + h * L.y.h + i * L.y.s, out, j0, j1, L.k.s, L.v.s, D, Dv, scale,
-                         alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk);
+    return;
   }
-  if constexpr (SPLIT) {
-    // done (the runtime's zeroed counters, one a row): the row's last block to finish merges the
-    // splits, so a decode step has no separate combine kernel (the "last block" reduction of the
-    // CUDA threadFenceReduction sample): each block's partial is made visible before it counts
-    // itself; the last one puts the counter back to 0 for the next launch (and graph replay)
-    if (!done) return;
-    __shared__ bool is_last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      is_last = atomicAdd(done + row, 1) == nact - 1;
-      if (is_last) done[row] = 0;
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    combine_row<T>(part + row * (int64_t)gridDim.y * (Dv + 2), y, nact, Dv, Hq, S, L.y, row);
-  }
+  const T* kb = k + b * L.k.b + (h / g) * L.k.h;
+  const T* vb = v + b * L.v.b + (h / g) * L.v.h;
+  attend_row<T, SPLIT>(q + b * L.q.b + h * L.q.h + i * L.q.s, kb, vb, y + b * L.y.b + h * L.y.h + i * L.y.s, out, j0, j1, L.k.s, L.v.s, D, Dv, scale,
+                       alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk);
 }
 
-// Merges the `splits` partial states p of a row ((b · Hq + h) · S + i, written at y + b·ys.b +
-// h·ys.h + i·ys.s): rescales each to the common max and adds. The block's threads (≥ Dv / 2,
-// ≤ 1024) all call it.
+// Merges the splits of a row ((b · Hq + h) · S + i, written at y + b·ys.b + h·ys.h + i·ys.s):
+// rescales each partial state to the common max and adds.
 template <typename T>
-__device__ __noinline__ void combine_row(const float* __restrict__ p, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides& ys, int64_t row) {
+__global__ void k_attention_combine(const float* __restrict__ part, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides ys) {
   // the block's threads read the splits' states side by side (a loop over them one at a time was a
   // chain of dependent L2 reads, ≈ 5 µs of a decode step's attention), the weights exp(m_s − M)
   // are computed once into shared memory, then each thread sums its dims over the splits with
@@ -618,7 +552,9 @@ __device__ __noinline__ void combine_row(const float* __restrict__ p, T* __restr
   constexpr int TILE = 1024;
   __shared__ float wsh[TILE];
   __shared__ float red[32];
+  const int64_t row = blockIdx.x;
   T* yrow = y + (row / S / Hq) * ys.b + ((row / S) % Hq) * ys.h + (row % S) * ys.s;
+  const float* p = part + row * (int64_t)splits * (Dv + 2);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
   auto block_reduce = [&](float v, bool is_max) {
 #pragma unroll
@@ -668,10 +604,6 @@ __device__ __noinline__ void combine_row(const float* __restrict__ p, T* __restr
     const int d = threadIdx.x + k * blockDim.x;
     if (d < Dv) yrow[d] = Num<T>::store(M == -INFINITY ? NAN : a[k] / L);
   }
-}
-template <typename T>
-__global__ void k_attention_combine(const float* __restrict__ part, T* __restrict__ y, int splits, int Dv, int64_t Hq, int64_t S, const HeadStrides ys) {
-  combine_row<T>(part + (int64_t)blockIdx.x * splits * (Dv + 2), y, splits, Dv, Hq, S, ys, blockIdx.x);
 }
 
 // ---------------------------------------------------------------- the varlen KV cache
@@ -763,20 +695,14 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   // few rows against many keys (decode): split the keys across blocks, then combine
   if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535 && !key_mask && !cu_seqlens) {
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
-    // the last block of a row merges its splits (counters: the runtime's, for up to
-    // attn_done_rows rows); else a combine kernel. KILN_ATTN_COMBINE=kernel: always the kernel (A/B)
-    static const bool kernel_combine = getenv("KILN_ATTN_COMBINE") && strcmp(getenv("KILN_ATTN_COMBINE"), "kernel") == 0;
-    int* done = !kernel_combine && rows <= rt::state().attn_done_rows ? rt::state().attn_done : nullptr;
-    detail::launch_pdl(detail::k_attention<T, true>, dim3((unsigned)rows, (unsigned)splits), 128, 0, q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L, done);
+    detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L);
     detail::launched("flash_attention (split KV)");
-    if (!done) {
-      detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv, Hq, S, L.y);
-      detail::launched("flash_attention (combine)");
-    }
+    detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv, Hq, S, L.y);
+    detail::launched("flash_attention (combine)");
     rt::release(part);
     return;
   }
-  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L, nullptr);
+  detail::k_attention<T, false><<<(unsigned)rows, 128, 0, stream()>>>(q, k, v, y, nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L);
   detail::launched("flash_attention");
 }
 template <typename T>
@@ -1109,7 +1035,6 @@ __device__ __forceinline__ void argmax_take(float& v, long long& i, float v2, lo
 // memory. A NaN or +Inf anywhere in the row, or nothing above -Inf, gives -1 (ARGMAX_NONE).
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(kArgmaxThreads) k_argmax(const T* __restrict__ x, int64_t* __restrict__ y, int64_t rows, int64_t n) {
-  pdl_wait();
   typedef Num<T> Nm;
   __shared__ float sv[kArgmaxThreads / 32];
   __shared__ long long si[kArgmaxThreads / 32];
@@ -1309,8 +1234,8 @@ void argmax(const T* x, int64_t* y, int64_t rows, int64_t n) {
   if (rows <= 0) return;
   const bool vec = n % detail::Vec<T>::E == 0 && detail::aligned16(x);
   const unsigned grid = detail::grid_for(rows, 1);
-  if (vec) detail::launch_pdl(detail::k_argmax<T, true>, grid, detail::kArgmaxThreads, 0, x, y, rows, n);
-  else detail::launch_pdl(detail::k_argmax<T, false>, grid, detail::kArgmaxThreads, 0, x, y, rows, n);
+  if (vec) detail::k_argmax<T, true><<<grid, detail::kArgmaxThreads, 0, stream()>>>(x, y, rows, n);
+  else detail::k_argmax<T, false><<<grid, detail::kArgmaxThreads, 0, stream()>>>(x, y, rows, n);
   detail::launched("argmax");
 }
 
@@ -1389,7 +1314,6 @@ __global__ void k_varlen_positions(const int32_t* __restrict__ cu, float* __rest
 template <typename T>
 __global__ void k_cache_write(T* __restrict__ cache, const T* __restrict__ update, const int64_t* __restrict__ pos, int64_t H, int64_t C, int64_t S, int64_t D,
                               int64_t ub, int64_t uh, int64_t us, int64_t total) {
-  pdl_wait();
   const int64_t p = *pos;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
     const int64_t d = e % D, s = (e / D) % S, bh = e / (D * S), b = bh / H, h = bh % H;
@@ -1408,7 +1332,7 @@ template <typename T>
 void cache_write(T* cache, const T* update, const int64_t* pos, int64_t B, int64_t H, int64_t C, int64_t S, int64_t D, int64_t ub, int64_t uh, int64_t us) {
   const int64_t total = B * H * S * D;
   if (total <= 0) return;
-  detail::launch_pdl(detail::k_cache_write<T>, detail::grid_for(total, detail::kThreads), detail::kThreads, 0, cache, update, pos, H, C, S, D, ub, uh, us, total);
+  detail::k_cache_write<T><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, stream()>>>(cache, update, pos, H, C, S, D, ub, uh, us, total);
   detail::launched("cache_write");
 }
 template <typename T>
@@ -1492,7 +1416,6 @@ __device__ __forceinline__ void each_dispatch(const EachParts<N>& P, const F& f,
 }
 template <int N, typename... Fs>
 __global__ void k_for_each_n(EachParts<N> P, Fs... fs) {
-  pdl_wait();
   each_dispatch<0, N>(P, fs...);
 }
 }  // namespace detail
@@ -1517,8 +1440,7 @@ void for_each_n(const Each<Fs>&... es) {
   };
   (part(es), ...);
   if (total == 0) return;
-  void (*kern)(detail::EachParts<N>, Fs...) = detail::k_for_each_n<N, Fs...>;  // (a pack's kernel named explicitly)
-  detail::launch_pdl(kern, total, detail::kThreads, 0, P, es.f...);
+  detail::k_for_each_n<N, Fs...><<<total, detail::kThreads, 0, stream()>>>(P, es.f...);
   detail::launched("fused elementwise (batched)");
 }
 
@@ -1527,9 +1449,9 @@ void for_each(const F& f, int64_t n) {
   if (n <= 0) return;
   if (f.chunkable()) {
     const int64_t chunks = n / F::W;
-    detail::launch_pdl(detail::k_for_each_chunks<F>, detail::grid_for(chunks > 0 ? chunks : 1, detail::kThreads), detail::kThreads, 0, f, chunks, n);
+    detail::k_for_each_chunks<F><<<detail::grid_for(chunks > 0 ? chunks : 1, detail::kThreads), detail::kThreads, 0, stream()>>>(f, chunks, n);
   } else {
-    detail::launch_pdl(detail::k_for_each<F>, detail::grid_for(n, detail::kThreads), detail::kThreads, 0, f, n);
+    detail::k_for_each<F><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(f, n);
   }
   detail::launched("fused elementwise");
 }

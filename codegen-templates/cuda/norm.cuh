@@ -35,7 +35,6 @@ union Pack16 {
 template <bool LAYER, typename T, int NV>
 __global__ void __launch_bounds__(NV == 4 ? 1024 : 256) k_norm_vec(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
                                                    int64_t rows, int nvec, float eps) {
-  pdl_wait();
   typedef Num<T> Nm;
   constexpr int E = 16 / sizeof(T);
   __shared__ double sh[32];
@@ -89,7 +88,6 @@ __global__ void __launch_bounds__(NV == 4 ? 1024 : 256) k_norm_vec(const T* __re
 // any D and alignment: a block per row, element-wise loads, the row read once per pass
 template <bool LAYER, typename T>
 __global__ void k_norm_any(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y, int64_t rows, int64_t D, float eps) {
-  pdl_wait();
   typedef Num<T> Nm;
   __shared__ double sh[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -120,6 +118,7 @@ void norm_rows(const T* x, const T* w, const T* b, T* y, int64_t rows, int64_t D
   const float eps = (float)eps_d;
   constexpr int E = 16 / sizeof(T);
   const unsigned grid = (unsigned)(rows < 0x7fffffffLL ? rows : 0x7fffffffLL);
+  cudaStream_t s = stream();
   const int64_t nvec = D / E;
   const bool vec = D % E == 0 && nvec <= 4 * 1024 && aligned16(x) && aligned16(w) && aligned16(y) && (!b || aligned16(b));
   // the fewest vectors a thread (NV) that keep a block within 256 threads; NV = 4 takes up to 1024
@@ -127,10 +126,10 @@ void norm_rows(const T* x, const T* w, const T* b, T* y, int64_t rows, int64_t D
   const int nv = !vec ? 0 : nvec <= 256 ? 1 : nvec <= 512 ? 2 : 4;
   const unsigned threads = !vec ? 256u : (unsigned)(((nvec + nv - 1) / nv + 31) / 32 * 32);
   switch (nv) {
-    case 1: launch_pdl(k_norm_vec<LAYER, T, 1>, grid, threads, 0, x, w, b, y, rows, (int)nvec, eps); break;
-    case 2: launch_pdl(k_norm_vec<LAYER, T, 2>, grid, threads, 0, x, w, b, y, rows, (int)nvec, eps); break;
-    case 4: launch_pdl(k_norm_vec<LAYER, T, 4>, grid, threads, 0, x, w, b, y, rows, (int)nvec, eps); break;
-    default: launch_pdl(k_norm_any<LAYER, T>, grid, threads, 0, x, w, b, y, rows, D, eps);
+    case 1: k_norm_vec<LAYER, T, 1><<<grid, threads, 0, s>>>(x, w, b, y, rows, (int)nvec, eps); break;
+    case 2: k_norm_vec<LAYER, T, 2><<<grid, threads, 0, s>>>(x, w, b, y, rows, (int)nvec, eps); break;
+    case 4: k_norm_vec<LAYER, T, 4><<<grid, threads, 0, s>>>(x, w, b, y, rows, (int)nvec, eps); break;
+    default: k_norm_any<LAYER, T><<<grid, threads, 0, s>>>(x, w, b, y, rows, D, eps);
   }
   launched(what);
 }

@@ -35,8 +35,6 @@ struct CudaState {
   unsigned long long* flag_host = nullptr;  // pinned host copy of it
   int64_t* scratch_host = nullptr;          // pinned 8 bytes for read_index
   bool captured_gather = false;             // a gather with a range check was captured into a graph
-  int* attn_done = nullptr;                 // flash_attention's split-KV counters, one a query row, 0 between launches
-  int64_t attn_done_rows = 0;
   std::mutex mu;                            // init, constants
 };
 static inline CudaState& state() {
@@ -360,11 +358,6 @@ static inline void init_device(int device) {
   check(cudaMalloc((void**)&s.flag_dev, sizeof(unsigned long long)), "cudaMalloc (gather flag)");
   check(cudaHostAlloc((void**)&s.flag_host, sizeof(unsigned long long), cudaHostAllocDefault), "cudaHostAlloc (gather flag)");
   check(cudaHostAlloc((void**)&s.scratch_host, sizeof(int64_t), cudaHostAllocDefault), "cudaHostAlloc (scratch)");
-  // zeroed here, before any capture, and kept at 0 by the kernels (the last block of a row resets its counter)
-  constexpr int64_t kDoneRows = 1 << 16;
-  check(cudaMalloc((void**)&s.attn_done, sizeof(int) * kDoneRows), "cudaMalloc (attention counters)");
-  check(cudaMemset(s.attn_done, 0, sizeof(int) * kDoneRows), "cudaMemset (attention counters)");
-  s.attn_done_rows = kDoneRows;
   s.sm_count = prop.multiProcessorCount;
   s.cc_major = prop.major;
   s.cc_minor = prop.minor;
