@@ -53,6 +53,10 @@ describe("batchLaunches", () => {
   test("work between launches ends the batch", () => {
     const out = batchLaunches([alloc(10), fe(10, ["v1"]), "  K::rms_norm<kiln::bf16>(v2, w3, v4, 1, 8, 0.00001);", alloc(11), fe(11, ["v5"])]);
     expect(out.some((l) => l.includes("K::for_each_n"))).toBe(false);
+    // a launch inside a block is not the body's to batch
+    const nested = batchLaunches([alloc(10), fe(10, ["v1"]), "  if (d_S > 1) {", `  ${fe(11, ["v5"])}`, "  }"]);
+    expect(nested.some((l) => l.includes("K::for_each_n"))).toBe(false);
+    expect(parseLaunch(`  ${fe(11, ["v5"])}`)).toBeUndefined();
   });
 
   test("parseLaunch reads the functor's output and operands", () => {

@@ -54,9 +54,9 @@ function splitArgs(s: string): string[] {
   return out;
 }
 
-/** a batchable launch line, or undefined */
+/** a batchable launch line (at the body's top level: two spaces in, not inside a block), or undefined */
 export function parseLaunch(line: string): Launch | undefined {
-  let m = /^\s*K::for_each\((F(\d+))\{/.exec(line);
+  let m = /^ {2}K::for_each\((F(\d+))\{/.exec(line);
   if (m) {
     const open = line.indexOf("{", line.indexOf(m[1]));
     const end = closing(line, open);
@@ -67,7 +67,7 @@ export function parseLaunch(line: string): Launch | undefined {
     const out = `v${m[2]}`;
     return { part: `kiln::each(${functor}, ${rest[1]})`, line, reads: new Set(idents(functor).filter((x) => x !== out)), writes: new Set([out]) };
   }
-  m = /^\s*K::cache_write<([^>]+)>\((.*)\);\s*$/.exec(line);
+  m = /^ {2}K::cache_write<([^>]+)>\((.*)\);\s*$/.exec(line);
   if (m) {
     const args = splitArgs(m[2]);
     if (args.length !== 7 && args.length !== 11) return undefined;
