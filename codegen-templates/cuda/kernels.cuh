@@ -1353,9 +1353,6 @@ inline void varlen_positions(const int32_t* cu, float* y, int64_t n_cu, int64_t 
   detail::launched("varlen_positions");
 }
 
-// Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f), in
-// chunks of F::W elements where the functor allows them (aligned pointers, and W dividing the
-// innermost dim where an operand broadcasts), else one element a thread.
 // A cache_write as a functor (one element of [B, H, S, D] a call; W of one row a chunk), so that
 // it can share a launch with other independent small kernels (for_each_n). Positions past the
 // capacity are skipped, as k_cache_write skips them (the runtime checked the bounds).
@@ -1444,6 +1441,9 @@ void for_each_n(const Each<Fs>&... es) {
   detail::launched("fused elementwise (batched)");
 }
 
+// Runs f(i) for i in [0, n): the loop of a fused elementwise kernel (the codegen writes f), in
+// chunks of F::W elements where the functor allows them (aligned pointers, and W dividing the
+// innermost dim where an operand broadcasts), else one element a thread.
 template <typename F>
 void for_each(const F& f, int64_t n) {
   if (n <= 0) return;
