@@ -10,7 +10,8 @@
 // their functors (the cache write as `K::cache_write_each<T>`). Between two such calls only host
 // bookkeeping may stand (comments, op marks, allocations, aliases, constants); the releases found
 // there move after the batched call, so no buffer a batched part still reads is handed out again.
-// Buffers are compared through the body's aliases (`T* vN = vM;`).
+// Buffers are compared through the body's aliases (`T* vN = vM;`). Under KILN_PROFILE=ops a
+// batch's time is counted under the op kind marked last before it.
 
 interface Launch {
   /** the part's expression inside for_each_n */
