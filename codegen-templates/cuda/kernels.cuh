@@ -1311,34 +1311,7 @@ __global__ void k_varlen_positions(const int32_t* __restrict__ cu, float* __rest
     y[t] = (float)(t - cu[lo]);
   }
 }
-template <typename T>
-__global__ void k_cache_write(T* __restrict__ cache, const T* __restrict__ update, const int64_t* __restrict__ pos, int64_t H, int64_t C, int64_t S, int64_t D,
-                              int64_t ub, int64_t uh, int64_t us, int64_t total) {
-  const int64_t p = *pos;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t d = e % D, s = (e / D) % S, bh = e / (D * S), b = bh / H, h = bh % H;
-    // the runtime checked the bounds; never write past them
-    if (p >= 0 && p + s < C) cache[(bh * C + p + s) * D + d] = update[b * ub + h * uh + s * us + d];
-  }
-}
 }  // namespace detail
-
-// The static KV cache's write: rows [*pos, *pos + S) of each [C, D] slab of `cache` become the rows
-// of `update` ([BH, S, D]). The position stays on the device (a replayed decode step reads it there);
-// the runtime checks *pos + S ≤ C before the call.
-// The update may be read through (b, h, s) strides (ub, uh, us; d contiguous): v's transpose into
-// [B, H, S, D] is then not materialized (emit.ts, elementwiseViews).
-template <typename T>
-void cache_write(T* cache, const T* update, const int64_t* pos, int64_t B, int64_t H, int64_t C, int64_t S, int64_t D, int64_t ub, int64_t uh, int64_t us) {
-  const int64_t total = B * H * S * D;
-  if (total <= 0) return;
-  detail::k_cache_write<T><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, stream()>>>(cache, update, pos, H, C, S, D, ub, uh, us, total);
-  detail::launched("cache_write");
-}
-template <typename T>
-void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
-  cache_write<T>(cache, update, pos, 1, BH, C, S, D, BH * S * D, S * D, D);
-}
 
 // Position ids from an attention_mask [B, T] (cumsum − 1 at real tokens, 1 at padding): a row a thread.
 inline void mask_positions(const int64_t* m, float* y, int64_t B, int64_t T) {
@@ -1355,7 +1328,7 @@ inline void varlen_positions(const int32_t* cu, float* y, int64_t n_cu, int64_t 
 
 // A cache_write as a functor (one element of [B, H, S, D] a call; W of one row a chunk), so that
 // it can share a launch with other independent small kernels (for_each_n). Positions past the
-// capacity are skipped, as k_cache_write skips them (the runtime checked the bounds).
+// capacity are skipped (the runtime checked the bounds; never write past them).
 template <typename T>
 struct CacheWriteF {
   T* cache;
@@ -1454,6 +1427,22 @@ void for_each(const F& f, int64_t n) {
     detail::k_for_each<F><<<detail::grid_for(n, detail::kThreads), detail::kThreads, 0, stream()>>>(f, n);
   }
   detail::launched("fused elementwise");
+}
+
+// The static KV cache's write: rows [*pos, *pos + S) of each [C, D] slab of `cache` become the rows
+// of `update` ([BH, S, D]). The position stays on the device (a replayed decode step reads it there);
+// the runtime checks *pos + S ≤ C before the call. The update may be read through (b, h, s) strides
+// (ub, uh, us; d contiguous): v's transpose into [B, H, S, D] is then not materialized (emit.ts,
+// elementwiseViews). The CacheWriteF functor above, alone (the codegen batches it with its
+// neighbours where it can: cache_write_each).
+template <typename T>
+void cache_write(T* cache, const T* update, const int64_t* pos, int64_t B, int64_t H, int64_t C, int64_t S, int64_t D, int64_t ub, int64_t uh, int64_t us) {
+  const Each<CacheWriteF<T>> e = cache_write_each<T>(cache, update, pos, B, H, C, S, D, ub, uh, us);
+  for_each(e.f, e.n);
+}
+template <typename T>
+void cache_write(T* cache, const T* update, const int64_t* pos, int64_t BH, int64_t C, int64_t S, int64_t D) {
+  cache_write<T>(cache, update, pos, 1, BH, C, S, D, BH * S * D, S * D, D);
 }
 
 }  // namespace cuda
