@@ -53,6 +53,7 @@ interface Internals {
   newCache(B: number, S: number): Map<string, unknown>;
   invoke(feed: Map<string, unknown>, toHost: (name: string) => boolean): Promise<Map<string, { free?: () => void }>>;
   manifest: { kvCache?: { position?: string } };
+  pipelineDecode: boolean;
 }
 
 const device = (() => {
@@ -92,9 +93,20 @@ for (const v of VARIANTS) {
     return { total: (performance.now() - start) / 1000, first: first / 1000, tokens };
   };
   await once(8);
-  const runs = [];
-  for (let i = 0; i < RUNS; i++) runs.push(await once(NEW));
+  // decode as generate() runs it (pipelined: step t + 1 issued before token t reaches Node), and
+  // the same model with pipelining off, alternated; both must give the same tokens
+  const mi = model as unknown as Internals;
+  const runs: Awaited<ReturnType<typeof once>>[] = [], plainRuns: Awaited<ReturnType<typeof once>>[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    mi.pipelineDecode = true;
+    runs.push(await once(NEW));
+    mi.pipelineDecode = false;
+    plainRuns.push(await once(NEW));
+  }
+  mi.pipelineDecode = true;
+  if (plainRuns.some((r) => r.tokens.join() !== runs[0].tokens.join())) throw new Error(`${v.name}: pipelined and unpipelined decode gave different tokens`);
   const tot = median(runs.map((r) => r.total)), first = median(runs.map((r) => r.first));
+  const plainTot = median(plainRuns.map((r) => r.total)), plainFirst = median(plainRuns.map((r) => r.first));
 
   // prefill: one forward of PREFILL tokens through the artifact, the logits left on the device;
   // the static cache the first call uploads (zeros) is written in place and fed back as it is, so
@@ -125,6 +137,7 @@ for (const v of VARIANTS) {
     variant: v.name, label: v.label, artifact: dir, load_s: loadS,
     weight_bytes: total, linear_bytes: linBytes, linear_bf16_bytes: linBf16, linear_ratio: linBytes / linBf16,
     decode_tokens_per_s: (NEW - 1) / (tot - first), tokens_per_s: NEW / tot, first_token_ms: first * 1000,
+    decode_unpipelined_tokens_per_s: (NEW - 1) / (plainTot - plainFirst),
     prefill_ms: median(preMs), prefill_runs_ms: preMs, tokens: runs[0].tokens.slice(0, 16),
   };
   rows.push(row);
@@ -137,6 +150,7 @@ for (const r of rows) {
   const x = r as Record<string, number | string | boolean>;
   x.total_ratio = bf ? (x.weight_bytes as number) / bf.weight_bytes : NaN;
   x.decode_vs_bf16 = bf ? (x.decode_tokens_per_s as number) / bf.decode_tokens_per_s : NaN;
+  x.decode_unpipelined_vs_bf16 = bf ? (x.decode_unpipelined_tokens_per_s as number) / bf.decode_unpipelined_tokens_per_s : NaN;
   x.prefill_vs_bf16 = bf ? (x.prefill_ms as number) / bf.prefill_ms : NaN;
 }
 const four = rows.filter((r) => /^(fp4|nf4)/.test(r.variant as string)) as Record<string, number & string>[];
@@ -151,7 +165,7 @@ const commit = process.env.KILN_COMMIT ?? (() => { try { return execSync("git re
 const result = {
   bench: "quant", date: new Date().toISOString(), commit, device,
   model: "Llama-2-7B shape (32 layers, 4096 hidden, 11008 MLP, 32000 vocab), random bf16 weights; lm_head kept in bf16 (llm_int8_skip_modules)",
-  workload: `decode: batch 1, ${PROMPT}-token prompt, ${NEW} new tokens, greedy, median of ${RUNS} after warm-up (CUDA graphs on); prefill: one forward of ${PREFILL} tokens, logits left on the device, median of ${PREFILL_RUNS} after warm-up`,
+  workload: `decode: batch 1, ${PROMPT}-token prompt, ${NEW} new tokens, greedy, median of ${RUNS} after warm-up (CUDA graphs on; pipelined as generate() runs it, and unpipelined alternately); prefill: one forward of ${PREFILL} tokens, logits left on the device, median of ${PREFILL_RUNS} after warm-up`,
   rows, bars,
 };
 const outDir = join(import.meta.dirname, "results");
@@ -161,9 +175,11 @@ writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
 if (process.env.OUT) writeFileSync(join(process.env.OUT, "quant.json"), `${JSON.stringify(result, null, 2)}\n`);
 const f = (x: unknown, d = 1) => (typeof x === "number" ? x.toFixed(d) : String(x));
 console.log(`\n${device}: ${result.workload}`);
-console.log("| variant | weights (GB) | linears vs bf16 | decode tok/s | vs bf16 | prefill S=2048 (ms) | vs bf16 | load (s) |");
-console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+console.log("| variant | weights (GB) | linears vs bf16 | decode tok/s | vs bf16 | unpipelined tok/s | vs bf16 | prefill S=2048 (ms) | vs bf16 | load (s) |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const r of rows as Record<string, number>[])
-  console.log(`| ${r.label} | ${f(r.weight_bytes / 1e9, 2)} | ${f(r.linear_ratio, 3)}× | ${f(r.decode_tokens_per_s)} | ${f(r.decode_vs_bf16, 2)}× | ${f(r.prefill_ms)} | ${f(r.prefill_vs_bf16, 2)}× | ${f(r.load_s)} |`);
+  console.log(
+    `| ${r.label} | ${f(r.weight_bytes / 1e9, 2)} | ${f(r.linear_ratio, 3)}× | ${f(r.decode_tokens_per_s)} | ${f(r.decode_vs_bf16, 2)}× | ${f(r.decode_unpipelined_tokens_per_s)} | ${f(r.decode_unpipelined_vs_bf16, 2)}× | ${f(r.prefill_ms)} | ${f(r.prefill_vs_bf16, 2)}× | ${f(r.load_s)} |`,
+  );
 for (const [k, v] of Object.entries(bars)) console.log(`${v === true ? "met" : v === false ? "NOT met" : "n/a"}: ${k}`);
 console.log(`wrote ${file}`);

@@ -27,6 +27,8 @@ import { checkWeights } from "./weights.js";
 // ---------------------------------------------------------------- the native binding
 
 type CacheValue = { dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor;
+/** a decode step issued without waiting (Model.issueStep): its pick on the target, the pick's queued download, its logits */
+type Issued = { token: DeviceTensor; pending: Pending; logits: DeviceTensor };
 
 interface DeviceTensor {
   readonly dtype: number;
@@ -34,6 +36,12 @@ interface DeviceTensor {
   readonly bytes: number;
   readonly freed: boolean;
   free(): void;
+  /** another tensor over the same buffer */
+  reshape(shape: number[]): DeviceTensor;
+}
+/** a download queued after a forward that did not wait: its bytes once the copy is done */
+interface Pending {
+  wait(): Promise<ArrayBuffer>;
 }
 interface HostTensor {
   dtype: number;
@@ -48,8 +56,17 @@ interface NativeArtifact {
   loadWeights(jobs: { file: string; offset: number; count: number; src: number; dst: number; name: string; quant?: object | null }[], onProgress?: (done: number, total: number) => void): Promise<DeviceTensor[]>;
   /** the weights every forward(null, …) uses (unwrapped once); [] lets them go */
   bindWeights(weights: DeviceTensor[]): void;
-  /** outputs; a number i: written in place into inputs[i] (a device tensor), which it is */
-  forward(weights: DeviceTensor[] | null, inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[], toHost: boolean[]): Promise<(HostTensor | DeviceTensor | number)[]>;
+  /**
+   * outputs; a number i: written in place into inputs[i] (a device tensor), which it is. toHost[j]
+   * 2: output j stays on the target and a download of it is queued ({ tensor, pending }).
+   * { wait: false }: resolves once the work is queued on the target, not when it is done.
+   */
+  forward(
+    weights: DeviceTensor[] | null,
+    inputs: ({ dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor)[],
+    toHost: (boolean | 2)[],
+    options?: { wait: boolean },
+  ): Promise<(HostTensor | DeviceTensor | number | { tensor: DeviceTensor; pending: Pending })[]>;
   /** a device tensor's bytes, on the host */
   download(tensor: DeviceTensor): Promise<ArrayBuffer>;
   memoryInfo(): { free: number; total: number };
@@ -98,6 +115,12 @@ export interface LoadOptions {
    * come to Node, which picks the token)
    */
   greedyOnTarget?: boolean;
+  /**
+   * greedy decode on the target (greedyOnTarget, a static KV cache) issues step t + 1, fed by
+   * step t's pick where it lies on the target, before step t's token reaches Node, so the target
+   * does not wait for Node between tokens (default true). The tokens are the same either way.
+   */
+  pipelineDecode?: boolean;
 }
 
 export interface ForwardResult {
@@ -217,6 +240,7 @@ export class Model implements AsyncDisposable {
     readonly tokenizer: Tokenizer | undefined,
     readonly checkpoint: string,
     greedyOnTarget: boolean,
+    private readonly pipelineDecode: boolean,
   ) {
     art.bindWeights(weights);
     this.nextToken = greedyOnTarget ? manifest.nextToken : undefined;
@@ -265,7 +289,7 @@ export class Model implements AsyncDisposable {
       const tokenizer = await Tokenizer.fromCheckpoint(o.checkpoint);
       if (tokenizer && manifest.model.config && typeof manifest.model.config.vocab_size === "number" && tokenizer.vocabSize > manifest.model.config.vocab_size)
         throw new KilnError("E_CONFIG", `tokenizer.json has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${manifest.model.config.vocab_size}`, { where: o.checkpoint });
-      return new Model(dir, manifest, art, weights, tokenizer, o.checkpoint, o.greedyOnTarget ?? true);
+      return new Model(dir, manifest, art, weights, tokenizer, o.checkpoint, o.greedyOnTarget ?? true, o.pipelineDecode ?? true);
     } finally {
       ckpt.close();
     }
@@ -620,14 +644,46 @@ export class Model implements AsyncDisposable {
     const freeCache = () => {
       for (const t of cache.values()) if (typeof (t as DeviceTensor).free === "function") (t as DeviceTensor).free();
     };
+    // Pipelined greedy decode (LoadOptions.pipelineDecode): a one-token step on the target's pick
+    // is issued without waiting, and right behind it the next step, fed by this one's pick where it
+    // lies on the target (`ahead`); then this step's token comes to Node while the next one runs.
+    // The next call finds its step issued already when its token is the one that fed it (always,
+    // in greedy decoding; otherwise that step is dropped: its cache write sits at the position the
+    // call writes again). Only a step that generateTokens may still ask for is issued ahead.
+    const pipelined = this.pipelineDecode && this.staticCache && this.nextToken !== undefined;
+    let ahead: (Issued & { pos: number; fedBy?: number }) | undefined;
+    let calls = 0;
+    const dropAhead = async () => {
+      const a = ahead;
+      ahead = undefined;
+      if (a) await this.dropIssued(a);
+    };
     // a greedy step takes the target's own pick (next_token) and leaves the logits there
     const step = (fresh: number[], _first: boolean, greedy: boolean): Promise<Float32Array | number> =>
       this.serial(async () => {
+        calls++;
+        const pick = greedy && this.nextToken !== undefined;
+        if (pipelined && pick && fresh.length === 1) {
+          let cur: Issued;
+          if (ahead && ahead.pos === past && ahead.fedBy === fresh[0]) {
+            cur = ahead;
+            ahead = undefined;
+          } else {
+            await dropAhead();
+            if (past + 1 > capacity) throw new KilnError("E_USAGE", `${past + 1} tokens are over the static cache's capacity ${capacity}`);
+            cur = await this.issueStep(this.checkIds([fresh], past), cache, past);
+          }
+          past += 1;
+          if (calls < maxNew && past + 1 <= capacity) ahead = { ...(await this.issueStep(cur.token.reshape([1, 1]), cache, past)), pos: past };
+          const id = await this.pickOf(cur);
+          if (ahead) ahead.fedBy = typeof id === "number" ? id : -1;
+          return id;
+        }
+        await dropAhead();
         const t = this.checkIds([fresh], past);
         if (this.staticCache && past + fresh.length > capacity)
           throw new KilnError("E_USAGE", `${past + fresh.length} tokens are over the static cache's capacity ${capacity}`);
         const mask = this.padded ? new BigInt64Array(past + fresh.length).fill(1n) : undefined;
-        const pick = greedy && this.nextToken !== undefined;
         const { outs, present } = await this.run(t, 1, fresh.length, cache, past, mask, pick);
         cache = nextCache(cache, present);
         past += fresh.length;
@@ -646,11 +702,73 @@ export class Model implements AsyncDisposable {
       }
     } finally {
       await this.queue;
+      // a step issued ahead that no call asked for (a stop token came): its work is only waited for
+      await this.serial(dropAhead).catch(() => undefined);
       const onDevice = [...cache.values()].every((t) => typeof (t as DeviceTensor).free === "function");
       if (this.staticCache && onDevice && !this.disposed && (!this.kept || this.kept.capacity < capacity)) {
         this.dropKept();
         this.kept = { capacity, rows: 1, tensors: cache as Map<string, DeviceTensor> };
       } else freeCache();
+    }
+  }
+
+  /**
+   * One decode step (batch 1, one token) issued without waiting for the target: input_ids from the
+   * host or a device tensor (the previous step's pick), the static cache written in place (its
+   * present.* are its past.*, so `cache` serves again). next_token stays on the target with its
+   * download queued; the logits stay there for pickOf's fallback.
+   */
+  private async issueStep(ids: BigInt64Array | DeviceTensor, cache: Map<string, unknown>, position: number): Promise<Issued> {
+    const i64 = (shape: number[], data: BigInt64Array) => ({ dtype: ABI_DTYPE.i64, shape, data });
+    const feed = new Map(cache);
+    feed.set("input_ids", ids instanceof BigInt64Array ? i64([1, 1], ids) : ids);
+    if (this.manifest.kvCache?.position) feed.set(this.manifest.kvCache.position, i64([], new BigInt64Array([BigInt(position)])));
+    if (this.padded) feed.set("attention_mask", i64([1, position + 1], new BigInt64Array(position + 1).fill(1n)));
+    const inputs = this.manifest.inputs.map((i) => {
+      const v = feed.get(i.name);
+      if (!v) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
+      return v as CacheValue;
+    });
+    const next = this.nextToken!.output;
+    const how = (this.issueHow ??= this.manifest.outputs.map((o) => (o.name === next ? 2 : o.name === "logits" || o.name.startsWith("present.") ? false : "drop")));
+    const outs = await native(this.art.forward(null, inputs, how.map((h) => (h === "drop" ? false : h)), { wait: false }), this.dir);
+    let issued: Partial<Issued> = {};
+    this.manifest.outputs.forEach((o, j) => {
+      const out = outs[j];
+      if (typeof out === "number") {
+        // written in place into a device-tensor input: the static cache is its own present
+        if (!o.name.startsWith("present.") || cache.get(pastName(o.name)) !== inputs[out])
+          throw new KilnError("E_ARTIFACT", `output '${o.name}' was written into input ${out}, not into its past (a static cache is needed to pipeline decode)`, { where: this.dir });
+      } else if (o.name === next) issued = { ...issued, ...(out as { tensor: DeviceTensor; pending: Pending }), token: (out as { tensor: DeviceTensor }).tensor };
+      else if (o.name === "logits") issued.logits = out as DeviceTensor;
+      else if (how[j] === "drop" || o.name.startsWith("present.")) (out as DeviceTensor).free();
+    });
+    if (!issued.token || !issued.pending || !issued.logits) throw new KilnError("E_ARTIFACT", `a decode step returned no '${next}' or 'logits'`, { where: this.dir });
+    return issued as Issued;
+  }
+  private issueHow: (boolean | 2 | "drop")[] | undefined;
+
+  /** An issued step's pick (or, where the target had none, its logits, as stepOutputs hands them on); frees its tensors. */
+  private async pickOf(s: Issued): Promise<number | Float32Array> {
+    try {
+      const id = Number(new BigInt64Array(await native(s.pending.wait(), this.dir))[0]);
+      if (id >= 0) return id;
+      const l = s.logits;
+      return toF32({ dtype: l.dtype, shape: l.shape, data: await native(this.art.download(l), this.dir) });
+    } finally {
+      s.token.free();
+      s.logits.free();
+    }
+  }
+  /** A step issued ahead and not used: waits for its work, frees its tensors. */
+  private async dropIssued(s: Issued): Promise<void> {
+    try {
+      await s.pending.wait();
+    } catch {
+      // its pick fed nothing anyone reads; an error of the target surfaces at the next call
+    } finally {
+      s.token.free();
+      s.logits.free();
     }
   }
 

@@ -72,15 +72,23 @@ export function argmaxRows(dtype: DType, R: number, V: number, seed: number): Te
   return tensor(dtype, [R, V], xs);
 }
 
-/** What each forward of a Model brought to the host (output name → toHost), and how many tensors it downloaded afterwards. */
+/**
+ * What each forward of a Model brought to the host (output name → toHost: true, false, or 2 for a
+ * download queued behind a forward that does not wait), and how many tensors it downloaded
+ * afterwards; `queued`: the forwards that did not wait (a pipelined decode step), `fedOnTarget`:
+ * those whose input_ids was a tensor on the target (the previous step's pick).
+ */
 export interface BindingSpy {
-  calls: Record<string, boolean>[];
+  calls: Record<string, boolean | 2>[];
   downloads: number;
+  queued: number;
+  fedOnTarget: number;
 }
 
 /** Records the to-host flags of every forward `model` makes from now on, and its downloads of device tensors. */
 export function spyOnBinding(model: Model): BindingSpy {
-  const spy: BindingSpy = { calls: [], downloads: 0 };
+  const spy: BindingSpy = { calls: [], downloads: 0, queued: 0, fedOnTarget: 0 };
+  const idsAt = model.manifest.inputs.findIndex((i) => i.name === "input_ids");
   const m = model as unknown as { art: { forward: (...a: unknown[]) => Promise<unknown>; download: (t: unknown) => Promise<ArrayBuffer> } };
   const names = model.manifest.outputs.map((o) => o.name);
   const art = m.art;
@@ -88,9 +96,11 @@ export function spyOnBinding(model: Model): BindingSpy {
   const download = art.download.bind(art);
   // the binding's methods are read-only properties of its prototype: shadow them on the instance
   const wrap = (name: "forward" | "download", f: (...a: unknown[]) => Promise<unknown>) => Object.defineProperty(art, name, { value: f, configurable: true });
-  wrap("forward", (w, inputs, toHost) => {
-    spy.calls.push(Object.fromEntries(names.map((n, j) => [n, (toHost as boolean[])[j]])));
-    return forward(w, inputs, toHost);
+  wrap("forward", (w, inputs, toHost, options) => {
+    spy.calls.push(Object.fromEntries(names.map((n, j) => [n, (toHost as (boolean | 2)[])[j]])));
+    if ((options as { wait?: boolean } | undefined)?.wait === false) spy.queued++;
+    if (idsAt >= 0 && !("data" in ((inputs as object[])[idsAt] as object))) spy.fedOnTarget++;
+    return forward(w, inputs, toHost, options);
   });
   wrap("download", (t) => {
     spy.downloads++;

@@ -13,7 +13,7 @@ extern "C" {
 #pragma GCC visibility push(default)
 #endif
 
-#define KILN_ABI_VERSION 1
+#define KILN_ABI_VERSION 2
 #define KILN_MAX_RANK 8
 
 enum kiln_dtype { KILN_F32 = 0, KILN_F16 = 1, KILN_BF16 = 2, KILN_I64 = 3, KILN_I32 = 4, KILN_I8 = 5, KILN_U8 = 6, KILN_BOOL = 7 };
@@ -54,6 +54,20 @@ int kiln_free(void* ptr);
 int kiln_upload(void* dst, const void* src, int64_t bytes);
 int kiln_download(void* dst, const void* src, int64_t bytes);
 int kiln_synchronize(void);
+
+/*
+ * Pipelining (greedy decode issues step t + 1 before step t's token is on the host):
+ *   kiln_set_wait(0): until kiln_set_wait(1), kiln_forward and kiln_upload return once their work
+ *     is queued on the target instead of when it is done (cpu: always done; a no-op). Errors of
+ *     the queued work surface at the next call that waits.
+ *   kiln_download_start: queues a copy of `bytes` of target memory (after everything queued so
+ *     far) and returns a ticket for it; kiln_download_wait waits for that copy alone (not for work
+ *     queued after it), writes the bytes to host memory `dst` and releases the ticket. Every ticket
+ *     must be waited for exactly once (dst may be null to just release it).
+ */
+int kiln_set_wait(int wait);
+int kiln_download_start(const void* src, int64_t bytes, void** ticket);
+int kiln_download_wait(void* ticket, void* dst);
 
 /* The graph's inputs, weights and outputs, in manifest order. */
 int kiln_num_inputs(void);

@@ -53,6 +53,26 @@ extern "C" int kiln_free(void* ptr) { free(ptr); return KILN_OK; }
 extern "C" int kiln_upload(void* dst, const void* src, int64_t bytes) { memcpy(dst, src, (size_t)bytes); return KILN_OK; }
 extern "C" int kiln_download(void* dst, const void* src, int64_t bytes) { memcpy(dst, src, (size_t)bytes); return KILN_OK; }
 extern "C" int kiln_synchronize(void) { return KILN_OK; }
+// The cpu target's work is done when a call returns: a download ticket holds its bytes already.
+extern "C" int kiln_set_wait(int wait) { (void)wait; return KILN_OK; }
+extern "C" int kiln_download_start(const void* src, int64_t bytes, void** ticket) {
+  return kiln::rt::guard([&] {
+    if (bytes < 0 || (bytes > 0 && !src)) kiln::rt::fail(KILN_ERR_INVALID, "kiln_download_start: %lld bytes at %p", (long long)bytes, src);
+    int64_t* t = (int64_t*)malloc(sizeof(int64_t) + (size_t)bytes);
+    if (!t) kiln::rt::fail(KILN_ERR_OOM, "kiln_download_start: %lld bytes of host memory", (long long)bytes);
+    t[0] = bytes;
+    if (bytes > 0) memcpy(t + 1, src, (size_t)bytes);
+    *ticket = t;
+  });
+}
+extern "C" int kiln_download_wait(void* ticket, void* dst) {
+  return kiln::rt::guard([&] {
+    if (!ticket) kiln::rt::fail(KILN_ERR_INVALID, "kiln_download_wait: no ticket");
+    int64_t* t = (int64_t*)ticket;
+    if (dst && t[0] > 0) memcpy(dst, t + 1, (size_t)t[0]);
+    free(t);
+  });
+}
 
 // Quantize-on-load (kiln_abi.h): the host functions of kiln_quant.h on host memory.
 extern "C" int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t block, int dq, const double* code16) {

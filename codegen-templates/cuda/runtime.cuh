@@ -35,6 +35,7 @@ struct CudaState {
   unsigned long long* flag_host = nullptr;  // pinned host copy of it
   int64_t* scratch_host = nullptr;          // pinned 8 bytes for read_index
   bool captured_gather = false;             // a gather with a range check was captured into a graph
+  bool wait = true;                         // kiln_set_wait: forwards and uploads wait for the GPU
   std::mutex mu;                            // init, constants
 };
 static inline CudaState& state() {
@@ -291,11 +292,19 @@ static inline void op_report() {
 }
 static inline bool capturing();
 static inline void check_replayed_gathers();
-static inline void finish(const char* what) {
+static inline void graphs_replayed_gather_clear();
+static inline void finish(const char* what, bool force_wait = false) {
   ensure_device();
   if (capturing()) return;  // the host waits after the captured graph runs, not inside the capture
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) fail(KILN_ERR_DEVICE, "CUDA error %s (%s) before the end of %s", cudaGetErrorName(e), cudaGetErrorString(e), what);
+  if (!state().wait && !force_wait) {
+    // kiln_set_wait(0): the work stays queued (a pipelined decode step). The replay's range check
+    // of its token ids is skipped: they are the model's own picks or were checked on the host.
+    graphs_replayed_gather_clear();
+    profile().begun = false;
+    return;
+  }
   Profile& pr = profile();
   const bool timed = pr.begun;
   pr.begun = false;
@@ -410,6 +419,7 @@ static inline Graphs& graphs() {
   return g;
 }
 static inline bool capturing() { return graphs().capturing; }
+static inline void graphs_replayed_gather_clear() { graphs().replayed_gather = false; }
 // A captured gather cannot wait for its range flag; the graph copies it to pinned host memory and
 // the host reads it here, after the replay (one checked gather a graph: the embedding lookup).
 static inline void check_replayed_gathers() {
@@ -592,8 +602,9 @@ extern "C" int kiln_upload(void* dst, const void* src, int64_t bytes) {
     kiln::rt::ensure_device();
     if (bytes <= 0) return;
     cudaStream_t s = kiln::rt::state().stream;
+    // from pageable memory the copy is staged before cudaMemcpyAsync returns, so `src` may go at once
     kiln::rt::check(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (kiln_upload)");
-    kiln::rt::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (kiln_upload)");
+    if (kiln::rt::state().wait) kiln::rt::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (kiln_upload)");
   });
 }
 extern "C" int kiln_download(void* dst, const void* src, int64_t bytes) {
@@ -606,5 +617,93 @@ extern "C" int kiln_download(void* dst, const void* src, int64_t bytes) {
   });
 }
 extern "C" int kiln_synchronize(void) {
-  return kiln::rt::guard([&] { kiln::rt::finish("kiln_synchronize"); });
+  return kiln::rt::guard([&] { kiln::rt::finish("kiln_synchronize", true); });
+}
+extern "C" int kiln_set_wait(int wait) {
+  return kiln::rt::guard([&] { kiln::rt::state().wait = wait != 0; });
+}
+
+namespace kiln {
+namespace rt {
+// A download ticket: pinned host memory the copy lands in, and the event recorded after it
+// (reused: a pool, so a decode step allocates neither).
+struct Ticket {
+  void* host = nullptr;
+  int64_t cap = 0, bytes = 0;
+  cudaEvent_t ev = nullptr;
+};
+struct TicketPool {
+  std::mutex mu;
+  std::vector<Ticket*> free;
+  ~TicketPool() {
+    for (Ticket* t : free) {
+      if (t->host) cudaFreeHost(t->host);
+      if (t->ev) cudaEventDestroy(t->ev);
+      delete t;
+    }
+  }
+};
+static inline TicketPool& tickets() {
+  static TicketPool p;
+  return p;
+}
+}  // namespace rt
+}  // namespace kiln
+
+extern "C" int kiln_download_start(const void* src, int64_t bytes, void** ticket) {
+  return kiln::rt::guard([&] {
+    using namespace kiln::rt;
+    ensure_device();
+    if (bytes < 0 || (bytes > 0 && !src)) fail(KILN_ERR_INVALID, "kiln_download_start: %lld bytes at %p", (long long)bytes, src);
+    Ticket* t = nullptr;
+    {
+      std::lock_guard<std::mutex> lk(tickets().mu);
+      auto& fr = tickets().free;
+      for (size_t i = 0; i < fr.size(); i++)
+        if (fr[i]->cap >= bytes) {
+          t = fr[i];
+          fr.erase(fr.begin() + (long)i);
+          break;
+        }
+    }
+    if (!t) {
+      t = new Ticket();
+      t->cap = bytes > 256 ? bytes : 256;
+      cudaError_t e = cudaHostAlloc(&t->host, (size_t)t->cap, cudaHostAllocDefault);
+      if (e == cudaSuccess) e = cudaEventCreateWithFlags(&t->ev, cudaEventDisableTiming);
+      if (e != cudaSuccess) {
+        if (t->host) cudaFreeHost(t->host);
+        delete t;
+        check(e, "kiln_download_start (pinned memory, event)");
+      }
+    }
+    t->bytes = bytes;
+    cudaStream_t s = state().stream;
+    cudaError_t e = bytes > 0 ? cudaMemcpyAsync(t->host, src, (size_t)bytes, cudaMemcpyDeviceToHost, s) : cudaSuccess;
+    if (e == cudaSuccess) e = cudaEventRecord(t->ev, s);
+    if (e != cudaSuccess) {
+      std::lock_guard<std::mutex> lk(tickets().mu);
+      tickets().free.push_back(t);
+      check(e, "kiln_download_start (copy)");
+    }
+    *ticket = t;
+  });
+}
+extern "C" int kiln_download_wait(void* ticket, void* dst) {
+  return kiln::rt::guard([&] {
+    using namespace kiln::rt;
+    ensure_device();
+    if (!ticket) fail(KILN_ERR_INVALID, "kiln_download_wait: no ticket");
+    Ticket* t = (Ticket*)ticket;
+    const cudaError_t e = cudaEventSynchronize(t->ev);
+    if (e == cudaSuccess && dst && t->bytes > 0) memcpy(dst, t->host, (size_t)t->bytes);
+    {
+      std::lock_guard<std::mutex> lk(tickets().mu);
+      tickets().free.push_back(t);
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      fail(KILN_ERR_DEVICE, "CUDA error %s (%s) in the work before a download (a pipelined forward)", cudaGetErrorName(e), cudaGetErrorString(e));
+    }
+  });
 }

@@ -43,6 +43,9 @@ struct Abi {
   int (*num_weights)();
   int (*num_outputs)();
   int (*forward)(void* const*, const kiln_tensor*, kiln_tensor*);
+  int (*set_wait)(int);
+  int (*download_start)(const void*, int64_t, void**);
+  int (*download_wait)(void*, void*);
   // optional: quantize-on-load on the target (null in artifacts built before it)
   int (*quantize4)(void*, const float*, int64_t, int64_t, int, const double*);
   int (*quantize8)(void*, const float*, int64_t, int64_t);
@@ -89,7 +92,7 @@ class DeviceTensor : public Napi::ObjectWrap<DeviceTensor> {
     Napi::Function f = DefineClass(env, "DeviceTensor",
                                    {InstanceMethod("free", &DeviceTensor::Free), InstanceAccessor("dtype", &DeviceTensor::Dtype, nullptr),
                                     InstanceAccessor("shape", &DeviceTensor::Shape, nullptr), InstanceAccessor("bytes", &DeviceTensor::Bytes, nullptr),
-                                    InstanceAccessor("freed", &DeviceTensor::Freed, nullptr)});
+                                    InstanceAccessor("freed", &DeviceTensor::Freed, nullptr), InstanceMethod("reshape", &DeviceTensor::Reshape)});
     ctor = Napi::Persistent(f);
     ctor.SuppressDestruct();
     return f;
@@ -112,6 +115,8 @@ class DeviceTensor : public Napi::ObjectWrap<DeviceTensor> {
   }
   Napi::Value Bytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), buf ? (double)buf->bytes : 0); }
   Napi::Value Freed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !buf); }
+  // reshape(shape): another tensor over the same buffer (the buffer lives while either does)
+  Napi::Value Reshape(const Napi::CallbackInfo& info);
 };
 Napi::FunctionReference DeviceTensor::ctor;
 
@@ -123,6 +128,67 @@ Napi::Object WrapTensor(Napi::Env env, std::shared_ptr<Buffer> buf, int32_t dtyp
   t->shape = std::move(shape);
   return o;
 }
+Napi::Value DeviceTensor::Reshape(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto shown = [](const std::vector<int64_t>& v) {
+    std::string r = "[";
+    for (size_t i = 0; i < v.size(); i++) r += (i ? ", " : "") + std::to_string(v[i]);
+    return r + "]";
+  };
+  if (!buf) {
+    MakeError(env, "E_USAGE", "reshape of a freed device tensor").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (!info[0].IsArray()) {
+    MakeError(env, "E_USAGE", "reshape(shape): shape must be an array of non-negative integers").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array a = info[0].As<Napi::Array>();
+  std::vector<int64_t> to;
+  int64_t n = 1, have = 1;
+  for (uint32_t k = 0; k < a.Length(); k++) {
+    Napi::Value v = a.Get(k);
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0) || d != (double)(int64_t)d || a.Length() > KILN_MAX_RANK) {
+      MakeError(env, "E_USAGE", "reshape(shape): shape must be an array of at most " + std::to_string(KILN_MAX_RANK) + " non-negative integers").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    to.push_back((int64_t)d);
+    n *= (int64_t)d;
+  }
+  for (int64_t d : shape) have *= d;
+  if (n != have) {
+    MakeError(env, "E_USAGE", "reshape of a tensor of shape " + shown(shape) + " (" + std::to_string(have) + " elements) to " + shown(to) + " (" + std::to_string(n) + ")").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return WrapTensor(env, buf, dtype, std::move(to));
+}
+// ------------------------------------------------------------------------------------ Pending
+// A download queued after a forward that did not wait (kiln_download_start): wait() resolves with
+// the bytes once the copy is done, without waiting for work queued after it (the next decode step).
+class Pending : public Napi::ObjectWrap<Pending> {
+ public:
+  static Napi::FunctionReference ctor;
+  static Napi::Function Init(Napi::Env env) {
+    Napi::Function f = DefineClass(env, "Pending", {InstanceMethod("wait", &Pending::Wait)});
+    ctor = Napi::Persistent(f);
+    ctor.SuppressDestruct();
+    return f;
+  }
+  Pending(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Pending>(info) {}
+  ~Pending() {
+    // never waited for: release the ticket (blocks until its copy is done; rare: a dropped step)
+    if (ticket && lib) lib->abi.download_wait(ticket, nullptr);
+  }
+  std::shared_ptr<Library> lib;
+  void* ticket = nullptr;
+  int64_t bytes = 0;
+  std::shared_ptr<Buffer> keep;  // the source buffer stays allocated until the copy is done
+
+ private:
+  Napi::Value Wait(const Napi::CallbackInfo& info);
+};
+Napi::FunctionReference Pending::ctor;
 
 // ------------------------------------------------------------------------------------ workers
 
@@ -385,13 +451,75 @@ struct WeightSet {
   std::vector<void*> ptrs;
 };
 
+// A worker whose result is bytes on the host (`host`), handed to JS as an ArrayBuffer.
+class BytesWorker : public Worker {
+ public:
+  using Worker::Worker;
+  void OnOK() override {
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(Env(), host.size());
+    if (!host.empty()) memcpy(ab.Data(), host.data(), host.size());
+    deferred.Resolve(ab);
+  }
+
+ protected:
+  std::vector<uint8_t> host;
+};
+class PendingWorker : public BytesWorker {
+ public:
+  PendingWorker(Napi::Env env, std::shared_ptr<Library> lib, void* ticket, int64_t bytes, std::shared_ptr<Buffer> keep)
+      : BytesWorker(env), lib(std::move(lib)), ticket(ticket), keep(std::move(keep)) {
+    host.resize((size_t)bytes);
+  }
+  void Execute() override {
+    // not under lib->mu: a forward may be issuing the next step meanwhile
+    int rc = lib->abi.download_wait(ticket, host.data());
+    keep.reset();
+    if (rc) Fail("E_RUNTIME", lib->Error("kiln_download_wait", rc));
+  }
+
+ private:
+  std::shared_ptr<Library> lib;
+  void* ticket;
+  std::shared_ptr<Buffer> keep;
+};
+Napi::Value Pending::Wait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!ticket) {
+    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+    d.Reject(MakeError(env, "E_USAGE", "this download was waited for already").Value());
+    return d.Promise();
+  }
+  auto* w = new PendingWorker(env, lib, ticket, bytes, std::move(keep));
+  ticket = nullptr;
+  w->Queue();
+  return w->Promise();
+}
+
 class ForwardWorker : public Worker {
  public:
+  // to_host per output: 0 stays on the target, 1 comes to the host, 2 stays on the target and a
+  // download of it is queued (a Pending); wait = false: kiln_set_wait(0) around the call
   ForwardWorker(Napi::Env env, std::shared_ptr<Library> lib, std::shared_ptr<const WeightSet> weights, std::vector<InputArg> inputs,
-                std::vector<bool> to_host)
-      : Worker(env), lib(std::move(lib)), weights(std::move(weights)), inputs(std::move(inputs)), to_host(std::move(to_host)) {}
+                std::vector<int> to_host, bool wait)
+      : Worker(env), lib(std::move(lib)), weights(std::move(weights)), inputs(std::move(inputs)), to_host(std::move(to_host)), wait(wait) {}
+  ~ForwardWorker() {
+    // a forward that failed after queuing downloads: release their tickets
+    for (void* t : tickets)
+      if (t) lib->abi.download_wait(t, nullptr);
+  }
   void Execute() override {
     std::lock_guard<std::mutex> g(lib->mu);
+    struct Waits {
+      Library* lib;
+      bool on;
+      ~Waits() {
+        if (on) lib->abi.set_wait(1);
+      }
+    } waits{lib.get(), !wait};
+    if (!wait) lib->abi.set_wait(0);
+    Run();
+  }
+  void Run() {
     std::vector<kiln_tensor> in(inputs.size());
     std::vector<std::shared_ptr<Buffer>> inbuf(inputs.size());  // each input's buffer (uploaded here or passed in)
     for (size_t i = 0; i < inputs.size(); i++) {
@@ -443,8 +571,12 @@ class ForwardWorker : public Worker {
       }
       results.push_back({out[j].dtype, shape, {}, b});
     }
+    tickets.assign(n_out, nullptr);
     for (int j = 0; j < n_out; j++) {
-      if (j < (int)to_host.size() && to_host[j]) {
+      if (j < (int)to_host.size() && to_host[j] == 2) {
+        InputArg& r = results[j];
+        if ((rc = lib->abi.download_start(r.dev->ptr, r.dev->bytes, &tickets[j]))) return Fail("E_RUNTIME", lib->Error("kiln_download_start", rc));
+      } else if (j < (int)to_host.size() && to_host[j]) {
         InputArg& r = results[j];
         r.host.resize((size_t)r.dev->bytes);
         if (r.dev->bytes && (rc = lib->abi.download(r.host.data(), r.dev->ptr, r.dev->bytes))) return Fail("E_RUNTIME", lib->Error("kiln_download", rc));
@@ -461,6 +593,18 @@ class ForwardWorker : public Worker {
         // written in place into input i (the static KV cache): the caller keeps using its own
         // tensor object; a number says which (no new wrapper a step for every cache tensor)
         out[j] = Napi::Number::New(env, aliases[j]);
+      } else if (r.dev && tickets[j]) {
+        Napi::Object o = Napi::Object::New(env);
+        Napi::Object p = Pending::ctor.New({});
+        Pending* pd = Pending::Unwrap(p);
+        pd->lib = lib;
+        pd->ticket = tickets[j];
+        pd->bytes = r.dev->bytes;
+        pd->keep = r.dev;
+        tickets[j] = nullptr;
+        o.Set("tensor", WrapTensor(env, r.dev, r.dtype, r.shape));
+        o.Set("pending", p);
+        out[j] = o;
       } else if (r.dev) {
         out[j] = WrapTensor(env, r.dev, r.dtype, r.shape);
       } else {
@@ -482,31 +626,27 @@ class ForwardWorker : public Worker {
   std::shared_ptr<Library> lib;
   std::shared_ptr<const WeightSet> weights;
   std::vector<InputArg> inputs;
-  std::vector<bool> to_host;
+  std::vector<int> to_host;
+  bool wait;
+  std::vector<void*> tickets;
   std::vector<InputArg> results;
   std::vector<int> aliases;  // per output: the device-tensor input it was written into, or -1
 };
 
 // The bytes of a target buffer, copied to the host (tests compare quantized weights across targets).
-class DownloadWorker : public Worker {
+class DownloadWorker : public BytesWorker {
  public:
-  DownloadWorker(Napi::Env env, std::shared_ptr<Library> lib, std::shared_ptr<Buffer> buf) : Worker(env), lib(std::move(lib)), buf(std::move(buf)) {}
+  DownloadWorker(Napi::Env env, std::shared_ptr<Library> lib, std::shared_ptr<Buffer> buf) : BytesWorker(env), lib(std::move(lib)), buf(std::move(buf)) {}
   void Execute() override {
     std::lock_guard<std::mutex> g(lib->mu);
     host.resize((size_t)buf->bytes);
     int rc = buf->bytes ? lib->abi.download(host.data(), buf->ptr, buf->bytes) : 0;
     if (rc) Fail("E_RUNTIME", lib->Error("kiln_download", rc));
   }
-  void OnOK() override {
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(Env(), host.size());
-    if (!host.empty()) memcpy(ab.Data(), host.data(), host.size());
-    deferred.Resolve(ab);
-  }
 
  private:
   std::shared_ptr<Library> lib;
   std::shared_ptr<Buffer> buf;
-  std::vector<uint8_t> host;
 };
 
 // ------------------------------------------------------------------------------------ Artifact
@@ -557,6 +697,9 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
     KILN_SYM(num_weights, "kiln_num_weights")
     KILN_SYM(num_outputs, "kiln_num_outputs")
     KILN_SYM(forward, "kiln_forward")
+    KILN_SYM(set_wait, "kiln_set_wait")
+    KILN_SYM(download_start, "kiln_download_start")
+    KILN_SYM(download_wait, "kiln_download_wait")
 #undef KILN_SYM
     lib->abi.quantize4 = reinterpret_cast<decltype(lib->abi.quantize4)>(dlsym(lib->handle, "kiln_quantize4"));
     lib->abi.quantize8 = reinterpret_cast<decltype(lib->abi.quantize8)>(dlsym(lib->handle, "kiln_quantize8"));
@@ -718,9 +861,18 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
       }
       inputs.push_back(std::move(a));
     }
-    std::vector<bool> to_host;
-    for (uint32_t i = 0; i < ha.Length(); i++) to_host.push_back(ha.Get(i).ToBoolean());
-    auto* w = new ForwardWorker(env, lib, std::move(weights), std::move(inputs), std::move(to_host));
+    std::vector<int> to_host;
+    for (uint32_t i = 0; i < ha.Length(); i++) {
+      Napi::Value h = ha.Get(i);
+      to_host.push_back(h.IsNumber() && h.As<Napi::Number>().Int32Value() == 2 ? 2 : h.ToBoolean() ? 1 : 0);
+    }
+    // options: { wait: false } returns once the work is queued (pipelined decode)
+    bool wait = true;
+    if (info.Length() > 3 && info[3].IsObject()) {
+      Napi::Value wv = info[3].As<Napi::Object>().Get("wait");
+      if (wv.IsBoolean()) wait = wv.As<Napi::Boolean>().Value();
+    }
+    auto* w = new ForwardWorker(env, lib, std::move(weights), std::move(inputs), std::move(to_host), wait);
     w->Queue();
     return w->Promise();
   }
@@ -729,6 +881,7 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("Artifact", Artifact::Init(env));
   exports.Set("DeviceTensor", DeviceTensor::Init(env));
+  exports.Set("Pending", Pending::Init(env));
   exports.Set("abiVersion", Napi::Number::New(env, KILN_ABI_VERSION));
   return exports;
 }
