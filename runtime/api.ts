@@ -671,10 +671,16 @@ export class Model implements AsyncDisposable {
           } else {
             await dropAhead();
             if (past + 1 > capacity) throw new KilnError("E_USAGE", `${past + 1} tokens are over the static cache's capacity ${capacity}`);
-            cur = await this.issueStep(this.checkIds([fresh], past), cache, past);
+            const now = await this.issueStep(this.checkIds([fresh], past), cache, past);
+            cache = nextCache(cache, now.present);
+            cur = now;
           }
           past += 1;
-          if (calls < maxNew && past + 1 <= capacity) ahead = { ...(await this.issueStep(cur.token.reshape([1, 1]), cache, past)), pos: past };
+          if (calls < maxNew && past + 1 <= capacity) {
+            const next = await this.issueStep(cur.token.reshape([1, 1]), cache, past);
+            cache = nextCache(cache, next.present);
+            ahead = { ...next, pos: past };
+          }
           const id = await this.pickOf(cur);
           if (ahead) ahead.fedBy = typeof id === "number" ? id : -1;
           return id;
@@ -714,11 +720,13 @@ export class Model implements AsyncDisposable {
 
   /**
    * One decode step (batch 1, one token) issued without waiting for the target: input_ids from the
-   * host or a device tensor (the previous step's pick), the static cache written in place (its
-   * present.* are its past.*, so `cache` serves again). next_token stays on the target with its
-   * download queued; the logits stay there for pickOf's fallback.
+   * host or a device tensor (the previous step's pick); `present`, the cache for the next step (the
+   * static cache's own tensors where it is written in place; new tensors where the target hands
+   * back copies — a cuda graph stages inputs of ≤ 4 KB — that the caller takes with nextCache).
+   * next_token stays on the target with its download queued; the logits stay there for pickOf's
+   * fallback.
    */
-  private async issueStep(ids: BigInt64Array | DeviceTensor, cache: Map<string, unknown>, position: number): Promise<Issued> {
+  private async issueStep(ids: BigInt64Array | DeviceTensor, cache: Map<string, unknown>, position: number): Promise<Issued & { present: Map<string, unknown> }> {
     const i64 = (shape: number[], data: BigInt64Array) => ({ dtype: ABI_DTYPE.i64, shape, data });
     const feed = new Map(cache);
     feed.set("input_ids", ids instanceof BigInt64Array ? i64([1, 1], ids) : ids);
@@ -733,18 +741,20 @@ export class Model implements AsyncDisposable {
     const how = (this.issueHow ??= this.manifest.outputs.map((o) => (o.name === next ? 2 : o.name === "logits" || o.name.startsWith("present.") ? false : "drop")));
     const outs = await native(this.art.forward(null, inputs, how.map((h) => (h === "drop" ? false : h)), { wait: false }), this.dir);
     let issued: Partial<Issued> = {};
+    const present = new Map<string, unknown>();
     this.manifest.outputs.forEach((o, j) => {
       const out = outs[j];
-      if (typeof out === "number") {
-        // written in place into a device-tensor input: the static cache is its own present
-        if (!o.name.startsWith("present.") || cache.get(pastName(o.name)) !== inputs[out])
-          throw new KilnError("E_ARTIFACT", `output '${o.name}' was written into input ${out}, not into its past (a static cache is needed to pipeline decode)`, { where: this.dir });
-      } else if (o.name === next) issued = { ...issued, ...(out as { tensor: DeviceTensor; pending: Pending }), token: (out as { tensor: DeviceTensor }).tensor };
-      else if (o.name === "logits") issued.logits = out as DeviceTensor;
-      else if (how[j] === "drop" || o.name.startsWith("present.")) (out as DeviceTensor).free();
+      // written in place into a device-tensor input: that input (the static cache's own tensor)
+      if (o.name.startsWith("present.")) present.set(o.name, typeof out === "number" ? inputs[out] : out);
+      else if (typeof out === "number") throw new KilnError("E_ARTIFACT", `output '${o.name}' was written into input ${out}`, { where: this.dir });
+      else if (o.name === next) {
+        const q = out as { tensor: DeviceTensor; pending: Pending };
+        issued = { ...issued, token: q.tensor, pending: q.pending };
+      } else if (o.name === "logits") issued.logits = out as DeviceTensor;
+      else (out as DeviceTensor).free();
     });
     if (!issued.token || !issued.pending || !issued.logits) throw new KilnError("E_ARTIFACT", `a decode step returned no '${next}' or 'logits'`, { where: this.dir });
-    return issued as Issued;
+    return { ...(issued as Issued), present };
   }
   private issueHow: (boolean | 2 | "drop")[] | undefined;
 

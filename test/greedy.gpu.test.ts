@@ -83,6 +83,18 @@ describe.each(["f32", "bf16"] as const)("generate() on the %s static cache", (dt
     expect(spy.calls.length).toBe(72);
     expect(spy.calls.every((c) => c.logits === false && c.next_token !== false)).toBe(true);
     expect(spy.downloads).toBe(0);
+    // pipelined (LoadOptions.pipelineDecode): every decode step queued without waiting, all but
+    // the first of each generation fed by the previous step's pick on the GPU
+    if (PROMPTS[0].length > 1) {
+      expect(spy.queued).toBe(3 * 23);
+      expect(spy.fedOnTarget).toBe(3 * 22);
+    }
+    // a stop token: the step issued past it is dropped, and the next generation is unharmed
+    const stop = (await tokens(onHost, prompt, { maxNewTokens: 24 }))[6];
+    const cut = await tokens(onTarget, prompt, { maxNewTokens: 24, stopTokens: [stop] });
+    expect(cut).toEqual(await tokens(onHost, prompt, { maxNewTokens: 24, stopTokens: [stop] }));
+    expect(await tokens(onTarget, prompt, { maxNewTokens: 24 })).toEqual(await tokens(onHost, prompt, { maxNewTokens: 24 }));
+    spy.calls.length = 72;
     // sampling still takes the logits, with the same tokens on both
     const o = { maxNewTokens: 12, temperature: 0.8, seed: 5 };
     expect(await tokens(onTarget, prompt, o)).toEqual(await tokens(onHost, prompt, o));

@@ -597,14 +597,15 @@ extern "C" int kiln_free(void* ptr) {
     if (!kiln::rt::release_block(ptr)) kiln::rt::fail(KILN_ERR_INVALID, "kiln_free of %p, which kiln_malloc did not return (or was freed already)", ptr);
   });
 }
+static inline void upload_queued(void* dst, const void* src, int64_t bytes);
 extern "C" int kiln_upload(void* dst, const void* src, int64_t bytes) {
   return kiln::rt::guard([&] {
     kiln::rt::ensure_device();
     if (bytes <= 0) return;
     cudaStream_t s = kiln::rt::state().stream;
-    // from pageable memory the copy is staged before cudaMemcpyAsync returns, so `src` may go at once
+    if (!kiln::rt::state().wait) return upload_queued(dst, src, bytes);
     kiln::rt::check(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (kiln_upload)");
-    if (kiln::rt::state().wait) kiln::rt::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (kiln_upload)");
+    kiln::rt::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (kiln_upload)");
   });
 }
 extern "C" int kiln_download(void* dst, const void* src, int64_t bytes) {
@@ -647,35 +648,60 @@ static inline TicketPool& tickets() {
   static TicketPool p;
   return p;
 }
+// a ticket that is free or whose copy is done (cap ≥ bytes), else a new one
+static inline Ticket* take_ticket(std::vector<Ticket*>& pool, int64_t bytes, bool only_done) {
+  for (size_t i = 0; i < pool.size(); i++)
+    if (pool[i]->cap >= bytes && (!only_done || cudaEventQuery(pool[i]->ev) == cudaSuccess)) {
+      Ticket* t = pool[i];
+      pool.erase(pool.begin() + (long)i);
+      return t;
+    }
+  Ticket* t = new Ticket();
+  t->cap = bytes > 256 ? bytes : 256;
+  cudaError_t e = cudaHostAlloc(&t->host, (size_t)t->cap, cudaHostAllocDefault);
+  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&t->ev, cudaEventDisableTiming);
+  if (e != cudaSuccess) {
+    if (t->host) cudaFreeHost(t->host);
+    delete t;
+    check(e, "pinned memory and an event for a queued copy");
+  }
+  return t;
+}
 }  // namespace rt
 }  // namespace kiln
+
+// kiln_upload that does not wait (kiln_set_wait(0)): the bytes go through pinned memory, so the
+// copy is queued behind the work before it (a pageable source may be copied at once, ahead of
+// queued kernels still reading the reused destination block), and the slot is reused only once
+// its event says the copy is done.
+static inline void upload_queued(void* dst, const void* src, int64_t bytes) {
+  using namespace kiln::rt;
+  static std::vector<Ticket*> slots;  // under tickets().mu
+  Ticket* t;
+  {
+    std::lock_guard<std::mutex> lk(tickets().mu);
+    t = take_ticket(slots, bytes, true);
+  }
+  memcpy(t->host, src, (size_t)bytes);
+  cudaStream_t s = state().stream;
+  cudaError_t e = cudaMemcpyAsync(dst, t->host, (size_t)bytes, cudaMemcpyHostToDevice, s);
+  if (e == cudaSuccess) e = cudaEventRecord(t->ev, s);
+  {
+    std::lock_guard<std::mutex> lk(tickets().mu);
+    slots.push_back(t);
+  }
+  check(e, "cudaMemcpyAsync (kiln_upload, queued)");
+}
 
 extern "C" int kiln_download_start(const void* src, int64_t bytes, void** ticket) {
   return kiln::rt::guard([&] {
     using namespace kiln::rt;
     ensure_device();
     if (bytes < 0 || (bytes > 0 && !src)) fail(KILN_ERR_INVALID, "kiln_download_start: %lld bytes at %p", (long long)bytes, src);
-    Ticket* t = nullptr;
+    Ticket* t;
     {
       std::lock_guard<std::mutex> lk(tickets().mu);
-      auto& fr = tickets().free;
-      for (size_t i = 0; i < fr.size(); i++)
-        if (fr[i]->cap >= bytes) {
-          t = fr[i];
-          fr.erase(fr.begin() + (long)i);
-          break;
-        }
-    }
-    if (!t) {
-      t = new Ticket();
-      t->cap = bytes > 256 ? bytes : 256;
-      cudaError_t e = cudaHostAlloc(&t->host, (size_t)t->cap, cudaHostAllocDefault);
-      if (e == cudaSuccess) e = cudaEventCreateWithFlags(&t->ev, cudaEventDisableTiming);
-      if (e != cudaSuccess) {
-        if (t->host) cudaFreeHost(t->host);
-        delete t;
-        check(e, "kiln_download_start (pinned memory, event)");
-      }
+      t = take_ticket(tickets().free, bytes, false);
     }
     t->bytes = bytes;
     cudaStream_t s = state().stream;
