@@ -6,7 +6,9 @@
 // Greedy decoding picks its token on the target (the artifact's next_token; the logits stay there);
 // KILN_BENCH_GREEDY=host loads the artifact with greedyOnTarget: false (the logits come to Node,
 // which takes their argmax), the path of artifacts built before next_token, for an A/B. The first
-// line says which path ran.
+// line says which path ran. Greedy decode on the target is pipelined (generate() queues step t + 1
+// before token t reaches Node; a forward that does not wait reports no GPU wait under
+// KILN_PROFILE=1): KILN_PIPELINE=0 loads with pipelineDecode: false, each forward waiting.
 // Device-side companion of bench/decode.ts (see bench/NOTES.md).
 import { loadModel } from "../runtime/api.js";
 
@@ -14,11 +16,12 @@ const ckpt = process.env.KILN_BENCH_CKPT ?? "/tmp/kiln-bench/llama2-7b-random";
 const art = process.env.KILN_BENCH_ARTIFACT;
 if (!art) throw new Error("set KILN_BENCH_ARTIFACT to a compiled artifact folder");
 const onHost = process.env.KILN_BENCH_GREEDY === "host";
-const model = await loadModel(art, { checkpoint: ckpt, greedyOnTarget: !onHost });
+const pipelineDecode = process.env.KILN_PIPELINE !== "0";
+const model = await loadModel(art, { checkpoint: ckpt, greedyOnTarget: !onHost, pipelineDecode });
 console.log(
   onHost || !model.manifest.nextToken
     ? `greedy: argmax in Node over the downloaded logits (${onHost ? "KILN_BENCH_GREEDY=host" : "the artifact has no next_token"})`
-    : "greedy: next_token picked on the target (the logits stay there)",
+    : `greedy: next_token picked on the target (the logits stay there), ${pipelineDecode ? "pipelined" : "each step waited for (KILN_PIPELINE=0)"}`,
 );
 const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919) % 32000);
 let n = 0;

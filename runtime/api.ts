@@ -677,7 +677,13 @@ export class Model implements AsyncDisposable {
           }
           past += 1;
           if (calls < maxNew && past + 1 <= capacity) {
-            const next = await this.issueStep(cur.token.reshape([1, 1]), cache, past);
+            let next: Awaited<ReturnType<Model["issueStep"]>>;
+            try {
+              next = await this.issueStep(cur.token.reshape([1, 1]), cache, past);
+            } catch (e) {
+              await this.dropIssued(cur);
+              throw e;
+            }
             cache = nextCache(cache, next.present);
             ahead = { ...next, pos: past };
           }

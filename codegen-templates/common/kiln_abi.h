@@ -57,9 +57,9 @@ int kiln_synchronize(void);
 
 /*
  * Pipelining (greedy decode issues step t + 1 before step t's token is on the host):
- *   kiln_set_wait(0): until kiln_set_wait(1), kiln_forward and kiln_upload return once their work
- *     is queued on the target instead of when it is done (cpu: always done; a no-op). Errors of
- *     the queued work surface at the next call that waits.
+ *   kiln_set_wait(0): until kiln_set_wait(1), kiln_forward and kiln_upload called on this thread
+ *     return once their work is queued on the target instead of when it is done (cpu: always
+ *     done; a no-op). Errors of the queued work surface at the next call that waits.
  *   kiln_download_start: queues a copy of `bytes` of target memory (after everything queued so
  *     far) and returns a ticket for it; kiln_download_wait waits for that copy alone (not for work
  *     queued after it), writes the bytes to host memory `dst` and releases the ticket. Every ticket

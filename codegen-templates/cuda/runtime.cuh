@@ -35,13 +35,15 @@ struct CudaState {
   unsigned long long* flag_host = nullptr;  // pinned host copy of it
   int64_t* scratch_host = nullptr;          // pinned 8 bytes for read_index
   bool captured_gather = false;             // a gather with a range check was captured into a graph
-  bool wait = true;                         // kiln_set_wait: forwards and uploads wait for the GPU
   std::mutex mu;                            // init, constants
 };
 static inline CudaState& state() {
   static CudaState s;
   return s;
 }
+// kiln_set_wait, per thread (the binding sets it around a forward on the thread that runs it, so
+// another model's call on another thread is not affected): forwards and uploads wait for the GPU
+static thread_local bool tls_wait = true;
 
 static inline void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
@@ -298,7 +300,7 @@ static inline void finish(const char* what, bool force_wait = false) {
   if (capturing()) return;  // the host waits after the captured graph runs, not inside the capture
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) fail(KILN_ERR_DEVICE, "CUDA error %s (%s) before the end of %s", cudaGetErrorName(e), cudaGetErrorString(e), what);
-  if (!state().wait && !force_wait) {
+  if (!tls_wait && !force_wait) {
     // kiln_set_wait(0): the work stays queued (a pipelined decode step). The replay's range check
     // of its token ids is skipped: they are the model's own picks or were checked on the host.
     graphs_replayed_gather_clear();
@@ -603,7 +605,7 @@ extern "C" int kiln_upload(void* dst, const void* src, int64_t bytes) {
     kiln::rt::ensure_device();
     if (bytes <= 0) return;
     cudaStream_t s = kiln::rt::state().stream;
-    if (!kiln::rt::state().wait) return upload_queued(dst, src, bytes);
+    if (!kiln::rt::tls_wait) return upload_queued(dst, src, bytes);
     kiln::rt::check(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (kiln_upload)");
     kiln::rt::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (kiln_upload)");
   });
@@ -621,7 +623,7 @@ extern "C" int kiln_synchronize(void) {
   return kiln::rt::guard([&] { kiln::rt::finish("kiln_synchronize", true); });
 }
 extern "C" int kiln_set_wait(int wait) {
-  return kiln::rt::guard([&] { kiln::rt::state().wait = wait != 0; });
+  return kiln::rt::guard([&] { kiln::rt::tls_wait = wait != 0; });
 }
 
 namespace kiln {
