@@ -732,12 +732,16 @@ export class Model implements AsyncDisposable {
    * next_token stays on the target with its download queued; the logits stay there for pickOf's
    * fallback.
    */
-  private async issueStep(ids: BigInt64Array | DeviceTensor, cache: Map<string, unknown>, position: number): Promise<Issued & { present: Map<string, unknown> }> {
+  private issueStep(ids: BigInt64Array | DeviceTensor, cache: Map<string, unknown>, position: number): Promise<Issued & { present: Map<string, unknown> }> {
     const i64 = (shape: number[], data: BigInt64Array) => ({ dtype: ABI_DTYPE.i64, shape, data });
     const feed = new Map(cache);
     feed.set("input_ids", ids instanceof BigInt64Array ? i64([1, 1], ids) : ids);
     if (this.manifest.kvCache?.position) feed.set(this.manifest.kvCache.position, i64([], new BigInt64Array([BigInt(position)])));
     if (this.padded) feed.set("attention_mask", i64([1, position + 1], new BigInt64Array(position + 1).fill(1n)));
+    return this.issueCall(feed);
+  }
+  /** issueStep's forward over a complete feed (generateBatch builds its own: packed rows of the varlen cache). */
+  private async issueCall(feed: Map<string, unknown>): Promise<Issued & { present: Map<string, unknown> }> {
     const inputs = this.manifest.inputs.map((i) => {
       const v = feed.get(i.name);
       if (!v) throw new KilnError("E_ARTIFACT", `no value for input '${i.name}'`, { where: this.dir });
@@ -766,11 +770,22 @@ export class Model implements AsyncDisposable {
 
   /** An issued step's pick (or, where the target had none, its logits, as stepOutputs hands them on); frees its tensors. */
   private async pickOf(s: Issued): Promise<number | Float32Array> {
+    return (await this.picksOf(s, [0]))[0];
+  }
+  /**
+   * An issued call's picks at `rows` (indices into next_token's elements and the logits' rows),
+   * or, where the target had no pick at one of them, the logits of every row, as stepOutputs
+   * hands them on; frees its tensors.
+   */
+  private async picksOf(s: Issued, rows: number[]): Promise<(number | Float32Array)[]> {
     try {
-      const id = Number(new BigInt64Array(await native(s.pending.wait(), this.dir))[0]);
-      if (id >= 0) return id;
+      const picks = new BigInt64Array(await native(s.pending.wait(), this.dir));
+      const ids = rows.map((r) => Number(picks[r]));
+      if (ids.every((id) => id >= 0)) return ids;
       const l = s.logits;
-      return toF32({ dtype: l.dtype, shape: l.shape, data: await native(this.art.download(l), this.dir) });
+      const all = toF32({ dtype: l.dtype, shape: l.shape, data: await native(this.art.download(l), this.dir) });
+      const V = l.shape[l.shape.length - 1];
+      return rows.map((r) => all.slice(r * V, (r + 1) * V));
     } finally {
       s.token.free();
       s.logits.free();
@@ -837,8 +852,64 @@ export class Model implements AsyncDisposable {
     const cacheRows = this.kept?.tensors === cache ? this.kept.rows : rows.length;
     this.kept = undefined;
     const past = rows.map(() => 0);
+    // Pipelined like generate() (LoadOptions.pipelineDecode): a call where every row is greedy and
+    // feeds one token is issued without waiting, and the next call — the same rows, each fed its
+    // pick where it lies on the target — is queued behind it when every row will still be in the
+    // batch (none at its maxNewTokens); a row that ends on a stop token changes the rows, and the
+    // call queued ahead is dropped (its cache writes lie past the rows' ends or in a finished row).
+    const produced = rows.map(() => 0);
+    const pipelined = this.pipelineDecode && this.nextToken !== undefined;
+    let ahead: (Issued & { rows: number[]; fedBy?: number[] }) | undefined;
+    const dropAhead = async () => {
+      const a = ahead;
+      ahead = undefined;
+      if (a) await this.dropIssued(a);
+    };
+    // one token a row at `past` (+ 1 for a call issued ahead), input_ids from the host or the target
+    const feedOne = (callRows: number[], ids: BigInt64Array | DeviceTensor, ahead1: number) => {
+      const N = callRows.length;
+      const feed = new Map(cache);
+      feed.set("input_ids", ids instanceof BigInt64Array ? { dtype: ABI_DTYPE.i64, shape: [1, N], data: ids } : ids);
+      feed.set("cu_seqlens", { dtype: ABI_DTYPE.i32, shape: [N + 1], data: Int32Array.from({ length: N + 1 }, (_, n) => n) });
+      feed.set("cache_slot", { dtype: ABI_DTYPE.i32, shape: [N], data: Int32Array.from(callRows) });
+      feed.set("cache_position", { dtype: ABI_DTYPE.i64, shape: [N], data: BigInt64Array.from(callRows, (r) => BigInt(past[r] + ahead1)) });
+      return feed;
+    };
     const step = (calls: { row: number; ids: number[]; greedy: boolean }[]): Promise<(Float32Array | number)[]> =>
       this.serial(async () => {
+        for (const c of calls) produced[c.row]++;
+        if (pipelined && calls.every((c) => c.greedy && c.ids.length === 1)) {
+          const callRows = calls.map((c) => c.row);
+          let cur: Issued;
+          if (ahead && ahead.fedBy && ahead.rows.join() === callRows.join() && calls.every((c, n) => c.ids[0] === ahead!.fedBy![n])) {
+            cur = ahead;
+            ahead = undefined;
+          } else {
+            await dropAhead();
+            const vocab = Number((this.manifest.model.config as { vocab_size?: number } | null)?.vocab_size ?? Infinity);
+            const bad = calls.find((c) => !Number.isInteger(c.ids[0]) || c.ids[0] < 0 || c.ids[0] >= vocab);
+            if (bad) throw new KilnError("E_USAGE", `token id ${bad.ids[0]} (row ${bad.row}) is not in [0, ${vocab})`);
+            const now = await this.issueCall(feedOne(callRows, BigInt64Array.from(calls, (c) => BigInt(c.ids[0])), 0));
+            cache = nextCache(cache, now.present);
+            cur = now;
+          }
+          if (calls.every((c) => produced[c.row] < maxNew[c.row])) {
+            let next: Awaited<ReturnType<Model["issueCall"]>>;
+            try {
+              next = await this.issueCall(feedOne(callRows, cur.token.reshape([1, callRows.length]), 1));
+            } catch (e) {
+              await this.dropIssued(cur);
+              throw e;
+            }
+            cache = nextCache(cache, next.present);
+            ahead = { ...next, rows: callRows };
+          }
+          for (const c of calls) past[c.row] += 1;
+          const got = await this.picksOf(cur, calls.map((_c, n) => n));
+          if (ahead) ahead.fedBy = got.map((g) => (typeof g === "number" ? g : -1));
+          return got;
+        }
+        await dropAhead();
         const N = calls.length;
         const flat = calls.flatMap((c) => c.ids);
         const cu = new Int32Array(N + 1);
@@ -871,6 +942,7 @@ export class Model implements AsyncDisposable {
       }
     } finally {
       await this.queue;
+      await this.serial(dropAhead).catch(() => undefined);
       const onDevice = [...cache.values()].every((t) => typeof (t as DeviceTensor).free === "function");
       const kept = this.kept as Model["kept"]; // another call may have kept one meanwhile
       if (onDevice && !this.disposed && (!kept || kept.capacity < capacity || kept.rows < cacheRows)) {

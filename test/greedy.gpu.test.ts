@@ -114,4 +114,6 @@ test("generateBatch() on the bf16 varlen cache: the target's picks = the JS path
   for (let i = 0; i < 2; i++) expect([i, await run(onTarget)]).toEqual([i, await run(onHost)]);
   expect(spy.calls.every((c) => c.logits === false && c.next_token !== false)).toBe(true);
   expect(spy.downloads).toBe(0);
+  // pipelined: of each generation's 8 calls, the 7 decode calls are queued, 6 of them fed on the GPU
+  expect([spy.calls.length, spy.queued, spy.fedOnTarget]).toEqual([16, 14, 12]);
 });

@@ -15,19 +15,22 @@ import type { Model } from "../runtime/api.js";
 import { loadModel, nativeBinding } from "../runtime/api.js";
 import type { SamplingOptions } from "../runtime/sampling.js";
 import { spyOnBinding } from "./argmax-helpers.js";
+import { PROMPTS } from "./varlen-helpers.js";
 
 const FIXTURE = join(import.meta.dirname, "fixtures", "llama-gqa");
 const tmp = mkdtempSync(join(tmpdir(), "kiln-pipeline-"));
 let art: CompiledArtifact;
+let varlen: CompiledArtifact;
 const open: Model[] = [];
-const load = async (pipelineDecode: boolean): Promise<Model> => {
-  const m = await loadModel(art.dir, { checkpoint: FIXTURE, pipelineDecode });
+const load = async (pipelineDecode: boolean, dir = art.dir): Promise<Model> => {
+  const m = await loadModel(dir, { checkpoint: FIXTURE, pipelineDecode });
   open.push(m);
   return m;
 };
 
 beforeAll(async () => {
   art = await compile(FIXTURE, { target: "cpu", cacheDir: join(tmp, "cache"), maxSeq: 64 });
+  varlen = await compile(FIXTURE, { target: "cpu", cacheDir: join(tmp, "cache"), maxSeq: 64, maxBatch: 4, kvCache: "varlen" });
 }, 300_000);
 afterAll(async () => {
   for (const m of open) await m.dispose();
@@ -120,6 +123,47 @@ describe("generate() pipelined on the static cache", () => {
     expect(await ids(piped, PROMPT, o)).toEqual(await ids(plain, PROMPT, o));
     expect(spy.queued).toBe(0);
     expect(spy.calls.every((c) => c.logits === true)).toBe(true);
+  });
+});
+
+describe("generateBatch() pipelined on the varlen cache", () => {
+  async function batch(model: Model, o: SamplingOptions | SamplingOptions[]): Promise<{ tokens: number[][]; rows: unknown }> {
+    const tokens = PROMPTS.map((): number[] => []);
+    const gen = model.generateBatch(PROMPTS, o);
+    for (;;) {
+      const r = await gen.next();
+      if (r.done) return { tokens, rows: r.value.rows };
+      tokens[r.value.row].push(r.value.id);
+    }
+  }
+
+  test("the same tokens as the unpipelined loop: equal and unequal lengths, a stop token, a sampling row; calls fed on the target only while the rows stay", async () => {
+    const piped = await load(true, varlen.dir);
+    const plain = await load(false, varlen.dir);
+    const spy = spyOnBinding(piped);
+    // every row to 12 tokens: after the prefill, every call but the first is fed on the target
+    const same = await batch(piped, { maxNewTokens: 12 });
+    expect(same).toEqual(await batch(plain, { maxNewTokens: 12 }));
+    expect(same.tokens.every((t) => t.length === 12)).toBe(true);
+    expect(spy.calls.length).toBe(12);
+    expect(spy.queued).toBe(11);
+    expect(spy.fedOnTarget).toBe(10);
+    // rows of different lengths and a stop token: the rows change, and so do the calls fed ahead
+    const ref = await batch(plain, { maxNewTokens: 10 });
+    const mixed = PROMPTS.map((_p, r) => (r === 1 ? { maxNewTokens: 10, stopTokens: [ref.tokens[1][3]] } : { maxNewTokens: 4 + 3 * r }));
+    spy.calls.length = 0;
+    spy.queued = spy.fedOnTarget = 0;
+    const got = await batch(piped, mixed);
+    expect(got).toEqual(await batch(plain, mixed));
+    expect(got.tokens.map((t) => t.length)).toEqual(PROMPTS.map((_p, r) => (r === 1 ? ref.tokens[1].indexOf(ref.tokens[1][3]) + 1 : 4 + 3 * r)));
+    expect(spy.fedOnTarget).toBeGreaterThan(0);
+    // a row that samples: that call needs the logits on the host, so nothing is queued
+    spy.queued = 0;
+    const sampled = PROMPTS.map((_p, r) => (r === 0 ? { maxNewTokens: 6, temperature: 0.8, seed: 3 } : { maxNewTokens: 6 }));
+    expect(await batch(piped, sampled)).toEqual(await batch(plain, sampled));
+    expect(spy.queued).toBe(0);
+    // and the kept cache serves a plain greedy batch again
+    expect(await batch(piped, { maxNewTokens: 10 })).toEqual(ref);
   });
 });
 
