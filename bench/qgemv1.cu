@@ -1107,6 +1107,10 @@ int main(int argc, char** argv) {
       {"qlinear4 auto", run_old},
       {"k_qgemv4v (vec)", run_path<Q::Q4_VEC>},
       {"v2 R4 minb8 128", run_v2<4, 8, 128>},
+      {"v2 R8 minb6 128", run_v2<8, 6, 128>},
+      {"v2 R8 minb4 128", run_v2<8, 4, 128>},
+      {"v2 R8 minb8 128", run_v2<8, 8, 128>},
+      {"v2 R16 minb3 128", run_v2<16, 3, 128>},
       {"k_qgemv4d (diagonal mma), S auto", run_d<0>},
       {"d4 U4 24 warps", run_d4<4, 24>},
       {"d4 U2 32 warps", run_d4<2, 32>},
@@ -1115,7 +1119,7 @@ int main(int argc, char** argv) {
       {"loads only, v2 R4 minb8 128 (its floor)", run_v2<4, 8, 128, true>},
       {"gate/up paired (N of each: twice the bytes, TB/s column ×2)", run_pair},
   };
-  const int NCHECK = 8;  // the loads-only variants compute nothing checkable
+  const int NCHECK = 12;  // the loads-only variants compute nothing checkable
   const int NV = sizeof(vs) / sizeof(vs[0]);
   const int64_t shapes[4][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
   const int COPIES = 8;

@@ -238,11 +238,10 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, const _
 // (w << 2) & 0x3c3c3c3c puts 4·code of the even elements in the bytes of a word, (w >> 2) &
 // 0x3c3c3c3c those of the odd ones; one byte_perm extracts it and one shared load fetches the
 // value. lb = log2(block), or -1. A row's sum does not depend on R. P = J.pair, as a template
-// parameter, and the blocks an SM asked of M = 1 and 2 keep these kernels at the registers they
-// had with one job (64 and 80: 8 and 6 blocks of 4 warps an SM; a job table read at a run-time
-// index otherwise costs ~8 more).
+// parameter. M = 1 takes 8 rows a block at 4 blocks of 4 warps an SM (128 registers), M = 2 4 rows
+// at 6 (80 registers): a job table read at a run-time index otherwise costs ~8 more.
 template <typename T, int MR, int R, bool P, bool DQ>
-__global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, Code16 code, int64_t K, int lb) {
+__global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(const T* __restrict__ x, const __grid_constant__ Q4Jobs<T> J, Code16 code, int64_t K, int lb) {
   __shared__ float tab[16];
   __shared__ float red[4][R * MR];
   if (threadIdx.x < 16) tab[threadIdx.x] = code.f[threadIdx.x];
@@ -261,7 +260,48 @@ __global__ void __launch_bounds__(128, MR == 1 ? 8 : MR == 2 ? 6 : 0) k_qgemv4v(
   for (int r = 0; r < R; r++)
 #pragma unroll
     for (int m = 0; m < MR; m++) acc[r][m] = 0.f;
-  for (int64_t p = threadIdx.x; p < KV; p += 128) {
+  // M = 1 with whole absmax blocks in a row (block a power of 2 dividing K): 32-bit offsets from
+  // per-block bases, and the piece's 32 x values loaded before its R rows are decoded (the shape
+  // of bench/qgemv1.cu's k_v2, which this path matched there)
+  const bool lean = MR == 1 && lb >= 0 && (K & ((1LL << lb) - 1)) == 0 && KV * R < 0x7fffffffLL;
+  if constexpr (MR == 1) {
+    if (lean) {
+      const int kv = (int)KV, cs = lb - 5, apr = (int)(K >> lb);
+      const uint4* ca = reinterpret_cast<const uint4*>(qa.codes) + row0 * KV;
+      const uint4* cb = reinterpret_cast<const uint4*>(qb.codes) + row0 * KV;
+      const int64_t ba = row0 * apr;
+      for (int p = threadIdx.x; p < kv; p += 128) {
+        uint4 pc[R];
+        float a[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          const int rr = (int)(row0 + (r >= H ? r - H : r) < N ? (r >= H ? r - H : r) : N - 1 - row0);  // rows past N: computed, never stored
+          pc[r] = detail::ld_stream((r >= H ? cb : ca) + rr * kv + p);
+          a[r] = absmax_as<DQ>(r >= H ? qb : qa, r >= H ? meanb : meana, ba + rr * apr + (p >> cs));
+        }
+        float xf[32];
+#pragma unroll
+        for (int j = 0; j < 4; j++) load8<T>(x + p * 32 + 8 * j, xf + 8 * j);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          float part = 0.f;
+#pragma unroll
+          for (int j = 0; j < 4; j++) {
+            const uint32_t w = j == 0 ? pc[r].x : j == 1 ? pc[r].y : j == 2 ? pc[r].z : pc[r].w;
+            const uint32_t lo = (w << 2) & 0x3c3c3c3cu, hi = (w >> 2) & 0x3c3c3c3cu;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+              const float v0 = *reinterpret_cast<const float*>(tb + __byte_perm(lo, 0, 0x4440 + k));
+              const float v1 = *reinterpret_cast<const float*>(tb + __byte_perm(hi, 0, 0x4440 + k));
+              part = fmaf(v1, xf[8 * j + 2 * k + 1], fmaf(v0, xf[8 * j + 2 * k], part));
+            }
+          }
+          acc[r][0] = fmaf(part, a[r], acc[r][0]);
+        }
+      }
+    }
+  }
+  for (int64_t p = (MR == 1 && lean) ? KV : threadIdx.x; p < KV; p += 128) {
     uint4 pc[R];
     float a[R];
 #pragma unroll
@@ -518,7 +558,11 @@ static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t
   const int lb = log2_exact(block);
   with_rows(M, [&](auto rows) {
     constexpr int MR = decltype(rows)::value;
-    constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;  // output features a block (registers: R·MR sums)
+    // output features a block (registers: R·MR sums). M = 1: 8 rows, 4 blocks an SM — each piece
+    // of x then serves 8 rows (its loads are as many L1 wavefronts as the codes' at 4 rows, and
+    // the GEMV is bound by that pipe, not by HBM: bench/NOTES.md); 17 / 8 / 14 / 10 % faster than
+    // 4 rows at 8 blocks an SM on the 7B shapes (bench/qgemv1.cu, H100)
+    constexpr int R = MR == 1 ? 8 : MR <= 2 ? 4 : MR <= 4 ? 2 : 1;
     constexpr int RP = R < 2 ? 2 : R;                 // paired: R/2 features of gate and of up
     if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
       if (path == Q4_MMA) return qgemv4mma<T, MR>(x, J, c, K, lb, s);
