@@ -510,19 +510,10 @@ __device__ __forceinline__ void store_block_rows(const float (&acc)[R], int64_t 
 
 // 32 weights of one 16-byte piece against 32 activations (f32), the sum unscaled
 __device__ __forceinline__ float dot32(const uint4& pc, const float* xf, const char* tb) {
-  float part = 0.f;
+  float part[1] = {0.f};
 #pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const uint32_t w = j == 0 ? pc.x : j == 1 ? pc.y : j == 2 ? pc.z : pc.w;
-    const uint32_t lo = (w << 2) & 0x3c3c3c3cu, hi = (w >> 2) & 0x3c3c3c3cu;
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      const float v0 = *reinterpret_cast<const float*>(tb + __byte_perm(lo, 0, 0x4440 + k));
-      const float v1 = *reinterpret_cast<const float*>(tb + __byte_perm(hi, 0, 0x4440 + k));
-      part = fmaf(v1, xf[8 * j + 2 * k + 1], fmaf(v0, xf[8 * j + 2 * k], part));
-    }
-  }
-  return part;
+  for (int j = 0; j < 4; j++) Q::dot8<1>(pc, j, tb, [&](int, int i) { return xf[8 * j + i]; }, part);
+  return part[0];
 }
 
 // Lean tensor-core GEMV for M ≤ 8 (here M = 1): a block of KS warps owns 16 output rows, warp w

@@ -29,6 +29,8 @@ import { checkWeights } from "./weights.js";
 type CacheValue = { dtype: number; shape: number[]; data: ArrayBufferView } | DeviceTensor;
 /** a decode step issued without waiting (Model.issueStep): its pick on the target, the pick's queued download, its logits */
 type Issued = { token: DeviceTensor; pending: Pending; logits: DeviceTensor };
+/** a generation's pipelined decode: the call queued ahead (for the rows and positions `key`), and the picks that fed it once known */
+type Pipeline = { ahead?: Issued & { key: string; fedBy?: number[] } };
 
 interface DeviceTensor {
   readonly dtype: number;
@@ -651,47 +653,28 @@ export class Model implements AsyncDisposable {
     // in greedy decoding; otherwise that step is dropped: its cache write sits at the position the
     // call writes again). Only a step that generateTokens may still ask for is issued ahead.
     const pipelined = this.pipelineDecode && this.staticCache && this.nextToken !== undefined;
-    let ahead: (Issued & { pos: number; fedBy?: number }) | undefined;
+    const pl: Pipeline = {};
     let calls = 0;
-    const dropAhead = async () => {
-      const a = ahead;
-      ahead = undefined;
-      if (a) await this.dropIssued(a);
-    };
     // a greedy step takes the target's own pick (next_token) and leaves the logits there
     const step = (fresh: number[], _first: boolean, greedy: boolean): Promise<Float32Array | number> =>
       this.serial(async () => {
         calls++;
         const pick = greedy && this.nextToken !== undefined;
         if (pipelined && pick && fresh.length === 1) {
-          let cur: Issued;
-          if (ahead && ahead.pos === past && ahead.fedBy === fresh[0]) {
-            cur = ahead;
-            ahead = undefined;
-          } else {
-            await dropAhead();
+          const host = () => {
             if (past + 1 > capacity) throw new KilnError("E_USAGE", `${past + 1} tokens are over the static cache's capacity ${capacity}`);
-            const now = await this.issueStep(this.checkIds([fresh], past), cache, past);
-            cache = nextCache(cache, now.present);
-            cur = now;
-          }
+            return this.checkIds([fresh], past);
+          };
+          const issue = async (ids: BigInt64Array | DeviceTensor, ahead: number) => {
+            const r = await this.issueStep(ids, cache, past + ahead);
+            cache = nextCache(cache, r.present);
+            return r;
+          };
+          const [id] = await this.pipelinedCall(pl, String(past), String(past + 1), fresh, host, issue, calls < maxNew && past + 2 <= capacity);
           past += 1;
-          if (calls < maxNew && past + 1 <= capacity) {
-            let next: Awaited<ReturnType<Model["issueStep"]>>;
-            try {
-              next = await this.issueStep(cur.token.reshape([1, 1]), cache, past);
-            } catch (e) {
-              await this.dropIssued(cur);
-              throw e;
-            }
-            cache = nextCache(cache, next.present);
-            ahead = { ...next, pos: past };
-          }
-          const id = await this.pickOf(cur);
-          if (ahead) ahead.fedBy = typeof id === "number" ? id : -1;
           return id;
         }
-        await dropAhead();
+        await this.dropAhead(pl);
         const t = this.checkIds([fresh], past);
         if (this.staticCache && past + fresh.length > capacity)
           throw new KilnError("E_USAGE", `${past + fresh.length} tokens are over the static cache's capacity ${capacity}`);
@@ -715,13 +698,58 @@ export class Model implements AsyncDisposable {
     } finally {
       await this.queue;
       // a step issued ahead that no call asked for (a stop token came): its work is only waited for
-      await this.serial(dropAhead).catch(() => undefined);
+      await this.serial(() => this.dropAhead(pl)).catch(() => undefined);
       const onDevice = [...cache.values()].every((t) => typeof (t as DeviceTensor).free === "function");
       if (this.staticCache && onDevice && !this.disposed && (!this.kept || this.kept.capacity < capacity)) {
         this.dropKept();
         this.kept = { capacity, rows: 1, tensors: cache as Map<string, DeviceTensor> };
       } else freeCache();
     }
+  }
+
+  /**
+   * One pipelined call of one token a row (generate, generateBatch): the call `pl` queued ahead
+   * when it was issued for this `key` (rows and positions) and fed the tokens `ids` (always, in
+   * greedy decoding), else — that one dropped — a call issued now with the host's ids; then, when
+   * `more` calls will follow with the same rows, the next one (`nextKey`) queued behind it, fed by
+   * this call's picks where they lie on the target; then this call's picks (or its logits, where
+   * the target had none) to Node. `issue(ids, ahead)`: the call at the positions + ahead.
+   */
+  private async pipelinedCall(
+    pl: Pipeline,
+    key: string,
+    nextKey: string,
+    ids: number[],
+    host: () => BigInt64Array,
+    issue: (ids: BigInt64Array | DeviceTensor, ahead: number) => Promise<Issued>,
+    more: boolean,
+  ): Promise<(number | Float32Array)[]> {
+    let cur: Issued;
+    const a = pl.ahead;
+    if (a && a.key === key && a.fedBy?.length === ids.length && ids.every((id, n) => id === a.fedBy![n])) {
+      cur = a;
+      pl.ahead = undefined;
+    } else {
+      await this.dropAhead(pl);
+      cur = await issue(host(), 0);
+    }
+    if (more) {
+      try {
+        pl.ahead = { ...(await issue(cur.token.reshape([1, ids.length]), 1)), key: nextKey };
+      } catch (e) {
+        await this.dropIssued(cur);
+        throw e;
+      }
+    }
+    const got = await this.picksOf(cur, ids.map((_id, n) => n));
+    if (pl.ahead) pl.ahead.fedBy = got.map((g) => (typeof g === "number" ? g : -1));
+    return got;
+  }
+  /** The call queued ahead, if any, waited for and let go. */
+  private async dropAhead(pl: Pipeline): Promise<void> {
+    const a = pl.ahead;
+    pl.ahead = undefined;
+    if (a) await this.dropIssued(a);
   }
 
   /**
@@ -768,10 +796,6 @@ export class Model implements AsyncDisposable {
   }
   private issueHow: (boolean | 2 | "drop")[] | undefined;
 
-  /** An issued step's pick (or, where the target had none, its logits, as stepOutputs hands them on); frees its tensors. */
-  private async pickOf(s: Issued): Promise<number | Float32Array> {
-    return (await this.picksOf(s, [0]))[0];
-  }
   /**
    * An issued call's picks at `rows` (indices into next_token's elements and the logits' rows),
    * or, where the target had no pick at one of them, the logits of every row, as stepOutputs
@@ -859,12 +883,7 @@ export class Model implements AsyncDisposable {
     // call queued ahead is dropped (its cache writes lie past the rows' ends or in a finished row).
     const produced = rows.map(() => 0);
     const pipelined = this.pipelineDecode && this.nextToken !== undefined;
-    let ahead: (Issued & { rows: number[]; fedBy?: number[] }) | undefined;
-    const dropAhead = async () => {
-      const a = ahead;
-      ahead = undefined;
-      if (a) await this.dropIssued(a);
-    };
+    const pl: Pipeline = {};
     // one token a row at `past` (+ 1 for a call issued ahead), input_ids from the host or the target
     const feedOne = (callRows: number[], ids: BigInt64Array | DeviceTensor, ahead1: number) => {
       const N = callRows.length;
@@ -880,36 +899,24 @@ export class Model implements AsyncDisposable {
         for (const c of calls) produced[c.row]++;
         if (pipelined && calls.every((c) => c.greedy && c.ids.length === 1)) {
           const callRows = calls.map((c) => c.row);
-          let cur: Issued;
-          if (ahead && ahead.fedBy && ahead.rows.join() === callRows.join() && calls.every((c, n) => c.ids[0] === ahead!.fedBy![n])) {
-            cur = ahead;
-            ahead = undefined;
-          } else {
-            await dropAhead();
+          // the rows and their positions: a call issued ahead serves only the same rows, one further
+          const key = (ahead: number) => callRows.map((r) => `${r}@${past[r] + ahead}`).join();
+          const host = () => {
             const vocab = Number((this.manifest.model.config as { vocab_size?: number } | null)?.vocab_size ?? Infinity);
             const bad = calls.find((c) => !Number.isInteger(c.ids[0]) || c.ids[0] < 0 || c.ids[0] >= vocab);
             if (bad) throw new KilnError("E_USAGE", `token id ${bad.ids[0]} (row ${bad.row}) is not in [0, ${vocab})`);
-            const now = await this.issueCall(feedOne(callRows, BigInt64Array.from(calls, (c) => BigInt(c.ids[0])), 0));
-            cache = nextCache(cache, now.present);
-            cur = now;
-          }
-          if (calls.every((c) => produced[c.row] < maxNew[c.row])) {
-            let next: Awaited<ReturnType<Model["issueCall"]>>;
-            try {
-              next = await this.issueCall(feedOne(callRows, cur.token.reshape([1, callRows.length]), 1));
-            } catch (e) {
-              await this.dropIssued(cur);
-              throw e;
-            }
-            cache = nextCache(cache, next.present);
-            ahead = { ...next, rows: callRows };
-          }
+            return BigInt64Array.from(calls, (c) => BigInt(c.ids[0]));
+          };
+          const issue = async (ids: BigInt64Array | DeviceTensor, ahead: number) => {
+            const r = await this.issueCall(feedOne(callRows, ids, ahead));
+            cache = nextCache(cache, r.present);
+            return r;
+          };
+          const got = await this.pipelinedCall(pl, key(0), key(1), calls.map((c) => c.ids[0]), host, issue, calls.every((c) => produced[c.row] < maxNew[c.row]));
           for (const c of calls) past[c.row] += 1;
-          const got = await this.picksOf(cur, calls.map((_c, n) => n));
-          if (ahead) ahead.fedBy = got.map((g) => (typeof g === "number" ? g : -1));
           return got;
         }
-        await dropAhead();
+        await this.dropAhead(pl);
         const N = calls.length;
         const flat = calls.flatMap((c) => c.ids);
         const cu = new Int32Array(N + 1);
@@ -942,7 +949,7 @@ export class Model implements AsyncDisposable {
       }
     } finally {
       await this.queue;
-      await this.serial(dropAhead).catch(() => undefined);
+      await this.serial(() => this.dropAhead(pl)).catch(() => undefined);
       const onDevice = [...cache.values()].every((t) => typeof (t as DeviceTensor).free === "function");
       const kept = this.kept as Model["kept"]; // another call may have kept one meanwhile
       if (onDevice && !this.disposed && (!kept || kept.capacity < capacity || kept.rows < cacheRows)) {

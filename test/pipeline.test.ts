@@ -15,7 +15,7 @@ import type { Model } from "../runtime/api.js";
 import { loadModel, nativeBinding } from "../runtime/api.js";
 import type { SamplingOptions } from "../runtime/sampling.js";
 import { spyOnBinding } from "./argmax-helpers.js";
-import { PROMPTS } from "./varlen-helpers.js";
+import { PROMPTS, runBatch } from "./varlen-helpers.js";
 
 const FIXTURE = join(import.meta.dirname, "fixtures", "llama-gqa");
 const tmp = mkdtempSync(join(tmpdir(), "kiln-pipeline-"));
@@ -127,15 +127,10 @@ describe("generate() pipelined on the static cache", () => {
 });
 
 describe("generateBatch() pipelined on the varlen cache", () => {
-  async function batch(model: Model, o: SamplingOptions | SamplingOptions[]): Promise<{ tokens: number[][]; rows: unknown }> {
-    const tokens = PROMPTS.map((): number[] => []);
-    const gen = model.generateBatch(PROMPTS, o);
-    for (;;) {
-      const r = await gen.next();
-      if (r.done) return { tokens, rows: r.value.rows };
-      tokens[r.value.row].push(r.value.id);
-    }
-  }
+  const batch = async (model: Model, o: SamplingOptions | SamplingOptions[]) => {
+    const r = await runBatch(model, PROMPTS, o, false);
+    return { tokens: r.tokens, rows: r.result.rows };
+  };
 
   test("the same tokens as the unpipelined loop: equal and unequal lengths, a stop token, a sampling row; calls fed on the target only while the rows stay", async () => {
     const piped = await load(true, varlen.dir);

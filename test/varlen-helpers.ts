@@ -23,9 +23,10 @@ export interface BatchRun {
   result: BatchResult;
 }
 
-export async function runBatch(model: Model, prompts: number[][], options: SamplingOptions | SamplingOptions[]): Promise<BatchRun> {
+/** generateBatch's tokens, in order, and its result; with `logits` (default) the logits of each token too ([] without). */
+export async function runBatch(model: Model, prompts: number[][], options: SamplingOptions | SamplingOptions[], logits = true): Promise<BatchRun> {
   const run: BatchRun = { tokens: prompts.map(() => []), logits: prompts.map(() => []), order: [], result: undefined as unknown as BatchResult };
-  const gen = model.generateBatch(prompts, options, { logits: true });
+  const gen = model.generateBatch(prompts, options, { logits });
   for (;;) {
     const r = await gen.next();
     if (r.done) {
@@ -33,7 +34,7 @@ export async function runBatch(model: Model, prompts: number[][], options: Sampl
       return run;
     }
     run.tokens[r.value.row].push(r.value.id);
-    run.logits[r.value.row].push(r.value.logits!);
+    if (logits) run.logits[r.value.row].push(r.value.logits!);
     run.order.push([r.value.row, r.value.index]);
   }
 }

@@ -231,13 +231,29 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, const _
     for (int m = 0; m < MR; m++) store_out(J, J.pair, ji, m * N + row, v[0][m], J.pair ? v[1][m] : 0.f);
 }
 
+// part[m] += Σ code(weight i)·x(m, i) over the 8 weights of code word j of a 16-byte piece (two a
+// byte, the even ones in the low nibbles), for MR rows of x, in i order. tb: the 16 code values as
+// f32 in shared memory; a code is found by byte offset: (w << 2) & 0x3c3c3c3c puts 4·code of the
+// even weights in the bytes of a word, (w >> 2) & 0x3c3c3c3c those of the odd ones, and one
+// byte_perm extracts it.
+template <int MR, typename X>
+__device__ __forceinline__ void dot8(const uint4& pc, int j, const char* tb, X x, float (&part)[MR]) {
+  const uint32_t w = j == 0 ? pc.x : j == 1 ? pc.y : j == 2 ? pc.z : pc.w;
+  const uint32_t lo = (w << 2) & 0x3c3c3c3cu, hi = (w >> 2) & 0x3c3c3c3cu;
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float v0 = *reinterpret_cast<const float*>(tb + __byte_perm(lo, 0, 0x4440 + k));
+    const float v1 = *reinterpret_cast<const float*>(tb + __byte_perm(hi, 0, 0x4440 + k));
+#pragma unroll
+    for (int m = 0; m < MR; m++) part[m] = fmaf(v1, x(m, 2 * k + 1), fmaf(v0, x(m, 2 * k), part[m]));
+  }
+}
+
 // The decode GEMV's fast path (K and block multiples of 32, 16-byte aligned operands): a block of
 // 4 warps computes R output features (paired: R/2 of gate and the same R/2 of up), its 128 lanes
 // splitting K into 16-byte pieces of codes (32 weights of one absmax block); the R rows' pieces
-// are loaded together, each piece of x once for the R rows. A code is found by byte offset:
-// (w << 2) & 0x3c3c3c3c puts 4·code of the even elements in the bytes of a word, (w >> 2) &
-// 0x3c3c3c3c those of the odd ones; one byte_perm extracts it and one shared load fetches the
-// value. lb = log2(block), or -1. A row's sum does not depend on R. P = J.pair, as a template
+// are loaded together, each piece of x once for the R rows, and decoded by dot8. lb =
+// log2(block), or -1. A row's sum does not depend on R. P = J.pair, as a template
 // parameter. M = 1 takes 8 rows a block at 4 blocks of 4 warps an SM (128 registers), M = 2 4 rows
 // at 6 (80 registers): a job table read at a run-time index otherwise costs ~8 more.
 template <typename T, int MR, int R, bool P, bool DQ>
@@ -284,19 +300,10 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
         for (int j = 0; j < 4; j++) load8<T>(x + p * 32 + 8 * j, xf + 8 * j);
 #pragma unroll
         for (int r = 0; r < R; r++) {
-          float part = 0.f;
+          float part[1] = {0.f};
 #pragma unroll
-          for (int j = 0; j < 4; j++) {
-            const uint32_t w = j == 0 ? pc[r].x : j == 1 ? pc[r].y : j == 2 ? pc[r].z : pc[r].w;
-            const uint32_t lo = (w << 2) & 0x3c3c3c3cu, hi = (w >> 2) & 0x3c3c3c3cu;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-              const float v0 = *reinterpret_cast<const float*>(tb + __byte_perm(lo, 0, 0x4440 + k));
-              const float v1 = *reinterpret_cast<const float*>(tb + __byte_perm(hi, 0, 0x4440 + k));
-              part = fmaf(v1, xf[8 * j + 2 * k + 1], fmaf(v0, xf[8 * j + 2 * k], part));
-            }
-          }
-          acc[r][0] = fmaf(part, a[r], acc[r][0]);
+          for (int j = 0; j < 4; j++) dot8<1>(pc[r], j, tb, [&](int, int i) { return xf[8 * j + i]; }, part);
+          acc[r][0] = fmaf(part[0], a[r], acc[r][0]);
         }
       }
     }
@@ -323,17 +330,7 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
 #pragma unroll
       for (int m = 0; m < MR; m++) load8<T>(x + m * K + p * 32 + 8 * j, xf[m]);
 #pragma unroll
-      for (int r = 0; r < R; r++) {
-        const uint32_t w = j == 0 ? pc[r].x : j == 1 ? pc[r].y : j == 2 ? pc[r].z : pc[r].w;
-        const uint32_t lo = (w << 2) & 0x3c3c3c3cu, hi = (w >> 2) & 0x3c3c3c3cu;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-          const float v0 = *reinterpret_cast<const float*>(tb + __byte_perm(lo, 0, 0x4440 + k));
-          const float v1 = *reinterpret_cast<const float*>(tb + __byte_perm(hi, 0, 0x4440 + k));
-#pragma unroll
-          for (int m = 0; m < MR; m++) part[r][m] = fmaf(v1, xf[m][2 * k + 1], fmaf(v0, xf[m][2 * k], part[r][m]));
-        }
-      }
+      for (int r = 0; r < R; r++) dot8<MR>(pc[r], j, tb, [&](int m, int i) { return xf[m][i]; }, part[r]);
     }
 #pragma unroll
     for (int r = 0; r < R; r++)

@@ -637,13 +637,15 @@ struct Ticket {
 };
 struct TicketPool {
   std::mutex mu;
-  std::vector<Ticket*> free;
+  std::vector<Ticket*> free;     // download tickets not in use
+  std::vector<Ticket*> uploads;  // upload_queued's slots (reused once their event completes)
   ~TicketPool() {
-    for (Ticket* t : free) {
-      if (t->host) cudaFreeHost(t->host);
-      if (t->ev) cudaEventDestroy(t->ev);
-      delete t;
-    }
+    for (auto* v : {&free, &uploads})
+      for (Ticket* t : *v) {
+        if (t->host) cudaFreeHost(t->host);
+        if (t->ev) cudaEventDestroy(t->ev);
+        delete t;
+      }
   }
 };
 static inline TicketPool& tickets() {
@@ -678,11 +680,10 @@ static inline Ticket* take_ticket(std::vector<Ticket*>& pool, int64_t bytes, boo
 // its event says the copy is done.
 static inline void upload_queued(void* dst, const void* src, int64_t bytes) {
   using namespace kiln::rt;
-  static std::vector<Ticket*> slots;  // under tickets().mu
   Ticket* t;
   {
     std::lock_guard<std::mutex> lk(tickets().mu);
-    t = take_ticket(slots, bytes, true);
+    t = take_ticket(tickets().uploads, bytes, true);
   }
   memcpy(t->host, src, (size_t)bytes);
   cudaStream_t s = state().stream;
@@ -690,7 +691,7 @@ static inline void upload_queued(void* dst, const void* src, int64_t bytes) {
   if (e == cudaSuccess) e = cudaEventRecord(t->ev, s);
   {
     std::lock_guard<std::mutex> lk(tickets().mu);
-    slots.push_back(t);
+    tickets().uploads.push_back(t);
   }
   check(e, "cudaMemcpyAsync (kiln_upload, queued)");
 }
