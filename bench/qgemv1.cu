@@ -47,14 +47,6 @@ namespace qdetail {
 // Not kept in qlinear4: slower than k_qgemv4v at every shape (bench/NOTES.md, "The 4-bit GEMV at M = 1:
 // three pipelined designs"). (The producer/consumer TMA ring follows CUTLASS 3 and FlashAttention-3, the split of decoding
 // from the tensor-core product Marlin, Frantar et al. 2024; the code is ours.)
-// the job of tile (block) `tile` of a launch: the last i < n with first[i] ≤ tile
-template <typename T>
-__device__ __forceinline__ int job_of_tile(const Q4Jobs<T>& J, int64_t tile) {
-  int i = 0;
-#pragma unroll
-  for (int k = 1; k < 4; k++) i += k < J.n && tile >= J.first[k];
-  return i;
-}
 namespace q4r {
 constexpr int RING = 64 * 1024, CW = 16, THREADS = (CW + 1) * 32;
 constexpr int TAB_BYTES = 256 * 32 * 4;
@@ -99,7 +91,7 @@ __global__ void __launch_bounds__(q4r::THREADS, 1)
     if (threadIdx.x == CW * 32) {
       uint32_t s = 0;
       for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        const int ji = job_of_tile(J, tile);
+        const int ji = job_of_chunk(J, tile);
         const int64_t row0 = (tile - J.first[ji]) * H;
         const CUtensorMap* ma = &maps.m[ji];
         const CUtensorMap* mb = &maps.m[J.pair ? 1 : ji];
@@ -154,7 +146,7 @@ __global__ void __launch_bounds__(q4r::THREADS, 1)
     while (u.i >= KS && u.j < ntile) u.i -= KS, u.j++;
     if (u.j >= ntile) return;
     const int64_t tile = blockIdx.x + u.j * gridDim.x;
-    u.ji = job_of_tile(J, tile);
+    u.ji = job_of_chunk(J, tile);
     const int64_t N = J.j[u.ji].N, row0 = (tile - J.first[u.ji]) * H;
     const int64_t a = row0 + pr, b = J.pair ? row0 + pr : row0 + 8 + pr;
     u.ra = a < N ? a : N - 1, u.rb = b < N ? b : N - 1;
@@ -191,7 +183,7 @@ __global__ void __launch_bounds__(q4r::THREADS, 1)
   // hand in the sums of local tile `done` (every consumer warp does, in order: one barrier each)
   auto flush = [&]() {
     const int64_t tile = blockIdx.x + done * gridDim.x;
-    const int ji = job_of_tile(J, tile);
+    const int ji = job_of_chunk(J, tile);
     const int64_t N = J.j[ji].N, row0 = (tile - J.first[ji]) * H;
     float* rd = red + (done & 1) * (CW * MR * 16);
     if (t < MR) rd[(w * MR + t) * 16 + g] = acc[0], rd[(w * MR + t) * 16 + g + 8] = acc[1];
@@ -380,7 +372,7 @@ __global__ void __launch_bounds__(q4d::kThreads, 1) k_qgemv4d(const T* __restric
   for (int64_t u = (int64_t)blockIdx.x * GPB + group; u < units; u += ustride) {
     // the unit's rows: paired, A = gate and B = up of feature f; else rows f and f + 1 of job ji
     // (rows past N read row N − 1: computed, never stored)
-    const int ji = J.pair ? 0 : job_of_tile(J, u);
+    const int ji = J.pair ? 0 : job_of_chunk(J, u);
     const int64_t N = J.j[ji].N, f = J.pair ? u - J.first[0] : (u - J.first[ji]) * 2;
     const int64_t ra = f < N ? f : N - 1, rb = J.pair ? ra : (f + 1 < N ? f + 1 : N - 1);
     const Q4& qa = J.j[ji].q;

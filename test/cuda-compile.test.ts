@@ -29,7 +29,8 @@ const skip = process.env.KILN_SKIP_NVCC === "1";
   });
 
   // the int8 cases instantiate qlinear8 (LLM.int8's tensor-core kernels) for bf16 and for f32; nf4
-  // (bf16 with double quant: runtime-cpu.test.ts) the grouped and paired 4-bit GEMVs for f32
+  // (bf16 with double quant: runtime-cpu.test.ts) the grouped and paired 4-bit GEMVs for f32 and,
+  // in bf16, k_qgemv4p with the norm inside
   test.each([
     ["llama-gqa", "sm_90a", "bf16", false, undefined],
     ["llama-mqa-tied", "sm_80", "f32", false, undefined],
@@ -37,6 +38,7 @@ const skip = process.env.KILN_SKIP_NVCC === "1";
     ["llama-gqa", "sm_90a", "bf16", false, "int8"],
     ["llama-gqa", "sm_80", "f32", false, "int8"],
     ["llama-gqa", "sm_80", "f32", false, "nf4"], // grouped q/k/v, paired gate/up (qlinear-groups.ts) on the f32 GEMV
+    ["llama-gqa", "sm_90a", "bf16", false, "nf4"], // and on the persistent f16-pair GEMV that computes their RMSNorm (k_qgemv4p)
   ] as const)("%s for %s (%s, padded %s, quant %s)", async (fixture, arch, dtype, padded, quant) => {
     const art = await compile(join(import.meta.dirname, "fixtures", fixture), { target: "cuda", arch, dtype, cacheDir, maxSeq: 64, padded, quant });
     expect(art.manifest.target).toBe("cuda");

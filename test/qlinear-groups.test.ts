@@ -98,11 +98,19 @@ describe("a tiny nf4 Llama on the cpu target", () => {
 
   test("q/k/v are one qlinear4_group call and gate/up one qlinear4_silu_mul call a layer; KILN_QGROUP=0 turns it off", async () => {
     const src = readFileSync(join((await build("f32", true)).dir, "model.cpp"), "utf8");
-    // 2 layers: q/k/v (3 members each) grouped, gate/up paired into the product, o and down alone
-    const groups = src.match(/K::qlinear4_group<float>\([^;]*\);/g) ?? [];
+    // 2 layers: q/k/v (3 members each) grouped, gate/up paired into the product, o and down alone;
+    // the groups read an RMSNorm that only they read, so they are its `_norm` calls (the cuda
+    // target's decode GEMV may compute the norm itself)
+    const groups = src.match(/K::qlinear4_group_norm<float>\([^;]*\);/g) ?? [];
     expect(groups.map((c) => c.match(/\{\(const uint8_t\*\)w\d+/g)?.length)).toEqual([3, 3]);
-    expect(src.match(/K::qlinear4_silu_mul<float>\(/g)).toHaveLength(2);
+    expect(src.match(/K::qlinear4_silu_mul_norm<float>\(/g)).toHaveLength(2);
     expect(src.match(/K::qlinear4<float>\(/g)).toHaveLength(4);
+    // each of the 4 norms runs only where its readers do not compute it (never, on the cpu target),
+    // and its readers get its input, weight, eps, that decision and its result, in that order
+    const norms = [...src.matchAll(/const bool nf(\d+) = K::norm_fused\([^;]*\);\n {2}if \(!nf\1\) K::rms_norm<float>\((v\d+), (w\d+), v\1, .*, ([\d.e-]+)\);/g)];
+    expect(norms).toHaveLength(4);
+    for (const [, id, x, w, eps] of norms)
+      expect(src).toMatch(new RegExp(`K::qlinear4_(group|silu_mul)_norm<float>\\(${x}, ${w}, ${eps.replace(".", "\\.")}, nf${id}, v${id}, `));
     expect(src).not.toContain("// (mul:f32 (silu:f32 $0) $1)\nstruct F"); // the elementwise product's functor is gone
     const prev = process.env.KILN_QGROUP;
     process.env.KILN_QGROUP = "0";

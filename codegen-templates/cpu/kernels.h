@@ -266,6 +266,30 @@ void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq,
   for (int64_t i = 0; i < M * N; i++) y[i] = silu_mul<T>(g[(size_t)i], u[(size_t)i]);
 }
 
+// The readers of an RMSNorm that are all 4-bit linears (emit.ts's `_norm` calls; cuda/quant.cuh
+// computes the norm inside the decode GEMV where norm_fused says so): here the norm always runs on
+// its own (norm_fused is false, xn holds its result), so these are the plain calls on xn and the
+// cpu twin's numbers are those of the unfused graph; with fused set the norm runs into xn first.
+static inline bool norm_fused(int64_t) { return false; }
+template <typename T>
+void qlinear4_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N,
+                   int64_t K, int64_t block, bool dq, const double* code) {
+  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
+  qlinear4<T>(xn, w, bias, residual, y, M, N, K, block, dq, code);
+}
+template <typename T>
+void qlinear4_group_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
+                         std::initializer_list<Q4Linear<T>> ls) {
+  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
+  qlinear4_group<T>(xn, M, K, block, dq, code, ls);
+}
+template <typename T>
+void qlinear4_silu_mul_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
+                            const Q4Linear<T>& gate, const Q4Linear<T>& up, T* y) {
+  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
+  qlinear4_silu_mul<T>(xn, M, K, block, dq, code, gate, up, y);
+}
+
 // qlinear, int8 (LLM.int8): outlier feature dims (|x| > threshold in any row) multiply in floating
 // point against the dequantized int8 weights; the rest as per-token int8 × per-feature int8 with
 // integer accumulation. The reference is compiler/ir/quant.ts int8Matmul (+ the residual, rounded once).

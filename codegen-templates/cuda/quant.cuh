@@ -8,7 +8,9 @@
 //   the tensor cores (mma m16n8k16, the rows of x its n columns), f32 sums, the absmax applied
 //   once per 64-weight chunk; otherwise (k_qgemv4v, f32 or blocks of 32) a block of 4 warps per
 //   few output features reading the packed codes 16 bytes (32 weights of one absmax block) at a
-//   time, the 16 code values in shared memory, f32 FMAs. Prefill
+//   time, the 16 code values in shared memory, f32 FMAs; at one row, where the linears read an
+//   RMSNorm's result (the `_norm` calls), k_qgemv4p: persistent, f16 code pairs, computing the
+//   norm itself. Prefill
 //   (larger M): the weight is dequantized into a scratch buffer in the activation dtype exactly
 //   as the cpu twin dequantizes it (f32(code·absmax in f64), rounded to T) and multiplied by the
 //   16-bit path of `linear` (cuBLASLt on the tensor cores; Kiln's tiled GEMM without it).
@@ -29,6 +31,7 @@
 //   on the host from the downloaded per-block absmax with kiln_quant.h's own function, so the
 //   bytes are those of the host quantizer bit for bit.
 #pragma once
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -45,6 +48,7 @@
 #include "runtime.cuh"
 #include "cublaslt.cuh"
 #include "kernels.cuh"
+#include "norm.cuh"
 #include "i8wgmma.cuh"
 
 namespace kiln {
@@ -161,13 +165,18 @@ struct Q4Jobs {
   bool pair;
 };
 
-// this block's job: the last i < n with first[i] ≤ blockIdx.x
+// the job of chunk (or block) c: the last i < n with first[i] ≤ c
 template <typename T>
-__device__ __forceinline__ int job_of(const Q4Jobs<T>& J) {
+__device__ __forceinline__ int job_of_chunk(const Q4Jobs<T>& J, int64_t c) {
   int i = 0;
 #pragma unroll
-  for (int k = 1; k < 4; k++) i += k < J.n && (int64_t)blockIdx.x >= J.first[k];
+  for (int k = 1; k < 4; k++) i += k < J.n && c >= J.first[k];
   return i;
+}
+// this block's job
+template <typename T>
+__device__ __forceinline__ int job_of(const Q4Jobs<T>& J) {
+  return job_of_chunk(J, (int64_t)blockIdx.x);
 }
 // J.j[ji], read at compile-time indices (fewer registers than one read at a run-time index)
 template <typename T>
@@ -361,6 +370,296 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
   }
 }
 
+// ---------------------------------------------------------------- the persistent decode GEMV (M = 1)
+//
+// k_qgemv4p: the 4-bit GEMV at one row of x, for bf16/f16 with whole absmax blocks (a power of 2 ≥
+// 32) in each row of K ≤ q4p::KMAX. What it changes against k_qgemv4v (bench/qgemv2.cu, H100):
+// - one block of 16 warps an SM for the whole launch, its 4 groups of 4 warps each walking chunks
+//   of R = 8 output rows (paired: 4 of gate and the same 4 of up) with k_qgemv4v's access pattern —
+//   thread t of a group takes 16-byte pieces t, t + 128, … of each row — so what a block sets up
+//   is paid once an SM, not once per 8 rows;
+// - a byte of codes (two weights) → the pair (code[lo], code[hi]) as f16x2 from a 256-entry table
+//   replicated per lane (word b·64 + lane: a lane always in its own bank, and the byte_perm that
+//   extracts the byte forms the whole address): one shared load per two weights instead of one
+//   per weight, and one HFMA2 against x's pair. A piece's 16 products are summed in f16x2, then in
+//   f32, × absmax in f32;
+// - x staged once in shared memory as f16 pairs (16-byte chunks XOR-swizzled so that a quarter
+//   warp's 8 chunks fall in 8 bank groups), each 32-value piece scaled by a power of 2 that keeps
+//   its values ≤ 1024 in magnitude (exact; a piece's f16 sums then stay far from overflow), the
+//   scale put back with the absmax;
+// - optionally the RMSNorm that produced x (`gamma` non-null): the block computes it from the
+//   norm's input as the norm kernel does (f64 sum of f32 squares, kiln_norm.h's roundings), so the
+//   norm's own kernel does not run (emit.ts: the `_norm` calls);
+// - the thread's next piece (of this chunk or its next) is loaded before the current one is
+//   decoded, the first one before the set-up.
+// f16 products differ from k_qgemv4v's f32 ones by ≈ 1e-3 relative (rel L2 1.45e-3 on the 7B
+// shapes): the bf16 output's own rounding is 2e-3.
+namespace q4p {
+constexpr int WG = 4, THREADS = WG * 128, R = 8, TAB = 65536, XC = 4;
+constexpr int64_t KMAX = 8 * XC * THREADS;  // x chunks of 8 a thread held in registers while staged
+static inline int smem_bytes(int64_t K) { return TAB + 2 * (int)K + (int)(K / 32) * 4 + WG * 2 * 4 * R * 4; }
+}  // namespace q4p
+
+__device__ __forceinline__ uint32_t f16x2_bits(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+// the R per-lane sums of a warp reduced over its lanes by halving exchanges: lane l ends with the
+// whole sum of row q4p_row<R>(l) (R − 1 + 5 − log2 R shuffles instead of 5R)
+template <int R>
+__device__ __forceinline__ float warp_sum_rows(float (&v)[R], int lane) {
+#pragma unroll
+  for (int o = 16, n = R; n > 1; o >>= 1, n >>= 1) {
+    const bool hi = lane & o;
+#pragma unroll
+    for (int i = 0; i < n / 2; i++) {
+      const float send = hi ? v[i] : v[i + n / 2], keep = hi ? v[i + n / 2] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+  }
+  constexpr int LOGR = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : R == 8 ? 3 : 4;
+#pragma unroll
+  for (int o = 16 >> LOGR; o > 0; o >>= 1) v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+  return v[0];
+}
+template <int R>
+__device__ __forceinline__ int q4p_row(int lane) {
+  int r = 0;
+#pragma unroll
+  for (int s = 0, m = R >> 1; m > 0; s++, m >>= 1) r += ((lane >> (4 - s)) & 1) * m;
+  return r;
+}
+
+template <typename T, bool P, bool DQ, bool NORM>
+__global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict__ x, const T* __restrict__ gamma, float eps, const __grid_constant__ Q4Jobs<T> J,
+                                                            Code16 code, int K, int lb) {
+  using namespace q4p;
+  constexpr int H = P ? R / 2 : R;  // rows of a chunk a job
+  extern __shared__ __align__(16) uint8_t sm[];
+  uint4* xs = reinterpret_cast<uint4*>(sm + TAB);                // K / 8 chunks of 4 f16 pairs
+  float* ps = reinterpret_cast<float*>(sm + TAB + 2 * K);         // a piece's scale
+  float* red = ps + (K >> 5);                                     // [WG][2][4 warps][R]
+  __shared__ float cs[16];
+  __shared__ double ssq[THREADS / 32];
+  const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127, lane = tid & 31, w = t >> 5;
+  const int KV = K >> 5, apr = K >> lb, csh = lb - 5;
+  const int64_t C = J.first[J.n], cstep = (int64_t)gridDim.x * WG;
+  // piece p of chunk c's R rows (rows past N read row N − 1: computed, never stored); with
+  // double quantization the absmax's int8 code and scale, decoded where used
+  auto load = [&](int64_t c, int p, uint4 (&pc)[R], float (&a)[R], int (&ac)[R]) {
+    // the chunk's job: only the fields the loads need, selected at compile-time indices
+    const int ji = job_of_chunk(J, c);
+    const uint8_t* ca = J.j[0].q.codes;
+    const float* aa = DQ ? J.j[0].q.ascale : J.j[0].q.absmax;
+    const int8_t* qa = J.j[0].q.acode;
+    int64_t N = J.j[0].N, f0 = 0;
+#pragma unroll
+    for (int k = 1; k < 4; k++)
+      if (ji == k) ca = J.j[k].q.codes, aa = DQ ? J.j[k].q.ascale : J.j[k].q.absmax, qa = J.j[k].q.acode, N = J.j[k].N, f0 = J.first[k];
+    const uint8_t* cb = P ? J.j[1].q.codes : ca;
+    const float* ab = P ? (DQ ? J.j[1].q.ascale : J.j[1].q.absmax) : aa;
+    const int8_t* qb = P ? J.j[1].q.acode : qa;
+    const int64_t row0 = (c - f0) * H;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int64_t row = min(row0 + (r >= H ? r - H : r), N - 1), b = row * apr + (p >> csh);
+      pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>(r >= H ? cb : ca) + row * KV + p);
+      if constexpr (DQ) {
+        ac[r] = __ldg((r >= H ? qb : qa) + b);
+        a[r] = __ldg((r >= H ? ab : aa) + (b >> 8));
+      } else {
+        a[r] = __ldg((r >= H ? ab : aa) + b);
+      }
+    }
+  };
+  // x (and the norm's weight) first: a few KB from L2 that must not queue behind the weights
+  detail::Pack16<T> xr[XC], g[NORM ? XC : 1];
+#pragma unroll
+  for (int u = 0; u < XC; u++) {
+    const int qi = tid + u * THREADS;
+    if (qi < K / 8) {
+      xr[u].u = __ldg(reinterpret_cast<const uint4*>(x + 8 * qi));
+      if (NORM) g[u].u = __ldg(reinterpret_cast<const uint4*>(gamma + 8 * qi));
+    }
+  }
+  uint4 pc[R];
+  float a[R];
+  int ac[R];
+  int64_t c = (int64_t)blockIdx.x * WG + wg;
+  if (c < C && t < KV) load(c, t, pc, a, ac);  // then the first pieces: they do not wait for the set-up
+  if (tid < 16) cs[tid] = code.f[tid];
+  __syncthreads();  // cs
+  for (int i = tid; i < 256 * 8; i += THREADS) {  // the table, while x is on its way
+    const int b = i >> 3;
+    const uint32_t v = f16x2_bits(cs[b & 15], cs[b >> 4]);
+    reinterpret_cast<uint4*>(sm)[b * 16 + (i & 7)] = make_uint4(v, v, v, v);
+  }
+  float f[XC][8];
+  double s = 0;
+#pragma unroll
+  for (int u = 0; u < XC; u++) {
+    const int qi = tid + u * THREADS;
+    if (qi < K / 8)
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        f[u][e] = Num<T>::load(xr[u].t[e]);
+        if (NORM) s += (double)mul_rn(f[u][e], f[u][e]);
+      }
+  }
+  if (NORM) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) ssq[tid >> 5] = s;
+    __syncthreads();  // ssq
+  }
+  float inv = 0.f;
+  if (NORM) {
+    double tot = 0;
+#pragma unroll
+    for (int i = 0; i < THREADS / 32; i++) tot += ssq[i];  // the warps in order: the same bits every run
+    inv = norm_inv(tot, K, eps);
+  }
+#pragma unroll
+  for (int u = 0; u < XC; u++) {
+    const int qi = tid + u * THREADS;
+    float m = 0.f;
+    if (qi < K / 8) {
+      if (NORM)
+#pragma unroll
+        for (int e = 0; e < 8; e++) f[u][e] = Num<T>::load(norm_out<T>(f[u][e], inv, g[NORM ? u : 0].t[e], nullptr));
+#pragma unroll
+      for (int e = 0; e < 8; e++) m = fmaxf(m, fabsf(f[u][e]));
+    }
+    // the piece (4 chunks: 4 neighbouring lanes) shares one scale
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    float up = 1.f;
+    if (m > 1024.f && m <= 3.0e38f) {
+      int e;
+      frexpf(m, &e);
+      up = ldexpf(1.f, e - 10);
+    }
+    const float dn = 1.f / up;
+    if (qi < K / 8) {
+      const int p = qi >> 2, j = qi & 3;
+      if (j == 0) ps[p] = up;
+      xs[4 * p + (j ^ ((p >> 1) & 3))] = make_uint4(f16x2_bits(f[u][0] * dn, f[u][1] * dn), f16x2_bits(f[u][2] * dn, f[u][3] * dn),
+                                                    f16x2_bits(f[u][4] * dn, f[u][5] * dn), f16x2_bits(f[u][6] * dn, f[u][7] * dn));
+    }
+  }
+  __syncthreads();  // table, xs, ps (the table's writers passed the barrier after cs: ordered by this one)
+  const uint32_t lane4 = lane * 4;
+  const char* tb = reinterpret_cast<const char*>(sm);
+  for (int par = 0; c < C; c += cstep, par ^= 1) {
+    const int ji = job_of_chunk(J, c);
+    const double meana = DQ ? __ldg(job_at(J, ji).q.mean) : 0.0, meanb = P && DQ ? __ldg(J.j[1].q.mean) : 0.0;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.f;
+    for (int p = t; p < KV; p += 128) {
+      uint4 cur[R];
+      float ca[R];
+      int cc[R];
+#pragma unroll
+      for (int r = 0; r < R; r++) cur[r] = pc[r], ca[r] = a[r], cc[r] = ac[r];
+      const bool same = p + 128 < KV;
+      const int64_t cn = same ? c : c + cstep;
+      if (cn < C) load(cn, same ? p + 128 : t, pc, a, ac);
+      uint32_t x2[16];
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const uint4 v = xs[4 * p + (j ^ ((p >> 1) & 3))];
+        x2[4 * j] = v.x, x2[4 * j + 1] = v.y, x2[4 * j + 2] = v.z, x2[4 * j + 3] = v.w;
+      }
+      const float sp = ps[p];
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        __half2 h = __floats2half2_rn(0.f, 0.f);
+        const uint32_t wv[4] = {cur[r].x, cur[r].y, cur[r].z, cur[r].w};
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+          const uint32_t tv = *reinterpret_cast<const uint32_t*>(tb + __byte_perm(wv[k >> 2], lane4, 0x5504 | ((k & 3) << 4)));
+          h = __hfma2(*reinterpret_cast<const __half2*>(&tv), *reinterpret_cast<const __half2*>(&x2[k]), h);
+        }
+        const float2 f2 = __half22float2(h);
+        float am = ca[r];
+        if constexpr (DQ) am = (float)fmax(0.0, __dadd_rn(r >= H ? meanb : meana, __dmul_rn((double)cc[r], (double)ca[r])));
+        acc[r] = fmaf(f2.x + f2.y, am * sp, acc[r]);
+      }
+    }
+    const float v = warp_sum_rows<R>(acc, lane);
+    float* rb = red + ((wg * 2 + par) * 4) * R;
+    if ((lane & (32 / R - 1)) == 0) rb[w * R + q4p_row<R>(lane)] = v;
+    asm volatile("bar.sync %0, 128;" ::"r"(wg + 1) : "memory");
+    if (t < H) {
+      const Q4Job<T> ja = job_at(J, ji);
+      const int64_t row = (c - J.first[ji]) * H + t;
+      if (row < ja.N) {
+        auto value = [&](int slot, const Q4Job<T>& jb) {
+          const float b = jb.bias ? (float)Num<T>::load(jb.bias[row]) : 0.f, rs = jb.res ? (float)Num<T>::load(jb.res[row]) : 0.f;
+          return rb[slot] + rb[R + slot] + rb[2 * R + slot] + rb[3 * R + slot] + b + rs;
+        };
+        store_out(J, P, ji, row, value(t, ja), P ? value(t + H, J.j[1]) : 0.f);
+      }
+    }
+  }
+}
+
+// the RMSNorm a decode GEMV may compute itself (emit.ts's `_norm` calls): its weight, eps, and
+// where the norm's result goes when it runs on its own instead
+template <typename T>
+struct Q4Norm {
+  const T* gamma;
+  double eps;
+  T* xn;
+};
+
+// whether k_qgemv4p runs these jobs: M = 1, bf16/f16, whole absmax blocks of 2^lb ≥ 32 in a row,
+// K ≤ KMAX, x (and gamma) 16-byte aligned, and a norm to compute: alone, the GEMV is no faster
+// than k_qgemv4v (bench/qgemv2.cu, H100: 15.6 vs 14.6 µs on 11008 × 4096, 24.8 vs 25.4 on gate/up
+// paired), so it runs where it also saves the norm's kernel. KILN_Q4P=0 turns it off (an A/B switch).
+static inline bool& q4p_switch() {
+  static bool on = !(getenv("KILN_Q4P") && strcmp(getenv("KILN_Q4P"), "0") == 0);
+  return on;
+}
+static inline bool q4p_enabled() { return q4p_switch(); }
+static inline bool& q4p_force() {  // also where there is no norm (KILN_Q4P=all; bench/qgemv2.cu's comparison)
+  static bool on = getenv("KILN_Q4P") && strcmp(getenv("KILN_Q4P"), "all") == 0;
+  return on;
+}
+template <typename T>
+static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t block, int64_t rows, bool norm) {
+  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || !q4p_enabled()) return false;
+  const int lb = log2_exact(block);
+  if (lb < 5 || K % block != 0 || K % 32 != 0 || K > q4p::KMAX || !detail::aligned16(x) || (gamma && !detail::aligned16(gamma))) return false;
+  return (norm || q4p_force()) && rows > 0;
+}
+template <typename T, bool P, bool DQ, bool NORM>
+static bool q4p_launch(const T* x, const Q4Norm<T>* nrm, const Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, unsigned grid, cudaStream_t s) {
+  static const bool ready = cudaFuncSetAttribute(k_qgemv4p<T, P, DQ, NORM>, cudaFuncAttributeMaxDynamicSharedMemorySize, q4p::smem_bytes(q4p::KMAX)) == cudaSuccess;
+  if (!ready) return false;
+  k_qgemv4p<T, P, DQ, NORM><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, NORM ? nrm->gamma : nullptr, NORM ? (float)nrm->eps : 0.f, J, c, (int)K, lb);
+  return true;
+}
+// J on k_qgemv4p (q4p_takes said yes): fills first[] with its chunks; false when it could not launch
+template <typename T>
+static bool qgemv4p(const T* x, const Q4Norm<T>* nrm, Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, cudaStream_t s) {
+  const int64_t chunks = q4_grid(J, J.pair ? q4p::R / 2 : q4p::R);
+  const int64_t sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
+  const unsigned grid = (unsigned)std::min<int64_t>(sms, (chunks + q4p::WG - 1) / q4p::WG);
+  const bool dq = J.j[0].q.dq;
+  bool ok;
+  if (J.pair) {
+    if (dq) ok = nrm ? q4p_launch<T, true, true, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, true, true, false>(x, nrm, J, c, K, lb, grid, s);
+    else ok = nrm ? q4p_launch<T, true, false, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, true, false, false>(x, nrm, J, c, K, lb, grid, s);
+  } else {
+    if (dq) ok = nrm ? q4p_launch<T, false, true, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, false, true, false>(x, nrm, J, c, K, lb, grid, s);
+    else ok = nrm ? q4p_launch<T, false, false, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, false, false, false>(x, nrm, J, c, K, lb, grid, s);
+  }
+  if (ok) detail::launched("qlinear4 (persistent GEMV)");
+  return ok;
+}
+
 // the line holding p on its way into L1 (a hint: no register waits for it)
 __device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 // 8 bytes of packed codes, past L1 (each weight is read once a forward)
@@ -550,9 +849,22 @@ static Q4Path qgemv4_path(const T* x, const uint8_t* w, int64_t M, int64_t K, in
 }
 
 // One launch of the decode GEMV over J's jobs (1 ≤ M ≤ 8 rows of x), all by `path`; fills first[].
+// nrm: x is the input of an RMSNorm whose result the jobs read — k_qgemv4p computes it (when
+// q4p_takes), else the norm runs into nrm->xn first.
 template <typename T>
-static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t K, int64_t block, Q4Path path, cudaStream_t s) {
+static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t K, int64_t block, Q4Path path, cudaStream_t s, const Q4Norm<T>* nrm = nullptr) {
   const int lb = log2_exact(block);
+  if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
+    if (path == Q4_VEC) {
+      int64_t rows = 0;
+      for (int i = 0; i < J.n; i++) rows += J.j[i].N;
+      if (q4p_takes(x, nrm ? nrm->gamma : nullptr, M, K, block, rows, nrm != nullptr) && qgemv4p<T>(x, nrm, J, c, K, lb, s)) return;
+    }
+  }
+  if (nrm) {
+    rms_norm<T>(x, nrm->gamma, nrm->xn, M, K, nrm->eps);
+    x = nrm->xn;
+  }
   with_rows(M, [&](auto rows) {
     constexpr int MR = decltype(rows)::value;
     // output features a block (registers: R·MR sums). M = 1: 8 rows, 4 blocks an SM — each piece
@@ -1729,6 +2041,57 @@ void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq,
   qdetail::k_silu_mul<T><<<detail::grid_for(M * N, detail::kThreads), detail::kThreads, 0, s>>>(gu, gu + M * N, y, M * N);
   detail::launched("qlinear4 (silu·up)");
   rt::release(gu);
+}
+
+// The readers of an RMSNorm that are all 4-bit linears (emit.ts's `_norm` calls): at one row
+// (decode) k_qgemv4p computes the norm from its input xp as it stages x, so the norm's own kernel
+// does not run (norm_fused(rows) decides at the norm's position); otherwise (or where k_qgemv4p
+// does not take the shape) the norm runs into xn and the plain call follows. fused false: xn
+// already holds the norm's result.
+static inline bool norm_fused(int64_t rows) { return rows == 1 && qdetail::q4p_enabled(); }
+template <typename T>
+void qlinear4_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N,
+                   int64_t K, int64_t block, bool dq, const double* code) {
+  if (fused && M == 1 && N > 0 && qdetail::qgemv4_path(xp, w, M, K, block) == qdetail::Q4_VEC) {
+    const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
+    qdetail::Q4Jobs<T> J = {};
+    J.j[0] = {qdetail::q4_of(w, N * K, block, dq), bias, residual, y, N};
+    J.n = 1;
+    return qdetail::qgemv4<T>(xp, J, qdetail::code16(code), M, K, block, qdetail::Q4_VEC, stream(), &nrm);
+  }
+  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
+  qlinear4<T>(xn, w, bias, residual, y, M, N, K, block, dq, code);
+}
+template <typename T>
+void qlinear4_group_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
+                         std::initializer_list<Q4Linear<T>> ls) {
+  bool one = fused && M == 1 && ls.size() > 0 && ls.size() <= 4;
+  for (const Q4Linear<T>& l : ls) one = one && l.N > 0 && qdetail::qgemv4_path(xp, l.w, M, K, block) == qdetail::Q4_VEC;
+  if (one) {
+    const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
+    qdetail::Q4Jobs<T> J = {};
+    for (const Q4Linear<T>& l : ls) J.j[J.n++] = {qdetail::q4_of(l.w, l.N * K, block, dq), l.bias, l.res, l.y, l.N};
+    return qdetail::qgemv4<T>(xp, J, qdetail::code16(code), M, K, block, qdetail::Q4_VEC, stream(), &nrm);
+  }
+  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
+  qlinear4_group<T>(xn, M, K, block, dq, code, ls);
+}
+template <typename T>
+void qlinear4_silu_mul_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
+                            const Q4Linear<T>& gate, const Q4Linear<T>& up, T* y) {
+  const int64_t N = gate.N;
+  if (fused && M == 1 && N > 0 && up.N == N && qdetail::qgemv4_path(xp, gate.w, M, K, block) == qdetail::Q4_VEC &&
+      qdetail::qgemv4_path(xp, up.w, M, K, block) == qdetail::Q4_VEC) {
+    const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
+    qdetail::Q4Jobs<T> J = {};
+    J.j[0] = {qdetail::q4_of(gate.w, N * K, block, dq), gate.bias, gate.res, y, N};
+    J.j[1] = {qdetail::q4_of(up.w, N * K, block, dq), up.bias, up.res, nullptr, N};
+    J.n = 2;
+    J.pair = true;
+    return qdetail::qgemv4<T>(xp, J, qdetail::code16(code), M, K, block, qdetail::Q4_VEC, stream(), &nrm);
+  }
+  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
+  qlinear4_silu_mul<T>(xn, M, K, block, dq, code, gate, up, y);
 }
 
 // Linears of one graph that read the same activation x with the same threshold share its int8

@@ -165,7 +165,13 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   // attention writes its result through the transpose that is its only reader (which then aliases it)
   const attnOut = attentionOutputs(g, views);
   const writtenBy = new Map([...attnOut].map(([fa, t]) => [t.result.id, fa]));
-  const readsOf = (n: Node): Value[] => [...n.operands, ...n.operands.flatMap((x) => (views.has(x.id) ? [views.get(x.id)!.src] : []))];
+  // RMSNorms read only by 4-bit linears (normReaders): those read the norm's input and weight too
+  const normFuse = o.qgroup === false ? new Map<number, Node>() : normReaders(g, views);
+  const readsOf = (n: Node): Value[] => [
+    ...n.operands,
+    ...n.operands.flatMap((x) => (views.has(x.id) ? [views.get(x.id)!.src] : [])),
+    ...n.operands.flatMap((x) => normFuse.get(x.id)?.operands ?? []),
+  ];
   g.nodes.forEach((n, i) => {
     const aliasing = n.op === "reshape" || inPlace.has(n.result.id) || writtenBy.has(n.result.id);
     root.set(n.result.id, aliasing ? root.get(n.operands[0].id)! : n.result.id);
@@ -200,7 +206,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       return;
     }
     if (grp) {
-      body.push(...emitQ4Group(grp, name, ref, whereOf, consts));
+      body.push(...emitQ4Group(grp, name, ref, whereOf, consts, normFuse));
       release([...grp.members, ...(grp.pair ? [grp.pair.product] : [])], i);
       return;
     }
@@ -263,7 +269,16 @@ export function emitSource(g: Graph, o: EmitOptions): string {
         if (sh?.first) body.push(`  K::Q8Shared q8s${sh.id};`);
         body.push(`  K::qlinear8<${T}>(${q.x}, ${q.w}, ${q.bias}, ${q.res}, ${y}, ${q.M}, ${q.N}, ${q.K}, ${fmtDouble(n.attrs.threshold as number)}${sh ? `, &q8s${sh.id}` : ""});`);
         if (sh?.last) body.push(`  K::qlinear8_done(&q8s${sh.id});`);
+      } else if (normFuse.has(n.operands[0].id)) {
+        const nrm = normArgs(normFuse.get(n.operands[0].id)!, name);
+        body.push(`  K::qlinear4_norm<${T}>(${nrm}, ${q.w}, ${q.bias}, ${q.res}, ${y}, ${q.M}, ${q.N}, ${q.K}, ${q4Config(n, consts)});`);
       } else body.push(`  K::qlinear4<${T}>(${q.x}, ${q.w}, ${q.bias}, ${q.res}, ${y}, ${q.M}, ${q.N}, ${q.K}, ${q4Config(n, consts)});`);
+    } else if (n.op === "rms_norm" && normFuse.has(n.result.id)) {
+      // its readers compute it themselves where the target's decode GEMV can (K::norm_fused); then it does not run here
+      const [x, w] = n.operands;
+      const rows = cprod(x.shape.slice(0, -1));
+      body.push(`  const bool nf${n.result.id} = K::norm_fused(${rows});`);
+      body.push(`  if (!nf${n.result.id}) K::rms_norm<${T}>(${name.get(x.id)}, ${name.get(w.id)}, ${y}, ${rows}, ${cdim(x.shape[x.shape.length - 1])}, ${fmtDouble(n.attrs.eps as number)});`);
     } else if (n.op === "elementwise" || LONE_ELEMENTWISE.has(n.op)) {
       // a lone arithmetic op (one fuse-elementwise left alone: nothing to fuse with) runs as a
       // one-op expression, so it gets the functor's vectorized chunks too
@@ -382,7 +397,14 @@ function q4Config(n: Node, consts: string[]): string {
  * allocation of every result it writes: each member's (qlinear4_group), or a pair's product
  * (qlinear4_silu_mul; gate and up are not materialized).
  */
-function emitQ4Group(grp: Q4Group, name: Map<number, string>, ref: (v: Value) => string, whereOf: (n: Node) => string, consts: string[]): string[] {
+function emitQ4Group(
+  grp: Q4Group,
+  name: Map<number, string>,
+  ref: (v: Value) => string,
+  whereOf: (n: Node) => string,
+  consts: string[],
+  normFuse: Map<number, Node>,
+): string[] {
   const first = grp.members[0];
   const T = CTYPE[first.result.dtype];
   const outs = grp.pair ? [grp.pair.product] : grp.members;
@@ -398,11 +420,47 @@ function emitQ4Group(grp: Q4Group, name: Map<number, string>, ref: (v: Value) =>
     const a = qlinearArgs(n, name);
     return `{${a.w}, ${a.bias}, ${a.res}, ${y}, ${a.N}}`;
   };
+  // x an RMSNorm's result that only 4-bit linears read: the `_norm` calls (they may compute the norm themselves)
+  const norm = normFuse.get(first.operands[0].id);
+  const [fn, args] = norm ? ["_norm", `${normArgs(norm, name)}, ${q.M}, ${q.K}, ${q4Config(first, consts)}`] : ["", head];
   if (grp.pair) {
     const { gate, up, product } = grp.pair;
-    lines.push(`  K::qlinear4_silu_mul<${T}>(${head}, ${linear(gate, "nullptr")}, ${linear(up, "nullptr")}, v${product.result.id});`);
-  } else lines.push(`  K::qlinear4_group<${T}>(${head}, {${grp.members.map((n) => linear(n, `v${n.result.id}`)).join(", ")}});`);
+    lines.push(`  K::qlinear4_silu_mul${fn}<${T}>(${args}, ${linear(gate, "nullptr")}, ${linear(up, "nullptr")}, v${product.result.id});`);
+  } else lines.push(`  K::qlinear4_group${fn}<${T}>(${args}, {${grp.members.map((n) => linear(n, `v${n.result.id}`)).join(", ")}});`);
   return lines;
+}
+
+/**
+ * The RMSNorms whose every reader is a 4-bit qlinear reading it as x (a decoder layer's
+ * input_layernorm → q/k/v, post_attention_layernorm → gate/up), by result id. Their readers are
+ * emitted as the `_norm` calls (qlinear4_norm, qlinear4_group_norm, qlinear4_silu_mul_norm), which
+ * take the norm's input, weight and eps as well as its result; where the target's decode GEMV
+ * computes the norm itself (K::norm_fused: the cuda target at one row, k_qgemv4p) the norm's own
+ * kernel does not run. The graph is not changed: which kernel computes the norm is the target's
+ * business. (16-bit linears are not: the norm inside their warp-a-row GEMV was measured slower,
+ * bench/NOTES.md.)
+ */
+function normReaders(g: Graph, views: Map<number, View>): Map<number, Node> {
+  const uses = usesOf(g);
+  const outputs = new Set(g.outputs.map((o) => o.value.id));
+  const out = new Map<number, Node>();
+  for (const n of g.nodes) {
+    if (n.op !== "rms_norm" || outputs.has(n.result.id) || views.has(n.result.id)) continue;
+    const rs = uses.get(n.result.id) ?? [];
+    const ok = (u: Node): boolean =>
+      u.op === "qlinear" &&
+      (u.attrs.scheme === "nf4" || u.attrs.scheme === "fp4") &&
+      u.operands[0].id === n.result.id &&
+      u.operands.slice(1).every((v) => v.id !== n.result.id);
+    if (rs.length > 0 && rs.every(ok)) out.set(n.result.id, n);
+  }
+  return out;
+}
+
+/** The `_norm` calls' leading arguments: the norm's input, weight, eps, whether the readers compute it, and its result. */
+function normArgs(norm: Node, name: Map<number, string>): string {
+  const [x, w] = norm.operands;
+  return `${name.get(x.id)}, ${name.get(w.id)}, ${fmtDouble(norm.attrs.eps as number)}, nf${norm.result.id}, v${norm.result.id}`;
 }
 
 /** An elementwise operand read through a transpose and/or a constant-index gather of `src`. */
