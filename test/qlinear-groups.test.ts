@@ -1,14 +1,16 @@
 // The 4-bit linears that read one activation run as one call (compiler/codegen/qlinear-groups.ts):
 // which qlinears group and which pair with silu·up (and which must not); the emitted source of a
 // tiny nf4 Llama (q/k/v → one qlinear4_group call, gate/up → one qlinear4_silu_mul call, the
-// elementwise product gone); and on the cpu target the same logits and tokens, bit for bit, with
-// and without grouping (f32 and bf16).
+// elementwise product gone); which RMSNorms their calls compute (read only by 4-bit linears: the
+// `_norm` calls behind K::norm_fused); and on the cpu target the same logits and tokens, bit for
+// bit, with and without grouping (f32 and bf16).
 
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
+import { emitSource } from "../compiler/codegen/emit.js";
 import { qlinear4Groups, siluMul } from "../compiler/codegen/qlinear-groups.js";
 import { parseExpr } from "../compiler/ir/expr.js";
 import type { Attrs, Value } from "../compiler/ir/index.js";
@@ -90,6 +92,50 @@ describe("which 4-bit linears group", () => {
     });
     const q = g.nodes.filter((n) => n.op === "qlinear").map((n) => n.result.id);
     expect(ids(g)).toEqual([{ members: [q[0], q[2]], pair: undefined }]);
+  });
+});
+
+// An RMSNorm whose every reader is a 4-bit linear is computed by them where the target can
+// (K::norm_fused: the cuda decode GEMV k_qgemv4p): the norm is emitted behind that flag and its
+// readers as the `_norm` calls. Any other reader (an output, an int8 or 16-bit linear, a linear
+// reading it as its residual) keeps the norm as it was.
+describe("an RMSNorm read only by 4-bit linears", () => {
+  const template = readFileSync(join(import.meta.dirname, "..", "codegen-templates", "model.cpp.tpl"), "utf8");
+  function source(extra: "none" | "output" | "int8" | "linear" | "residual"): string {
+    const b = new GraphBuilder("g");
+    const node = (op: string, operands: Value[], attrs: Attrs = {}): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
+    const x = b.input("x", { dtype: "bf16", shape: ["S", 64] });
+    const n = node("rms_norm", [x, b.param("norm.weight", { dtype: "bf16", shape: [64] })], { eps: 1e-6 });
+    const lin = (i: number, scheme: string, o: { res?: Value } = {}): Value =>
+      node("qlinear", [n, b.param(`l${i}.weight`, { dtype: "bf16", shape: [64, 64] }), ...(o.res ? [o.res] : [])], {
+        scheme,
+        block: 64,
+        double_quant: false,
+        threshold: 6,
+        ...(o.res ? { residual: true } : {}),
+      });
+    for (let i = 0; i < 3; i++) b.output(`y${i}`, lin(i, "nf4"));
+    if (extra === "output") b.output("n", n);
+    if (extra === "int8") b.output("y3", lin(3, "int8"));
+    if (extra === "linear") b.output("y3", node("linear", [n, b.param("l3.weight", { dtype: "bf16", shape: [64, 64] })]));
+    if (extra === "residual") b.output("y3", lin(3, "nf4", { res: n }));
+    return emitSource(b.graph, { target: "cuda", hash: "0", kilnVersion: "0", template });
+  }
+
+  test("is emitted behind K::norm_fused, its readers as one qlinear4_group_norm call with its input, weight and eps", () => {
+    const src = source("none");
+    const m = src.match(/const bool nf(\d+) = K::norm_fused\(\(d_S\)\);\n {2}if \(!nf\1\) K::rms_norm<kiln::bf16>\((\w+), (\w+), v\1, \(d_S\), \(int64_t\)64, 0\.000001\);/);
+    expect(m).not.toBeNull();
+    const [, id, x, w] = m!;
+    expect(src.match(/K::qlinear4_group_norm<kiln::bf16>\(/g)).toHaveLength(1);
+    expect(src).toContain(`K::qlinear4_group_norm<kiln::bf16>(${x}, ${w}, 0.000001, nf${id}, v${id}, (d_S), (int64_t)64, 64, false, kiln_code_nf4, {`);
+    expect(src).not.toMatch(/K::qlinear4_group<|K::qlinear4</);
+  });
+
+  test.each(["output", "int8", "linear", "residual"] as const)("stays a plain norm when it is also read as %s", (extra) => {
+    const src = source(extra);
+    expect(src).not.toMatch(/norm_fused|qlinear4\w*_norm</);
+    expect(src).toMatch(/ {2}K::rms_norm<kiln::bf16>\(\w+, \w+, v\d+, \(d_S\), \(int64_t\)64, 0\.000001\);/);
   });
 });
 
