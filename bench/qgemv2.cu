@@ -7,7 +7,6 @@
 // - an RMSNorm then the linear(s) reading it: off = the norm kernel + k_qgemv4v, on = k_qgemv4p
 //   computing the norm as it stages x (qlinear4_norm / qlinear4_group_norm / qlinear4_silu_mul_norm
 //   with fused = true) — the 12288 × 4096 shape as q/k/v (three jobs of 4096);
-// - double quantization, one linear.
 // Checks (rel L2 against the off path ≤ 1e-2; the fused norm against norm kernel + k_qgemv4p ≤ 1e-3).
 // The design's history (k_v4, the experiment it came from: persistent blocks, the byte → f16 pair
 // table, x staged in f16, prefetching across row groups) is in bench/NOTES.md and
@@ -66,11 +65,6 @@ static void run_pair_norm(const bf16* x, const uint8_t* w, bf16* y, int64_t N, i
   kiln::cuda::qlinear4_silu_mul_norm<bf16>(g_xp, g_gamma, 1e-5, on, (bf16*)x, 1, K, 64, false, NF4, {w, nullptr, nullptr, nullptr, N},
                                            {next_copy(w), nullptr, nullptr, nullptr, N}, y);
 }
-static uint8_t* g_dq[8];
-static void run_dq(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  kiln::cuda::qlinear4<bf16>(x, g_dq[copy_of(w)], nullptr, nullptr, y, 1, N, K, 64, true, NF4);
-}
-
 struct Variant {
   const char* name;
   void (*launch)(const bf16*, const uint8_t*, bf16*, int64_t, int64_t);
@@ -85,7 +79,6 @@ int main() {
       {"gate/up paired (N each; TB/s of both)", run_pair},
       {"RMSNorm → linear (12288: → q/k/v)", run_norm},
       {"RMSNorm → gate/up paired", run_pair_norm},
-      {"double quant, one linear", run_dq},
   };
   const int NV = sizeof(vs) / sizeof(vs[0]);
   const int64_t shapes[4][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
@@ -109,13 +102,11 @@ int main() {
     k_to<bf16><<<1024, 256, 0, kiln::cuda::stream()>>>(xf, g_xp, K);
     k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(xf, K, 9, 2.f);
     k_to<bf16><<<1024, 256, 0, kiln::cuda::stream()>>>(xf, g_gamma, K);
-    const int64_t b4 = kiln::quant::bytes4(n, 64, false), b4d = kiln::quant::bytes4(n, 64, true);
+    const int64_t b4 = kiln::quant::bytes4(n, 64, false);
     for (int c = 0; c < COPIES; c++) {
       k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(wf, n, 100 + c, 0.05f);
       cudaMalloc(&g_q4[c], b4);
       ck(kiln_quantize4(g_q4[c], wf, n, 64, 0, NF4), "quantize4");
-      cudaMalloc(&g_dq[c], b4d);
-      ck(kiln_quantize4(g_dq[c], wf, n, 64, 1, NF4), "quantize4 dq");
       for (int j = 0; j < 3 && N == 3 * K; j++) {
         cudaMalloc(&g_qkv[c][j], kiln::quant::bytes4(K * K, 64, false));
         ck(kiln_quantize4(g_qkv[c][j], wf + j * K * K, K * K, 64, 0, NF4), "quantize4 qkv");
@@ -166,7 +157,7 @@ int main() {
       if (N * K >= ((int64_t)32 << 20) && diff * 100 > N) ok = false;
     }
     for (int c = 0; c < COPIES; c++) {
-      cudaFree(g_q4[c]), cudaFree(g_dq[c]);
+      cudaFree(g_q4[c]);
       for (int j = 0; j < 3 && N == 3 * K; j++) cudaFree(g_qkv[c][j]);
     }
     cudaFree(wf), cudaFree(xf), cudaFree(x), cudaFree(y), cudaFree(y0), cudaFree(g_xp), cudaFree(g_gamma);

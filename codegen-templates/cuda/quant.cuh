@@ -372,8 +372,8 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
 
 // ---------------------------------------------------------------- the persistent decode GEMV (M = 1)
 //
-// k_qgemv4p: the 4-bit GEMV at one row of x, for bf16/f16 with whole absmax blocks (a power of 2 ≥
-// 32) in each row of K ≤ q4p::KMAX. What it changes against k_qgemv4v (bench/qgemv2.cu, H100):
+// k_qgemv4p: the 4-bit GEMV at one row of x, for bf16/f16 without double quantization, with whole
+// absmax blocks (a power of 2 ≥ 32) in each row of K ≤ q4p::KMAX. What it changes against k_qgemv4v (bench/qgemv2.cu, H100):
 // - one block of 16 warps an SM for the whole launch, its 4 groups of 4 warps each walking chunks
 //   of R = 8 output rows (paired: 4 of gate and the same 4 of up) with k_qgemv4v's access pattern —
 //   thread t of a group takes 16-byte pieces t, t + 128, … of each row — so what a block sets up
@@ -430,7 +430,7 @@ __device__ __forceinline__ int q4p_row(int lane) {
   return r;
 }
 
-template <typename T, bool P, bool DQ, bool NORM>
+template <typename T, bool P, bool NORM>
 __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict__ x, const T* __restrict__ gamma, float eps, const __grid_constant__ Q4Jobs<T> J,
                                                             Code16 code, int K, int lb) {
   using namespace q4p;
@@ -444,32 +444,24 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127, lane = tid & 31, w = t >> 5;
   const int KV = K >> 5, apr = K >> lb, csh = lb - 5;
   const int64_t C = J.first[J.n], cstep = (int64_t)gridDim.x * WG;
-  // piece p of chunk c's R rows (rows past N read row N − 1: computed, never stored); with
-  // double quantization the absmax's int8 code and scale, decoded where used
-  auto load = [&](int64_t c, int p, uint4 (&pc)[R], float (&a)[R], int (&ac)[R]) {
+  // piece p of chunk c's R rows (rows past N read row N − 1: computed, never stored)
+  auto load = [&](int64_t c, int p, uint4 (&pc)[R], float (&a)[R]) {
     // the chunk's job: only the fields the loads need, selected at compile-time indices
     const int ji = job_of_chunk(J, c);
     const uint8_t* ca = J.j[0].q.codes;
-    const float* aa = DQ ? J.j[0].q.ascale : J.j[0].q.absmax;
-    const int8_t* qa = J.j[0].q.acode;
+    const float* aa = J.j[0].q.absmax;
     int64_t N = J.j[0].N, f0 = 0;
 #pragma unroll
     for (int k = 1; k < 4; k++)
-      if (ji == k) ca = J.j[k].q.codes, aa = DQ ? J.j[k].q.ascale : J.j[k].q.absmax, qa = J.j[k].q.acode, N = J.j[k].N, f0 = J.first[k];
+      if (ji == k) ca = J.j[k].q.codes, aa = J.j[k].q.absmax, N = J.j[k].N, f0 = J.first[k];
     const uint8_t* cb = P ? J.j[1].q.codes : ca;
-    const float* ab = P ? (DQ ? J.j[1].q.ascale : J.j[1].q.absmax) : aa;
-    const int8_t* qb = P ? J.j[1].q.acode : qa;
+    const float* ab = P ? J.j[1].q.absmax : aa;
     const int64_t row0 = (c - f0) * H;
 #pragma unroll
     for (int r = 0; r < R; r++) {
-      const int64_t row = min(row0 + (r >= H ? r - H : r), N - 1), b = row * apr + (p >> csh);
+      const int64_t row = min(row0 + (r >= H ? r - H : r), N - 1);
       pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>(r >= H ? cb : ca) + row * KV + p);
-      if constexpr (DQ) {
-        ac[r] = __ldg((r >= H ? qb : qa) + b);
-        a[r] = __ldg((r >= H ? ab : aa) + (b >> 8));
-      } else {
-        a[r] = __ldg((r >= H ? ab : aa) + b);
-      }
+      a[r] = __ldg((r >= H ? ab : aa) + row * apr + (p >> csh));
     }
   };
   // x (and the norm's weight) first: a few KB from L2 that must not queue behind the weights
@@ -484,9 +476,8 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   }
   uint4 pc[R];
   float a[R];
-  int ac[R];
   int64_t c = (int64_t)blockIdx.x * WG + wg;
-  if (c < C && t < KV) load(c, t, pc, a, ac);  // then the first pieces: they do not wait for the set-up
+  if (c < C && t < KV) load(c, t, pc, a);  // then the first pieces: they do not wait for the set-up
   if (tid < 16) cs[tid] = code.f[tid];
   __syncthreads();  // cs
   for (int i = tid; i < 256 * 8; i += THREADS) {  // the table, while x is on its way
@@ -552,19 +543,17 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   const char* tb = reinterpret_cast<const char*>(sm);
   for (int par = 0; c < C; c += cstep, par ^= 1) {
     const int ji = job_of_chunk(J, c);
-    const double meana = DQ ? __ldg(job_at(J, ji).q.mean) : 0.0, meanb = P && DQ ? __ldg(J.j[1].q.mean) : 0.0;
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
     for (int p = t; p < KV; p += 128) {
       uint4 cur[R];
       float ca[R];
-      int cc[R];
 #pragma unroll
-      for (int r = 0; r < R; r++) cur[r] = pc[r], ca[r] = a[r], cc[r] = ac[r];
+      for (int r = 0; r < R; r++) cur[r] = pc[r], ca[r] = a[r];
       const bool same = p + 128 < KV;
       const int64_t cn = same ? c : c + cstep;
-      if (cn < C) load(cn, same ? p + 128 : t, pc, a, ac);
+      if (cn < C) load(cn, same ? p + 128 : t, pc, a);
       uint32_t x2[16];
 #pragma unroll
       for (int j = 0; j < 4; j++) {
@@ -582,9 +571,7 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
           h = __hfma2(*reinterpret_cast<const __half2*>(&tv), *reinterpret_cast<const __half2*>(&x2[k]), h);
         }
         const float2 f2 = __half22float2(h);
-        float am = ca[r];
-        if constexpr (DQ) am = (float)fmax(0.0, __dadd_rn(r >= H ? meanb : meana, __dmul_rn((double)cc[r], (double)ca[r])));
-        acc[r] = fmaf(f2.x + f2.y, am * sp, acc[r]);
+        acc[r] = fmaf(f2.x + f2.y, ca[r] * sp, acc[r]);
       }
     }
     const float v = warp_sum_rows<R>(acc, lane);
@@ -614,10 +601,13 @@ struct Q4Norm {
   T* xn;
 };
 
-// whether k_qgemv4p runs these jobs: M = 1, bf16/f16, whole absmax blocks of 2^lb ≥ 32 in a row,
-// K ≤ KMAX, x (and gamma) 16-byte aligned, and a norm to compute: alone, the GEMV is no faster
-// than k_qgemv4v (bench/qgemv2.cu, H100: 15.6 vs 14.6 µs on 11008 × 4096, 24.8 vs 25.4 on gate/up
-// paired), so it runs where it also saves the norm's kernel. KILN_Q4P=0 turns it off (an A/B switch).
+// whether k_qgemv4p runs these jobs: M = 1, bf16/f16, no double quantization, whole absmax blocks
+// of 2^lb ≥ 32 in a row, K ≤ KMAX, x (and gamma) 16-byte aligned, and a norm to compute: alone,
+// the GEMV is no faster than k_qgemv4v (bench/qgemv2.cu, H100: 15.6 vs 14.6 µs on 11008 × 4096,
+// 24.8 vs 25.4 on gate/up paired), so it runs where it also saves the norm's kernel. With double
+// quantization it was slower than k_qgemv4v + the norm kernel in the step (bench:quant at 7fc9f15:
+// nf4 + dq 310.6 tokens/s against 324.9 before), so those keep both. KILN_Q4P=0 turns it off (an
+// A/B switch).
 static inline bool& q4p_switch() {
   static bool on = !(getenv("KILN_Q4P") && strcmp(getenv("KILN_Q4P"), "0") == 0);
   return on;
@@ -628,17 +618,17 @@ static inline bool& q4p_force() {  // also where there is no norm (KILN_Q4P=all;
   return on;
 }
 template <typename T>
-static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t block, int64_t rows, bool norm) {
-  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || !q4p_enabled()) return false;
+static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t block, bool dq, int64_t rows, bool norm) {
+  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || dq || !q4p_enabled()) return false;
   const int lb = log2_exact(block);
   if (lb < 5 || K % block != 0 || K % 32 != 0 || K > q4p::KMAX || !detail::aligned16(x) || (gamma && !detail::aligned16(gamma))) return false;
   return (norm || q4p_force()) && rows > 0;
 }
-template <typename T, bool P, bool DQ, bool NORM>
+template <typename T, bool P, bool NORM>
 static bool q4p_launch(const T* x, const Q4Norm<T>* nrm, const Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, unsigned grid, cudaStream_t s) {
-  static const bool ready = cudaFuncSetAttribute(k_qgemv4p<T, P, DQ, NORM>, cudaFuncAttributeMaxDynamicSharedMemorySize, q4p::smem_bytes(q4p::KMAX)) == cudaSuccess;
+  static const bool ready = cudaFuncSetAttribute(k_qgemv4p<T, P, NORM>, cudaFuncAttributeMaxDynamicSharedMemorySize, q4p::smem_bytes(q4p::KMAX)) == cudaSuccess;
   if (!ready) return false;
-  k_qgemv4p<T, P, DQ, NORM><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, NORM ? nrm->gamma : nullptr, NORM ? (float)nrm->eps : 0.f, J, c, (int)K, lb);
+  k_qgemv4p<T, P, NORM><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, NORM ? nrm->gamma : nullptr, NORM ? (float)nrm->eps : 0.f, J, c, (int)K, lb);
   return true;
 }
 // J on k_qgemv4p (q4p_takes said yes): fills first[] with its chunks; false when it could not launch
@@ -647,15 +637,9 @@ static bool qgemv4p(const T* x, const Q4Norm<T>* nrm, Q4Jobs<T>& J, const Code16
   const int64_t chunks = q4_grid(J, J.pair ? q4p::R / 2 : q4p::R);
   const int64_t sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
   const unsigned grid = (unsigned)std::min<int64_t>(sms, (chunks + q4p::WG - 1) / q4p::WG);
-  const bool dq = J.j[0].q.dq;
   bool ok;
-  if (J.pair) {
-    if (dq) ok = nrm ? q4p_launch<T, true, true, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, true, true, false>(x, nrm, J, c, K, lb, grid, s);
-    else ok = nrm ? q4p_launch<T, true, false, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, true, false, false>(x, nrm, J, c, K, lb, grid, s);
-  } else {
-    if (dq) ok = nrm ? q4p_launch<T, false, true, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, false, true, false>(x, nrm, J, c, K, lb, grid, s);
-    else ok = nrm ? q4p_launch<T, false, false, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, false, false, false>(x, nrm, J, c, K, lb, grid, s);
-  }
+  if (J.pair) ok = nrm ? q4p_launch<T, true, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, true, false>(x, nrm, J, c, K, lb, grid, s);
+  else ok = nrm ? q4p_launch<T, false, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, false, false>(x, nrm, J, c, K, lb, grid, s);
   if (ok) detail::launched("qlinear4 (persistent GEMV)");
   return ok;
 }
@@ -858,7 +842,7 @@ static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t
     if (path == Q4_VEC) {
       int64_t rows = 0;
       for (int i = 0; i < J.n; i++) rows += J.j[i].N;
-      if (q4p_takes(x, nrm ? nrm->gamma : nullptr, M, K, block, rows, nrm != nullptr) && qgemv4p<T>(x, nrm, J, c, K, lb, s)) return;
+      if (q4p_takes(x, nrm ? nrm->gamma : nullptr, M, K, block, J.j[0].q.dq, rows, nrm != nullptr) && qgemv4p<T>(x, nrm, J, c, K, lb, s)) return;
     }
   }
   if (nrm) {
