@@ -6,7 +6,7 @@
 // edges), and hd 96 (the simple loop). Timing: Llama-2-7B's decode (32 heads of 128, cache 2304,
 // position 224 and 2000), one call in a CUDA graph of 20 (µs a call, median of 15).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/attn_decode bench/attn_decode.cu
-//   (add -DKILN_ATTN_NO_VEC for the simple loop alone, to time the two)
+//   (add -DKILN_ATTN_NO_VEC for the simple loop alone, to time the two; -DKILN_ATTN_CHUNK=n for n keys a split)
 //   bench/tmp/attn_decode      (a line per case, the timing, then PASS or FAIL; exit status 1 on FAIL)
 #include "common/kiln_types.h"
 #include "cuda/kernels.cuh"

@@ -276,7 +276,10 @@ __global__ void k_gather_runs(const T* __restrict__ x, const I* __restrict__ idx
 // grid covers the keys' full extent Tk (with the static cache, its capacity: the position lives on
 // the device); splits past the query's last key exit at once. This is the simple kernel for decode
 // and short prompts (decode, S < 16); prefill goes to the tiled tensor-core kernel of flash_attn2.cuh.
-static const int kChunk = 64;
+#ifndef KILN_ATTN_CHUNK
+#define KILN_ATTN_CHUNK 64  // (a compile-time knob for bench/attn_decode.cu's comparison)
+#endif
+static const int kChunk = KILN_ATTN_CHUNK;
 
 // 16 bytes of T as f32 (E values)
 template <typename T> struct Vec;
