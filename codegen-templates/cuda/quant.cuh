@@ -600,6 +600,16 @@ struct Q4Norm {
   double eps;
   T* xn;
 };
+// where a call cannot compute the norm inside its GEMV: x (the norm's input when nrm is set)
+// becomes the norm's result, run by the norm kernel, and nrm is spent
+template <typename T>
+static const T* unfuse(const T* x, const Q4Norm<T>*& nrm, int64_t M, int64_t K) {
+  if (!nrm) return x;
+  rms_norm<T>(x, nrm->gamma, nrm->xn, M, K, nrm->eps);
+  x = nrm->xn;
+  nrm = nullptr;
+  return x;
+}
 
 // whether k_qgemv4p runs these jobs: M = 1, bf16/f16, no double quantization, whole absmax blocks
 // of 2^lb ≥ 32 in a row, K ≤ KMAX, x (and gamma) 16-byte aligned, and a norm to compute: alone,
@@ -612,14 +622,13 @@ static inline bool& q4p_switch() {
   static bool on = !(getenv("KILN_Q4P") && strcmp(getenv("KILN_Q4P"), "0") == 0);
   return on;
 }
-static inline bool q4p_enabled() { return q4p_switch(); }
 static inline bool& q4p_force() {  // also where there is no norm (KILN_Q4P=all; bench/qgemv2.cu's comparison)
   static bool on = getenv("KILN_Q4P") && strcmp(getenv("KILN_Q4P"), "all") == 0;
   return on;
 }
 template <typename T>
 static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t block, bool dq, int64_t rows, bool norm) {
-  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || dq || !q4p_enabled()) return false;
+  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || dq || !q4p_switch()) return false;
   const int lb = log2_exact(block);
   if (lb < 5 || K % block != 0 || K % 32 != 0 || K > q4p::KMAX || !detail::aligned16(x) || (gamma && !detail::aligned16(gamma))) return false;
   return (norm || q4p_force()) && rows > 0;
@@ -845,10 +854,7 @@ static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t
       if (q4p_takes(x, nrm ? nrm->gamma : nullptr, M, K, block, J.j[0].q.dq, rows, nrm != nullptr) && qgemv4p<T>(x, nrm, J, c, K, lb, s)) return;
     }
   }
-  if (nrm) {
-    rms_norm<T>(x, nrm->gamma, nrm->xn, M, K, nrm->eps);
-    x = nrm->xn;
-  }
+  x = unfuse(x, nrm, M, K);
   with_rows(M, [&](auto rows) {
     constexpr int MR = decltype(rows)::value;
     // output features a block (registers: R·MR sums). M = 1: 8 rows, 4 blocks an SM — each piece
@@ -1946,9 +1952,11 @@ static void i8_release(const I8Prep<T>& p) {
 
 // qlinear, 4-bit: y = x · deq(W)ᵀ (+ b) (+ residual, fuse-residual's, in the GEMV's store or the
 // GEMM's epilogue); W in kiln_quant.h's 4-bit layout, `code` the 16 code values (host memory: they
-// travel to the kernels by value).
+// travel to the kernels by value). nrm (the `_norm` calls below): x is the input of the RMSNorm
+// whose result the linear reads.
 template <typename T>
-void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K, int64_t block, bool dq, const double* code) {
+void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K, int64_t block, bool dq, const double* code,
+              const qdetail::Q4Norm<T>* nrm = nullptr) {
   if (M <= 0 || N <= 0) return;
   const qdetail::Q4 q = qdetail::q4_of(w, N * K, block, dq);
   const qdetail::Code16 c = qdetail::code16(code);
@@ -1957,8 +1965,9 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
     qdetail::Q4Jobs<T> J = {};
     J.j[0] = {q, bias, residual, y, N};
     J.n = 1;
-    return qdetail::qgemv4<T>(x, J, c, M, K, block, qdetail::qgemv4_path(x, w, M, K, block), s);
+    return qdetail::qgemv4<T>(x, J, c, M, K, block, qdetail::qgemv4_path(x, w, M, K, block), s, nrm);
   }
+  x = qdetail::unfuse(x, nrm, M, K);
   // prefill: dequantize into a scratch weight, then the 16-bit GEMM of `linear`
   T* wd = (T*)rt::alloc((int64_t)sizeof(T) * N * K, "qlinear4 (dequantized weight)");
   if ((N * K) % 32 == 0 && block % 32 == 0 && detail::aligned16(w) && detail::aligned16(wd)) {
@@ -1979,7 +1988,8 @@ using quant::Q4Linear;
 // all, each as its own qlinear4 would; prefill runs them one by one (as do linears whose weights
 // would take different GEMV paths, e.g. one not 16-byte aligned).
 template <typename T>
-void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, std::initializer_list<Q4Linear<T>> ls) {
+void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, std::initializer_list<Q4Linear<T>> ls,
+                    const qdetail::Q4Norm<T>* nrm = nullptr) {
   if (M <= 0 || ls.size() == 0) return;
   const Q4Linear<T>* l = ls.begin();
   const int64_t n = (int64_t)ls.size();
@@ -1987,14 +1997,15 @@ void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, co
   bool one = M <= 8;
   for (int64_t i = 0; i < n; i++) one = one && l[i].N > 0 && qdetail::qgemv4_path(x, l[i].w, M, K, block) == path;
   if (!one) {
+    x = qdetail::unfuse(x, nrm, M, K);
     for (int64_t i = 0; i < n; i++) qlinear4<T>(x, l[i].w, l[i].bias, l[i].res, l[i].y, M, l[i].N, K, block, dq, code);
     return;
   }
   const qdetail::Code16 c = qdetail::code16(code);
-  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {  // (a norm: each launch computes it, or runs its kernel first)
     qdetail::Q4Jobs<T> J = {};
     for (int64_t i = i0; i < n && i < i0 + 4; i++) J.j[J.n++] = {qdetail::q4_of(l[i].w, l[i].N * K, block, dq), l[i].bias, l[i].res, l[i].y, l[i].N};
-    qdetail::qgemv4<T>(x, J, c, M, K, block, path, stream());
+    qdetail::qgemv4<T>(x, J, c, M, K, block, path, stream(), nrm);
   }
 }
 
@@ -2005,7 +2016,8 @@ void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, co
 // taking different GEMV paths): both linears into scratch, then the product. gate.y and up.y are
 // unused.
 template <typename T>
-void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, const Q4Linear<T>& gate, const Q4Linear<T>& up, T* y) {
+void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, const Q4Linear<T>& gate, const Q4Linear<T>& up, T* y,
+                       const qdetail::Q4Norm<T>* nrm = nullptr) {
   const int64_t N = gate.N;
   if (up.N != N) rt::fail(KILN_ERR_INVALID, "qlinear4_silu_mul: gate has N = %lld, up N = %lld", (long long)N, (long long)up.N);
   if (M <= 0 || N <= 0) return;
@@ -2017,8 +2029,9 @@ void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq,
     J.j[1] = {qdetail::q4_of(up.w, N * K, block, dq), up.bias, up.res, nullptr, N};
     J.n = 2;
     J.pair = true;
-    return qdetail::qgemv4<T>(x, J, qdetail::code16(code), M, K, block, path, s);
+    return qdetail::qgemv4<T>(x, J, qdetail::code16(code), M, K, block, path, s, nrm);
   }
+  x = qdetail::unfuse(x, nrm, M, K);
   T* gu = (T*)rt::alloc(2 * (int64_t)sizeof(T) * M * N, "qlinear4_silu_mul (gate and up)");
   qlinear4<T>(x, gate.w, gate.bias, gate.res, gu, M, N, K, block, dq, code);
   qlinear4<T>(x, up.w, up.bias, up.res, gu + M * N, M, N, K, block, dq, code);
@@ -2032,50 +2045,24 @@ void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq,
 // does not run (norm_fused(rows) decides at the norm's position); otherwise (or where k_qgemv4p
 // does not take the shape) the norm runs into xn and the plain call follows. fused false: xn
 // already holds the norm's result.
-static inline bool norm_fused(int64_t rows) { return rows == 1 && qdetail::q4p_enabled(); }
+static inline bool norm_fused(int64_t rows) { return rows == 1 && qdetail::q4p_switch(); }
 template <typename T>
 void qlinear4_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N,
                    int64_t K, int64_t block, bool dq, const double* code) {
-  if (fused && M == 1 && N > 0 && qdetail::qgemv4_path(xp, w, M, K, block) == qdetail::Q4_VEC) {
-    const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
-    qdetail::Q4Jobs<T> J = {};
-    J.j[0] = {qdetail::q4_of(w, N * K, block, dq), bias, residual, y, N};
-    J.n = 1;
-    return qdetail::qgemv4<T>(xp, J, qdetail::code16(code), M, K, block, qdetail::Q4_VEC, stream(), &nrm);
-  }
-  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
-  qlinear4<T>(xn, w, bias, residual, y, M, N, K, block, dq, code);
+  const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
+  qlinear4<T>(fused ? xp : xn, w, bias, residual, y, M, N, K, block, dq, code, fused ? &nrm : nullptr);
 }
 template <typename T>
 void qlinear4_group_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
                          std::initializer_list<Q4Linear<T>> ls) {
-  bool one = fused && M == 1 && ls.size() > 0 && ls.size() <= 4;
-  for (const Q4Linear<T>& l : ls) one = one && l.N > 0 && qdetail::qgemv4_path(xp, l.w, M, K, block) == qdetail::Q4_VEC;
-  if (one) {
-    const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
-    qdetail::Q4Jobs<T> J = {};
-    for (const Q4Linear<T>& l : ls) J.j[J.n++] = {qdetail::q4_of(l.w, l.N * K, block, dq), l.bias, l.res, l.y, l.N};
-    return qdetail::qgemv4<T>(xp, J, qdetail::code16(code), M, K, block, qdetail::Q4_VEC, stream(), &nrm);
-  }
-  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
-  qlinear4_group<T>(xn, M, K, block, dq, code, ls);
+  const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
+  qlinear4_group<T>(fused ? xp : xn, M, K, block, dq, code, ls, fused ? &nrm : nullptr);
 }
 template <typename T>
 void qlinear4_silu_mul_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
                             const Q4Linear<T>& gate, const Q4Linear<T>& up, T* y) {
-  const int64_t N = gate.N;
-  if (fused && M == 1 && N > 0 && up.N == N && qdetail::qgemv4_path(xp, gate.w, M, K, block) == qdetail::Q4_VEC &&
-      qdetail::qgemv4_path(xp, up.w, M, K, block) == qdetail::Q4_VEC) {
-    const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
-    qdetail::Q4Jobs<T> J = {};
-    J.j[0] = {qdetail::q4_of(gate.w, N * K, block, dq), gate.bias, gate.res, y, N};
-    J.j[1] = {qdetail::q4_of(up.w, N * K, block, dq), up.bias, up.res, nullptr, N};
-    J.n = 2;
-    J.pair = true;
-    return qdetail::qgemv4<T>(xp, J, qdetail::code16(code), M, K, block, qdetail::Q4_VEC, stream(), &nrm);
-  }
-  if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
-  qlinear4_silu_mul<T>(xn, M, K, block, dq, code, gate, up, y);
+  const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
+  qlinear4_silu_mul<T>(fused ? xp : xn, M, K, block, dq, code, gate, up, y, fused ? &nrm : nullptr);
 }
 
 // Linears of one graph that read the same activation x with the same threshold share its int8

@@ -76,7 +76,7 @@ export interface EmitOptions {
   kilnVersion: string;
   /** the skeleton, codegen-templates/model.cpp.tpl */
   template: string;
-  /** compute the 4-bit linears reading one x in one call (qlinear-groups.ts; default true; KILN_QGROUP=0 at compile time turns it off) */
+  /** compute the 4-bit linears reading one x in one call, and let them compute an RMSNorm only they read (qlinear-groups.ts, normReaders; default true; KILN_QGROUP=0 at compile time turns both off) */
   qgroup?: boolean;
   /** batch consecutive independent elementwise kernels and cache writes into one launch (batch-launches.ts; default true) */
   batch?: boolean;
