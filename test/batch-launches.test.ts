@@ -59,6 +59,18 @@ describe("batchLaunches", () => {
     expect(parseLaunch(`  ${fe(11, ["v5"])}`)).toBeUndefined();
   });
 
+  test("launches behind one rope-fusion guard batch under it; a guard change ends the batch", () => {
+    const g = (n: number, l: string) => `  if (!rf${n}) ${l.slice(2)}`;
+    const out = batchLaunches([alloc(10), g(5, fe(10, ["v1"])), alloc(11), g(5, fe(11, ["v2"])), alloc(12), fe(12, ["v3"]), alloc(13), g(6, fe(13, ["v4"]))]);
+    const calls = out.filter((l) => /K::for_each/.test(l));
+    expect(calls).toHaveLength(3);
+    expect(calls[0]).toMatch(/^ {2}if \(!rf5\) K::for_each_n\(kiln::each\(F10\{.*kiln::each\(F11\{/);
+    expect(calls[1]).toBe(fe(12, ["v3"]));
+    expect(calls[2]).toBe(g(6, fe(13, ["v4"])));
+    const l = parseLaunch(g(7, fe(7, ["v1"])))!;
+    expect([l.guard, [...l.writes], [...l.reads]]).toEqual(["if (!rf7) ", ["v7"], ["v1"]]);
+  });
+
   test("parseLaunch reads the functor's output and operands", () => {
     const l = parseLaunch(fe(7, ["v1", "x2", "w3"]))!;
     expect([...l.writes]).toEqual(["v7"]);

@@ -12,6 +12,7 @@ import { afterAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
 import { emitSource } from "../compiler/codegen/emit.js";
 import { qlinear4Groups, siluMul } from "../compiler/codegen/qlinear-groups.js";
+import { rotaryRoles } from "../compiler/codegen/rope-fusion.js";
 import { parseExpr } from "../compiler/ir/expr.js";
 import type { Attrs, Value } from "../compiler/ir/index.js";
 import { GraphBuilder, inferNode } from "../compiler/ir/index.js";
@@ -99,6 +100,24 @@ describe("which 4-bit linears group", () => {
 // (K::norm_fused: the cuda decode GEMV k_qgemv4p): the norm is emitted behind that flag and its
 // readers as the `_norm` calls. Any other reader (an output, an int8 or 16-bit linear, a linear
 // reading it as its residual) keeps the norm as it was.
+describe("the rotary expression", () => {
+  test("its roles in any operand order, the sign cast or not; anything else is not it", () => {
+    const key = (r: { x: number; cos: number; xr: number; sign: number; sin: number; signCast: boolean }) => `${r.x}${r.cos}${r.xr}${r.sign}${r.sin}${r.signCast}`;
+    // x/cos and xr/sign are told apart by the operands (the caller): every assignment is offered
+    expect(rotaryRoles(parseExpr("(add:bf16 (mul:bf16 $0 $1) (mul:bf16 (mul:bf16 $2 $3) $4))"), "bf16").map(key).sort()).toEqual(["01234false", "01324false", "10234false", "10324false"]);
+    // the sign cast inside: only it can be the sign
+    expect(rotaryRoles(parseExpr("(add:bf16 (mul:bf16 $4 (mul:bf16 (cast:bf16 $3) $2)) (mul:bf16 $1 $0))"), "bf16").map(key).sort()).toEqual(["01234true", "10234true"]);
+    for (const e of [
+      "(add:bf16 (mul:bf16 $0 $1) (mul:bf16 (mul:bf16 $2 $3) $4))", // another dtype asked
+      "(sub:bf16 (mul:bf16 $0 $1) (mul:bf16 (mul:bf16 $2 $3) $4))",
+      "(add:bf16 (mul:bf16 $0 $1) (mul:bf16 (mul:bf16 $2 $3) $3))", // an operand twice
+      "(add:bf16 (mul:bf16 $0 $1) (mul:bf16 (add:bf16 $2 $3) $4))",
+      "(add:bf16 (mul:f32 $0 $1) (mul:bf16 (mul:bf16 $2 $3) $4))",
+    ].map((x, i) => (i === 0 ? rotaryRoles(parseExpr(x), "f16") : rotaryRoles(parseExpr(x), "bf16"))))
+      expect(e).toEqual([]);
+  });
+});
+
 describe("an RMSNorm read only by 4-bit linears", () => {
   const template = readFileSync(join(import.meta.dirname, "..", "codegen-templates", "model.cpp.tpl"), "utf8");
   function source(extra: "none" | "output" | "int8" | "linear" | "residual"): string {
@@ -169,6 +188,22 @@ describe("a tiny nf4 Llama on the cpu target", () => {
       if (prev === undefined) delete process.env.KILN_QGROUP;
       else process.env.KILN_QGROUP = prev;
     }
+  }, 120_000);
+
+  test("bf16: q/k/v's call also does RoPE and the cache writes (rope_fused), the rotary ops and cache writes behind its flag; f32 does not", async () => {
+    const src = readFileSync(join((await build("bf16", true)).dir, "model.cpp"), "utf8");
+    // per layer: the flag, the rotary q result allocated before the call, where each member goes
+    // (q → the rotary result, k → RoPE'd into past.key, v → past.value), the call taking it
+    const ropes = [...src.matchAll(/const bool rf(\d+) = K::rope_fused\(\(d_B\) \* \(d_S\)\);\n(?:.*\n)? {2}K::Q4Rope<kiln::bf16> rp\1 = \{v\d+, v\d+, nullptr, (?:\(const float\*\)rt::constant\(\d+, c\d+, sizeof\(c\d+\)\)|v\d+), x1, \(d_C\), 8, \{(v\d+), (x\d+), (x\d+), nullptr\}, \{1, 2, 3, 0\}\};/g)];
+    expect(ropes).toHaveLength(2);
+    for (const [, id] of ropes) {
+      expect(src).toMatch(new RegExp(`K::qlinear4_group_norm<kiln::bf16>\\([^;]*, rf${id} \\? &rp${id} : nullptr\\);`));
+      // the batched rotary ops and the batched cache writes run only where the call did not do them
+      expect(src.match(new RegExp(`^ {2}if \\(!rf${id}\\) K::for_each_n\\(`, "gm"))).toHaveLength(2);
+    }
+    expect(src).not.toMatch(/^ {2}K::(for_each_n\(K::)?cache_write/m); // every cache write is behind a flag
+    const f32 = readFileSync(join((await build("f32", true)).dir, "model.cpp"), "utf8");
+    expect(f32).not.toMatch(/rope_fused|Q4Rope/);
   }, 120_000);
 
   test.each(["f32", "bf16"] as const)("%s: the same logits (prefill and a one-token step) and greedy tokens, bit for bit, with and without grouping", async (dtype) => {

@@ -161,3 +161,46 @@ describe("LLM.int8 prefill kernels", () => {
     for (const [k, b] of Object.entries(bound)) expect([k, errs[k] < b]).toEqual([k, true]);
   }, 600_000);
 });
+
+// RoPE and the static cache's writes done by a decode step's q/k/v call (compiler/codegen/rope-fusion.ts):
+// nf4/fp4 in k_qgemv4p's epilogue, nf4 + dq (k_qgemv4v) by one launch after the GEMV. Greedy decode
+// with it (the default) and without (KILN_FUSE_ROPE=0: the rotary ops and cache writes as their own
+// kernels; read once per loaded library, so that run loads a copy of the artifact) gives the same
+// tokens: at the fixture's head dim (8) the fused GEMV's rows sit in the same slots as the plain
+// one's, and the RoPE arithmetic is the rotary kernel's, so the two runs compute the same bits.
+describe("RoPE and the cache writes in the q/k/v call (decode)", () => {
+  test.each([
+    ["nf4", "nf4", { quant: "nf4" }],
+    ["nf4+dq", "nf4dq", { quant: "nf4", doubleQuant: true }],
+    ["fp4", "fp4", { quant: "fp4" }],
+  ] as [string, string, Q][])("%s, bf16: the same greedy tokens fused and not", async (label, slug, q) => {
+    const art = await artifact("cuda", "bf16", slug, q);
+    expect(readFileSync(join(art.dir, "model.cu"), "utf8")).toMatch(/const bool rf\d+ = K::rope_fused\(/);
+    const gen = async (dir: string): Promise<number[]> => {
+      await using m = await loadModel(dir, { checkpoint: FIX });
+      const out: number[] = [];
+      for (let r = 0; r < 2; r++) for await (const t of m.generate(ids[r], { maxNewTokens: 24 })) out.push(t.id);
+      return out;
+    };
+    const fused = await gen(art.dir);
+    const copy = `${art.dir}-unfused`;
+    cpSync(art.dir, copy, { recursive: true });
+    process.env.KILN_FUSE_ROPE = "0";
+    let plain: number[];
+    try {
+      plain = await gen(copy);
+    } finally {
+      delete process.env.KILN_FUSE_ROPE;
+      rmSync(copy, { recursive: true, force: true });
+    }
+    let twin: number[];
+    {
+      await using cpu = await loadModel((await artifact("cpu", "bf16", slug, q)).dir, { checkpoint: FIX });
+      twin = [];
+      for (let r = 0; r < 2; r++) for await (const t of cpu.generate(ids[r], { maxNewTokens: 24 })) twin.push(t.id);
+    }
+    report[`bf16 ${label} rope fusion`] = { tokens: fused.length, sameAsUnfused: fused.every((t, i) => t === plain[i]), sameAsCpuTwin: fused.filter((t, i) => t === twin[i]).length };
+    expect(fused).toHaveLength(48);
+    expect(fused).toEqual(plain);
+  }, 600_000);
+});

@@ -130,5 +130,28 @@ struct Q4Linear {
   int64_t N;
 };
 
+// RoPE and the static cache's writes as the epilogue of a decode step's q/k/v linears (emit.ts,
+// rope-fusion.ts: `qlinear4_group(..., rope)` where K::rope_fused said so). Linear i of the group
+// (one row of x: B = S = 1) puts its row n = h·D + d
+//   mode 0: into its own y (as without this),
+//   mode 1: RoPE'd into dst[i][n]                   — the rotary elementwise op's result,
+//   mode 2: RoPE'd into dst[i][(h·C + pos)·D + d]   — the rotary op's result written into the cache,
+//   mode 3: as it is into dst[i][(h·C + pos)·D + d] — written into the cache,
+// RoPE as kiln::rope_at computes the fused elementwise `(add (mul $x $cos) (mul (mul $x' $sign) $sin))`
+// where x' is row d + D/2 (mod D) of the same head: cos, sin and sign are the op's rows at the one
+// position, pos the cache position (a write at pos ∉ [0, C) is skipped, as cache_write's).
+template <typename T>
+struct Q4Rope {
+  const T* cos;
+  const T* sin;
+  const T* sign;
+  const float* sign32;  // instead of sign where the op casts an f32 sign to T itself: `(cast:T $sign)`
+  const int64_t* pos;
+  int64_t C;
+  int64_t D;
+  T* dst[4];
+  int mode[4];
+};
+
 }  // namespace quant
 }  // namespace kiln

@@ -220,6 +220,24 @@ KILN_HD T silu_mul(T g, T u) {
   return Num<T>::store(rnd<T>((C)OpMul()(s, Num<T>::load(u))));
 }
 
+// RoPE of one element as the fused elementwise kernel computes the rotary op
+// `(add:T (mul:T $x $cos) (mul:T (mul:T $xr $sign) $sin))` (xr: the rotate-half partner; each op in
+// T's compute type, rounded to T after it): the q/k/v GEMV's RoPE epilogue on both targets (Q4Rope).
+template <typename T>
+KILN_HD T rope_at(T x, T xr, T c, T s, T sign) {
+  typedef typename Num<T>::C C;
+  const C t0 = rnd<T>((C)OpMul()(Num<T>::load(x), Num<T>::load(c)));
+  const C t1 = rnd<T>((C)OpMul()(Num<T>::load(xr), Num<T>::load(sign)));
+  const C t2 = rnd<T>((C)OpMul()(t1, Num<T>::load(s)));
+  return Num<T>::store(rnd<T>((C)OpAdd()(t0, t2)));
+}
+
+// RoPE's sign at d (quant::Q4Rope: a T row, or an f32 one the rotary op casts to T)
+template <typename T, typename R>
+KILN_HD T rope_sign(const R& r, int64_t d) {
+  return r.sign32 ? Num<T>::store((typename Num<T>::C)r.sign32[d]) : r.sign[d];
+}
+
 // One launch's share of a batched launch (K::for_each_n, codegen's batching of independent
 // elementwise and cache-write kernels): a functor and its element count.
 template <typename F>

@@ -4,6 +4,7 @@
 // for floats (f64 accumulation where a sum is long: matmul, linear, reductions).
 #pragma once
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <math.h>
 #include <initializer_list>
@@ -252,6 +253,42 @@ void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, co
   for (const Q4Linear<T>& l : ls) qlinear4<T>(x, l.w, l.bias, l.res, l.y, M, l.N, K, block, dq, code);
 }
 
+// A decode step's q/k/v with RoPE and the cache writes after them (quant::Q4Rope; emit.ts's rope
+// fusion, where rope_fused said so — here as on the cuda target, so the emitted code's fused form
+// runs in CI): the linears into their y, then each row RoPE'd and written where rope says, with the
+// rotary op's and cache_write's own arithmetic (kiln::rope_at; a position outside the cache is
+// skipped, as the cuda kernels do).
+using quant::Q4Rope;
+static inline bool rope_fused(int64_t rows) {
+  static const bool on = !(getenv("KILN_FUSE_ROPE") && strcmp(getenv("KILN_FUSE_ROPE"), "0") == 0);
+  return rows == 1 && on;
+}
+template <typename T>
+void rope_epilogue(std::initializer_list<Q4Linear<T>> ls, const Q4Rope<T>* rope) {
+  if (!rope) return;
+  if (ls.size() > 4) rt::fail(KILN_ERR_INVALID, "qlinear4_group: a RoPE epilogue over more than 4 linears");
+  int i = 0;
+  for (const Q4Linear<T>& l : ls) {
+    const int mode = rope->mode[i];
+    T* dst = rope->dst[i++];
+    if (mode == 0) continue;
+    const int64_t D = rope->D, p = *rope->pos;
+    for (int64_t row = 0; row < l.N; row++) {
+      const int64_t d = row % D, h = row / D;
+      T v = l.y[row];
+      if (mode != 3) v = rope_at<T>(v, l.y[h * D + (d + D / 2) % D], rope->cos[d], rope->sin[d], rope_sign<T>(*rope, d));
+      if (mode == 1) dst[row] = v;
+      else if (p >= 0 && p < rope->C) dst[(h * rope->C + p) * D + d] = v;
+    }
+  }
+}
+template <typename T>
+void qlinear4_group_rope(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, std::initializer_list<Q4Linear<T>> ls, const Q4Rope<T>* rope) {
+  if (rope && M != 1) rt::fail(KILN_ERR_INVALID, "qlinear4_group: a RoPE epilogue needs one row of x (M = %lld)", (long long)M);
+  qlinear4_group<T>(x, M, K, block, dq, code, ls);
+  rope_epilogue<T>(ls, rope);
+}
+
 // y = silu(x · Wgᵀ (+ bg) (+ rg)) · (x · Wuᵀ (+ bu) (+ ru)): gate and up rounded to T, then the
 // fused elementwise kernel's `(mul (silu $gate) $up)` (kiln::silu_mul). gate.y and up.y are unused.
 template <typename T>
@@ -279,9 +316,9 @@ void qlinear4_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, c
 }
 template <typename T>
 void qlinear4_group_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
-                         std::initializer_list<Q4Linear<T>> ls) {
+                         std::initializer_list<Q4Linear<T>> ls, const Q4Rope<T>* rope = nullptr) {
   if (fused) rms_norm<T>(xp, gamma, xn, M, K, eps);
-  qlinear4_group<T>(xn, M, K, block, dq, code, ls);
+  qlinear4_group_rope<T>(xn, M, K, block, dq, code, ls, rope);
 }
 template <typename T>
 void qlinear4_silu_mul_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,

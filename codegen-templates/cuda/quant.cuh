@@ -430,9 +430,12 @@ __device__ __forceinline__ int q4p_row(int lane) {
   return r;
 }
 
-template <typename T, bool P, bool NORM>
+// ROPE (P false): the jobs' rows in RoPE pairs and their epilogue RP's (quant::Q4Rope; D a power of 2
+// ≥ 8 dividing every N): chunk c of a job holds rows h·D + 4k … + 3 and the same + D/2 (h = c / (D/8),
+// k = c mod D/8), so the thread storing row n also holds row n ± D/2 of its head.
+template <typename T, bool P, bool NORM, bool ROPE>
 __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict__ x, const T* __restrict__ gamma, float eps, const __grid_constant__ Q4Jobs<T> J,
-                                                            Code16 code, int K, int lb) {
+                                                            Code16 code, int K, int lb, const __grid_constant__ quant::Q4Rope<T> RP) {
   using namespace q4p;
   constexpr int H = P ? R / 2 : R;  // rows of a chunk a job
   extern __shared__ __align__(16) uint8_t sm[];
@@ -444,6 +447,12 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127, lane = tid & 31, w = t >> 5;
   const int KV = K >> 5, apr = K >> lb, csh = lb - 5;
   const int64_t C = J.first[J.n], cstep = (int64_t)gridDim.x * WG;
+  const int ld = ROPE ? 31 - __clz((int)RP.D) : 0;  // log2 D
+  // row of slot r (< H) of chunk cj of a job
+  auto row_of = [&](int64_t cj, int r) -> int64_t {
+    if (!ROPE) return cj * H + r;
+    return ((cj >> (ld - 3)) << ld) + ((cj & ((1 << (ld - 3)) - 1)) << 2) + (r & 3) + (r >= 4 ? (int64_t)1 << (ld - 1) : 0);
+  };
   // piece p of chunk c's R rows (rows past N read row N − 1: computed, never stored)
   auto load = [&](int64_t c, int p, uint4 (&pc)[R], float (&a)[R]) {
     // the chunk's job: only the fields the loads need, selected at compile-time indices
@@ -456,10 +465,9 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
       if (ji == k) ca = J.j[k].q.codes, aa = J.j[k].q.absmax, N = J.j[k].N, f0 = J.first[k];
     const uint8_t* cb = P ? J.j[1].q.codes : ca;
     const float* ab = P ? J.j[1].q.absmax : aa;
-    const int64_t row0 = (c - f0) * H;
 #pragma unroll
     for (int r = 0; r < R; r++) {
-      const int64_t row = min(row0 + (r >= H ? r - H : r), N - 1);
+      const int64_t row = min(row_of(c - f0, r >= H ? r - H : r), N - 1);
       pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>(r >= H ? cb : ca) + row * KV + p);
       a[r] = __ldg((r >= H ? ab : aa) + row * apr + (p >> csh));
     }
@@ -580,13 +588,36 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
     asm volatile("bar.sync %0, 128;" ::"r"(wg + 1) : "memory");
     if (t < H) {
       const Q4Job<T> ja = job_at(J, ji);
-      const int64_t row = (c - J.first[ji]) * H + t;
+      const int64_t row = row_of(c - J.first[ji], t);
       if (row < ja.N) {
-        auto value = [&](int slot, const Q4Job<T>& jb) {
-          const float b = jb.bias ? (float)Num<T>::load(jb.bias[row]) : 0.f, rs = jb.res ? (float)Num<T>::load(jb.res[row]) : 0.f;
+        auto value = [&](int slot, const Q4Job<T>& jb, int64_t rw) {
+          const float b = jb.bias ? (float)Num<T>::load(jb.bias[rw]) : 0.f, rs = jb.res ? (float)Num<T>::load(jb.res[rw]) : 0.f;
           return rb[slot] + rb[R + slot] + rb[2 * R + slot] + rb[3 * R + slot] + b + rs;
         };
-        store_out(J, P, ji, row, value(t, ja), P ? value(t + H, J.j[1]) : 0.f);
+        int mode = 0;
+        if (ROPE) {
+#pragma unroll
+          for (int k = 0; k < 4; k++)
+            if (ji == k) mode = RP.mode[k];
+        }
+        if (!ROPE || mode == 0) store_out(J, P, ji, row, value(t, ja, row), P ? value(t + H, J.j[1], row) : 0.f);
+        else {
+          T* dst = RP.dst[0];
+#pragma unroll
+          for (int k = 1; k < 4; k++)
+            if (ji == k) dst = RP.dst[k];
+          const int64_t Dm = RP.D - 1, d = row & Dm, h = row >> ld;
+          T y = round_out<T>(value(t, ja, row));
+          if (mode != 3) {
+            const int64_t pr = row ^ (RP.D >> 1);  // the partner: slot t ^ 4
+            y = rope_at<T>(y, round_out<T>(value(t ^ 4, ja, pr)), RP.cos[d], RP.sin[d], rope_sign<T>(RP, d));
+          }
+          if (mode == 1) dst[row] = y;
+          else {
+            const int64_t p = *RP.pos;
+            if (p >= 0 && p < RP.C) dst[(h * RP.C + p) * RP.D + d] = y;
+          }
+        }
       }
     }
   }
@@ -633,24 +664,78 @@ static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t 
   if (lb < 5 || K % block != 0 || K % 32 != 0 || K > q4p::KMAX || !detail::aligned16(x) || (gamma && !detail::aligned16(gamma))) return false;
   return (norm || q4p_force()) && rows > 0;
 }
-template <typename T, bool P, bool NORM>
-static bool q4p_launch(const T* x, const Q4Norm<T>* nrm, const Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, unsigned grid, cudaStream_t s) {
-  static const bool ready = cudaFuncSetAttribute(k_qgemv4p<T, P, NORM>, cudaFuncAttributeMaxDynamicSharedMemorySize, q4p::smem_bytes(q4p::KMAX)) == cudaSuccess;
-  if (!ready) return false;
-  k_qgemv4p<T, P, NORM><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, NORM ? nrm->gamma : nullptr, NORM ? (float)nrm->eps : 0.f, J, c, (int)K, lb);
+// the jobs' rows can be RoPE pairs in k_qgemv4p's chunks (its ROPE epilogue): D a power of 2 ≥ 8
+// dividing every N, and not the pair (gate/up) table
+template <typename T>
+static bool q4p_rope_ok(const Q4Jobs<T>& J, const quant::Q4Rope<T>& rp) {
+  if (J.pair || rp.D < 8 || (rp.D & (rp.D - 1)) != 0) return false;
+  for (int i = 0; i < J.n; i++)
+    if (J.j[i].N % rp.D != 0) return false;
   return true;
 }
-// J on k_qgemv4p (q4p_takes said yes): fills first[] with its chunks; false when it could not launch
+template <typename T, bool P, bool NORM, bool ROPE>
+static bool q4p_launch(const T* x, const Q4Norm<T>* nrm, const Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, unsigned grid, cudaStream_t s,
+                       const quant::Q4Rope<T>& rp) {
+  static const bool ready = cudaFuncSetAttribute(k_qgemv4p<T, P, NORM, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, q4p::smem_bytes(q4p::KMAX)) == cudaSuccess;
+  if (!ready) return false;
+  k_qgemv4p<T, P, NORM, ROPE><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, NORM ? nrm->gamma : nullptr, NORM ? (float)nrm->eps : 0.f, J, c, (int)K, lb, rp);
+  return true;
+}
+// J on k_qgemv4p (q4p_takes said yes): fills first[] with its chunks; false when it could not
+// launch. rope (q4p_rope_ok): its epilogue RoPEs and writes the cache.
 template <typename T>
-static bool qgemv4p(const T* x, const Q4Norm<T>* nrm, Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, cudaStream_t s) {
+static bool qgemv4p(const T* x, const Q4Norm<T>* nrm, Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, cudaStream_t s, const quant::Q4Rope<T>* rope) {
   const int64_t chunks = q4_grid(J, J.pair ? q4p::R / 2 : q4p::R);
   const int64_t sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
   const unsigned grid = (unsigned)std::min<int64_t>(sms, (chunks + q4p::WG - 1) / q4p::WG);
+  const quant::Q4Rope<T> rp = rope ? *rope : quant::Q4Rope<T>{};
   bool ok;
-  if (J.pair) ok = nrm ? q4p_launch<T, true, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, true, false>(x, nrm, J, c, K, lb, grid, s);
-  else ok = nrm ? q4p_launch<T, false, true>(x, nrm, J, c, K, lb, grid, s) : q4p_launch<T, false, false>(x, nrm, J, c, K, lb, grid, s);
-  if (ok) detail::launched("qlinear4 (persistent GEMV)");
+  if (J.pair) ok = nrm ? q4p_launch<T, true, true, false>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, true, false, false>(x, nrm, J, c, K, lb, grid, s, rp);
+  else if (rope) ok = nrm ? q4p_launch<T, false, true, true>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, false, false, true>(x, nrm, J, c, K, lb, grid, s, rp);
+  else ok = nrm ? q4p_launch<T, false, true, false>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, false, false, false>(x, nrm, J, c, K, lb, grid, s, rp);
+  if (ok) detail::launched(rope ? "qlinear4 (persistent GEMV, RoPE and cache writes)" : "qlinear4 (persistent GEMV)");
   return ok;
+}
+
+// Q4Rope's epilogue where the GEMV could not run it (double quantization, f32, a split group, D not
+// a power of 2): the linears' results y are in place; one launch RoPEs and writes them, element by
+// element exactly as k_qgemv4p's epilogue (and the rotary op and cache_write kernels) would.
+template <typename T>
+struct RopeYs {
+  const T* y[4];
+  int64_t N[4];
+  int n;
+};
+template <typename T>
+__global__ void k_unrope(const __grid_constant__ RopeYs<T> Y, const __grid_constant__ quant::Q4Rope<T> RP, int64_t total) {
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t row = e;
+    int i = 0;
+    while (i + 1 < Y.n && row >= Y.N[i]) row -= Y.N[i++];
+    const int mode = RP.mode[i];
+    if (mode == 0) continue;
+    const T* y = Y.y[i];
+    const int64_t D = RP.D, d = row % D, h = row / D;
+    T v = y[row];
+    if (mode != 3) v = rope_at<T>(v, y[h * D + (d + D / 2) % D], RP.cos[d], RP.sin[d], rope_sign<T>(RP, d));
+    if (mode == 1) RP.dst[i][row] = v;
+    else {
+      const int64_t p = *RP.pos;
+      if (p >= 0 && p < RP.C) RP.dst[i][(h * RP.C + p) * D + d] = v;
+    }
+  }
+}
+template <typename T>
+static void unrope(std::initializer_list<quant::Q4Linear<T>> ls, const quant::Q4Rope<T>& rp, cudaStream_t s) {
+  RopeYs<T> Y = {};
+  int64_t total = 0;
+  for (const quant::Q4Linear<T>& l : ls) {
+    if (Y.n == 4) rt::fail(KILN_ERR_INVALID, "qlinear4_group: RoPE over more than 4 linears");
+    Y.y[Y.n] = l.y, Y.N[Y.n++] = l.N, total += l.N;
+  }
+  if (total <= 0) return;
+  k_unrope<T><<<detail::grid_for(total, detail::kThreads), detail::kThreads, 0, s>>>(Y, rp, total);
+  detail::launched("qlinear4 (RoPE and cache writes)");
 }
 
 // the line holding p on its way into L1 (a hint: no register waits for it)
@@ -844,14 +929,20 @@ static Q4Path qgemv4_path(const T* x, const uint8_t* w, int64_t M, int64_t K, in
 // One launch of the decode GEMV over J's jobs (1 ≤ M ≤ 8 rows of x), all by `path`; fills first[].
 // nrm: x is the input of an RMSNorm whose result the jobs read — k_qgemv4p computes it (when
 // q4p_takes), else the norm runs into nrm->xn first.
+// rope: the jobs' RoPE epilogue (Q4Rope), run by k_qgemv4p where it can; returns whether it ran
+// (else the caller runs it: unrope).
 template <typename T>
-static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t K, int64_t block, Q4Path path, cudaStream_t s, const Q4Norm<T>* nrm = nullptr) {
+static bool qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t K, int64_t block, Q4Path path, cudaStream_t s, const Q4Norm<T>* nrm = nullptr,
+                   const quant::Q4Rope<T>* rope = nullptr) {
   const int lb = log2_exact(block);
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
     if (path == Q4_VEC) {
       int64_t rows = 0;
       for (int i = 0; i < J.n; i++) rows += J.j[i].N;
-      if (q4p_takes(x, nrm ? nrm->gamma : nullptr, M, K, block, J.j[0].q.dq, rows, nrm != nullptr) && qgemv4p<T>(x, nrm, J, c, K, lb, s)) return;
+      // with a RoPE epilogue too: it saves the rotary and cache-write launch
+      const bool rp = rope && q4p_rope_ok(J, *rope);
+      if (q4p_takes(x, nrm ? nrm->gamma : nullptr, M, K, block, J.j[0].q.dq, rows, nrm != nullptr || rp) && qgemv4p<T>(x, nrm, J, c, K, lb, s, rp ? rope : nullptr))
+        return rp;
     }
   }
   x = unfuse(x, nrm, M, K);
@@ -882,6 +973,7 @@ static void qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t
     }
   });
   detail::launched("qlinear4 (GEMV)");
+  return false;
 }
 
 // silu(g)·u elementwise (the paired linears' prefill)
@@ -1965,7 +2057,8 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
     qdetail::Q4Jobs<T> J = {};
     J.j[0] = {q, bias, residual, y, N};
     J.n = 1;
-    return qdetail::qgemv4<T>(x, J, c, M, K, block, qdetail::qgemv4_path(x, w, M, K, block), s, nrm);
+    qdetail::qgemv4<T>(x, J, c, M, K, block, qdetail::qgemv4_path(x, w, M, K, block), s, nrm);
+    return;
   }
   x = qdetail::unfuse(x, nrm, M, K);
   // prefill: dequantize into a scratch weight, then the 16-bit GEMM of `linear`
@@ -1982,6 +2075,15 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
 }
 
 using quant::Q4Linear;
+using quant::Q4Rope;
+
+// rope: the group is a decode step's q/k/v and Q4Rope says where RoPE and the cache writes put each
+// one's row (emit.ts's rope fusion, where rope_fused said so): k_qgemv4p does it in its epilogue,
+// else one launch after the GEMVs (qdetail::unrope). KILN_FUSE_ROPE=0 turns it off (an A/B switch).
+static inline bool rope_fused(int64_t rows) {
+  static const bool on = !(getenv("KILN_FUSE_ROPE") && strcmp(getenv("KILN_FUSE_ROPE"), "0") == 0);
+  return rows == 1 && on;
+}
 
 // The 4-bit linears that read one x with one scheme, block, double quant and K (emit.ts groups
 // q/k/v and gate/up): at decode (M ≤ 8) ONE GEMV launch (up to 4 linears a launch) computes them
@@ -1989,24 +2091,32 @@ using quant::Q4Linear;
 // would take different GEMV paths, e.g. one not 16-byte aligned).
 template <typename T>
 void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, std::initializer_list<Q4Linear<T>> ls,
-                    const qdetail::Q4Norm<T>* nrm = nullptr) {
+                    const qdetail::Q4Norm<T>* nrm = nullptr, const Q4Rope<T>* rope = nullptr) {
   if (M <= 0 || ls.size() == 0) return;
+  if (rope && (M != 1 || ls.size() > 4)) rt::fail(KILN_ERR_INVALID, "qlinear4_group: a RoPE epilogue needs one row of x and at most 4 linears (M = %lld, %lld linears)", (long long)M, (long long)ls.size());
   const Q4Linear<T>* l = ls.begin();
   const int64_t n = (int64_t)ls.size();
   const qdetail::Q4Path path = qdetail::qgemv4_path(x, l[0].w, M, K, block);
   bool one = M <= 8;
   for (int64_t i = 0; i < n; i++) one = one && l[i].N > 0 && qdetail::qgemv4_path(x, l[i].w, M, K, block) == path;
+  bool roped = false;
   if (!one) {
     x = qdetail::unfuse(x, nrm, M, K);
     for (int64_t i = 0; i < n; i++) qlinear4<T>(x, l[i].w, l[i].bias, l[i].res, l[i].y, M, l[i].N, K, block, dq, code);
-    return;
+  } else {
+    const qdetail::Code16 c = qdetail::code16(code);
+    for (int64_t i0 = 0; i0 < n; i0 += 4) {  // (a norm: each launch computes it, or runs its kernel first)
+      qdetail::Q4Jobs<T> J = {};
+      for (int64_t i = i0; i < n && i < i0 + 4; i++) J.j[J.n++] = {qdetail::q4_of(l[i].w, l[i].N * K, block, dq), l[i].bias, l[i].res, l[i].y, l[i].N};
+      roped = qdetail::qgemv4<T>(x, J, c, M, K, block, path, stream(), nrm, rope);
+    }
   }
-  const qdetail::Code16 c = qdetail::code16(code);
-  for (int64_t i0 = 0; i0 < n; i0 += 4) {  // (a norm: each launch computes it, or runs its kernel first)
-    qdetail::Q4Jobs<T> J = {};
-    for (int64_t i = i0; i < n && i < i0 + 4; i++) J.j[J.n++] = {qdetail::q4_of(l[i].w, l[i].N * K, block, dq), l[i].bias, l[i].res, l[i].y, l[i].N};
-    qdetail::qgemv4<T>(x, J, c, M, K, block, path, stream(), nrm);
-  }
+  if (rope && !roped) qdetail::unrope<T>(ls, *rope, stream());
+}
+
+template <typename T>
+void qlinear4_group_rope(const T* x, int64_t M, int64_t K, int64_t block, bool dq, const double* code, std::initializer_list<Q4Linear<T>> ls, const Q4Rope<T>* rope) {
+  qlinear4_group<T>(x, M, K, block, dq, code, ls, nullptr, rope);
 }
 
 // y = silu(x · Wgᵀ (+ bg) (+ rg)) · (x · Wuᵀ (+ bu) (+ ru)), y [M, N]: a gated MLP's gate and up
@@ -2029,7 +2139,8 @@ void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq,
     J.j[1] = {qdetail::q4_of(up.w, N * K, block, dq), up.bias, up.res, nullptr, N};
     J.n = 2;
     J.pair = true;
-    return qdetail::qgemv4<T>(x, J, qdetail::code16(code), M, K, block, path, s, nrm);
+    qdetail::qgemv4<T>(x, J, qdetail::code16(code), M, K, block, path, s, nrm);
+    return;
   }
   x = qdetail::unfuse(x, nrm, M, K);
   T* gu = (T*)rt::alloc(2 * (int64_t)sizeof(T) * M * N, "qlinear4_silu_mul (gate and up)");
@@ -2054,9 +2165,9 @@ void qlinear4_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, c
 }
 template <typename T>
 void qlinear4_group_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,
-                         std::initializer_list<Q4Linear<T>> ls) {
+                         std::initializer_list<Q4Linear<T>> ls, const Q4Rope<T>* rope = nullptr) {
   const qdetail::Q4Norm<T> nrm = {gamma, eps, xn};
-  qlinear4_group<T>(fused ? xp : xn, M, K, block, dq, code, ls, fused ? &nrm : nullptr);
+  qlinear4_group<T>(fused ? xp : xn, M, K, block, dq, code, ls, fused ? &nrm : nullptr, rope);
 }
 template <typename T>
 void qlinear4_silu_mul_norm(const T* xp, const T* gamma, double eps, bool fused, T* xn, int64_t M, int64_t K, int64_t block, bool dq, const double* code,

@@ -11,7 +11,9 @@
 // bookkeeping may stand (comments, op marks, allocations, aliases, constants); the releases found
 // there move after the batched call, so no buffer a batched part still reads is handed out again.
 // Buffers are compared through the body's aliases (`T* vN = vM;`). Under KILN_PROFILE=ops a
-// batch's time is counted under the op kind marked last before it.
+// batch's time is counted under the op kind marked last before it. Launches emitted behind a
+// rope-fusion flag (`if (!rfN) K::…`, rope-fusion.ts) batch only with launches behind the same flag,
+// and the batch keeps it.
 
 interface Launch {
   /** the part's expression inside for_each_n */
@@ -20,6 +22,8 @@ interface Launch {
   line: string;
   reads: Set<string>;
   writes: Set<string>;
+  /** `if (!rfN) ` where the launch runs only then (rope-fusion.ts), else "" — a batch shares one */
+  guard: string;
 }
 
 const IDENT = /\b[vxw]\d+\b/g;
@@ -57,6 +61,13 @@ function splitArgs(s: string): string[] {
 
 /** a batchable launch line (at the body's top level: two spaces in, not inside a block), or undefined */
 export function parseLaunch(line: string): Launch | undefined {
+  const g = /^ {2}(if \(!rf\d+\) )/.exec(line);
+  const guard = g ? g[1] : "";
+  if (g) line = `  ${line.slice(2 + guard.length)}`;
+  const l = parseUnguarded(line);
+  return l && { ...l, line: `  ${guard}${line.slice(2)}`, guard };
+}
+function parseUnguarded(line: string): Omit<Launch, "guard"> | undefined {
   let m = /^ {2}K::for_each\((F(\d+))\{/.exec(line);
   if (m) {
     const open = line.indexOf("{", line.indexOf(m[1]));
@@ -100,7 +111,7 @@ export function batchLaunches(body: readonly string[]): string[] {
   let deferred: string[] = [];
   const flush = (): void => {
     if (batch.length === 1) out.push(batch[0].l.line);
-    else if (batch.length > 1) out.push(`  K::for_each_n(${batch.map((b) => b.l.part).join(", ")});`);
+    else if (batch.length > 1) out.push(`  ${batch[0].l.guard}K::for_each_n(${batch.map((b) => b.l.part).join(", ")});`);
     out.push(...deferred);
     batch = [];
     deferred = [];
@@ -111,7 +122,7 @@ export function batchLaunches(body: readonly string[]): string[] {
     if (l) {
       const r = roots(l.reads);
       const w = roots(l.writes);
-      if (batch.some((b) => meets(r, b.w) || meets(w, b.r) || meets(w, b.w))) flush();
+      if (batch.some((b) => b.l.guard !== l.guard || meets(r, b.w) || meets(w, b.r) || meets(w, b.w))) flush();
       batch.push({ l, r, w });
       continue;
     }

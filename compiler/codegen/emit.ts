@@ -21,6 +21,8 @@ import { codeOf } from "../ir/quant.js";
 import type { Q4Group } from "./qlinear-groups.js";
 import { qlinear4Groups } from "./qlinear-groups.js";
 import { batchLaunches } from "./batch-launches.js";
+import type { RopeFusion } from "./rope-fusion.js";
+import { ropeFusions } from "./rope-fusion.js";
 
 export type Target = "cpu" | "cuda";
 
@@ -167,6 +169,18 @@ export function emitSource(g: Graph, o: EmitOptions): string {
   const writtenBy = new Map([...attnOut].map(([fa, t]) => [t.result.id, fa]));
   // RMSNorms read only by 4-bit linears (normReaders): those read the norm's input and weight too
   const normFuse = o.qgroup === false ? new Map<number, Node>() : normReaders(g, views);
+  // q/k/v groups whose call also does RoPE and the cache writes (rope-fusion.ts): those ops are
+  // emitted behind the group's `if (!rfN)`; a rotary result the call writes is allocated there
+  const ropes = o.qgroup === false ? new Map<number, RopeFusion>() : ropeFusions(g, q4, views, inPlace);
+  const ropeGuard = new Map<number, number>();
+  const ropeAlloc = new Set<number>();
+  for (const [id, rf] of ropes)
+    for (const j of rf.jobs) {
+      if (j.rotary) ropeGuard.set(j.rotary.result.id, id);
+      if (j.cache) ropeGuard.set(j.cache.result.id, id);
+      if (j.mode === 1) ropeAlloc.add(j.rotary!.result.id);
+    }
+  const guard = (n: Node): string => (ropeGuard.has(n.result.id) ? `if (!rf${ropeGuard.get(n.result.id)}) ` : "");
   const readsOf = (n: Node): Value[] => [
     ...n.operands,
     ...n.operands.flatMap((x) => (views.has(x.id) ? [views.get(x.id)!.src] : [])),
@@ -206,7 +220,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       return;
     }
     if (grp) {
-      body.push(...emitQ4Group(grp, name, ref, whereOf, consts, normFuse));
+      body.push(...emitQ4Group(grp, name, ref, whereOf, consts, normFuse, ropes.get(n.result.id)));
       release([...grp.members, ...(grp.pair ? [grp.pair.product] : [])], i);
       return;
     }
@@ -250,9 +264,9 @@ export function emitSource(g: Graph, o: EmitOptions): string {
         // the update read through its transpose (v's [B, S, H, D] → [B, H, S, D]): (b, h, s) strides of the source
         const ss = cstrides(view.src.shape);
         const [sb, sh, st] = view.perm.slice(0, 3).map((k) => ss[k]);
-        body.push(`  K::cache_write<${T}>(${y}, ${name.get(view.src.id)}, ${name.get(p.id)}, ${cdim(B)}, ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)}, ${sb}, ${sh}, ${st});`);
-      } else if (n.op === "cache_write") body.push(`  K::cache_write<${T}>(${y}, ${name.get(u.id)}, ${name.get(p.id)}, ${cdim(B)} * ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)});`);
-    } else body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
+        body.push(`  ${guard(n)}K::cache_write<${T}>(${y}, ${name.get(view.src.id)}, ${name.get(p.id)}, ${cdim(B)}, ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)}, ${sb}, ${sh}, ${st});`);
+      } else if (n.op === "cache_write") body.push(`  ${guard(n)}K::cache_write<${T}>(${y}, ${name.get(u.id)}, ${name.get(p.id)}, ${cdim(B)} * ${cdim(H)}, ${cdim(C)}, ${cdim(u.shape[2])}, ${cdim(D)});`);
+    } else if (!ropeAlloc.has(n.result.id)) body.push(`  ${T}* ${y} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(n.result.shape)}, ${cstr(where)});`);
     if (n.op === "cache_write") {
       // emitted above
     } else if (n.op === "varlen_cache_write") {
@@ -285,7 +299,7 @@ export function emitSource(g: Graph, o: EmitOptions): string {
       const e = n.op === "elementwise" ? n : asExpression(n);
       const { functor, call } = emitElementwise(e, name, views);
       kernels.push(functor);
-      body.push(`  ${call}`);
+      body.push(`  ${guard(n)}${call}`);
     } else body.push(...emitOp(n, name, where, constants, { views, attnOut }).map((l) => `  ${l}`));
     release([n], i);
   });
@@ -404,6 +418,7 @@ function emitQ4Group(
   whereOf: (n: Node) => string,
   consts: string[],
   normFuse: Map<number, Node>,
+  rope?: RopeFusion,
 ): string[] {
   const first = grp.members[0];
   const T = CTYPE[first.result.dtype];
@@ -416,6 +431,28 @@ function emitQ4Group(
   lines.push(`  rt::op_mark("qlinear");`);
   const q = qlinearArgs(first, name);
   const head = `${q.x}, ${q.M}, ${q.K}, ${q4Config(first, consts)}`;
+  let ropeArg = "";
+  if (rope) {
+    // RoPE and the cache writes in the call (rope-fusion.ts) where K::rope_fused says so
+    const id = first.result.id;
+    lines.push(`  const bool rf${id} = K::rope_fused(${q.M});`);
+    const dst = rope.jobs.map((j) => {
+      if (j.mode !== 1) return name.get(j.cache!.operands[0].id)!;
+      const e = j.rotary!;
+      name.set(e.result.id, `v${e.result.id}`);
+      lines.push(`  ${T}* v${e.result.id} = (${T}*)rt::alloc((int64_t)sizeof(${T}) * ${cprod(e.result.shape)}, ${cstr(whereOf(e))});`);
+      return `v${e.result.id}`;
+    });
+    const pad = <X>(xs: X[], fill: X): X[] => [...xs, ...Array<X>(4 - xs.length).fill(fill)];
+    const pos = rope.pos ? name.get(rope.pos.id)! : "nullptr";
+    // a value the call reads: emitted before it, or a constant emitted later (the library's copy)
+    const ptr = (v: Value): string => name.get(v.id) ?? `(const ${CTYPE[v.dtype]}*)rt::constant(${v.id}, c${v.id}, sizeof(c${v.id}))`;
+    const sign = rope.sign.dtype === first.result.dtype ? `${ptr(rope.sign)}, nullptr` : `nullptr, ${ptr(rope.sign)}`;
+    lines.push(
+      `  K::Q4Rope<${T}> rp${id} = {${ptr(rope.cos)}, ${ptr(rope.sin)}, ${sign}, ${pos}, ${rope.C !== undefined ? cdim(rope.C) : "0"}, ${rope.D}, {${pad(dst, "nullptr").join(", ")}}, {${pad(rope.jobs.map((j) => j.mode as number), 0).join(", ")}}};`,
+    );
+    ropeArg = `, rf${id} ? &rp${id} : nullptr`;
+  }
   const linear = (n: Node, y: string): string => {
     const a = qlinearArgs(n, name);
     return `{${a.w}, ${a.bias}, ${a.res}, ${y}, ${a.N}}`;
@@ -426,7 +463,7 @@ function emitQ4Group(
   if (grp.pair) {
     const { gate, up, product } = grp.pair;
     lines.push(`  K::qlinear4_silu_mul${fn}<${T}>(${args}, ${linear(gate, "nullptr")}, ${linear(up, "nullptr")}, v${product.result.id});`);
-  } else lines.push(`  K::qlinear4_group${fn}<${T}>(${args}, {${grp.members.map((n) => linear(n, `v${n.result.id}`)).join(", ")}});`);
+  } else lines.push(`  K::qlinear4_group${fn || (rope ? "_rope" : "")}<${T}>(${args}, {${grp.members.map((n) => linear(n, `v${n.result.id}`)).join(", ")}}${ropeArg});`);
   return lines;
 }
 
