@@ -96,6 +96,7 @@ export function ropeFusions(g: Graph, groups: Q4Group[], views: Map<number, View
   const outputs = new Set(g.outputs.map((o) => o.value.id));
   const at = new Map(g.nodes.map((n, i) => [n.result.id, i]));
   const constant = new Set(g.nodes.filter((n) => n.op === "constant").map((n) => n.result.id));
+  const producer = new Map(g.nodes.map((n) => [n.result.id, n]));
   const only = (v: Value): Node[] => (outputs.has(v.id) ? [] : (uses.get(v.id) ?? []));
   const out = new Map<number, RopeFusion>();
   for (const grp of groups) {
@@ -146,10 +147,17 @@ export function ropeFusions(g: Graph, groups: Q4Group[], views: Map<number, View
       if (e.result.dtype !== T || e.result.shape.join() !== [B, H, S, D].join()) break;
       const roles = rotaryRoles(parseExpr(e.attrs.expr as string), T).find((ro) => e.operands[ro.x].id === t.result.id && e.operands[ro.xr].id === gt.result.id);
       if (!roles) break;
-      const [cos, sin, sign] = [e.operands[roles.cos], e.operands[roles.sin], e.operands[roles.sign]];
+      const [cos, sin] = [e.operands[roles.cos], e.operands[roles.sin]];
+      // the sign: T, or f32 that the op casts; a lone `cast` to T of an f32 row counts as the latter
+      // (the same rounding: a lone cast is the one-op expression `(cast:T $0)`), so a layer's call
+      // need not wait for the cast's kernel
+      let sign = e.operands[roles.sign];
+      let signCast = roles.signCast;
+      const by = producer.get(sign.id);
+      if (!signCast && by?.op === "cast" && by.operands[0].dtype === "f32" && ready(by.operands[0])) [sign, signCast] = [by.operands[0], true];
       // cos and sin: a row of D a position ([1, 1, S, D]); sign: [D]
       const row = (v: Value) => v.shape.length === 4 && v.shape[0] === 1 && v.shape[1] === 1 && v.shape[2] === S && v.shape[3] === D && v.dtype === T && ready(v) && !views.has(v.id);
-      const signType = roles.signCast ? "f32" : T;
+      const signType = signCast ? "f32" : T;
       if (!row(cos) || !row(sin) || sign.shape.length !== 1 || sign.shape[0] !== D || sign.dtype !== signType || !ready(sign) || views.has(sign.id)) break;
       if (!agree({ D, cos, sin, sign })) break;
       const eu = only(e.result);
