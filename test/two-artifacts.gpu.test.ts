@@ -6,7 +6,7 @@
 // libraries, so the second library never set its own limit and its first prefill failed with
 // cudaErrorInvalidValue (bench:quant, nf4 after bf16).
 
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, expect, test } from "@jest/globals";
@@ -29,7 +29,10 @@ const CONFIG = {
   rms_norm_eps: 1e-5, max_position_embeddings: 256, tie_word_embeddings: false, rope_parameters: { rope_type: "default", rope_theta: 10000 },
 };
 
-test("a bf16 and an nf4 artifact used alternately in one process: each prefill (tiled FA2, S = 64) gives its own logits", async () => {
+/** the random checkpoint (written once) */
+let ckpt: string | undefined;
+function checkpoint(): string {
+  if (ckpt) return ckpt;
   const dir = join(tmp, "ckpt");
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, "config.json"), JSON.stringify(CONFIG));
@@ -43,7 +46,11 @@ test("a bf16 and an nf4 artifact used alternately in one process: each prefill (
     tensors[p.name] = { dtype: "f32", shape, data: Float32Array.from({ length: n }, () => (p.name.includes("norm") ? 1 : 0) + scale * randn()) };
   }
   writeSafetensors(join(dir, "model.safetensors"), tensors);
+  return (ckpt = dir);
+}
 
+test("a bf16 and an nf4 artifact used alternately in one process: each prefill (tiled FA2, S = 64) gives its own logits", async () => {
+  const dir = checkpoint();
   const [a, b] = await Promise.all([
     compile(dir, { target: "cuda", arch, dtype: "bf16", cacheDir, maxSeq: 128 }),
     compile(dir, { target: "cuda", arch, dtype: "bf16", quant: "nf4", cacheDir, maxSeq: 128 }),
@@ -61,4 +68,40 @@ test("a bf16 and an nf4 artifact used alternately in one process: each prefill (
   for (let i = 0; i < first.length; i++) (num += (fromB[i] - first[i]) ** 2), (den += first[i] ** 2);
   expect(Math.sqrt(num / den)).toBeLessThan(0.25);
   expect(Math.sqrt(num / den)).toBeGreaterThan(0);
+}, 600_000);
+
+// The same nf4 model at decode, head dim 128: RoPE and the cache writes in the q/k/v GEMV's epilogue
+// pair rows d and d + 64 of a head in one chunk (rope-fusion.ts); its tokens are the unfused
+// forward's (KILN_FUSE_ROPE=0, read once per loaded library: a copy of the artifact), bit for bit
+// the same sums (a row's lane tree does not depend on its slot). Then two Models of ONE artifact
+// (one library: its stream, allocator and graph table) generating at once: each gets the tokens it
+// gets alone (the binding's lock is the library's, not the Model's).
+test("nf4, head dim 128: fused RoPE gives the unfused tokens; two Models of one artifact generating at once give them too", async () => {
+  const dir = checkpoint();
+  const art = await compile(dir, { target: "cuda", arch, dtype: "bf16", quant: "nf4", cacheDir, maxSeq: 128 });
+  const prompts = [Array.from({ length: 40 }, (_, i) => (i * 37 + 5) % 512), Array.from({ length: 23 }, (_, i) => (i * 91 + 11) % 512)];
+  const gen = async (m: Awaited<ReturnType<typeof loadModel>>, ids: number[]): Promise<number[]> => {
+    const out: number[] = [];
+    for await (const t of m.generate(ids, { maxNewTokens: 40 })) out.push(t.id);
+    return out;
+  };
+  let alone: number[][];
+  {
+    await using m = await loadModel(art.dir, { checkpoint: dir });
+    alone = [await gen(m, prompts[0]), await gen(m, prompts[1])];
+  }
+  const copy = `${art.dir}-unfused`;
+  cpSync(art.dir, copy, { recursive: true });
+  process.env.KILN_FUSE_ROPE = "0";
+  try {
+    await using m = await loadModel(copy, { checkpoint: dir });
+    expect([await gen(m, prompts[0]), await gen(m, prompts[1])]).toEqual(alone);
+  } finally {
+    delete process.env.KILN_FUSE_ROPE;
+    rmSync(copy, { recursive: true, force: true });
+  }
+  await using m1 = await loadModel(art.dir, { checkpoint: dir });
+  await using m2 = await loadModel(art.dir, { checkpoint: dir });
+  for (let round = 0; round < 3; round++) expect(await Promise.all([gen(m1, prompts[0]), gen(m2, prompts[1])])).toEqual(alone);
+  expect(alone.flat().length).toBe(80);
 }, 600_000);

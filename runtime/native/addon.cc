@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -58,13 +59,28 @@ Napi::Error MakeError(Napi::Env env, const std::string& code, const std::string&
   return e;
 }
 
+// The lock of a loaded library file: dlopen hands every Artifact of one path the same handle, and
+// with it the same stream, allocator and CUDA graph table, so two Models of one artifact must take
+// turns as one Model's calls do.
+static std::shared_ptr<std::mutex> LibraryLock(void* handle) {
+  static std::mutex reg;
+  static std::map<void*, std::weak_ptr<std::mutex>> locks;
+  std::lock_guard<std::mutex> g(reg);
+  std::weak_ptr<std::mutex>& w = locks[handle];
+  std::shared_ptr<std::mutex> m = w.lock();
+  if (!m) w = m = std::make_shared<std::mutex>();
+  return m;
+}
+
 // One loaded artifact library. Shared (shared_ptr) by the JS object and by every buffer it made,
 // so the library stays loaded until the last device buffer is freed.
 struct Library {
   void* handle = nullptr;
   Abi abi{};
   std::string path;
-  std::mutex mu;  // one call into the artifact at a time (a model's stream is not reentrant)
+  // one call into the library at a time (its stream is not reentrant): shared by every Library of
+  // the same handle (LibraryLock)
+  std::shared_ptr<std::mutex> mu = std::make_shared<std::mutex>();
   ~Library() {
     if (handle) dlclose(handle);
   }
@@ -214,7 +230,7 @@ class InitWorker : public Worker {
  public:
   InitWorker(Napi::Env env, std::shared_ptr<Library> lib, int device) : Worker(env), lib(std::move(lib)), device(device) {}
   void Execute() override {
-    std::lock_guard<std::mutex> g(lib->mu);
+    std::lock_guard<std::mutex> g(*lib->mu);
     int rc = lib->abi.init(device);
     if (rc) Fail("E_RUNTIME", lib->Error("kiln_init", rc));
   }
@@ -344,7 +360,7 @@ class LoadWorker : public Worker {
       }
       auto buf = std::make_shared<Buffer>();
       buf->lib = lib;
-      std::lock_guard<std::mutex> g(lib->mu);
+      std::lock_guard<std::mutex> g(*lib->mu);
       int rc = lib->abi.malloc_(&buf->ptr, bytes);
       if (rc) {
         unmap();
@@ -361,7 +377,7 @@ class LoadWorker : public Worker {
       Progress(done, total);
     }
     unmap();
-    std::lock_guard<std::mutex> g(lib->mu);
+    std::lock_guard<std::mutex> g(*lib->mu);
     int rc = lib->abi.synchronize();
     if (rc) Fail("E_RUNTIME", lib->Error("kiln_synchronize", rc));
   }
@@ -387,7 +403,7 @@ class LoadWorker : public Worker {
   // f (the weight as f32) → a temporary target buffer → kiln_quantize4/8 into a new buffer of
   // `bytes`, kept in `buffers`; the temporary is freed before returning. "" or the error.
   std::string QuantizeOnTarget(const WeightJob& j, const float* f, int64_t bytes) {
-    std::lock_guard<std::mutex> g(lib->mu);
+    std::lock_guard<std::mutex> g(*lib->mu);
     auto tmp = std::make_shared<Buffer>();
     tmp->lib = lib;
     auto buf = std::make_shared<Buffer>();
@@ -508,7 +524,7 @@ class ForwardWorker : public Worker {
       if (t) lib->abi.download_wait(t, nullptr);
   }
   void Execute() override {
-    std::lock_guard<std::mutex> g(lib->mu);
+    std::lock_guard<std::mutex> g(*lib->mu);
     struct Waits {
       Library* lib;
       bool on;
@@ -638,7 +654,7 @@ class DownloadWorker : public BytesWorker {
  public:
   DownloadWorker(Napi::Env env, std::shared_ptr<Library> lib, std::shared_ptr<Buffer> buf) : BytesWorker(env), lib(std::move(lib)), buf(std::move(buf)) {}
   void Execute() override {
-    std::lock_guard<std::mutex> g(lib->mu);
+    std::lock_guard<std::mutex> g(*lib->mu);
     host.resize((size_t)buf->bytes);
     int rc = buf->bytes ? lib->abi.download(host.data(), buf->ptr, buf->bytes) : 0;
     if (rc) Fail("E_RUNTIME", lib->Error("kiln_download", rc));
@@ -676,6 +692,7 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
       MakeError(env, "E_ARTIFACT", std::string("cannot load the artifact library: ") + dlerror()).ThrowAsJavaScriptException();
       return;
     }
+    lib->mu = LibraryLock(lib->handle);
 #define KILN_SYM(field, name)                                                                                              \
   lib->abi.field = reinterpret_cast<decltype(lib->abi.field)>(dlsym(lib->handle, name));                                 \
   if (!lib->abi.field) {                                                                                                   \
@@ -726,7 +743,7 @@ class Artifact : public Napi::ObjectWrap<Artifact> {
   Napi::Value MemoryInfo(const Napi::CallbackInfo& info) {
     int64_t f = 0, t = 0;
     {
-      std::lock_guard<std::mutex> g(lib->mu);
+      std::lock_guard<std::mutex> g(*lib->mu);
       lib->abi.memory_info(&f, &t);
     }
     Napi::Object o = Napi::Object::New(info.Env());
