@@ -3,8 +3,9 @@
 // against a host reference in f64 over the same bf16 numbers (max |Δ| ≤ 2e-2 · max |y| and rel L2 ≤
 // 1e-2: bf16 output rounding is 4e-3); cases cover hd 128 and 64 (the vectorized path), GQA,
 // ALiBi, positions 0, 15, 16, 63, 64, 200 and the last slot of the cache (chunk and 16-key batch
-// edges), and hd 96 (the simple loop). Timing: Llama-2-7B's decode (32 heads of 128, cache 2304,
-// position 224 and 2000), one call in a CUDA graph of 20 (µs a call, median of 15).
+// edges), hd 96 (the simple loop), sliding windows (a block's first chunk past `first`), and a row's
+// blocks walking several chunks each (cache 2304). Timing: Llama-2-7B's decode (32 heads of 128,
+// cache 2304, positions 64 … 2303), one call in a CUDA graph of 20 (µs a call, median of 15).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/attn_decode bench/attn_decode.cu
 //   (add -DKILN_ATTN_NO_VEC for the simple loop alone, to time the two; -DKILN_ATTN_CHUNK=n for n keys a split)
 //   bench/tmp/attn_decode      (a line per case, the timing, then PASS or FAIL; exit status 1 on FAIL)
@@ -34,11 +35,12 @@ struct Case {
   const char* what;
   int64_t Hq, Hkv, C, D, pos;
   bool alibi;
+  int64_t window = 0;  // > 0: a sliding window, keys pos − window + 1 … pos
 };
 
 static int failures = 0;
 
-// q [Hq, D], cache k/v [Hkv, C, D] (B = 1); the query at position pos sees keys 0..pos
+// q [Hq, D], cache k/v [Hkv, C, D] (B = 1); the query at position pos sees keys 0..pos (or the window's)
 static double run_case(const Case& c, bool time_it) {
   const int64_t Hq = c.Hq, Hkv = c.Hkv, C = c.C, D = c.D;
   std::vector<bf16> q(Hq * D), k(Hkv * C * D), v(Hkv * C * D);
@@ -64,7 +66,7 @@ static double run_case(const Case& c, bool time_it) {
   ckr(cudaMemcpyAsync(dal, slopes.data(), 4 * Hq, cudaMemcpyHostToDevice, s), "up");
   const double scale = 1.0 / sqrt((double)D);
   auto call = [&](int) {
-    kiln::cuda::flash_attention<bf16>(dq, dk, dv, dy, 1, Hq, Hkv, 1, C, D, D, scale, true, doff, c.alibi ? dal : nullptr, nullptr, nullptr, 0, 0);
+    kiln::cuda::flash_attention<bf16>(dq, dk, dv, dy, 1, Hq, Hkv, 1, C, D, D, scale, true, doff, c.alibi ? dal : nullptr, nullptr, nullptr, 0, c.window);
   };
   call(0);
   std::vector<bf16> y(Hq * D);
@@ -73,19 +75,20 @@ static double run_case(const Case& c, bool time_it) {
   double maxd = 0, maxy = 0, num = 0, den = 0;
   for (int64_t h = 0; h < Hq; h++) {
     const int64_t kh = h / (Hq / Hkv);
-    std::vector<double> sc(c.pos + 1);
+    const int64_t j0 = c.window > 0 && c.pos - c.window + 1 > 0 ? c.pos - c.window + 1 : 0;
+    std::vector<double> sc(c.pos + 1, -INFINITY);
     double m = -INFINITY;
-    for (int64_t j = 0; j <= c.pos; j++) {
+    for (int64_t j = j0; j <= c.pos; j++) {
       double d = 0;
       for (int64_t e = 0; e < D; e++) d += (double)kiln::Num<bf16>::load(q[h * D + e]) * kiln::Num<bf16>::load(k[(kh * C + j) * D + e]);
       sc[j] = d * scale + (double)slopes[h] * (double)j;
       m = fmax(m, sc[j]);
     }
     double l = 0;
-    for (auto& x : sc) l += (x = exp(x - m));
+    for (auto& x : sc) l += (x = x == -INFINITY ? 0.0 : exp(x - m));
     for (int64_t e = 0; e < D; e++) {
       double a = 0;
-      for (int64_t j = 0; j <= c.pos; j++) a += sc[j] * kiln::Num<bf16>::load(v[(kh * C + j) * D + e]);
+      for (int64_t j = j0; j <= c.pos; j++) a += sc[j] * kiln::Num<bf16>::load(v[(kh * C + j) * D + e]);
       a /= l;
       const double g = kiln::Num<bf16>::load(y[h * D + e]);
       const double dd = fabs(g - a);
@@ -122,11 +125,18 @@ int main() {
       {"hd64 ALiBi 16:16, cache 700, pos 200", 16, 16, 700, 64, 200, true},
       {"hd64 MQA 8:1, cache 300, pos 131", 8, 1, 300, 64, 131, false},
       {"hd96 (the simple loop) 8:8, cache 300, pos 100", 8, 8, 300, 96, 100, false},
+      {"hd128 32:8, cache 2304, pos 2000, window 700", 32, 8, 2304, 128, 2000, false, 700},
+      {"hd128 32:8, cache 2304, pos 1500, window 100", 32, 8, 2304, 128, 1500, false, 100},
+      {"hd96 (the simple loop) 32:32, cache 2304, pos 1800, window 333", 32, 32, 2304, 96, 1800, false, 333},
+      {"hd96 (the simple loop) 32:32, cache 2304, pos 1800", 32, 32, 2304, 96, 1800, false},
   };
   for (const Case& c : cases) run_case(c, false);
   printf("\nLlama-2-7B decode (32 heads of 128, static cache 2304):\n");
-  run_case({"  position 224", 32, 32, 2304, 128, 224, false}, true);
-  run_case({"  position 2000", 32, 32, 2304, 128, 2000, false}, true);
+  for (int64_t pos : {64, 128, 224, 512, 1024, 2000, 2303}) {
+    char what[64];
+    snprintf(what, sizeof what, "  position %lld", (long long)pos);
+    run_case({what, 32, 32, 2304, 128, pos, false}, true);
+  }
   printf("%s\n", failures ? "FAIL" : "PASS");
   return failures ? 1 : 0;
 }

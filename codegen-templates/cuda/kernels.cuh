@@ -355,7 +355,8 @@ __device__ __forceinline__ void merge_warp_states(const float* wm, const float* 
 // all loads in flight). Same math as the loop (f32, one rounding of the output), other order.
 template <typename T, bool SPLIT, int HD>
 __device__ __forceinline__ void attend_row_vec(const T* __restrict__ qrow, const T* __restrict__ kb, const T* __restrict__ vb, T* __restrict__ yrow,
-                                               float* __restrict__ out, int64_t j0, int64_t j1, int64_t ks, int64_t vs, float scale, float slope) {
+                                               float* __restrict__ out, int64_t cb0, int64_t cstride, int64_t j0, int64_t j1, int64_t ks, int64_t vs, float scale,
+                                               float slope) {
   constexpr int W = 4, P = HD / 8, KPW = 32 / P, KB = 16, E = HD / 32;
   __shared__ float wm[W], wl[W];
   __shared__ float wacc[W][HD];
@@ -366,18 +367,21 @@ __device__ __forceinline__ void attend_row_vec(const T* __restrict__ qrow, const
 #pragma unroll
   for (int e = 0; e < E; e++) acc[e] = 0.f;
   using VW = typename std::conditional<E == 4, uint2, uint32_t>::type;  // a lane's HD / 32 values of a row
-  for (int64_t jb = j0 + (int64_t)warp * KB; jb < j1; jb += (int64_t)W * KB) {
+  // the block's keys: chunks cb0, cb0 + cstride, … (cstride 0: the one range [j0, j1)) within [j0, j1)
+  for (int64_t cb = cb0; cb < j1; cb += cstride) {
+  const int64_t ca = cb > j0 ? cb : j0, ce = cstride && cb + kChunk < j1 ? cb + kChunk : j1;
+  for (int64_t jb = ca + (int64_t)warp * KB; jb < ce; jb += (int64_t)W * KB) {
     // the batch's key pieces and value rows, all in flight before any is used
     uint4 kw[KB / KPW];
     VW vw[KB];
 #pragma unroll
     for (int i = 0; i < KB / KPW; i++) {
       const int64_t j = jb + i * KPW + lane / P;
-      kw[i] = j < j1 ? __ldg(reinterpret_cast<const uint4*>(kb + j * ks) + part) : make_uint4(0u, 0u, 0u, 0u);
+      kw[i] = j < ce ? __ldg(reinterpret_cast<const uint4*>(kb + j * ks) + part) : make_uint4(0u, 0u, 0u, 0u);
     }
 #pragma unroll
     for (int t = 0; t < KB; t++) {
-      if (jb + t < j1) vw[t] = __ldg(reinterpret_cast<const VW*>(vb + (jb + t) * vs + lane * E));
+      if (jb + t < ce) vw[t] = __ldg(reinterpret_cast<const VW*>(vb + (jb + t) * vs + lane * E));
       else vw[t] = VW();
     }
     float sp[KB / KPW];
@@ -399,7 +403,7 @@ __device__ __forceinline__ void attend_row_vec(const T* __restrict__ qrow, const
 #pragma unroll
     for (int t = 0; t < KB; t++) {
       const float v = __shfl_sync(0xffffffffu, sp[t / KPW], (t % KPW) * P);
-      sc[t] = jb + t < j1 ? v * scale + slope * (float)(jb + t) : -INFINITY;
+      sc[t] = jb + t < ce ? v * scale + slope * (float)(jb + t) : -INFINITY;
       mb = fmaxf(mb, sc[t]);
     }
     const float mn = fmaxf(m, mb);
@@ -409,7 +413,7 @@ __device__ __forceinline__ void attend_row_vec(const T* __restrict__ qrow, const
     for (int e = 0; e < E; e++) acc[e] *= corr;
 #pragma unroll
     for (int t = 0; t < KB; t++) {
-      if (jb + t < j1) {  // the same for the whole warp
+      if (jb + t < ce) {  // the same for the whole warp
         const float pr = __expf(sc[t] - mn);
         l += pr;
         float vf[8];
@@ -421,6 +425,8 @@ __device__ __forceinline__ void attend_row_vec(const T* __restrict__ qrow, const
       }
     }
     m = mn;
+  }
+  if (!cstride) break;
   }
   if (lane == 0) {
     wm[warp] = m;
@@ -439,12 +445,13 @@ __device__ __forceinline__ void attend_row_vec(const T* __restrict__ qrow, const
 template <typename T, bool SPLIT>
 __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* __restrict__ kb, const T* __restrict__ vb, T* __restrict__ yrow, float* __restrict__ out,
                                            int64_t j0, int64_t j1, int64_t ks, int64_t vs, int D, int Dv, float scale, float slope,
-                                           const int64_t* __restrict__ km, int64_t Tk) {
+                                           const int64_t* __restrict__ km, int64_t Tk, int64_t cb0 = -1, int64_t cstride = 0) {
+  if (cb0 < 0) cb0 = j0;
 #ifndef KILN_ATTN_NO_VEC  // (defined: the simple loop only — bench/attn_decode.cu times both)
   if constexpr (sizeof(T) == 2) {
     const bool vec = !km && D == Dv && (D == 128 || D == 64) && ks % 8 == 0 && vs % 8 == 0 && aligned16(qrow) && aligned16(kb) && aligned16(vb);
-    if (vec && D == 128) return attend_row_vec<T, SPLIT, 128>(qrow, kb, vb, yrow, out, j0, j1, ks, vs, scale, slope);
-    if (vec && D == 64) return attend_row_vec<T, SPLIT, 64>(qrow, kb, vb, yrow, out, j0, j1, ks, vs, scale, slope);
+    if (vec && D == 128) return attend_row_vec<T, SPLIT, 128>(qrow, kb, vb, yrow, out, cb0, cstride, j0, j1, ks, vs, scale, slope);
+    if (vec && D == 64) return attend_row_vec<T, SPLIT, 64>(qrow, kb, vb, yrow, out, cb0, cstride, j0, j1, ks, vs, scale, slope);
   }
 #endif
   constexpr int W = 4, MAXD = 256, PER = MAXD / 32;
@@ -457,7 +464,9 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
   float m = -INFINITY, l = 0.f, acc[PER];
 #pragma unroll
   for (int e = 0; e < PER; e++) acc[e] = 0.f;
-  for (int64_t j = j0 + warp; j < j1; j += W) {
+  for (int64_t cb = cb0; cb < j1; cb += cstride) {
+  const int64_t ca = cb > j0 ? cb : j0, ce = cstride && cb + kChunk < j1 ? cb + kChunk : j1;
+  for (int64_t j = ca + warp; j < ce; j += W) {
     if (km && km[j] == 0) continue;  // a padded key (the whole warp skips it)
     const T* kr = kb + j * ks;
     float s = 0.f;
@@ -476,6 +485,8 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
       if (d < Dv) acc[e] = acc[e] * corr + p * Num<T>::load(vr[d]);
     }
     m = mn;
+  }
+  if (!cstride) break;
   }
   if (lane == 0) {
     wm[warp] = m;
@@ -527,11 +538,17 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
     if (pos - window + 1 > first) first = pos - window + 1;
   }
   float* out = SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
-  const int64_t j0 = SPLIT ? ((int64_t)blockIdx.y * kChunk > first ? (int64_t)blockIdx.y * kChunk : first) : first;
-  int64_t j1 = SPLIT ? ((int64_t)blockIdx.y + 1) * kChunk : Tk;  // the split's own chunk, even when `first` cuts into it
-  if (j1 > last + 1) j1 = last + 1;
-  if (j1 > Tk) j1 = Tk;
-  if (SPLIT && j0 >= j1) {
+  // split: block y of P = gridDim.y takes chunks y, y + P, y + 2P, … of kChunk keys (from the first
+  // that reaches `first`), so the keys a query sees spread over the row's blocks at any position
+  int64_t cb0 = first, cstride = 0;
+  if (SPLIT) {
+    const int64_t P = gridDim.y, y = blockIdx.y, cf = first / kChunk;
+    cb0 = (y >= cf ? y : y + (cf - y + P - 1) / P * P) * kChunk;
+    cstride = P * kChunk;
+  }
+  int64_t j1 = last + 1 < Tk ? last + 1 : Tk;
+  const int64_t j0 = first;
+  if (SPLIT && (cb0 >= j1 || cb0 + kChunk <= j0)) {
     if (threadIdx.x == 0) {
       out[0] = -INFINITY;
       out[1] = 0.f;
@@ -541,7 +558,7 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   const T* kb = k + b * L.k.b + (h / g) * L.k.h;
   const T* vb = v + b * L.v.b + (h / g) * L.v.h;
   attend_row<T, SPLIT>(q + b * L.q.b + h * L.q.h + i * L.q.s, kb, vb, y + b * L.y.b + h * L.y.h + i * L.y.s, out, j0, j1, L.k.s, L.v.s, D, Dv, scale,
-                       alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk);
+                       alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk, cb0, cstride);
 }
 
 // Merges the splits of a row ((b · Hq + h) · S + i, written at y + b·ys.b + h·ys.h + i·ys.s):
@@ -693,10 +710,17 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
     detail::launched("flash_attention (tiled)");
     return;
   }
-  const int64_t splits = (Tk + detail::kChunk - 1) / detail::kChunk;
+  const int64_t chunks = (Tk + detail::kChunk - 1) / detail::kChunk;
   const int sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
-  // few rows against many keys (decode): split the keys across blocks, then combine
-  if (splits > 1 && rows < 2 * (int64_t)sms && splits <= 65535 && !key_mask && !cu_seqlens) {
+  // few rows against many keys (decode): split the keys across blocks, then combine. A row's P
+  // blocks take its chunks in turn (k_attention), P ≈ 2 blocks an SM over all rows: at a short
+  // position each visible chunk still has its own block, at a long one a block walks several
+  // instead of the grid holding a block per chunk of the whole cache (H100, 7B shape, cache 2304,
+  // µs a call at positions 224 / 1024 / 2303: 9.12 / 14.67 / 24.75 with a block a chunk, 8.69 /
+  // 12.41 / 19.30 at 2 an SM; 1, 3, 4, 8 measured too: bench/NOTES.md, "The decode attention's splits")
+  static const int64_t per_sm = getenv("KILN_ATTN_BLOCKS") ? atoll(getenv("KILN_ATTN_BLOCKS")) : 2;  // (KILN_ATTN_BLOCKS: an A/B knob, bench/attn_decode.cu)
+  const int64_t splits = std::min<int64_t>(chunks, std::max<int64_t>(2, (per_sm * (int64_t)sms + rows - 1) / rows));
+  if (chunks > 1 && rows < 2 * (int64_t)sms && !key_mask && !cu_seqlens) {
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
     detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L);
     detail::launched("flash_attention (split KV)");
