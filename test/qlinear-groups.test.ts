@@ -10,9 +10,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
-import { emitSource } from "../compiler/codegen/emit.js";
+import { elementwiseViews, emitSource, inPlaceCacheWrites } from "../compiler/codegen/emit.js";
 import { qlinear4Groups, siluMul } from "../compiler/codegen/qlinear-groups.js";
-import { rotaryRoles } from "../compiler/codegen/rope-fusion.js";
+import { ropeFusions, rotaryRoles } from "../compiler/codegen/rope-fusion.js";
 import { parseExpr } from "../compiler/ir/expr.js";
 import type { Attrs, Value } from "../compiler/ir/index.js";
 import { GraphBuilder, inferNode } from "../compiler/ir/index.js";
@@ -221,4 +221,52 @@ describe("a tiny nf4 Llama on the cpu target", () => {
     expect(runs[0].prefill.every(Number.isFinite)).toBe(true);
     expect(runs[0]).toEqual(runs[1]);
   }, 120_000);
+});
+
+// Which q/k/v groups' calls take RoPE and the cache writes (rope-fusion.ts), on a hand-built layer:
+// x → q, k, v (nf4) → heads [B, S, H, D] → [B, H, S, D] views → the rotary op on q and k (its
+// rotate-half gather) → k and v written into the static cache in place.
+describe("RoPE fusion: which q/k/v groups", () => {
+  type Opts = { dtype?: "bf16" | "f32"; table?: (d: number) => number; qOut?: boolean; vRead?: boolean; signCast?: boolean };
+  function layer(o: Opts = {}) {
+    const T = o.dtype ?? "bf16", D = 8, H = 2, K = 16;
+    const b = new GraphBuilder("g");
+    const node = (op: string, operands: Value[], attrs: Attrs = {}): Value => b.node(op, operands, attrs, inferNode({ op, operands, attrs }));
+    const x = b.input("x", { dtype: T, shape: ["B", "S", K] });
+    const pos = b.input("cache_position", { dtype: "i64", shape: [] });
+    const past = ["key", "value"].map((n) => b.input(`past.0.${n}`, { dtype: T, shape: ["B", H, "C", D] }));
+    const cos = b.input("cos", { dtype: T, shape: [1, 1, "S", D] });
+    const sin = b.input("sin", { dtype: T, shape: [1, 1, "S", D] });
+    const idx = node("constant", [], { dtype: "i64", shape: [D], values: Array.from({ length: D }, (_, d) => (o.table ?? ((e: number) => (e + D / 2) % D))(d)) });
+    const sign32 = node("constant", [], { dtype: "f32", shape: [D], values: Array.from({ length: D }, (_, d) => (d < D / 2 ? -1 : 1)) });
+    const sign = o.signCast ? sign32 : node("cast", [sign32], { to: T });
+    const lin = (i: number) =>
+      node("qlinear", [x, b.param(`l${i}.weight`, { dtype: T, shape: [H * D, K] })], { scheme: "nf4", block: 64, double_quant: false, threshold: 6 });
+    const heads = (v: Value) => node("transpose", [node("reshape", [v], { shape: ["B", "S", H, D] })], { perm: [0, 2, 1, 3] });
+    const expr = o.signCast ? `(add:${T} (mul:${T} $0 $1) (mul:${T} (mul:${T} $2 (cast:${T} $3)) $4))` : `(add:${T} (mul:${T} $0 $1) (mul:${T} (mul:${T} $2 $3) $4))`;
+    const rot = (t: Value) => node("elementwise", [t, cos, node("gather", [t, idx], { axis: -1 }), sign, sin], { expr });
+    const [q, k, v] = [lin(0), lin(1), lin(2)];
+    const qr = rot(heads(q));
+    const ck = node("cache_write", [past[0], rot(heads(k)), pos]);
+    const cv = node("cache_write", [past[1], heads(v), pos]);
+    b.output("attn_out", node("exp", [qr])); // (attention, in a model)
+    b.output("present.0.key", ck);
+    b.output("present.0.value", cv);
+    if (o.vRead) b.output("v_again", node("exp", [past[1]]));
+    if (o.qOut) b.output("q_rot", qr);
+    return b.graph;
+  }
+  const modes = (g: ReturnType<typeof layer>) =>
+    [...ropeFusions(g, qlinear4Groups(g), elementwiseViews(g), inPlaceCacheWrites(g)).values()].map((f) => f.jobs.map((j) => j.mode));
+
+  test("a Llama layer: q → the rotary op's result, k → RoPE'd into the cache, v → the cache (the sign a T row, or cast inside the op)", () => {
+    expect(modes(layer())).toEqual([[1, 2, 3]]);
+    expect(modes(layer({ signCast: true }))).toEqual([[1, 2, 3]]);
+  });
+  test("no fusion: f32, another gather table, the rotary result a graph output, a cache not written in place", () => {
+    expect(modes(layer({ dtype: "f32" }))).toEqual([]);
+    expect(modes(layer({ table: (d) => 7 - d }))).toEqual([]);
+    expect(modes(layer({ qOut: true }))).toEqual([]);
+    expect(modes(layer({ vRead: true }))).toEqual([]);
+  });
 });
