@@ -450,8 +450,8 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   const int ld = ROPE ? 31 - __clz((int)RP.D) : 0;  // log2 D
   // row of slot r (< H) of chunk cj of a job
   auto row_of = [&](int64_t cj, int r) -> int64_t {
-    if (!ROPE) return cj * H + r;
-    return ((cj >> (ld - 3)) << ld) + ((cj & ((1 << (ld - 3)) - 1)) << 2) + (r & 3) + (r >= 4 ? (int64_t)1 << (ld - 1) : 0);
+    if constexpr (!ROPE) return cj * H + r;
+    else return ((cj >> (ld - 3)) << ld) + ((cj & ((1 << (ld - 3)) - 1)) << 2) + (r & 3) + (r >= 4 ? (int64_t)1 << (ld - 1) : 0);
   };
   // piece p of chunk c's R rows (rows past N read row N − 1: computed, never stored)
   auto load = [&](int64_t c, int p, uint4 (&pc)[R], float (&a)[R]) {
