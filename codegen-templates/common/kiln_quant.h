@@ -8,6 +8,7 @@
 // Rounding follows the reference exactly: JavaScript's Math.round is floor(x + 0.5).
 #pragma once
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <vector>
@@ -152,6 +153,12 @@ struct Q4Rope {
   T* dst[4];
   int mode[4];
 };
+// Whether a step of `rows` rows fuses (emit.ts's `rfN`): one row, unless KILN_FUSE_ROPE=0 (an A/B
+// switch); the same on both targets, so CI's cpu runs take the fused form the GPU takes.
+static inline bool rope_fused(int64_t rows) {
+  static const bool on = !(getenv("KILN_FUSE_ROPE") && strcmp(getenv("KILN_FUSE_ROPE"), "0") == 0);
+  return rows == 1 && on;
+}
 
 }  // namespace quant
 }  // namespace kiln

@@ -238,6 +238,30 @@ KILN_HD T rope_sign(const R& r, int64_t d) {
   return r.sign32 ? Num<T>::store((typename Num<T>::C)r.sign32[d]) : r.sign[d];
 }
 
+// Row `row` (= h·D + d) of linear i's result, value v, put where Q4Rope r's mode i says: the rotary
+// op's result (1), or the cache at the position (2, 3; skipped outside [0, C) as cache_write skips)
+template <typename T, typename R>
+KILN_HD void rope_put(const R& r, int i, int64_t row, T v) {
+  if (r.mode[i] == 1) {
+    r.dst[i][row] = v;
+    return;
+  }
+  const int64_t p = *r.pos, D = r.D;
+  if (p >= 0 && p < r.C) r.dst[i][((row / D) * r.C + p) * D + row % D] = v;
+}
+// Q4Rope's epilogue for row `row` of linear i whose result y is in memory (the cpu target; cuda
+// where the GEMV could not do it: qdetail::k_unrope): RoPE'd from y's row and its rotate-half
+// partner (modes 1, 2) or as it is (3), then rope_put
+template <typename T, typename R>
+KILN_HD void rope_store(const R& r, int i, const T* y, int64_t row) {
+  const int mode = r.mode[i];
+  if (mode == 0) return;
+  const int64_t D = r.D, d = row % D;
+  T v = y[row];
+  if (mode != 3) v = rope_at<T>(v, y[row - d + (d + D / 2) % D], r.cos[d], r.sin[d], rope_sign<T>(r, d));
+  rope_put<T>(r, i, row, v);
+}
+
 // One launch's share of a batched launch (K::for_each_n, codegen's batching of independent
 // elementwise and cache-write kernels): a functor and its element count.
 template <typename F>

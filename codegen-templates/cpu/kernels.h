@@ -259,27 +259,15 @@ void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, co
 // rotary op's and cache_write's own arithmetic (kiln::rope_at; a position outside the cache is
 // skipped, as the cuda kernels do).
 using quant::Q4Rope;
-static inline bool rope_fused(int64_t rows) {
-  static const bool on = !(getenv("KILN_FUSE_ROPE") && strcmp(getenv("KILN_FUSE_ROPE"), "0") == 0);
-  return rows == 1 && on;
-}
+using quant::rope_fused;
 template <typename T>
 void rope_epilogue(std::initializer_list<Q4Linear<T>> ls, const Q4Rope<T>* rope) {
   if (!rope) return;
   if (ls.size() > 4) rt::fail(KILN_ERR_INVALID, "qlinear4_group: a RoPE epilogue over more than 4 linears");
   int i = 0;
   for (const Q4Linear<T>& l : ls) {
-    const int mode = rope->mode[i];
-    T* dst = rope->dst[i++];
-    if (mode == 0) continue;
-    const int64_t D = rope->D, p = *rope->pos;
-    for (int64_t row = 0; row < l.N; row++) {
-      const int64_t d = row % D, h = row / D;
-      T v = l.y[row];
-      if (mode != 3) v = rope_at<T>(v, l.y[h * D + (d + D / 2) % D], rope->cos[d], rope->sin[d], rope_sign<T>(*rope, d));
-      if (mode == 1) dst[row] = v;
-      else if (p >= 0 && p < rope->C) dst[(h * rope->C + p) * D + d] = v;
-    }
+    for (int64_t row = 0; row < l.N; row++) rope_store<T>(*rope, i, l.y, row);
+    i++;
   }
 }
 template <typename T>

@@ -602,21 +602,13 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
         }
         if (!ROPE || mode == 0) store_out(J, P, ji, row, value(t, ja, row), P ? value(t + H, J.j[1], row) : 0.f);
         else {
-          T* dst = RP.dst[0];
-#pragma unroll
-          for (int k = 1; k < 4; k++)
-            if (ji == k) dst = RP.dst[k];
-          const int64_t Dm = RP.D - 1, d = row & Dm, h = row >> ld;
+          const int64_t d = row & (RP.D - 1);
           T y = round_out<T>(value(t, ja, row));
           if (mode != 3) {
             const int64_t pr = row ^ (RP.D >> 1);  // the partner: slot t ^ 4
             y = rope_at<T>(y, round_out<T>(value(t ^ 4, ja, pr)), RP.cos[d], RP.sin[d], rope_sign<T>(RP, d));
           }
-          if (mode == 1) dst[row] = y;
-          else {
-            const int64_t p = *RP.pos;
-            if (p >= 0 && p < RP.C) dst[(h * RP.C + p) * RP.D + d] = y;
-          }
+          rope_put<T>(RP, ji, row, y);
         }
       }
     }
@@ -712,17 +704,7 @@ __global__ void k_unrope(const __grid_constant__ RopeYs<T> Y, const __grid_const
     int64_t row = e;
     int i = 0;
     while (i + 1 < Y.n && row >= Y.N[i]) row -= Y.N[i++];
-    const int mode = RP.mode[i];
-    if (mode == 0) continue;
-    const T* y = Y.y[i];
-    const int64_t D = RP.D, d = row % D, h = row / D;
-    T v = y[row];
-    if (mode != 3) v = rope_at<T>(v, y[h * D + (d + D / 2) % D], RP.cos[d], RP.sin[d], rope_sign<T>(RP, d));
-    if (mode == 1) RP.dst[i][row] = v;
-    else {
-      const int64_t p = *RP.pos;
-      if (p >= 0 && p < RP.C) RP.dst[i][(h * RP.C + p) * D + d] = v;
-    }
+    rope_store<T>(RP, i, Y.y[i], row);
   }
 }
 template <typename T>
@@ -2080,10 +2062,7 @@ using quant::Q4Rope;
 // rope: the group is a decode step's q/k/v and Q4Rope says where RoPE and the cache writes put each
 // one's row (emit.ts's rope fusion, where rope_fused said so): k_qgemv4p does it in its epilogue,
 // else one launch after the GEMVs (qdetail::unrope). KILN_FUSE_ROPE=0 turns it off (an A/B switch).
-static inline bool rope_fused(int64_t rows) {
-  static const bool on = !(getenv("KILN_FUSE_ROPE") && strcmp(getenv("KILN_FUSE_ROPE"), "0") == 0);
-  return rows == 1 && on;
-}
+using quant::rope_fused;
 
 // The 4-bit linears that read one x with one scheme, block, double quant and K (emit.ts groups
 // q/k/v and gate/up): at decode (M ≤ 8) ONE GEMV launch (up to 4 linears a launch) computes them
