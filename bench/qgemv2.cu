@@ -7,6 +7,7 @@
 // - an RMSNorm then the linear(s) reading it: off = the norm kernel + k_qgemv4v, on = k_qgemv4p
 //   computing the norm as it stages x (qlinear4_norm / qlinear4_group_norm / qlinear4_silu_mul_norm
 //   with fused = true) — the 12288 × 4096 shape as q/k/v (three jobs of 4096);
+// QG_ONCE=1: each call once, no timing (a run for ncu).
 // Checks (rel L2 against the off path ≤ 1e-2; the fused norm against norm kernel + k_qgemv4p ≤ 1e-3).
 // The design's history (k_v4, the experiment it came from: persistent blocks, the byte → f16 pair
 // table, x staged in f16, prefetching across row groups) is in bench/NOTES.md and
@@ -73,6 +74,7 @@ struct Variant {
 int main() {
   ck(kiln_init(0), "init");
   g_code = Q::code16(NF4);
+  const bool once = getenv("QG_ONCE") != nullptr;  // each variant launched once, untimed (for ncu)
   Q::q4p_force() = true;  // k_qgemv4p for the plain linears too (decode runs it only with a norm to compute)
   const Variant vs[] = {
       {"one linear", run_vec},
@@ -122,7 +124,7 @@ int main() {
         ck(cudaDeviceSynchronize(), vs[v].name);
         h[on].resize(outN);
         cudaMemcpy(h[on].data(), y, 2 * outN, cudaMemcpyDeviceToHost);
-        t[2 * v + on][si] = median_us([&](int i) { vs[v].launch(x, g_q4[i % COPIES], y, N, K); });
+        if (!once) t[2 * v + on][si] = median_us([&](int i) { vs[v].launch(x, g_q4[i % COPIES], y, N, K); });
       }
       double num = 0, den = 0;
       for (int64_t i = 0; i < outN; i++) {

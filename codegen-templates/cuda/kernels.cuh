@@ -41,6 +41,15 @@ namespace detail {
 
 static const int kThreads = 256;
 
+// Lets the kernel after this one start its launch now if it was launched as a programmatic
+// dependent (quant.cuh's k_qgemv4p: its blocks take SMs as this grid's leave and read nothing of
+// this kernel's before their griddepcontrol.wait); no effect on a plainly launched next kernel.
+__device__ __forceinline__ void allow_dependents() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
 static inline void launched(const char* what) {
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) rt::fail(KILN_ERR_DEVICE, "CUDA error %s (%s) launching the %s kernel", cudaGetErrorName(e), cudaGetErrorString(e), what);
@@ -569,6 +578,7 @@ __global__ void k_attention_combine(const float* __restrict__ part, T* __restric
   // chain of dependent L2 reads, ≈ 5 µs of a decode step's attention), the weights exp(m_s − M)
   // are computed once into shared memory, then each thread sums its dims over the splits with
   // several loads in flight
+  allow_dependents();  // the o projection after a decode step's attention
   constexpr int TILE = 1024;
   __shared__ float wsh[TILE];
   __shared__ float red[32];

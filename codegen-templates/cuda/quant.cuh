@@ -435,7 +435,7 @@ __device__ __forceinline__ int q4p_row(int lane) {
 // k = c mod D/8), so the thread storing row n also holds row n ± D/2 of its head.
 template <typename T, bool P, bool NORM, bool ROPE>
 __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict__ x, const T* __restrict__ gamma, float eps, const __grid_constant__ Q4Jobs<T> J,
-                                                            Code16 code, int K, int lb, const __grid_constant__ quant::Q4Rope<T> RP) {
+                                                            Code16 code, int K, int lb, const __grid_constant__ quant::Q4Rope<T> RP, int pdl) {
   using namespace q4p;
   constexpr int H = P ? R / 2 : R;  // rows of a chunk a job
   extern __shared__ __align__(16) uint8_t sm[];
@@ -472,16 +472,23 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
       a[r] = __ldg((r >= H ? ab : aa) + row * apr + (p >> csh));
     }
   };
-  // x (and the norm's weight) first: a few KB from L2 that must not queue behind the weights
+  // the next kernel may start its own launch now: its blocks take an SM as one of ours leaves it, and
+  // read nothing of ours before their griddepcontrol.wait (programmatic dependent launch)
+  detail::allow_dependents();
+  // x (and the norm's weight) first: a few KB from L2 that must not queue behind the weights —
+  // unless launched as a dependent (pdl), where x is the previous kernel's until its wait returns
   detail::Pack16<T> xr[XC], g[NORM ? XC : 1];
+  auto load_x = [&]() {
 #pragma unroll
-  for (int u = 0; u < XC; u++) {
-    const int qi = tid + u * THREADS;
-    if (qi < K / 8) {
-      xr[u].u = __ldg(reinterpret_cast<const uint4*>(x + 8 * qi));
-      if (NORM) g[u].u = __ldg(reinterpret_cast<const uint4*>(gamma + 8 * qi));
+    for (int u = 0; u < XC; u++) {
+      const int qi = tid + u * THREADS;
+      if (qi < K / 8) {
+        xr[u].u = __ldg(reinterpret_cast<const uint4*>(x + 8 * qi));
+        if (NORM) g[u].u = __ldg(reinterpret_cast<const uint4*>(gamma + 8 * qi));
+      }
     }
-  }
+  };
+  if (!pdl) load_x();
   uint4 pc[R];
   float a[R];
   int64_t c = (int64_t)blockIdx.x * WG + wg;
@@ -492,6 +499,14 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
     const int b = i >> 3;
     const uint32_t v = f16x2_bits(cs[b & 15], cs[b >> 4]);
     reinterpret_cast<uint4*>(sm)[b * 16 + (i & 7)] = make_uint4(v, v, v, v);
+  }
+  if (pdl) {
+    // weights, codes and the table need nothing of the previous kernel; x (and every store) waits
+    // for it to finish and its writes to be visible
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    load_x();
   }
   float f[XC][8];
   double s = 0;
@@ -635,9 +650,10 @@ static const T* unfuse(const T* x, const Q4Norm<T>*& nrm, int64_t M, int64_t K) 
 }
 
 // whether k_qgemv4p runs these jobs: M = 1, bf16/f16, no double quantization, whole absmax blocks
-// of 2^lb ≥ 32 in a row, K ≤ KMAX, x (and gamma) 16-byte aligned, and a norm to compute: alone,
-// the GEMV is no faster than k_qgemv4v (bench/qgemv2.cu, H100: 15.6 vs 14.6 µs on 11008 × 4096,
-// 24.8 vs 25.4 on gate/up paired), so it runs where it also saves the norm's kernel. With double
+// of 2^lb ≥ 32 in a row, K ≤ KMAX, x (and gamma) 16-byte aligned, and either launched as a
+// programmatic dependent (q4p_pdl_on) or with a norm or RoPE to compute: launched plainly and
+// alone, the GEMV is no faster than k_qgemv4v (bench/qgemv2.cu, H100: 15.6 vs 14.6 µs on 11008 ×
+// 4096, 24.8 vs 25.4 on gate/up paired), so there it runs where it also saves a kernel. With double
 // quantization it was slower than k_qgemv4v + the norm kernel in the step (bench:quant at 7fc9f15:
 // nf4 + dq 310.6 tokens/s against 324.9 before), so those keep both. KILN_Q4P=0 turns it off (an
 // A/B switch).
@@ -649,12 +665,22 @@ static inline bool& q4p_force() {  // also where there is no norm (KILN_Q4P=all;
   static bool on = getenv("KILN_Q4P") && strcmp(getenv("KILN_Q4P"), "all") == 0;
   return on;
 }
+// k_qgemv4p launched as a programmatic dependent of the kernel before it (compute capability ≥ 9.0;
+// KILN_PDL=0: plain launches, an A/B switch). Then it runs every GEMV q4p_takes allows, with or
+// without a norm: in a step of such launches each GEMV's set-up and first weight loads overlap the
+// tail of the one before (bench/qchain.cu, H100, a 7B step's 4-bit GEMVs: 2122–2136 µs with o and
+// down on k_qgemv4v and plain launches, 2187–2190 all on k_qgemv4p plainly, 1950 all as dependents).
+static inline bool& q4p_pdl() {
+  static bool on = !(getenv("KILN_PDL") && strcmp(getenv("KILN_PDL"), "0") == 0);
+  return on;
+}
+static inline bool q4p_pdl_on() { return q4p_pdl() && rt::state().cc_major >= 9; }
 template <typename T>
 static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t block, bool dq, int64_t rows, bool norm) {
   if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || dq || !q4p_switch()) return false;
   const int lb = log2_exact(block);
   if (lb < 5 || K % block != 0 || K % 32 != 0 || K > q4p::KMAX || !detail::aligned16(x) || (gamma && !detail::aligned16(gamma))) return false;
-  return (norm || q4p_force()) && rows > 0;
+  return (norm || q4p_force() || q4p_pdl_on()) && rows > 0;
 }
 // the jobs' rows can be RoPE pairs in k_qgemv4p's chunks (its ROPE epilogue): D a power of 2 ≥ 8
 // dividing every N, and not the pair (gate/up) table
@@ -670,7 +696,26 @@ static bool q4p_launch(const T* x, const Q4Norm<T>* nrm, const Q4Jobs<T>& J, con
                        const quant::Q4Rope<T>& rp) {
   static const bool ready = cudaFuncSetAttribute(k_qgemv4p<T, P, NORM, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, q4p::smem_bytes(q4p::KMAX)) == cudaSuccess;
   if (!ready) return false;
-  k_qgemv4p<T, P, NORM, ROPE><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, NORM ? nrm->gamma : nullptr, NORM ? (float)nrm->eps : 0.f, J, c, (int)K, lb, rp);
+  const T* gamma = NORM ? nrm->gamma : nullptr;
+  const float eps = NORM ? (float)nrm->eps : 0.f;
+  if (!q4p_pdl_on()) {
+    k_qgemv4p<T, P, NORM, ROPE><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, gamma, eps, J, c, (int)K, lb, rp, 0);
+    return true;
+  }
+  // programmatic dependent launch: this grid may start while the previous kernel finishes (its
+  // set-up and first weight loads overlap that kernel's tail); the kernel waits before reading x
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(q4p::THREADS);
+  cfg.dynamicSmemBytes = (size_t)q4p::smem_bytes(K);
+  cfg.stream = s;
+  cfg.attrs = at;
+  cfg.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, k_qgemv4p<T, P, NORM, ROPE>, x, gamma, eps, J, c, (int)K, lb, rp, 1);
+  if (e != cudaSuccess) rt::fail(KILN_ERR_DEVICE, "qlinear4: launching the persistent GEMV: %s", cudaGetErrorString(e));
   return true;
 }
 // J on k_qgemv4p (q4p_takes said yes): fills first[] with its chunks; false when it could not
