@@ -85,8 +85,8 @@ int main() {
     const char* name;
     bool pdl, force;
   };
+  // (launched as dependents, k_qgemv4p takes o and down too: q4p_takes)
   const Mode modes[] = {{"o/down k_qgemv4v, plain launches (production before)", false, false},
-                        {"o/down k_qgemv4v, k_qgemv4p as programmatic dependent", true, false},
                         {"all k_qgemv4p, plain launches", false, true},
                         {"all k_qgemv4p, programmatic dependents", true, true}};
   const int NM = sizeof(modes) / sizeof(modes[0]);
@@ -110,7 +110,8 @@ int main() {
     printf(" |\n");
   }
   // the launch mode changes no bit; o/down on k_qgemv4p (f16 products) differ from k_qgemv4v's f32 ones
-  for (int m : {1, 3}) {
+  {
+    const int m = 2;
     int64_t diff = 0;
     for (int64_t i = 0; i < H; i++) diff += memcmp(&out[m][i], &out[m - 1][i], 2) != 0;
     printf("%s vs plain: %lld of %lld outputs differ\n", modes[m].name, (long long)diff, (long long)H);
@@ -118,7 +119,7 @@ int main() {
   }
   double num = 0, den = 0;
   for (int64_t i = 0; i < H; i++) {
-    const double a = kiln::Num<bf16>::load(out[2][i]), b = kiln::Num<bf16>::load(out[0][i]);
+    const double a = kiln::Num<bf16>::load(out[1][i]), b = kiln::Num<bf16>::load(out[0][i]);
     num += (a - b) * (a - b), den += b * b;
   }
   printf("all k_qgemv4p vs o/down on k_qgemv4v: rel L2 %.2e (f16 products)\n", sqrt(num / den));

@@ -15,7 +15,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <stdlib.h>
 #include <type_traits>
+#include <utility>
 #include "../common/kiln_types.h"
 #include "runtime.cuh"
 #include "cublaslt.cuh"
@@ -49,6 +51,39 @@ __device__ __forceinline__ void allow_dependents() {
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
 }
+// A kernel launched by launch_dependent calls this before it reads anything the kernel before it
+// writes (or writes anything that kernel reads): it returns once that kernel has finished and its
+// writes are visible. In a plainly launched kernel that has already happened, and it returns at once.
+__device__ __forceinline__ void wait_prior() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+// kernel<<<grid, block, smem, s>>>(args…) as a programmatic dependent of the kernel before it on s
+// (Hopper's programmatic dependent launch: the grid may start while that kernel finishes; the kernel
+// must call wait_prior first, as above). The caller checks the compute capability (≥ 9.0).
+template <typename... KArgs, typename... Args>
+static void launch_dependent(const char* what, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = at;
+  cfg.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  if (e != cudaSuccess) rt::fail(KILN_ERR_DEVICE, "CUDA error %s (%s) launching the %s kernel", cudaGetErrorName(e), cudaGetErrorString(e), what);
+}
+// whether launches may be programmatic dependents: compute capability ≥ 9.0 and KILN_PDL not 0 (an
+// A/B switch)
+static inline bool& pdl_switch() {
+  static bool on = !(getenv("KILN_PDL") && strcmp(getenv("KILN_PDL"), "0") == 0);
+  return on;
+}
+static inline bool pdl_on() { return pdl_switch() && rt::state().cc_major >= 9; }
 
 static inline void launched(const char* what) {
   cudaError_t e = cudaGetLastError();
@@ -732,6 +767,8 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   const int64_t splits = std::min<int64_t>(chunks, std::max<int64_t>(2, (per_sm * (int64_t)sms + rows - 1) / rows));
   if (chunks > 1 && rows < 2 * (int64_t)sms && !key_mask && !cu_seqlens) {
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
+    // (not launched as a dependent of the q/k/v GEMV: that made the 7B nf4 step slower, 2397–2405
+    // vs 2343–2345 µs, H100 — bench/NOTES.md)
     detail::k_attention<T, true><<<dim3((unsigned)rows, (unsigned)splits), 128, 0, stream()>>>(q, k, v, y, part, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset, alibi, key_mask, cu_seqlens, n_cu, window, L);
     detail::launched("flash_attention (split KV)");
     detail::k_attention_combine<T><<<(unsigned)rows, Dv < 32 ? 32 : (unsigned)((Dv + 31) / 32 * 32), 0, stream()>>>(part, y, (int)splits, (int)Dv, Hq, S, L.y);

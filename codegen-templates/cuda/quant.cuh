@@ -503,9 +503,7 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   if (pdl) {
     // weights, codes and the table need nothing of the previous kernel; x (and every store) waits
     // for it to finish and its writes to be visible
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+    detail::wait_prior();
     load_x();
   }
   float f[XC][8];
@@ -670,11 +668,8 @@ static inline bool& q4p_force() {  // also where there is no norm (KILN_Q4P=all;
 // without a norm: in a step of such launches each GEMV's set-up and first weight loads overlap the
 // tail of the one before (bench/qchain.cu, H100, a 7B step's 4-bit GEMVs: 2122–2136 µs with o and
 // down on k_qgemv4v and plain launches, 2187–2190 all on k_qgemv4p plainly, 1950 all as dependents).
-static inline bool& q4p_pdl() {
-  static bool on = !(getenv("KILN_PDL") && strcmp(getenv("KILN_PDL"), "0") == 0);
-  return on;
-}
-static inline bool q4p_pdl_on() { return q4p_pdl() && rt::state().cc_major >= 9; }
+static inline bool& q4p_pdl() { return detail::pdl_switch(); }
+static inline bool q4p_pdl_on() { return detail::pdl_on(); }
 template <typename T>
 static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t block, bool dq, int64_t rows, bool norm) {
   if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || dq || !q4p_switch()) return false;
@@ -704,18 +699,8 @@ static bool q4p_launch(const T* x, const Q4Norm<T>* nrm, const Q4Jobs<T>& J, con
   }
   // programmatic dependent launch: this grid may start while the previous kernel finishes (its
   // set-up and first weight loads overlap that kernel's tail); the kernel waits before reading x
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(q4p::THREADS);
-  cfg.dynamicSmemBytes = (size_t)q4p::smem_bytes(K);
-  cfg.stream = s;
-  cfg.attrs = at;
-  cfg.numAttrs = 1;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, k_qgemv4p<T, P, NORM, ROPE>, x, gamma, eps, J, c, (int)K, lb, rp, 1);
-  if (e != cudaSuccess) rt::fail(KILN_ERR_DEVICE, "qlinear4: launching the persistent GEMV: %s", cudaGetErrorString(e));
+  detail::launch_dependent("qlinear4 (persistent GEMV)", k_qgemv4p<T, P, NORM, ROPE>, dim3(grid), dim3(q4p::THREADS), (size_t)q4p::smem_bytes(K), s, x, gamma, eps, J, c,
+                           (int)K, lb, rp, 1);
   return true;
 }
 // J on k_qgemv4p (q4p_takes said yes): fills first[] with its chunks; false when it could not
