@@ -35,11 +35,12 @@ int main() {
   cudaStream_t s = kiln::cuda::stream();
   float* wf;
   cudaMalloc(&wf, 4 * F * H);
+  bool dq = false;  // the layers being built: double-quantized or not
   auto quant = [&](int64_t n, uint32_t seed) {
     uint8_t* w;
-    cudaMalloc(&w, kiln::quant::bytes4(n, 64, false));
+    cudaMalloc(&w, kiln::quant::bytes4(n, 64, dq));
     k_rand<<<1024, 256, 0, s>>>(wf, n, seed, 0.05f);
-    ck(kiln_quantize4(w, wf, n, 64, 0, NF4), "quantize4");
+    ck(kiln_quantize4(w, wf, n, 64, dq, NF4), "quantize4");
     return w;
   };
   auto vec = [&](int64_t n, uint32_t seed, float scale, float bias) {
@@ -53,11 +54,15 @@ int main() {
     cudaMemcpy(p, b.data(), 2 * n, cudaMemcpyHostToDevice);
     return p;
   };
-  std::vector<Layer> ls(L);
-  for (int l = 0; l < L; l++) {
-    const uint32_t b = 1000 + 16 * l;
-    ls[l] = {quant(H * H, b), quant(H * H, b + 1), quant(H * H, b + 2), quant(H * H, b + 3), quant(F * H, b + 4), quant(F * H, b + 5), quant(H * F, b + 6),
-             vec(H, b + 7, 0.2f, 1.f), vec(H, b + 8, 0.2f, 1.f)};
+  std::vector<Layer> lsets[2];
+  for (int d = 0; d < 2; d++) {
+    dq = d;
+    lsets[d].resize(L);
+    for (int l = 0; l < L; l++) {
+      const uint32_t b = 1000 + 16 * l;
+      lsets[d][l] = {quant(H * H, b), quant(H * H, b + 1), quant(H * H, b + 2), quant(H * H, b + 3), quant(F * H, b + 4), quant(F * H, b + 5), quant(H * F, b + 6),
+                     vec(H, b + 7, 0.2f, 1.f), vec(H, b + 8, 0.2f, 1.f)};
+    }
   }
   bf16* h0 = vec(H, 7, 2.f, 0.f);  // the step's input (the embedding's row)
   bf16 *h[2], *xn, *yq, *yk, *yv, *att, *h2, *act;
@@ -65,30 +70,32 @@ int main() {
   cudaMalloc(&act, 2 * F);
   ck(cudaStreamSynchronize(s) == cudaSuccess ? 0 : 1, "set-up");
   // one step: h0 → 32 layers → h[…]; returns the output buffer
-  auto step = [&]() {
+  auto step = [&](bool dq) {
     const bf16* x = h0;
     for (int l = 0; l < L; l++) {
-      const Layer& w = ls[l];
-      kiln::cuda::qlinear4_group_norm<bf16>(x, w.g1, 1e-5, true, xn, 1, H, 64, false, NF4,
+      const Layer& w = lsets[dq][l];
+      kiln::cuda::qlinear4_group_norm<bf16>(x, w.g1, 1e-5, true, xn, 1, H, 64, dq, NF4,
                                             {{w.q, nullptr, nullptr, yq, H}, {w.k, nullptr, nullptr, yk, H}, {w.v, nullptr, nullptr, yv, H}});
       k_attn_standin<<<32, 128, 0, s>>>(yq, att, H);
-      qlinear4<bf16>(att, w.o, nullptr, x, h2, 1, H, H, 64, false, NF4);
-      kiln::cuda::qlinear4_silu_mul_norm<bf16>(h2, w.g2, 1e-5, true, xn, 1, H, 64, false, NF4, {w.gate, nullptr, nullptr, nullptr, F},
+      qlinear4<bf16>(att, w.o, nullptr, x, h2, 1, H, H, 64, dq, NF4);
+      kiln::cuda::qlinear4_silu_mul_norm<bf16>(h2, w.g2, 1e-5, true, xn, 1, H, 64, dq, NF4, {w.gate, nullptr, nullptr, nullptr, F},
                                                {w.up, nullptr, nullptr, nullptr, F}, act);
       bf16* out = h[l & 1];
-      qlinear4<bf16>(act, w.down, nullptr, h2, out, 1, H, F, 64, false, NF4);
+      qlinear4<bf16>(act, w.down, nullptr, h2, out, 1, H, F, 64, dq, NF4);
       x = out;
     }
     return x;
   };
   struct Mode {
     const char* name;
-    bool pdl, force;
+    bool pdl, force, dq = false;
   };
   // (launched as dependents, k_qgemv4p takes o and down too: q4p_takes)
   const Mode modes[] = {{"o/down k_qgemv4v, plain launches (production before)", false, false},
                         {"all k_qgemv4p, plain launches", false, true},
-                        {"all k_qgemv4p, programmatic dependents", true, true}};
+                        {"all k_qgemv4p, programmatic dependents", true, true},
+                        {"double quant: k_qgemv4v and the norm kernels, plain launches (production before)", false, false, true},
+                        {"double quant: all k_qgemv4p, programmatic dependents", true, true, true}};
   const int NM = sizeof(modes) / sizeof(modes[0]);
   std::vector<std::vector<bf16>> out(NM, std::vector<bf16>(H));
   std::vector<std::vector<double>> t(NM);
@@ -97,10 +104,10 @@ int main() {
     for (int m = 0; m < NM; m++) {
       Q::q4p_pdl() = modes[m].pdl;
       Q::q4p_force() = modes[m].force;
-      const bf16* y = step();
+      const bf16* y = step(modes[m].dq);
       ck(cudaStreamSynchronize(s) == cudaSuccess ? 0 : 1, modes[m].name);
       cudaMemcpy(out[m].data(), y, 2 * H, cudaMemcpyDeviceToHost);
-      t[m].push_back(median_us([&](int) { step(); }));
+      t[m].push_back(median_us([&](int) { step(modes[m].dq); }));
     }
   bool ok = true;
   printf("| mode | µs a step (runs) |\n|---|---|\n");
@@ -117,13 +124,17 @@ int main() {
     printf("%s vs plain: %lld of %lld outputs differ\n", modes[m].name, (long long)diff, (long long)H);
     if (diff) ok = false;
   }
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < H; i++) {
-    const double a = kiln::Num<bf16>::load(out[1][i]), b = kiln::Num<bf16>::load(out[0][i]);
-    num += (a - b) * (a - b), den += b * b;
+  // k_qgemv4p (f16 products) against k_qgemv4v (f32) after 32 layers, without and with double quant
+  for (int m : {1, 4}) {
+    const int ref = m == 1 ? 0 : 3;
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < H; i++) {
+      const double a = kiln::Num<bf16>::load(out[m][i]), b = kiln::Num<bf16>::load(out[ref][i]);
+      num += (a - b) * (a - b), den += b * b;
+    }
+    printf("%s vs %s: rel L2 %.2e (f16 products)\n", modes[m].name, modes[ref].name, sqrt(num / den));
+    if (!(sqrt(num / den) < 5e-2)) ok = false;
   }
-  printf("all k_qgemv4p vs o/down on k_qgemv4v: rel L2 %.2e (f16 products)\n", sqrt(num / den));
-  if (!(sqrt(num / den) < 5e-2)) ok = false;
   printf("check: %s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;
 }

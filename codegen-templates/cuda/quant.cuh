@@ -94,10 +94,12 @@ static inline Q4 q4_of(const uint8_t* w, int64_t n, int64_t block, bool dq) {
 }
 // absmax of block b; with double quantization f32(max(0, mean + code·scale)) in f64 without
 // contraction, as kiln_quant.h absmax4 computes it on the host
+__device__ __forceinline__ float absmax_dq(double mean, int code, float scale) {
+  return (float)fmax(0.0, __dadd_rn(mean, __dmul_rn((double)code, (double)scale)));
+}
 __device__ __forceinline__ float absmax_of(const Q4& q, double mean, int64_t b) {
   if (!q.dq) return __ldg(q.absmax + b);
-  const double v = __dadd_rn(mean, __dmul_rn((double)__ldg(q.acode + b), (double)__ldg(q.ascale + (b >> 8))));
-  return (float)fmax(0.0, v);
+  return absmax_dq(mean, __ldg(q.acode + b), __ldg(q.ascale + (b >> 8)));
 }
 
 // absmax_of when the caller knows at compile time whether the weight is double-quantized (DQ
@@ -433,7 +435,7 @@ __device__ __forceinline__ int q4p_row(int lane) {
 // ROPE (P false): the jobs' rows in RoPE pairs and their epilogue RP's (quant::Q4Rope; D a power of 2
 // ≥ 8 dividing every N): chunk c of a job holds rows h·D + 4k … + 3 and the same + D/2 (h = c / (D/8),
 // k = c mod D/8), so the thread storing row n also holds row n ± D/2 of its head.
-template <typename T, bool P, bool NORM, bool ROPE>
+template <typename T, bool P, bool NORM, bool ROPE, bool DQ>
 __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict__ x, const T* __restrict__ gamma, float eps, const __grid_constant__ Q4Jobs<T> J,
                                                             Code16 code, int K, int lb, const __grid_constant__ quant::Q4Rope<T> RP, int pdl) {
   using namespace q4p;
@@ -454,22 +456,33 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
     else return ((cj >> (ld - 3)) << ld) + ((cj & ((1 << (ld - 3)) - 1)) << 2) + (r & 3) + (r >= 4 ? (int64_t)1 << (ld - 1) : 0);
   };
   // piece p of chunk c's R rows (rows past N read row N − 1: computed, never stored)
-  auto load = [&](int64_t c, int p, uint4 (&pc)[R], float (&a)[R]) {
+  // the absmax a piece needs: its f32 (DQ false), or its int8 code and f32 scale (DQ: combined
+  // with the job's mean where the piece is decoded, so the loads do not wait here)
+  using AM = typename std::conditional<DQ, int, float>::type;
+  auto load = [&](int64_t c, int p, uint4 (&pc)[R], AM (&a)[R], float (&sc)[DQ ? R : 1]) {
     // the chunk's job: only the fields the loads need, selected at compile-time indices
     const int ji = job_of_chunk(J, c);
     const uint8_t* ca = J.j[0].q.codes;
-    const float* aa = J.j[0].q.absmax;
+    const float* aa = DQ ? J.j[0].q.ascale : J.j[0].q.absmax;
+    const int8_t* ia = J.j[0].q.acode;
     int64_t N = J.j[0].N, f0 = 0;
 #pragma unroll
     for (int k = 1; k < 4; k++)
-      if (ji == k) ca = J.j[k].q.codes, aa = J.j[k].q.absmax, N = J.j[k].N, f0 = J.first[k];
+      if (ji == k) ca = J.j[k].q.codes, aa = DQ ? J.j[k].q.ascale : J.j[k].q.absmax, ia = J.j[k].q.acode, N = J.j[k].N, f0 = J.first[k];
     const uint8_t* cb = P ? J.j[1].q.codes : ca;
-    const float* ab = P ? J.j[1].q.absmax : aa;
+    const float* ab = P ? (DQ ? J.j[1].q.ascale : J.j[1].q.absmax) : aa;
+    const int8_t* ib = P ? J.j[1].q.acode : ia;
 #pragma unroll
     for (int r = 0; r < R; r++) {
       const int64_t row = min(row_of(c - f0, r >= H ? r - H : r), N - 1);
       pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>(r >= H ? cb : ca) + row * KV + p);
-      a[r] = __ldg((r >= H ? ab : aa) + row * apr + (p >> csh));
+      const int64_t b = row * apr + (p >> csh);
+      if constexpr (DQ) {
+        a[r] = __ldg((r >= H ? ib : ia) + b);
+        sc[r] = __ldg((r >= H ? ab : aa) + (b >> 8));
+      } else {
+        a[r] = __ldg((r >= H ? ab : aa) + b);
+      }
     }
   };
   // the next kernel may start its own launch now: its blocks take an SM as one of ours leaves it, and
@@ -490,9 +503,10 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   };
   if (!pdl) load_x();
   uint4 pc[R];
-  float a[R];
+  AM a[R];
+  float sc[DQ ? R : 1];
   int64_t c = (int64_t)blockIdx.x * WG + wg;
-  if (c < C && t < KV) load(c, t, pc, a);  // then the first pieces: they do not wait for the set-up
+  if (c < C && t < KV) load(c, t, pc, a, sc);  // then the first pieces: they do not wait for the set-up
   if (tid < 16) cs[tid] = code.f[tid];
   __syncthreads();  // cs
   for (int i = tid; i < 256 * 8; i += THREADS) {  // the table, while x is on its way
@@ -564,6 +578,12 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   const char* tb = reinterpret_cast<const char*>(sm);
   for (int par = 0; c < C; c += cstep, par ^= 1) {
     const int ji = job_of_chunk(J, c);
+    // DQ: the chunk's jobs' means (f64, one a weight)
+    double mean = 0.0, meanb = 0.0;
+    if constexpr (DQ) {
+      mean = __ldg(job_at(J, ji).q.mean);
+      meanb = P ? __ldg(J.j[1].q.mean) : mean;
+    }
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
@@ -571,10 +591,14 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
       uint4 cur[R];
       float ca[R];
 #pragma unroll
-      for (int r = 0; r < R; r++) cur[r] = pc[r], ca[r] = a[r];
+      for (int r = 0; r < R; r++) {
+        cur[r] = pc[r];
+        if constexpr (DQ) ca[r] = absmax_dq(r >= H ? meanb : mean, a[r], sc[r]);
+        else ca[r] = a[r];
+      }
       const bool same = p + 128 < KV;
       const int64_t cn = same ? c : c + cstep;
-      if (cn < C) load(cn, same ? p + 128 : t, pc, a);
+      if (cn < C) load(cn, same ? p + 128 : t, pc, a, sc);
       uint32_t x2[16];
 #pragma unroll
       for (int j = 0; j < 4; j++) {
@@ -672,7 +696,9 @@ static inline bool& q4p_pdl() { return detail::pdl_switch(); }
 static inline bool q4p_pdl_on() { return detail::pdl_on(); }
 template <typename T>
 static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t block, bool dq, int64_t rows, bool norm) {
-  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || dq || !q4p_switch()) return false;
+  // double quantization: only as a programmatic dependent (launched plainly it was slower than
+  // k_qgemv4v and the norm kernel: below)
+  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || (dq && !q4p_pdl_on()) || !q4p_switch()) return false;
   const int lb = log2_exact(block);
   if (lb < 5 || K % block != 0 || K % 32 != 0 || K > q4p::KMAX || !detail::aligned16(x) || (gamma && !detail::aligned16(gamma))) return false;
   return (norm || q4p_force() || q4p_pdl_on()) && rows > 0;
@@ -686,20 +712,23 @@ static bool q4p_rope_ok(const Q4Jobs<T>& J, const quant::Q4Rope<T>& rp) {
     if (J.j[i].N % rp.D != 0) return false;
   return true;
 }
-template <typename T, bool P, bool NORM, bool ROPE>
+template <typename T, bool P, bool NORM, bool ROPE, bool DQ>
 static bool q4p_launch(const T* x, const Q4Norm<T>* nrm, const Q4Jobs<T>& J, const Code16& c, int64_t K, int lb, unsigned grid, cudaStream_t s,
                        const quant::Q4Rope<T>& rp) {
-  static const bool ready = cudaFuncSetAttribute(k_qgemv4p<T, P, NORM, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, q4p::smem_bytes(q4p::KMAX)) == cudaSuccess;
-  if (!ready) return false;
+  static const bool ready = cudaFuncSetAttribute(k_qgemv4p<T, P, NORM, ROPE, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, q4p::smem_bytes(q4p::KMAX)) == cudaSuccess;
+  if (!ready) {
+    (void)cudaGetLastError();  // (not an error of the launch the caller makes instead: clear it)
+    return false;
+  }
   const T* gamma = NORM ? nrm->gamma : nullptr;
   const float eps = NORM ? (float)nrm->eps : 0.f;
   if (!q4p_pdl_on()) {
-    k_qgemv4p<T, P, NORM, ROPE><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, gamma, eps, J, c, (int)K, lb, rp, 0);
+    k_qgemv4p<T, P, NORM, ROPE, DQ><<<grid, q4p::THREADS, q4p::smem_bytes(K), s>>>(x, gamma, eps, J, c, (int)K, lb, rp, 0);
     return true;
   }
   // programmatic dependent launch: this grid may start while the previous kernel finishes (its
   // set-up and first weight loads overlap that kernel's tail); the kernel waits before reading x
-  detail::launch_dependent("qlinear4 (persistent GEMV)", k_qgemv4p<T, P, NORM, ROPE>, dim3(grid), dim3(q4p::THREADS), (size_t)q4p::smem_bytes(K), s, x, gamma, eps, J, c,
+  detail::launch_dependent("qlinear4 (persistent GEMV)", k_qgemv4p<T, P, NORM, ROPE, DQ>, dim3(grid), dim3(q4p::THREADS), (size_t)q4p::smem_bytes(K), s, x, gamma, eps, J, c,
                            (int)K, lb, rp, 1);
   return true;
 }
@@ -711,10 +740,13 @@ static bool qgemv4p(const T* x, const Q4Norm<T>* nrm, Q4Jobs<T>& J, const Code16
   const int64_t sms = rt::state().sm_count > 0 ? rt::state().sm_count : 132;
   const unsigned grid = (unsigned)std::min<int64_t>(sms, (chunks + q4p::WG - 1) / q4p::WG);
   const quant::Q4Rope<T> rp = rope ? *rope : quant::Q4Rope<T>{};
-  bool ok;
-  if (J.pair) ok = nrm ? q4p_launch<T, true, true, false>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, true, false, false>(x, nrm, J, c, K, lb, grid, s, rp);
-  else if (rope) ok = nrm ? q4p_launch<T, false, true, true>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, false, false, true>(x, nrm, J, c, K, lb, grid, s, rp);
-  else ok = nrm ? q4p_launch<T, false, true, false>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, false, false, false>(x, nrm, J, c, K, lb, grid, s, rp);
+  auto go = [&](auto dq) {
+    constexpr bool DQ = decltype(dq)::value;
+    if (J.pair) return nrm ? q4p_launch<T, true, true, false, DQ>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, true, false, false, DQ>(x, nrm, J, c, K, lb, grid, s, rp);
+    if (rope) return nrm ? q4p_launch<T, false, true, true, DQ>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, false, false, true, DQ>(x, nrm, J, c, K, lb, grid, s, rp);
+    return nrm ? q4p_launch<T, false, true, false, DQ>(x, nrm, J, c, K, lb, grid, s, rp) : q4p_launch<T, false, false, false, DQ>(x, nrm, J, c, K, lb, grid, s, rp);
+  };
+  const bool ok = J.j[0].q.dq ? go(std::true_type()) : go(std::false_type());
   if (ok) detail::launched(rope ? "qlinear4 (persistent GEMV, RoPE and cache writes)" : "qlinear4 (persistent GEMV)");
   return ok;
 }
