@@ -204,3 +204,40 @@ describe("RoPE and the cache writes in the q/k/v call (decode)", () => {
     expect(fused).toEqual(plain);
   }, 600_000);
 });
+
+// Programmatic dependent launch of the 4-bit decode GEMV (k_qgemv4p: its set-up and first weight
+// loads overlap the previous kernel's tail, then griddepcontrol.wait before it reads x) changes when
+// a kernel starts, never what it computes: greedy decode with it (the default) and with plain
+// launches of the same kernels (KILN_PDL=0 with KILN_Q4P=all, so o, down and the double-quantized
+// GEMVs stay on k_qgemv4p; read once per loaded library, so that run loads a copy) gives the same
+// tokens, bit for bit in every step's argmax.
+describe("programmatic dependent launch of the 4-bit decode GEMV", () => {
+  test.each([
+    ["nf4", "nf4", { quant: "nf4" }],
+    ["nf4+dq", "nf4dq", { quant: "nf4", doubleQuant: true }],
+  ] as [string, string, Q][])("%s, bf16: the same greedy tokens as plain launches", async (label, slug, q) => {
+    const art = await artifact("cuda", "bf16", slug, q);
+    const gen = async (dir: string): Promise<number[]> => {
+      await using m = await loadModel(dir, { checkpoint: FIX });
+      const out: number[] = [];
+      for (let r = 0; r < 2; r++) for await (const t of m.generate(ids[r], { maxNewTokens: 24 })) out.push(t.id);
+      return out;
+    };
+    const dependent = await gen(art.dir);
+    const copy = `${art.dir}-plain-launch`;
+    cpSync(art.dir, copy, { recursive: true });
+    process.env.KILN_PDL = "0";
+    process.env.KILN_Q4P = "all";
+    let plain: number[];
+    try {
+      plain = await gen(copy);
+    } finally {
+      delete process.env.KILN_PDL;
+      delete process.env.KILN_Q4P;
+      rmSync(copy, { recursive: true, force: true });
+    }
+    report[`bf16 ${label} programmatic dependent launch`] = { tokens: dependent.length, sameAsPlain: dependent.every((t, i) => t === plain[i]) };
+    expect(dependent).toHaveLength(48);
+    expect(dependent).toEqual(plain);
+  }, 600_000);
+});

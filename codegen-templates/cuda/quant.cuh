@@ -697,8 +697,8 @@ static inline bool q4p_pdl_on() { return detail::pdl_on(); }
 template <typename T>
 static bool q4p_takes(const T* x, const T* gamma, int64_t M, int64_t K, int64_t block, bool dq, int64_t rows, bool norm) {
   // double quantization: only as a programmatic dependent (launched plainly it was slower than
-  // k_qgemv4v and the norm kernel: below)
-  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || (dq && !q4p_pdl_on()) || !q4p_switch()) return false;
+  // k_qgemv4v and the norm kernel: below) or where forced (KILN_Q4P=all: a test's plain launches)
+  if (!(std::is_same<T, bf16>::value || std::is_same<T, f16>::value) || M != 1 || (dq && !q4p_pdl_on() && !q4p_force()) || !q4p_switch()) return false;
   const int lb = log2_exact(block);
   if (lb < 5 || K % block != 0 || K % 32 != 0 || K > q4p::KMAX || !detail::aligned16(x) || (gamma && !detail::aligned16(gamma))) return false;
   return (norm || q4p_force() || q4p_pdl_on()) && rows > 0;
