@@ -8,9 +8,11 @@
 //   the tensor cores (mma m16n8k16, the rows of x its n columns), f32 sums, the absmax applied
 //   once per 64-weight chunk; otherwise (k_qgemv4v, f32 or blocks of 32) a block of 4 warps per
 //   few output features reading the packed codes 16 bytes (32 weights of one absmax block) at a
-//   time, the 16 code values in shared memory, f32 FMAs; at one row, where the linears read an
-//   RMSNorm's result (the `_norm` calls), k_qgemv4p: persistent, f16 code pairs, computing the
-//   norm itself. Prefill
+//   time, the 16 code values in shared memory, f32 FMAs; at one row (bf16/f16), k_qgemv4p:
+//   persistent, f16 code pairs, computing the RMSNorm that produced x where there is one (the
+//   `_norm` calls) and RoPE + the cache writes in its epilogue (q/k/v); on Hopper it is launched as
+//   a programmatic dependent of the kernel before it and runs every such GEMV, elsewhere only those
+//   where it saves the norm's or RoPE's kernel. Prefill
 //   (larger M): the weight is dequantized into a scratch buffer in the activation dtype exactly
 //   as the cpu twin dequantizes it (f32(code·absmax in f64), rounded to T) and multiplied by the
 //   16-bit path of `linear` (cuBLASLt on the tensor cores; Kiln's tiled GEMM without it).
@@ -374,7 +376,7 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
 
 // ---------------------------------------------------------------- the persistent decode GEMV (M = 1)
 //
-// k_qgemv4p: the 4-bit GEMV at one row of x, for bf16/f16 without double quantization, with whole
+// k_qgemv4p: the 4-bit GEMV at one row of x, for bf16/f16 (double quantization: DQ), with whole
 // absmax blocks (a power of 2 ≥ 32) in each row of K ≤ q4p::KMAX. What it changes against k_qgemv4v (bench/qgemv2.cu, H100):
 // - one block of 16 warps an SM for the whole launch, its 4 groups of 4 warps each walking chunks
 //   of R = 8 output rows (paired: 4 of gate and the same 4 of up) with k_qgemv4v's access pattern —
@@ -393,7 +395,10 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
 //   norm's input as the norm kernel does (f64 sum of f32 squares, kiln_norm.h's roundings), so the
 //   norm's own kernel does not run (emit.ts: the `_norm` calls);
 // - the thread's next piece (of this chunk or its next) is loaded before the current one is
-//   decoded, the first one before the set-up.
+//   decoded, the first one before the set-up;
+// - launched as a programmatic dependent (pdl, q4p_pdl_on): the first pieces and the table
+//   before griddepcontrol.wait, x and every store after it; each launch lets the next kernel launch
+//   at its start (bench/qchain.cu: a 7B step's 4-bit GEMVs 2122–2138 → 1945–1958 µs, H100).
 // f16 products differ from k_qgemv4v's f32 ones by ≈ 1e-3 relative (rel L2 1.45e-3 on the 7B
 // shapes): the bf16 output's own rounding is 2e-3.
 namespace q4p {
