@@ -162,6 +162,27 @@ describe("LLM.int8 prefill kernels", () => {
   }, 600_000);
 });
 
+// The two prompts' greedy tokens (24 each) from an artifact folder.
+const greedy48 = async (dir: string): Promise<number[]> => {
+  await using m = await loadModel(dir, { checkpoint: FIX });
+  const out: number[] = [];
+  for (let r = 0; r < 2; r++) for await (const t of m.generate(ids[r], { maxNewTokens: 24 })) out.push(t.id);
+  return out;
+};
+// greedy48 on a copy of the artifact loaded with `env` set: the runtime switches are read once per
+// loaded library, so the copy is a library of its own
+const greedy48With = async (dir: string, tag: string, env: Record<string, string>): Promise<number[]> => {
+  const copy = `${dir}-${tag}`;
+  cpSync(dir, copy, { recursive: true });
+  for (const [k, v] of Object.entries(env)) process.env[k] = v;
+  try {
+    return await greedy48(copy);
+  } finally {
+    for (const k of Object.keys(env)) delete process.env[k];
+    rmSync(copy, { recursive: true, force: true });
+  }
+};
+
 // RoPE and the static cache's writes done by a decode step's q/k/v call (compiler/codegen/rope-fusion.ts):
 // nf4/fp4 in k_qgemv4p's epilogue, nf4 + dq (k_qgemv4v) by one launch after the GEMV. Greedy decode
 // with it (the default) and without (KILN_FUSE_ROPE=0: the rotary ops and cache writes as their own
@@ -176,29 +197,9 @@ describe("RoPE and the cache writes in the q/k/v call (decode)", () => {
   ] as [string, string, Q][])("%s, bf16: the same greedy tokens fused and not", async (label, slug, q) => {
     const art = await artifact("cuda", "bf16", slug, q);
     expect(readFileSync(join(art.dir, "model.cu"), "utf8")).toMatch(/const bool rf\d+ = K::rope_fused\(/);
-    const gen = async (dir: string): Promise<number[]> => {
-      await using m = await loadModel(dir, { checkpoint: FIX });
-      const out: number[] = [];
-      for (let r = 0; r < 2; r++) for await (const t of m.generate(ids[r], { maxNewTokens: 24 })) out.push(t.id);
-      return out;
-    };
-    const fused = await gen(art.dir);
-    const copy = `${art.dir}-unfused`;
-    cpSync(art.dir, copy, { recursive: true });
-    process.env.KILN_FUSE_ROPE = "0";
-    let plain: number[];
-    try {
-      plain = await gen(copy);
-    } finally {
-      delete process.env.KILN_FUSE_ROPE;
-      rmSync(copy, { recursive: true, force: true });
-    }
-    let twin: number[];
-    {
-      await using cpu = await loadModel((await artifact("cpu", "bf16", slug, q)).dir, { checkpoint: FIX });
-      twin = [];
-      for (let r = 0; r < 2; r++) for await (const t of cpu.generate(ids[r], { maxNewTokens: 24 })) twin.push(t.id);
-    }
+    const fused = await greedy48(art.dir);
+    const plain = await greedy48With(art.dir, "unfused", { KILN_FUSE_ROPE: "0" });
+    const twin = await greedy48((await artifact("cpu", "bf16", slug, q)).dir);
     report[`bf16 ${label} rope fusion`] = { tokens: fused.length, sameAsUnfused: fused.every((t, i) => t === plain[i]), sameAsCpuTwin: fused.filter((t, i) => t === twin[i]).length };
     expect(fused).toHaveLength(48);
     expect(fused).toEqual(plain);
@@ -217,25 +218,8 @@ describe("programmatic dependent launch of the 4-bit decode GEMV", () => {
     ["nf4+dq", "nf4dq", { quant: "nf4", doubleQuant: true }],
   ] as [string, string, Q][])("%s, bf16: the same greedy tokens as plain launches", async (label, slug, q) => {
     const art = await artifact("cuda", "bf16", slug, q);
-    const gen = async (dir: string): Promise<number[]> => {
-      await using m = await loadModel(dir, { checkpoint: FIX });
-      const out: number[] = [];
-      for (let r = 0; r < 2; r++) for await (const t of m.generate(ids[r], { maxNewTokens: 24 })) out.push(t.id);
-      return out;
-    };
-    const dependent = await gen(art.dir);
-    const copy = `${art.dir}-plain-launch`;
-    cpSync(art.dir, copy, { recursive: true });
-    process.env.KILN_PDL = "0";
-    process.env.KILN_Q4P = "all";
-    let plain: number[];
-    try {
-      plain = await gen(copy);
-    } finally {
-      delete process.env.KILN_PDL;
-      delete process.env.KILN_Q4P;
-      rmSync(copy, { recursive: true, force: true });
-    }
+    const dependent = await greedy48(art.dir);
+    const plain = await greedy48With(art.dir, "plain-launch", { KILN_PDL: "0", KILN_Q4P: "all" });
     report[`bf16 ${label} programmatic dependent launch`] = { tokens: dependent.length, sameAsPlain: dependent.every((t, i) => t === plain[i]) };
     expect(dependent).toHaveLength(48);
     expect(dependent).toEqual(plain);

@@ -676,14 +676,14 @@ static const T* unfuse(const T* x, const Q4Norm<T>*& nrm, int64_t M, int64_t K) 
   return x;
 }
 
-// whether k_qgemv4p runs these jobs: M = 1, bf16/f16, no double quantization, whole absmax blocks
-// of 2^lb ≥ 32 in a row, K ≤ KMAX, x (and gamma) 16-byte aligned, and either launched as a
-// programmatic dependent (q4p_pdl_on) or with a norm or RoPE to compute: launched plainly and
-// alone, the GEMV is no faster than k_qgemv4v (bench/qgemv2.cu, H100: 15.6 vs 14.6 µs on 11008 ×
-// 4096, 24.8 vs 25.4 on gate/up paired), so there it runs where it also saves a kernel. With double
-// quantization it was slower than k_qgemv4v + the norm kernel in the step (bench:quant at 7fc9f15:
-// nf4 + dq 310.6 tokens/s against 324.9 before), so those keep both. KILN_Q4P=0 turns it off (an
-// A/B switch).
+// whether k_qgemv4p runs these jobs: M = 1, bf16/f16, whole absmax blocks of 2^lb ≥ 32 in a row,
+// K ≤ KMAX, x (and gamma) 16-byte aligned, and either launched as a programmatic dependent
+// (q4p_pdl_on) or with a norm or RoPE to compute: launched plainly and alone, the GEMV is no faster
+// than k_qgemv4v (bench/qgemv2.cu, H100: 15.6 vs 14.6 µs on 11008 × 4096, 24.8 vs 25.4 on gate/up
+// paired), so there it runs where it also saves a kernel. Double-quantized weights only as a
+// dependent: launched plainly it was slower than k_qgemv4v + the norm kernel in the step
+// (bench:quant at 7fc9f15: nf4 + dq 310.6 tokens/s against 324.9), as a dependent faster (2871 →
+// 2781 µs a 7B step). KILN_Q4P=0 turns it off (an A/B switch).
 static inline bool& q4p_switch() {
   static bool on = !(getenv("KILN_Q4P") && strcmp(getenv("KILN_Q4P"), "0") == 0);
   return on;
