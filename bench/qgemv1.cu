@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(q4r::THREADS, 1)
     if (t < MR) {
       const Q4& qa = J.j[u.ji].q;
       const Q4& qb = J.j[J.pair ? 1 : u.ji].q;
-      const double meana = DQ ? __ldg(qa.mean) : 0.0, meanb = DQ ? __ldg(qb.mean) : 0.0;
+      const float meana = DQ ? __ldg(qa.mean) : 0.f, meanb = DQ ? __ldg(qb.mean) : 0.f;
       const int64_t ca = u.ra * KC + 4 * (BK * u.i + bx) + 2 * h, cb = u.rb * KC + 4 * (BK * u.i + bx) + 2 * h;
       am[0] = absmax_as<DQ>(qa, meana, blk(ca)), am[1] = absmax_as<DQ>(qa, meana, blk(ca + 1));
       am[2] = absmax_as<DQ>(qb, meanb, blk(cb)), am[3] = absmax_as<DQ>(qb, meanb, blk(cb + 1));
@@ -381,7 +381,7 @@ __global__ void __launch_bounds__(q4d::kThreads, 1) k_qgemv4d(const T* __restric
     const uint2* pb = reinterpret_cast<const uint2*>(qb.codes + rb * (K / 2)) + lane;
     // K is a multiple of the block, a power of 2: element row·K + k is in block (row·K >> lb) + (k >> lb)
     const int64_t ba = (ra * K) >> lb, bb = (rb * K) >> lb;
-    const double ma = DQ ? __ldg(qa.mean) : 0.0, mb = DQ ? __ldg(qb.mean) : 0.0;
+    const float ma = DQ ? __ldg(qa.mean) : 0.f, mb = DQ ? __ldg(qb.mean) : 0.f;
     uint2 ca[4], cb[4];
     float sa[4], sb[4];
 #pragma unroll
@@ -525,11 +525,10 @@ __global__ void __launch_bounds__(KS * 32) k_t(const bf16* __restrict__ x, Q::Q4
   const uint4* xp = reinterpret_cast<const uint4*>(x) + 2 * t;
   const int lc = lb - 6;  // chunks an absmax block: 2^lc
   const int64_t ba0 = (ra * KC) >> lc, bb0 = (rb * KC) >> lc;  // (row·KC + kc) >> lc = row·KC>>lc + kc>>lc when KC % 2^lc == 0
-  const double mean = DQ ? __ldg(q.mean) : 0.0;
+  const float mean = DQ ? __ldg(q.mean) : 0.f;
   auto am = [&](int64_t b) -> float {
     if (!DQ) return __ldg(q.absmax + b);
-    const double v = __dadd_rn(mean, __dmul_rn((double)__ldg(q.acode + b), (double)__ldg(q.ascale + (b >> 8))));
-    return (float)fmax(0.0, v);
+    return absmax_dq(mean, __ldg(q.acode + b), __ldg(q.ascale + (b >> 8)));
   };
   uint2 ca[U], cb[U];
   float sa[U], sb[U];

@@ -117,7 +117,7 @@ describe("the llama-gqa fixture, by hand", () => {
     expect(place(llamaGraph(gqaJson, "bf16", "nf4"), { maxMemory: { 0: "1GB" }, ...at1 }).bytes[0].weights).toBe(rest + 2 * nf4Layer);
     expect(place(llamaGraph(gqaJson, "bf16", "int8"), { maxMemory: { 0: "1GB" }, ...at1 }).bytes[0].weights).toBe(rest + 2 * int8Layer);
     expect(place(llamaGraph(gqaJson, "bf16"), { maxMemory: { 0: "1GB" }, ...at1 }).bytes[0].weights).toBe(rest + 2 * (LAYER / 2));
-    // double quantization: int8 absmax codes + one f32 per 256 blocks + the f64 mean, each padded to 16
+    // double quantization: int8 absmax codes + one f32 per 256 blocks (each padded to 16) + the f32 mean in 8 bytes
     expect(bytes4(4096, 64, true)).toBe(2048 + 64 + 16 + 8);
   });
 

@@ -2,13 +2,15 @@
 // quantize→dequantize error bounds, NF4 vs FP4 on normal weights, LLM.int8's outlier
 // decomposition, the qlinear op and the quantize-linear pass.
 
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, test } from "@jest/globals";
+import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import fc from "fast-check";
 import { traceModel } from "../compiler/dsl/index.js";
 import {
-  codeOf, dequantize4, fp4Code, int8Matmul, nf4Code, normalQuantile, parse, quantize4, run, tensor, verify,
+  bytes4, codeOf, dequantize4, fp4Code, int8Matmul, nf4Code, normalQuantile, parse, quantize4, run, tensor, verify,
 } from "../compiler/ir/index.js";
 import type { FourBit } from "../compiler/ir/index.js";
 import { createContext, quantizeLinear, quantizeLinearPass, runPipeline } from "../compiler/passes/index.js";
@@ -183,5 +185,65 @@ describe("qlinear and quantize-linear", () => {
       }),
       { numRuns: 30, seed: 9 },
     );
+  });
+});
+
+// ---------------------------------------------------------------- the host twin (kiln_quant.h)
+
+// The stored 4-bit layout of a quantize4 result, as kiln_quant.h documents it.
+function layout4(q: ReturnType<typeof quantize4>, n: number): Uint8Array {
+  const pad16 = (x: number) => Math.ceil(x / 16) * 16;
+  const nb = q.absmax.length;
+  const out = new Uint8Array(bytes4(n, q.block, !!q.double));
+  for (let i = 0; i < n; i++) out[i >> 1] |= i % 2 ? q.codes[i] << 4 : q.codes[i];
+  const tail = new DataView(out.buffer, pad16(Math.ceil(n / 2)));
+  if (!q.double) {
+    for (let b = 0; b < nb; b++) tail.setFloat32(4 * b, q.absmax[b], true);
+    return out;
+  }
+  for (let b = 0; b < nb; b++) tail.setInt8(b, q.double.codes[b]);
+  for (let g = 0; g < q.double.scales.length; g++) tail.setFloat32(pad16(nb) + 4 * g, q.double.scales[g], true);
+  tail.setFloat32(pad16(nb) + pad16(4 * q.double.scales.length), q.double.mean, true); // then 4 zero bytes
+  return out;
+}
+
+describe("the host quantizer (kiln_quant.h: the cpu target's, and the cuda target's double quantization) writes the reference's bytes", () => {
+  const tmp = mkdtempSync(join(tmpdir(), "kiln-quant4-"));
+  const driver = join(tmp, "quant4_driver");
+  beforeAll(() => {
+    execFileSync(process.env.KILN_CXX ?? "g++", ["-std=c++17", "-O2", "-I", join(import.meta.dirname, "..", "codegen-templates"), "-o", driver, join(import.meta.dirname, "cpu", "quant4_driver.cpp")]);
+  }, 120_000);
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  let k = 0;
+  test.each([
+    ["nf4", false, 64 * 37 + 5],
+    ["fp4", false, 64 * 37 + 5],
+    ["nf4", true, 64 * 700 + 33], // 700 blocks: three absmax groups of 256, the last partial
+    ["fp4", true, 64 * 300],
+  ] as const)("%s, double quant %s, %d weights", (scheme, dq, n) => {
+    const r = normals(100 + k++);
+    // a spread of block scales (absmax from ≈ 1e-3 to ≈ 4), so the absmax codes use their range
+    const w = Float32Array.from({ length: n }, (_, i) => r() * 0.02 * Math.exp(4 * Math.sin(i / 64)));
+    const want = quantize4(w, scheme, { doubleQuant: dq });
+    const inFile = join(tmp, `in${k}`), outFile = join(tmp, `out${k}`);
+    writeFileSync(inFile, Buffer.concat([Buffer.from(Float64Array.from(codeOf(scheme)).buffer), Buffer.from(w.buffer)]));
+    execFileSync(driver, [String(n), "64", dq ? "1" : "0", inFile, outFile]);
+    const got = new Uint8Array(readFileSync(outFile));
+    const bytes = layout4(want, n);
+    expect(got.length).toBe(bytes.length + 4 * want.absmax.length);
+    const bad = bytes.findIndex((v, i) => v !== got[i]);
+    expect(bad < 0 ? "all equal" : `byte ${bad} of ${bytes.length}: twin ${got[bad]}, reference ${bytes[bad]}`).toBe("all equal");
+    // the absmax the kernels read back (absmax4) is the reference's, bit for bit
+    const back = new Float32Array(got.buffer.slice(bytes.length));
+    const off = Array.from(back).findIndex((v, b) => !Object.is(v, want.absmax[b]));
+    expect(off < 0 ? "all equal" : `block ${off}: twin ${back[off]}, reference ${want.absmax[off]}`).toBe("all equal");
+    if (dq) {
+      // the double-quantized absmax is max(0, f32(f32(code·scale) + mean)); the same sum taken in
+      // f64 and rounded once gives other bits for some blocks, so the comparison above tells them apart
+      const d = want.double!;
+      const f64 = Array.from(want.absmax, (_, b) => Math.fround(Math.max(0, d.mean + d.codes[b] * d.scales[Math.floor(b / 256)])));
+      expect(f64.filter((v, b) => v !== want.absmax[b]).length).toBeGreaterThan(0);
+    }
   });
 });

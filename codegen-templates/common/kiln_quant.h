@@ -3,7 +3,9 @@
 //   4-bit (nf4/fp4): code indices packed two a byte (element 2i in the low nibble), padded to 16
 //     bytes; then the absmax of each block of `block` weights: one f32 each, or with double
 //     quantization one int8 code each (padded to 16), one f32 scale per 256 blocks (padded to 16)
-//     and the f64 mean that was removed; a block's absmax is then f32(max(0, mean + code·scale)).
+//     and the f32 mean that was removed (then 4 zero bytes); a block's absmax is then
+//     max(0, f32(f32(code·scale) + mean)) — f32 arithmetic, as bitsandbytes dequantizes its nested
+//     absmax (code times scale, plus the offset, in f32).
 //   int8 (LLM.int8): N·K int8 codes (absmax per output feature), padded to 16 bytes, then N f64 scales.
 // Rounding follows the reference exactly: JavaScript's Math.round is floor(x + 0.5).
 #pragma once
@@ -24,6 +26,16 @@ inline int64_t bytes4(int64_t n, int64_t block, bool dq) {
   return pad16((n + 1) / 2) + (dq ? pad16(nb) + pad16(4 * groups4(n, block)) + 8 : 4 * nb);
 }
 
+// A double-quantized block's absmax: max(0, f32(f32(code·scale) + mean)). Each operation is done in
+// f64 and rounded to f32, which gives the correctly rounded f32 result (the product is exact in f64;
+// f64 carries more than twice f32's digits, so the sum's double rounding is innocuous) and leaves the
+// compiler nothing to contract; the cuda kernels use __fmul_rn / __fadd_rn, quant.ts Math.fround.
+inline float absmax_dq(float mean, int code, float scale) {
+  const float p = (float)((double)code * (double)scale);
+  const float a = (float)((double)p + (double)mean);
+  return a > 0.f ? a : 0.f;
+}
+
 // The absmax of block b, from either layout.
 inline float absmax4(const uint8_t* w, int64_t n, int64_t block, bool dq, int64_t b) {
   const uint8_t* a = w + pad16((n + 1) / 2);
@@ -36,9 +48,9 @@ inline float absmax4(const uint8_t* w, int64_t n, int64_t block, bool dq, int64_
   const int8_t code = (int8_t)a[b];
   float scale;
   memcpy(&scale, a + pad16(nb) + 4 * (b / 256), 4);
-  double mean;
-  memcpy(&mean, a + pad16(nb) + pad16(4 * groups4(n, block)), 8);
-  return (float)fmax(0.0, mean + (double)code * (double)scale);
+  float mean;
+  memcpy(&mean, a + pad16(nb) + pad16(4 * groups4(n, block)), 4);
+  return absmax_dq(mean, code, scale);
 }
 inline int64_t bytes8(int64_t N, int64_t K) { return pad16(N * K) + 8 * N; }
 inline double js_round(double x) { return floor(x + 0.5); }
@@ -63,7 +75,7 @@ inline void absmax_blocks(const float* w, int64_t n, int64_t block, float* absma
 
 // The tail of the 4-bit layout after the packed codes, from the per-block absmax. Without double
 // quantization it is the absmax itself; with it (QLoRA §3, quant.ts quantizeAbsmax) the absmax
-// minus their mean as int8 codes per 256 blocks, the f32 scales and the f64 mean, and `absmax` is
+// minus their mean as int8 codes per 256 blocks, the f32 scales and the f32 mean, and `absmax` is
 // overwritten with what the codes decode to (the values the weights are then quantized against).
 // The cuda target calls this on the host with the absmax it computed on the GPU, so both targets
 // write the same bytes.
@@ -78,22 +90,22 @@ inline void tail4(float* absmax, int64_t n, int64_t block, bool dq, uint8_t* tai
   if (nb == 0) return;
   double sum = 0;
   for (int64_t b = 0; b < nb; b++) sum += absmax[b];
-  const double mean = sum / (double)nb;
+  const float mean = (float)(sum / (double)nb);
   int8_t* dcodes = (int8_t*)tail;
   uint8_t* dscales = tail + pad16(nb);
   for (int64_t g = 0; g < nb; g += 256) {
     const int64_t end = g + 256 < nb ? g + 256 : nb;
     double m = 0;
-    for (int64_t b = g; b < end; b++) m = fmax(m, fabs(absmax[b] - mean));
+    for (int64_t b = g; b < end; b++) m = fmax(m, fabs((double)absmax[b] - (double)mean));
     const float scale = (float)(m / 127);
     memcpy(dscales + 4 * (g / 256), &scale, 4);
     for (int64_t b = g; b < end; b++) {
-      const double c = m > 0 ? js_round(((absmax[b] - mean) / m) * 127) : 0;
+      const double c = m > 0 ? js_round((((double)absmax[b] - (double)mean) / m) * 127) : 0;
       dcodes[b] = (int8_t)c;
-      absmax[b] = (float)fmax(0.0, mean + c * (double)scale);  // what the codes decode to
+      absmax[b] = absmax_dq(mean, (int)c, scale);  // what the codes decode to
     }
   }
-  memcpy(tail + pad16(nb) + pad16(4 * groups4(n, block)), &mean, 8);
+  memcpy(tail + pad16(nb) + pad16(4 * groups4(n, block)), &mean, 4);
 }
 
 inline void quantize4(const float* w, int64_t n, int64_t block, bool dq, const double* code, uint8_t* out) {

@@ -75,9 +75,9 @@ static inline Code16 code16(const double* code) {
 struct Q4 {
   const uint8_t* codes;
   const float* absmax;  // without double quantization
-  const int8_t* acode;  // with it: int8 code per block, f32 scale per 256 blocks, f64 mean
+  const int8_t* acode;  // with it: int8 code per block, f32 scale per 256 blocks, f32 mean
   const float* ascale;
-  const double* mean;
+  const float* mean;
   int64_t block;
   bool dq;
 };
@@ -89,17 +89,17 @@ static inline Q4 q4_of(const uint8_t* w, int64_t n, int64_t block, bool dq) {
   q.absmax = (const float*)tail;
   q.acode = (const int8_t*)tail;
   q.ascale = (const float*)(tail + quant::pad16(nb));
-  q.mean = (const double*)(tail + quant::pad16(nb) + quant::pad16(4 * quant::groups4(n, block)));
+  q.mean = (const float*)(tail + quant::pad16(nb) + quant::pad16(4 * quant::groups4(n, block)));
   q.block = block;
   q.dq = dq;
   return q;
 }
-// absmax of block b; with double quantization f32(max(0, mean + code·scale)) in f64 without
-// contraction, as kiln_quant.h absmax4 computes it on the host
-__device__ __forceinline__ float absmax_dq(double mean, int code, float scale) {
-  return (float)fmax(0.0, __dadd_rn(mean, __dmul_rn((double)code, (double)scale)));
+// absmax of block b; with double quantization max(0, f32(f32(code·scale) + mean)) — f32 roundings,
+// never contracted, as kiln_quant.h absmax4 and quant.ts dequantizeAbsmax compute it
+__device__ __forceinline__ float absmax_dq(float mean, int code, float scale) {
+  return fmaxf(0.f, __fadd_rn(__fmul_rn((float)code, scale), mean));
 }
-__device__ __forceinline__ float absmax_of(const Q4& q, double mean, int64_t b) {
+__device__ __forceinline__ float absmax_of(const Q4& q, float mean, int64_t b) {
   if (!q.dq) return __ldg(q.absmax + b);
   return absmax_dq(mean, __ldg(q.acode + b), __ldg(q.ascale + (b >> 8)));
 }
@@ -107,7 +107,7 @@ __device__ __forceinline__ float absmax_of(const Q4& q, double mean, int64_t b) 
 // absmax_of when the caller knows at compile time whether the weight is double-quantized (DQ
 // false: one load; the hot decode GEMV then carries no f64 path and no branch on q.dq)
 template <bool DQ>
-__device__ __forceinline__ float absmax_as(const Q4& q, double mean, int64_t b) {
+__device__ __forceinline__ float absmax_as(const Q4& q, float mean, int64_t b) {
   if constexpr (!DQ) return __ldg(q.absmax + b);
   else return absmax_of(q, mean, b);
 }
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(256) k_qgemv4(const T* __restrict__ x, const _
     if (h == 1 && !J.pair) break;
     const Q4Job<T>& jb = J.j[ji + h];
     const Q4& q = jb.q;
-    const double mean = q.dq ? __ldg(q.mean) : 0.0;
+    const float mean = q.dq ? __ldg(q.mean) : 0.f;
     float acc[MR];
 #pragma unroll
     for (int m = 0; m < MR; m++) acc[m] = 0.f;
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
   const Q4Job<T> ja = job_at(J, ji);
   const Q4 qa = ja.q, qb = P ? J.j[1].q : qa;
   const int64_t N = ja.N, row0 = ((int64_t)blockIdx.x - J.first[ji]) * H;
-  const double meana = DQ ? __ldg(qa.mean) : 0.0, meanb = P && DQ ? __ldg(qb.mean) : 0.0;
+  const float meana = DQ ? __ldg(qa.mean) : 0.f, meanb = P && DQ ? __ldg(qb.mean) : 0.f;
   const int64_t KV = K / 32;
   const char* tb = reinterpret_cast<const char*>(tab);
   float acc[R][MR];
@@ -583,8 +583,8 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   const char* tb = reinterpret_cast<const char*>(sm);
   for (int par = 0; c < C; c += cstep, par ^= 1) {
     const int ji = job_of_chunk(J, c);
-    // DQ: the chunk's jobs' means (f64, one a weight)
-    double mean = 0.0, meanb = 0.0;
+    // DQ: the chunk's jobs' means (one a weight)
+    float mean = 0.f, meanb = 0.f;
     if constexpr (DQ) {
       mean = __ldg(job_at(J, ji).q.mean);
       meanb = P ? __ldg(J.j[1].q.mean) : mean;
@@ -835,7 +835,7 @@ __global__ void __launch_bounds__(W * 32, 1024 / (W * 32))
   const uint4* xp = reinterpret_cast<const uint4*>(x + (int64_t)(g < MR ? g : 0) * K) + 2 * t;
   const int64_t ca0 = ra * KC, cb0 = rb * KC;  // the rows' first chunks (the absmax block of chunk c: c·64 / block)
   const int lc = lb - 6;                         // block = 64·2^lc; negative: not a power of 2
-  const double meana = qa.dq ? __ldg(qa.mean) : 0.0, meanb = qb.dq ? __ldg(qb.mean) : 0.0;
+  const float meana = qa.dq ? __ldg(qa.mean) : 0.f, meanb = qb.dq ? __ldg(qb.mean) : 0.f;
   // the absmax block of chunk c of the weight (gate and up share the block size)
   auto block_of = [&](int64_t c) { return lc >= 0 ? c >> lc : c / (qa.block / 64); };
   // codes of chunks kc0 + u·W of rows g, g + 8 into pa, pb; their absmax (or double-quant code and
@@ -1034,7 +1034,7 @@ __global__ void k_silu_mul(const T* __restrict__ g, const T* __restrict__ u, T* 
 // The dequantized weight in T, as the cpu twin computes it: T(f32(code[c] · absmax)), the product in f64.
 template <typename T>
 __global__ void k_dequant4(Q4 q, Code16 code, T* __restrict__ out, int64_t n) {
-  const double mean = q.dq ? __ldg(q.mean) : 0.0;
+  const float mean = q.dq ? __ldg(q.mean) : 0.f;
   const int64_t bytes = (n + 1) / 2;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < bytes; i += (int64_t)gridDim.x * blockDim.x) {
     const uint8_t c = __ldg(q.codes + i);
@@ -1060,7 +1060,7 @@ __global__ void __launch_bounds__(256) k_dequant4w(Q4 q, Code16 code, T* __restr
   __shared__ double cd[16];
   if (threadIdx.x < 16) cd[threadIdx.x] = code.d[threadIdx.x];
   __syncthreads();
-  const double mean = q.dq ? __ldg(q.mean) : 0.0;
+  const float mean = q.dq ? __ldg(q.mean) : 0.f;
   const int64_t wpb = q.block / 8;  // words an absmax block
   constexpr int PER = 16 / sizeof(T);
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < words; i += (int64_t)gridDim.x * blockDim.x) {

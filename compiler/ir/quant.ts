@@ -149,7 +149,8 @@ export function dequantize4(q: FourBitWeights): Float32Array {
 
 /** Double quantization (QLoRA §3): absmax values minus their mean, int8 absmax-scaled per block. */
 export function quantizeAbsmax(a: Float32Array, block: number): NonNullable<FourBitWeights["double"]> {
-  const mean = a.length ? a.reduce((s, x) => s + x, 0) / a.length : 0;
+  // the mean is kept as an f32 (bitsandbytes' offset is an f32 tensor too)
+  const mean = Math.fround(a.length ? a.reduce((s, x) => s + x, 0) / a.length : 0);
   const nb = Math.ceil(a.length / block);
   const scales = new Float32Array(nb);
   const codes = new Int8Array(a.length);
@@ -164,7 +165,9 @@ export function quantizeAbsmax(a: Float32Array, block: number): NonNullable<Four
 
 export function dequantizeAbsmax(d: NonNullable<FourBitWeights["double"]>, n: number): Float32Array {
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = Math.max(0, d.mean + d.codes[i] * d.scales[Math.floor(i / d.block)]);
+  // max(0, f32(f32(code·scale) + mean)): f32 arithmetic as bitsandbytes dequantizes its nested absmax;
+  // each operation in f64 rounded to f32 is the correctly rounded f32 result (kiln_quant.h absmax_dq)
+  for (let i = 0; i < n; i++) out[i] = Math.max(0, Math.fround(Math.fround(d.codes[i] * d.scales[Math.floor(i / d.block)]) + d.mean));
   return out;
 }
 
