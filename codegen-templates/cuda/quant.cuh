@@ -105,7 +105,7 @@ __device__ __forceinline__ float absmax_of(const Q4& q, float mean, int64_t b) {
 }
 
 // absmax_of when the caller knows at compile time whether the weight is double-quantized (DQ
-// false: one load; the hot decode GEMV then carries no f64 path and no branch on q.dq)
+// false: one load; the hot decode GEMV then carries no branch on q.dq)
 template <bool DQ>
 __device__ __forceinline__ float absmax_as(const Q4& q, float mean, int64_t b) {
   if constexpr (!DQ) return __ldg(q.absmax + b);
