@@ -35,13 +35,13 @@ int main() {
       for (int c = 0; c < COPIES; c++) {
         k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(wf, n, 500 + c, 0.05f);
         cudaMalloc(&q4[c], b4);
-        ck(kiln_quantize4(q4[c], wf, n, 64, dq, NF4), "quantize4");
+        ck(kiln_quantize4(q4[c], wf, n, sh[1], 64, dq, NF4), "quantize4");
       }
       auto byte = [&](int i) {
-        Q::k_dequant4<bf16><<<D::grid_for((n + 1) / 2, D::kThreads), D::kThreads, 0, kiln::cuda::stream()>>>(Q::q4_of(q4[i % COPIES], n, 64, dq), code, a, n);
+        Q::k_dequant4<bf16><<<D::grid_for((n + 1) / 2, D::kThreads), D::kThreads, 0, kiln::cuda::stream()>>>(Q::q4_of(q4[i % COPIES], n, sh[1], 64, dq), code, a, n);
       };
       auto vec = [&](int i) {
-        Q::k_dequant4w<bf16><<<D::grid_for(n / 8, 256), 256, 0, kiln::cuda::stream()>>>(Q::q4_of(q4[i % COPIES], n, 64, dq), code, b, n / 8, 3);
+        Q::k_dequant4w<bf16><<<D::grid_for(n / 8, 256), 256, 0, kiln::cuda::stream()>>>(Q::q4_of(q4[i % COPIES], n, sh[1], 64, dq), code, b, n / 8, 3);
       };
       byte(0), vec(0);
       ck(kiln_synchronize(), "sync");

@@ -30,8 +30,8 @@ int main() {
       k_rand<<<1024, 256, 0, s>>>(wf, n, 100 + c, 0.05f);
       cudaMalloc(&q0[c], kiln::quant::bytes4(n, 64, false));
       cudaMalloc(&q1[c], kiln::quant::bytes4(n, 64, true));
-      ck(kiln_quantize4(q0[c], wf, n, 64, 0, NF4), "quantize4");
-      ck(kiln_quantize4(q1[c], wf, n, 64, 1, NF4), "quantize4 dq");
+      ck(kiln_quantize4(q0[c], wf, n, K, 64, 0, NF4), "quantize4");
+      ck(kiln_quantize4(q1[c], wf, n, K, 64, 1, NF4), "quantize4 dq");
     }
     auto run = [&](bool dq, int c, bf16* y) { kiln::cuda::qlinear4<bf16>(x, dq ? q1[c] : q0[c], nullptr, nullptr, y, 1, N, K, 64, dq, NF4); };
     run(false, 0, y0);

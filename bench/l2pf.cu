@@ -117,8 +117,8 @@ int main() {
   bf16 *s16DD, *s16FD;
   cudaMalloc(&s4DD, q4DD), cudaMalloc(&s4FD, q4FD), cudaMalloc(&s16DD, 2 * nDD), cudaMalloc(&s16FD, 2 * nFD);
   k_rand<<<1024, 256, 0, s>>>(wf, nFD, 17, 0.05f);
-  ck(kiln_quantize4(s4DD, wf, nDD, 64, 0, NF4), "quantize4");
-  ck(kiln_quantize4(s4FD, wf, nFD, 64, 0, NF4), "quantize4");
+  ck(kiln_quantize4(s4DD, wf, nDD, D, 64, 0, NF4), "quantize4");
+  ck(kiln_quantize4(s4FD, wf, nFD, D, 64, 0, NF4), "quantize4");
   k_to<bf16><<<1024, 256, 0, s>>>(wf, s16DD, nDD);
   k_to<bf16><<<1024, 256, 0, s>>>(wf, s16FD, nFD);
   // per layer: q, k, v, o (D×D), gate, up (F×D), down (D×F: same byte count as F×D)

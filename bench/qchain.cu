@@ -36,11 +36,11 @@ int main() {
   float* wf;
   cudaMalloc(&wf, 4 * F * H);
   bool dq = false;  // the layers being built: double-quantized or not
-  auto quant = [&](int64_t n, uint32_t seed) {
+  auto quant = [&](int64_t n, int64_t K, uint32_t seed) {  // n weights in rows of K
     uint8_t* w;
     cudaMalloc(&w, kiln::quant::bytes4(n, 64, dq));
     k_rand<<<1024, 256, 0, s>>>(wf, n, seed, 0.05f);
-    ck(kiln_quantize4(w, wf, n, 64, dq, NF4), "quantize4");
+    ck(kiln_quantize4(w, wf, n, K, 64, dq, NF4), "quantize4");
     return w;
   };
   auto vec = [&](int64_t n, uint32_t seed, float scale, float bias) {
@@ -60,7 +60,7 @@ int main() {
     lsets[d].resize(L);
     for (int l = 0; l < L; l++) {
       const uint32_t b = 1000 + 16 * l;
-      lsets[d][l] = {quant(H * H, b), quant(H * H, b + 1), quant(H * H, b + 2), quant(H * H, b + 3), quant(F * H, b + 4), quant(F * H, b + 5), quant(H * F, b + 6),
+      lsets[d][l] = {quant(H * H, H, b), quant(H * H, H, b + 1), quant(H * H, H, b + 2), quant(H * H, H, b + 3), quant(F * H, H, b + 4), quant(F * H, H, b + 5), quant(H * F, F, b + 6),
                      vec(H, b + 7, 0.2f, 1.f), vec(H, b + 8, 0.2f, 1.f)};
     }
   }

@@ -49,7 +49,7 @@ static bool check4(const char* label, int64_t N, int64_t K, int64_t block, bool 
   k_to<T><<<1024, 256, 0, s>>>(bf, b, N);
   uint8_t* q;
   cudaMalloc(&q, kiln::quant::bytes4(N * K, block, dq));
-  ck(kiln_quantize4(q, wf, N * K, block, dq, code), "quantize4");
+  ck(kiln_quantize4(q, wf, N * K, K, block, dq, code), "quantize4");
   kiln::cuda::qlinear4<T>(x, q, b, nullptr, y9, 9, N, K, block, dq, code);
   std::vector<T> h(8 * N), h9(9 * N);
   ck(kiln_synchronize(), "sync");
@@ -149,7 +149,7 @@ static bool check_group(const char* label, bool pair, std::vector<int64_t> Ns, i
     cudaMalloc(&wf, 4 * N * K);
     k_rand<<<1024, 256, 0, s>>>(wf, N * K, 300 + i, 0.05f);
     cudaMalloc(&w[i], kiln::quant::bytes4(N * K, block, dq));
-    ck(kiln_quantize4(w[i], wf, N * K, block, dq, code), "quantize4");
+    ck(kiln_quantize4(w[i], wf, N * K, K, block, dq, code), "quantize4");
     cudaFree(wf);
     cudaMalloc(&ys[i], sizeof(T) * 8 * N);
     cudaMalloc(&yg[i], sizeof(T) * 8 * N);
@@ -233,7 +233,7 @@ static void old_qgemv4(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int6
   namespace Q = kiln::cuda::qdetail;
   constexpr int R = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;
   Q::Q4Jobs<bf16> J = {};
-  J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
+  J.j[0] = {Q::q4_of(w, N * K, K, 64, false), nullptr, nullptr, y, N};
   J.n = 1;
   const unsigned grid = Q::q4_grid(J, R);
   Q::k_qgemv4v<bf16, MR, R, false, false><<<grid, 128, 0, kiln::cuda::stream()>>>(x, J, Q::code16(code), K, 6);
@@ -259,7 +259,7 @@ static void time_groups(const double* code) {
   auto make = [&](uint8_t*& q, int64_t N, uint32_t seed) {
     k_rand<<<1024, 256, 0, s>>>(wf, N * K, seed, 0.05f);
     cudaMalloc(&q, kiln::quant::bytes4(N * K, 64, false));
-    ck(kiln_quantize4(q, wf, N * K, 64, 0, code), "quantize4");
+    ck(kiln_quantize4(q, wf, N * K, K, 64, 0, code), "quantize4");
   };
   for (int c = 0; c < COPIES; c++) {
     for (int j = 0; j < 3; j++) make(qkv[c][j], NQ, 700 + 5 * c + j);
@@ -359,8 +359,8 @@ int main() {
       cudaMalloc(&q4[c], b4);
       cudaMalloc(&q4d[c], b4d);
       cudaMalloc(&q8[c], b8);
-      ck(kiln_quantize4(q4[c], wf, n, 64, 0, nf4), "quantize4");
-      ck(kiln_quantize4(q4d[c], wf, n, 64, 1, nf4), "quantize4 dq");
+      ck(kiln_quantize4(q4[c], wf, n, K, 64, 0, nf4), "quantize4");
+      ck(kiln_quantize4(q4d[c], wf, n, K, 64, 1, nf4), "quantize4 dq");
       ck(kiln_quantize8(q8[c], wf, N, K), "quantize8");
     }
     // the GEMV against the prefill path

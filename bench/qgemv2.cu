@@ -27,7 +27,7 @@ static Q::Code16 g_code;
 
 static void run_vec(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   Q::Q4Jobs<bf16> J = {};
-  J.j[0] = {Q::q4_of(w, N * K, 64, false), nullptr, nullptr, y, N};
+  J.j[0] = {Q::q4_of(w, N * K, K, 64, false), nullptr, nullptr, y, N};
   J.n = 1;
   Q::qgemv4<bf16>(x, J, g_code, 1, K, 64, Q::Q4_VEC, kiln::cuda::stream());
 }
@@ -110,10 +110,10 @@ int main() {
     for (int c = 0; c < COPIES; c++) {
       k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(wf, n, 100 + c, 0.05f);
       cudaMalloc(&g_q4[c], b4);
-      ck(kiln_quantize4(g_q4[c], wf, n, 64, 0, NF4), "quantize4");
+      ck(kiln_quantize4(g_q4[c], wf, n, K, 64, 0, NF4), "quantize4");
       for (int j = 0; j < 3 && N == 3 * K; j++) {
         cudaMalloc(&g_qkv[c][j], kiln::quant::bytes4(K * K, 64, false));
-        ck(kiln_quantize4(g_qkv[c][j], wf + j * K * K, K * K, 64, 0, NF4), "quantize4 qkv");
+        ck(kiln_quantize4(g_qkv[c][j], wf + j * K * K, K * K, K, 64, 0, NF4), "quantize4 qkv");
       }
     }
     for (int v = 0; v < NV; v++) {

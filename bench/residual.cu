@@ -199,7 +199,7 @@ int main() {
         bf16* wb = rnd(wn, 777u + c, 0.25f);
         k_widen<<<1024, 256, 0, s>>>(wb, wf, wn);
         ck(cudaMalloc(&Q[c], qb), "malloc");
-        if ((scheme ? kiln_quantize8(Q[c], wf, N, K) : kiln_quantize4(Q[c], wf, wn, 64, 0, code)) != 0) {
+        if ((scheme ? kiln_quantize8(Q[c], wf, N, K) : kiln_quantize4(Q[c], wf, wn, K, 64, 0, code)) != 0) {
           fprintf(stderr, "quantize: %s\n", kiln_last_error());
           return 1;
         }

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import fc from "fast-check";
 import { traceModel } from "../compiler/dsl/index.js";
 import {
-  bytes4, codeOf, dequantize4, fp4Code, int8Matmul, nf4Code, normalQuantile, parse, quantize4, run, tensor, verify,
+  absmaxSlot, absmaxTiles, bytes4, codeOf, dequantize4, fp4Code, int8Matmul, nf4Code, normalQuantile, parse, quantize4, run, tensor, verify,
 } from "../compiler/ir/index.js";
 import type { FourBit } from "../compiler/ir/index.js";
 import { createContext, quantizeLinear, quantizeLinearPass, runPipeline } from "../compiler/passes/index.js";
@@ -80,13 +80,45 @@ describe("blockwise 4-bit quantization", () => {
         const step = halfStep(codeOf("nf4"));
         for (let b = 0; b < dq.absmax.length; b++) {
           const aErr = Math.abs(dq.absmax[b] - exact.absmax[b]);
-          const block = Math.floor(b / 256);
-          expect(aErr).toBeLessThanOrEqual(dq.double!.scales[block] / 2 + 1e-6);
+          const group = Math.floor(absmaxSlot(b, dq.tiles) / 256);
+          expect(aErr).toBeLessThanOrEqual(dq.double!.scales[group] / 2 + 1e-6);
           for (let i = b * 64; i < Math.min(w.length, (b + 1) * 64); i++)
             expect(Math.abs(w[i] - d[i])).toBeLessThanOrEqual(step * dq.absmax[b] + aErr + 1e-6);
         }
       }),
       { numRuns: 40, seed: 5 },
+    );
+  });
+
+  test("the tiled absmax layout: a permutation of the blocks, 8 rows of a block column side by side; only double quantization's groups change", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 6 }), fc.integer({ min: 1, max: 5 }), fc.integer({ min: 0, max: 1000 }), (perRow, tiles8, seed) => {
+        const K = 64 * perRow, N = 8 * tiles8, nb = N * perRow;
+        expect(absmaxTiles(N * K, 64, K)).toBe(perRow);
+        expect(absmaxTiles(N * K, 64, 0)).toBe(0); // no row length: block order
+        expect(absmaxTiles((N + 1) * K, 64, K)).toBe(0); // not a multiple of 8 rows
+        const seen = new Set<number>();
+        for (let b = 0; b < nb; b++) {
+          const s = absmaxSlot(b, perRow);
+          expect(s).toBeGreaterThanOrEqual(0);
+          expect(s).toBeLessThan(nb);
+          seen.add(s);
+          const r = Math.floor(b / perRow), j = b % perRow;
+          if (r % 8 !== 0) expect(s).toBe(absmaxSlot((r - (r % 8)) * perRow + j, perRow) + (r % 8)); // the tile's rows side by side
+        }
+        expect(seen.size).toBe(nb);
+        const randn = normals(seed);
+        const w = Float32Array.from({ length: N * K }, (_, i) => randn() * 0.02 * Math.exp(3 * Math.sin(i / 97)));
+        // without double quantization the layout changes nothing of the math
+        expect(Array.from(quantize4(w, "nf4", { rowLength: K }).codes)).toEqual(Array.from(quantize4(w, "nf4").codes));
+        // with it the absmax are grouped in slot order, and each stays within its group's step
+        const exact = quantize4(w, "nf4", { rowLength: K });
+        const dq = quantize4(w, "nf4", { rowLength: K, doubleQuant: true });
+        expect(dq.tiles).toBe(perRow);
+        for (let b = 0; b < nb; b++)
+          expect(Math.abs(dq.absmax[b] - exact.absmax[b])).toBeLessThanOrEqual(dq.double!.scales[Math.floor(absmaxSlot(b, perRow) / 256)] / 2 + 1e-6);
+      }),
+      { numRuns: 30, seed: 6 },
     );
   });
 
@@ -198,7 +230,7 @@ function layout4(q: ReturnType<typeof quantize4>, n: number): Uint8Array {
   for (let i = 0; i < n; i++) out[i >> 1] |= i % 2 ? q.codes[i] << 4 : q.codes[i];
   const tail = new DataView(out.buffer, pad16(Math.ceil(n / 2)));
   if (!q.double) {
-    for (let b = 0; b < nb; b++) tail.setFloat32(4 * b, q.absmax[b], true);
+    for (let b = 0; b < nb; b++) tail.setFloat32(4 * absmaxSlot(b, q.tiles), q.absmax[b], true);
     return out;
   }
   for (let b = 0; b < nb; b++) tail.setInt8(b, q.double.codes[b]);
@@ -217,18 +249,23 @@ describe("the host quantizer (kiln_quant.h: the cpu target's, and the cuda targe
 
   let k = 0;
   test.each([
-    ["nf4", false, 64 * 37 + 5],
-    ["fp4", false, 64 * 37 + 5],
-    ["nf4", true, 64 * 700 + 33], // 700 blocks: three absmax groups of 256, the last partial
-    ["fp4", true, 64 * 300],
-  ] as const)("%s, double quant %s, %d weights", (scheme, dq, n) => {
+    ["nf4", false, 64 * 37 + 5, 0],
+    ["fp4", false, 64 * 37 + 5, 0],
+    ["nf4", true, 64 * 700 + 33, 0], // 700 blocks: three absmax groups of 256, the last partial
+    ["fp4", true, 64 * 300, 0],
+    ["nf4", false, 24 * 320, 320], // rows of 5 blocks, 24 rows: the tiled layout
+    ["nf4", true, 48 * 704, 704], // rows of 11 blocks, 48 rows: tiled, groups across tiles and rows
+    ["fp4", true, 40 * 128, 128],
+    ["nf4", true, 44 * 128, 128], // 44 rows: not a multiple of 8, block order
+  ] as const)("%s, double quant %s, %d weights in rows of %d", (scheme, dq, n, K) => {
     const r = normals(100 + k++);
     // a spread of block scales (absmax from ≈ 1e-3 to ≈ 4), so the absmax codes use their range
     const w = Float32Array.from({ length: n }, (_, i) => r() * 0.02 * Math.exp(4 * Math.sin(i / 64)));
-    const want = quantize4(w, scheme, { doubleQuant: dq });
+    const want = quantize4(w, scheme, { doubleQuant: dq, rowLength: K });
+    expect(want.tiles).toBe(K === 0 || n / K === 44 ? 0 : K / 64);
     const inFile = join(tmp, `in${k}`), outFile = join(tmp, `out${k}`);
     writeFileSync(inFile, Buffer.concat([Buffer.from(Float64Array.from(codeOf(scheme)).buffer), Buffer.from(w.buffer)]));
-    execFileSync(driver, [String(n), "64", dq ? "1" : "0", inFile, outFile]);
+    execFileSync(driver, [String(n), "64", dq ? "1" : "0", inFile, outFile, String(K)]);
     const got = new Uint8Array(readFileSync(outFile));
     const bytes = layout4(want, n);
     expect(got.length).toBe(bytes.length + 4 * want.absmax.length);

@@ -13,7 +13,7 @@ extern "C" {
 #pragma GCC visibility push(default)
 #endif
 
-#define KILN_ABI_VERSION 2
+#define KILN_ABI_VERSION 3
 #define KILN_MAX_RANK 8
 
 enum kiln_dtype { KILN_F32 = 0, KILN_F16 = 1, KILN_BF16 = 2, KILN_I64 = 3, KILN_I32 = 4, KILN_I8 = 5, KILN_U8 = 6, KILN_BOOL = 7 };
@@ -86,11 +86,11 @@ int kiln_forward(void* const* weights, const kiln_tensor* inputs, kiln_tensor* o
  * quantize-on-load on the target. `src` is target memory holding the weight as f32 (already
  * rounded to the model dtype), `dst` target memory of the packed size (kiln_quant.h: bytes4 /
  * bytes8), written in the layouts of kiln_quant.h, bit for bit what its host functions write.
- *   kiln_quantize4: n weights, blockwise absmax (`block`), dq: double quantization, code16: the
- *     16 code values (host memory).
+ *   kiln_quantize4: n weights in rows of K (the absmax layout depends on it: kiln_quant.h tiles4),
+ *     blockwise absmax (`block`), dq: double quantization, code16: the 16 code values (host memory).
  *   kiln_quantize8: an [N, K] weight, int8 with absmax per row (LLM.int8).
  */
-int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t block, int dq, const double* code16);
+int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t K, int64_t block, int dq, const double* code16);
 int kiln_quantize8(void* dst, const float* src, int64_t N, int64_t K);
 
 #if defined(__GNUC__)

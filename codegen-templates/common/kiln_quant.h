@@ -6,6 +6,13 @@
 //     and the f32 mean that was removed (then 4 zero bytes); a block's absmax is then
 //     max(0, f32(f32(code·scale) + mean)) — f32 arithmetic, as bitsandbytes dequantizes its nested
 //     absmax (code times scale, plus the offset, in f32).
+//     The absmax (or their int8 codes) are stored in block order, except for a weight of rows of K
+//     with K a multiple of `block` and a multiple of 8 rows: there, in tiles of 8 rows — slot
+//     ((r / 8)·A + j)·8 + r mod 8 for block j of row r (A = K / block blocks a row), so the 8 rows'
+//     absmax of one block column are 8 neighbouring values (one 32-byte or 8-byte load for the
+//     decode GEMV, which walks 8 rows at a time) — and double quantization's groups of 256 are
+//     256 neighbouring slots (32 block columns of a tile), so one scale serves a piece's 8 rows.
+//     tiles4 gives A (0: block order), slot4 the slot of a block.
 //   int8 (LLM.int8): N·K int8 codes (absmax per output feature), padded to 16 bytes, then N f64 scales.
 // Rounding follows the reference exactly: JavaScript's Math.round is floor(x + 0.5).
 #pragma once
@@ -26,6 +33,19 @@ inline int64_t bytes4(int64_t n, int64_t block, bool dq) {
   return pad16((n + 1) / 2) + (dq ? pad16(nb) + pad16(4 * groups4(n, block)) + 8 : 4 * nb);
 }
 
+// The absmax layout of n weights in rows of K (K ≤ 0: unknown, block order): the blocks a row in
+// tiles of 8 rows (A > 0), or 0 for block order.
+inline int64_t tiles4(int64_t n, int64_t block, int64_t K) {
+  if (K <= 0 || block <= 0 || n <= 0 || n % K != 0 || K % block != 0 || (n / K) % 8 != 0) return 0;
+  return K / block;
+}
+// the storage slot of block b's absmax (A from tiles4)
+inline int64_t slot4(int64_t b, int64_t A) {
+  if (A == 0) return b;
+  const int64_t r = b / A, j = b - r * A;
+  return ((r >> 3) * A + j) * 8 + (r & 7);
+}
+
 // A double-quantized block's absmax: max(0, f32(f32(code·scale) + mean)). Each operation is done in
 // f64 and rounded to f32, which gives the correctly rounded f32 result (the product is exact in f64;
 // f64 carries more than twice f32's digits, so the sum's double rounding is innocuous) and leaves the
@@ -36,9 +56,10 @@ inline float absmax_dq(float mean, int code, float scale) {
   return a > 0.f ? a : 0.f;
 }
 
-// The absmax of block b, from either layout.
-inline float absmax4(const uint8_t* w, int64_t n, int64_t block, bool dq, int64_t b) {
+// The absmax of block b, from either layout (A from tiles4).
+inline float absmax4(const uint8_t* w, int64_t n, int64_t block, bool dq, int64_t A, int64_t b) {
   const uint8_t* a = w + pad16((n + 1) / 2);
+  b = slot4(b, A);
   if (!dq) {
     float f;
     memcpy(&f, a + 4 * b, 4);
@@ -78,11 +99,19 @@ inline void absmax_blocks(const float* w, int64_t n, int64_t block, float* absma
 // minus their mean as int8 codes per 256 blocks, the f32 scales and the f32 mean, and `absmax` is
 // overwritten with what the codes decode to (the values the weights are then quantized against).
 // The cuda target calls this on the host with the absmax it computed on the GPU, so both targets
-// write the same bytes.
+// write the same bytes. `absmax` is in block order (in and out), the tail in slot order (A: tiles4);
+// the mean, the groups of 256 and their codes are taken in slot order.
 inline int64_t tail4_bytes(int64_t n, int64_t block, bool dq) { return bytes4(n, block, dq) - pad16((n + 1) / 2); }
-inline void tail4(float* absmax, int64_t n, int64_t block, bool dq, uint8_t* tail) {
+inline void tail4(float* absmax_in, int64_t n, int64_t block, bool dq, int64_t A, uint8_t* tail) {
   const int64_t nb = blocks4(n, block);
   memset(tail, 0, (size_t)tail4_bytes(n, block, dq));
+  std::vector<float> slots;
+  float* absmax = absmax_in;
+  if (A != 0) {
+    slots.resize((size_t)nb);
+    for (int64_t b = 0; b < nb; b++) slots[(size_t)slot4(b, A)] = absmax_in[b];
+    absmax = slots.data();
+  }
   if (!dq) {
     memcpy(tail, absmax, 4 * (size_t)nb);
     return;
@@ -106,13 +135,16 @@ inline void tail4(float* absmax, int64_t n, int64_t block, bool dq, uint8_t* tai
     }
   }
   memcpy(tail + pad16(nb) + pad16(4 * groups4(n, block)), &mean, 4);
+  if (A != 0)
+    for (int64_t b = 0; b < nb; b++) absmax_in[b] = slots[(size_t)slot4(b, A)];
 }
 
-inline void quantize4(const float* w, int64_t n, int64_t block, bool dq, const double* code, uint8_t* out) {
+// n weights in rows of K (K ≤ 0: block order for the absmax, whatever the shape)
+inline void quantize4(const float* w, int64_t n, int64_t block, bool dq, const double* code, uint8_t* out, int64_t K) {
   std::vector<float> absmax((size_t)blocks4(n, block));
   absmax_blocks(w, n, block, absmax.data());
   memset(out, 0, (size_t)pad16((n + 1) / 2));
-  tail4(absmax.data(), n, block, dq, out + pad16((n + 1) / 2));
+  tail4(absmax.data(), n, block, dq, tiles4(n, block, K), out + pad16((n + 1) / 2));
   for (int64_t i = 0; i < n; i++) {
     const double m = absmax[(size_t)(i / block)];
     const int c = nearest(code, m > 0 ? (double)w[i] / m : 0.0);

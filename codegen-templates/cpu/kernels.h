@@ -221,7 +221,8 @@ void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
   const uint8_t* codes = w;
   const int64_t nb = quant::blocks4(N * K, block);
   std::vector<float> absmax((size_t)nb);
-  for (int64_t b = 0; b < nb; b++) absmax[(size_t)b] = quant::absmax4(w, N * K, block, dq, b);
+  const int64_t A = quant::tiles4(N * K, block, K);
+  for (int64_t b = 0; b < nb; b++) absmax[(size_t)b] = quant::absmax4(w, N * K, block, dq, A, b);
   // each weight row is dequantized once per call into a K-long buffer, then used for every token
 #pragma omp parallel
   {

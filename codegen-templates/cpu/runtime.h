@@ -75,10 +75,10 @@ extern "C" int kiln_download_wait(void* ticket, void* dst) {
 }
 
 // Quantize-on-load (kiln_abi.h): the host functions of kiln_quant.h on host memory.
-extern "C" int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t block, int dq, const double* code16) {
+extern "C" int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t K, int64_t block, int dq, const double* code16) {
   return kiln::rt::guard([&] {
     if (n < 0 || block <= 0) kiln::rt::fail(KILN_ERR_INVALID, "kiln_quantize4: n = %lld, block = %lld", (long long)n, (long long)block);
-    kiln::quant::quantize4(src, n, block, dq != 0, code16, (uint8_t*)dst);
+    kiln::quant::quantize4(src, n, block, dq != 0, code16, (uint8_t*)dst, K);
   });
 }
 extern "C" int kiln_quantize8(void* dst, const float* src, int64_t N, int64_t K) {

@@ -79,9 +79,11 @@ struct Q4 {
   const float* ascale;
   const float* mean;
   int64_t block;
+  int64_t A;  // the absmax layout (kiln_quant.h tiles4): blocks a row, tiled by 8 rows; 0: block order
   bool dq;
 };
-static inline Q4 q4_of(const uint8_t* w, int64_t n, int64_t block, bool dq) {
+// n weights in rows of K
+static inline Q4 q4_of(const uint8_t* w, int64_t n, int64_t K, int64_t block, bool dq) {
   const uint8_t* tail = w + quant::pad16((n + 1) / 2);
   const int64_t nb = quant::blocks4(n, block);
   Q4 q;
@@ -91,25 +93,43 @@ static inline Q4 q4_of(const uint8_t* w, int64_t n, int64_t block, bool dq) {
   q.ascale = (const float*)(tail + quant::pad16(nb));
   q.mean = (const float*)(tail + quant::pad16(nb) + quant::pad16(4 * quant::groups4(n, block)));
   q.block = block;
+  q.A = quant::tiles4(n, block, K);
   q.dq = dq;
   return q;
 }
+// the storage slot of block b's absmax (kiln_quant.h slot4; a 32-bit division where b fits)
+__device__ __forceinline__ int64_t slot_of(const Q4& q, int64_t b) {
+  if (q.A == 0) return b;
+  int64_t r, j;
+  if (b <= 0xffffffffLL && q.A <= 0xffffffffLL) {
+    const uint32_t u = (uint32_t)b, a = (uint32_t)q.A, rq = u / a;
+    r = rq, j = u - rq * a;
+  } else {
+    r = b / q.A, j = b - r * q.A;
+  }
+  return ((r >> 3) * q.A + j) * 8 + (r & 7);
+}
+// the slot of block j of row r where a row holds apr whole blocks
+__device__ __forceinline__ int64_t slot_rj(const Q4& q, int64_t r, int64_t j, int64_t apr) { return q.A ? (((r >> 3) * q.A + j) << 3) + (r & 7) : r * apr + j; }
 // absmax of block b; with double quantization max(0, f32(f32(code·scale) + mean)) — f32 roundings,
 // never contracted, as kiln_quant.h absmax4 and quant.ts dequantizeAbsmax compute it
 __device__ __forceinline__ float absmax_dq(float mean, int code, float scale) {
   return fmaxf(0.f, __fadd_rn(__fmul_rn((float)code, scale), mean));
 }
-__device__ __forceinline__ float absmax_of(const Q4& q, float mean, int64_t b) {
-  if (!q.dq) return __ldg(q.absmax + b);
-  return absmax_dq(mean, __ldg(q.acode + b), __ldg(q.ascale + (b >> 8)));
+// the absmax in slot s
+__device__ __forceinline__ float absmax_at(const Q4& q, float mean, int64_t s) {
+  if (!q.dq) return __ldg(q.absmax + s);
+  return absmax_dq(mean, __ldg(q.acode + s), __ldg(q.ascale + (s >> 8)));
 }
+// the absmax of block b
+__device__ __forceinline__ float absmax_of(const Q4& q, float mean, int64_t b) { return absmax_at(q, mean, slot_of(q, b)); }
 
-// absmax_of when the caller knows at compile time whether the weight is double-quantized (DQ
+// absmax_at when the caller knows at compile time whether the weight is double-quantized (DQ
 // false: one load; the hot decode GEMV then carries no branch on q.dq)
 template <bool DQ>
-__device__ __forceinline__ float absmax_as(const Q4& q, float mean, int64_t b) {
-  if constexpr (!DQ) return __ldg(q.absmax + b);
-  else return absmax_of(q, mean, b);
+__device__ __forceinline__ float absmax_as(const Q4& q, float mean, int64_t s) {
+  if constexpr (!DQ) return __ldg(q.absmax + s);
+  else return absmax_at(q, mean, s);
 }
 
 // 8 activations as f32 from 16-byte aligned memory
@@ -298,7 +318,6 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
       const int kv = (int)KV, cs = lb - 5, apr = (int)(K >> lb);
       const uint4* ca = reinterpret_cast<const uint4*>(qa.codes) + row0 * KV;
       const uint4* cb = reinterpret_cast<const uint4*>(qb.codes) + row0 * KV;
-      const int64_t ba = row0 * apr;
       for (int p = threadIdx.x; p < kv; p += 128) {
         uint4 pc[R];
         float a[R];
@@ -306,7 +325,7 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
         for (int r = 0; r < R; r++) {
           const int rr = (int)(row0 + (r >= H ? r - H : r) < N ? (r >= H ? r - H : r) : N - 1 - row0);  // rows past N: computed, never stored
           pc[r] = detail::ld_stream((r >= H ? cb : ca) + rr * kv + p);
-          a[r] = absmax_as<DQ>(r >= H ? qb : qa, r >= H ? meanb : meana, ba + rr * apr + (p >> cs));
+          a[r] = absmax_as<DQ>(r >= H ? qb : qa, r >= H ? meanb : meana, slot_rj(r >= H ? qb : qa, row0 + rr, p >> cs, apr));
         }
         float xf[32];
 #pragma unroll
@@ -330,7 +349,7 @@ __global__ void __launch_bounds__(128, MR == 1 ? 4 : MR == 2 ? 6 : 0) k_qgemv4v(
       const int64_t row = want < N ? want : N - 1;  // rows past N: computed, never stored
       pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>((r >= H ? qb : qa).codes) + row * KV + p);
       const int64_t e = row * K + p * 32;
-      a[r] = absmax_as<DQ>(r >= H ? qb : qa, r >= H ? meanb : meana, lb >= 0 ? (e >> lb) : e / qa.block);
+      a[r] = absmax_as<DQ>(r >= H ? qb : qa, r >= H ? meanb : meana, slot_of(qa, lb >= 0 ? (e >> lb) : e / qa.block));
     }
     float part[R][MR];
 #pragma unroll
@@ -460,11 +479,17 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
     if constexpr (!ROPE) return cj * H + r;
     else return ((cj >> (ld - 3)) << ld) + ((cj & ((1 << (ld - 3)) - 1)) << 2) + (r & 3) + (r >= 4 ? (int64_t)1 << (ld - 1) : 0);
   };
-  // piece p of chunk c's R rows (rows past N read row N − 1: computed, never stored)
-  // the absmax a piece needs: its f32 (DQ false), or its int8 code and f32 scale (DQ: combined
-  // with the job's mean where the piece is decoded, so the loads do not wait here)
+  // piece p of chunk c's R rows (rows past N read row N − 1: computed, never stored), and the absmax
+  // the piece needs in the tiled layout (kiln_quant.h tiles4: q4p_takes asks for it): a 4-row half
+  // of the chunk (rows 4i … 4i + 3) has its 4 absmax side by side — one 16-byte load of f32 (DQ
+  // false) or one 4-byte load of int8 codes and one f32 scale (DQ: the 4 share a group of 256),
+  // combined with the job's mean where the piece is decoded, so the loads do not wait here. With
+  // 8 scalar loads (and 8 scales) a piece in block order the double-quantized variants spilled:
+  // bench/qchain.cu (H100), a 7B step's 4-bit GEMVs nf4+dq 2024–2037 → 1849–1856 µs, nf4 1799–1808
+  // → 1787–1792.
   using AM = typename std::conditional<DQ, int, float>::type;
-  auto load = [&](int64_t c, int p, uint4 (&pc)[R], AM (&a)[R], float (&sc)[DQ ? R : 1]) {
+  constexpr int NA = DQ ? 2 : R, NS = DQ ? 2 : 1;
+  auto load = [&](int64_t c, int p, uint4 (&pc)[R], AM (&a)[NA], float (&sc)[NS]) {
     // the chunk's job: only the fields the loads need, selected at compile-time indices
     const uint8_t* ca = J.j[0].q.codes;
     const float* aa = DQ ? J.j[0].q.ascale : J.j[0].q.absmax;
@@ -481,6 +506,8 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
     const uint8_t* cb = P ? J.j[1].q.codes : ca;
     const float* ab = P ? (DQ ? J.j[1].q.ascale : J.j[1].q.absmax) : aa;
     const int8_t* ib = P ? J.j[1].q.acode : ia;
+    // the tiled slot of block column p >> csh of row r
+    auto slot = [&](int64_t r) { return (((r >> 3) * apr + (p >> csh)) << 3) + (r & 7); };
     // slot r's row is r0 + off(r) (off: r mod H, + D/2 from slot 4 on with ROPE); where the chunk's
     // last row is inside the job (all but a job's last chunk) the addresses are the first row's plus
     // off(r) rows, with no clamp: a few instructions a row instead of row_of, the clamp and a 64-bit
@@ -491,30 +518,35 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
     if (r0 + hi + (ROPE ? 3 : H - 1) < N) {
       const uint4* wa = reinterpret_cast<const uint4*>(ca) + r0 * KV + p;
       const uint4* wb = reinterpret_cast<const uint4*>(cb) + r0 * KV + p;
-      const int64_t b0 = r0 * apr + (p >> csh);
 #pragma unroll
       for (int r = 0; r < R; r++) {
         const int64_t off = ROPE ? (r & 3) + (r >= 4 ? hi : 0) : r % H;
         pc[r] = detail::ld_stream((r >= H ? wb : wa) + off * KV);
-        const int64_t b = b0 + off * apr;
-        if constexpr (DQ) {
-          a[r] = __ldg((r >= H ? ib : ia) + b);
-          sc[r] = __ldg((r >= H ? ab : aa) + (b >> 8));
-        } else {
-          a[r] = __ldg((r >= H ? ab : aa) + b);
-        }
+      }
+      // the two halves' first slots (rows r0 and r0 + 4 / of up / r0 + D/2; r0 is a multiple of 4)
+      const int64_t s0 = slot(r0), s1 = P ? s0 : ROPE ? slot(r0 + hi) : s0 + 4;
+      if constexpr (DQ) {
+        a[0] = __ldg(reinterpret_cast<const int*>(ia + s0));
+        a[1] = __ldg(reinterpret_cast<const int*>(ib + s1));
+        sc[0] = __ldg(aa + (s0 >> 8));
+        sc[1] = __ldg(ab + (s1 >> 8));
+      } else {
+        const float4 u = __ldg(reinterpret_cast<const float4*>(aa + s0)), v = __ldg(reinterpret_cast<const float4*>(ab + s1));
+        a[0] = u.x, a[1] = u.y, a[2] = u.z, a[3] = u.w, a[4] = v.x, a[5] = v.y, a[6] = v.z, a[7] = v.w;
       }
       return;
     }
-    // (a job's last chunk: rows past N read row N − 1)
+    // (a job's last chunk: rows past N read row N − 1; a half's 4 rows are all past N or none, as N
+    // is a multiple of 8, so its 4 codes share one scale either way)
 #pragma unroll
     for (int r = 0; r < R; r++) {
       const int64_t row = min(row_of(c - f0, r >= H ? r - H : r), N - 1);
       pc[r] = detail::ld_stream(reinterpret_cast<const uint4*>(r >= H ? cb : ca) + row * KV + p);
-      const int64_t b = row * apr + (p >> csh);
+      const int64_t b = slot(row);
       if constexpr (DQ) {
-        a[r] = __ldg((r >= H ? ib : ia) + b);
-        sc[r] = __ldg((r >= H ? ab : aa) + (b >> 8));
+        const int v = (uint8_t)__ldg((r >= H ? ib : ia) + b);
+        if ((r & 3) == 0) a[r >> 2] = v, sc[r >> 2] = __ldg((r >= H ? ab : aa) + (b >> 8));
+        else a[r >> 2] |= v << (8 * (r & 3));
       } else {
         a[r] = __ldg((r >= H ? ab : aa) + b);
       }
@@ -538,8 +570,8 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   };
   if (!pdl) load_x();
   uint4 pc[R];
-  AM a[R];
-  float sc[DQ ? R : 1];
+  AM a[NA];
+  float sc[NS];
   int64_t c = (int64_t)blockIdx.x * WG + wg;
   if (c < C && t < KV) load(c, t, pc, a, sc);  // then the first pieces: they do not wait for the set-up
   if (tid < 16) cs[tid] = code.f[tid];
@@ -628,7 +660,7 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
 #pragma unroll
       for (int r = 0; r < R; r++) {
         cur[r] = pc[r];
-        if constexpr (DQ) ca[r] = absmax_dq(r >= H ? meanb : mean, a[r], sc[r]);
+        if constexpr (DQ) ca[r] = absmax_dq(r >= H ? meanb : mean, (int)(int8_t)(a[r >> 2] >> (8 * (r & 3))), sc[r >> 2]);
         else ca[r] = a[r];
       }
       const bool same = p + 128 < KV;
@@ -880,7 +912,7 @@ __global__ void __launch_bounds__(W * 32, 1024 / (W * 32))
         pa[u] = ld_stream8(wa + 4 * kc);
         pb[u] = ld_stream8(wb + 4 * kc);
         if (t == 0) {
-          const int64_t ba = block_of(ca0 + kc), bb = block_of(cb0 + kc);
+          const int64_t ba = slot_of(qa, block_of(ca0 + kc)), bb = slot_of(qb, block_of(cb0 + kc));
           if (qa.dq) {
             prefetch_l1(qa.acode + ba), prefetch_l1(qb.acode + bb), prefetch_l1(qa.ascale + (ba >> 8)), prefetch_l1(qb.ascale + (bb >> 8));
           } else {
@@ -1017,10 +1049,11 @@ static bool qgemv4(const T* x, Q4Jobs<T>& J, const Code16& c, int64_t M, int64_t
   if constexpr (std::is_same<T, bf16>::value || std::is_same<T, f16>::value) {
     if (path == Q4_VEC) {
       int64_t rows = 0;
-      for (int i = 0; i < J.n; i++) rows += J.j[i].N;
+      bool tiled = true;  // k_qgemv4p reads the absmax in the tiled layout only (multiples of 8 rows)
+      for (int i = 0; i < J.n; i++) rows += J.j[i].N, tiled = tiled && J.j[i].q.A != 0;
       // with a RoPE epilogue too: it saves the rotary and cache-write launch
       const bool rp = rope && q4p_rope_ok(J, *rope);
-      if (q4p_takes(x, nrm ? nrm->gamma : nullptr, M, K, block, J.j[0].q.dq, rows, nrm != nullptr || rp) && qgemv4p<T>(x, nrm, J, c, K, lb, s, rp ? rope : nullptr))
+      if (tiled && q4p_takes(x, nrm ? nrm->gamma : nullptr, M, K, block, J.j[0].q.dq, rows, nrm != nullptr || rp) && qgemv4p<T>(x, nrm, J, c, K, lb, s, rp ? rope : nullptr))
         return rp;
     }
   }
@@ -1125,6 +1158,18 @@ __global__ void k_absmax_blocks(const float* __restrict__ w, int64_t n, int64_t 
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     if (lane == 0) absmax[b] = m;
+  }
+}
+
+// absmax[b] into its storage slot (kiln_quant.h slot4; A = 0: block order)
+__global__ void k_absmax_place(const float* __restrict__ absmax, int64_t nb, int64_t A, float* __restrict__ out) {
+  for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += (int64_t)gridDim.x * blockDim.x) {
+    int64_t s = b;
+    if (A) {
+      const int64_t r = b / A, j = b - r * A;
+      s = ((r >> 3) * A + j) * 8 + (r & 7);
+    }
+    out[s] = absmax[b];
   }
 }
 
@@ -2129,7 +2174,7 @@ template <typename T>
 void qlinear4(const T* x, const uint8_t* w, const T* bias, const T* residual, T* y, int64_t M, int64_t N, int64_t K, int64_t block, bool dq, const double* code,
               const qdetail::Q4Norm<T>* nrm = nullptr) {
   if (M <= 0 || N <= 0) return;
-  const qdetail::Q4 q = qdetail::q4_of(w, N * K, block, dq);
+  const qdetail::Q4 q = qdetail::q4_of(w, N * K, K, block, dq);
   const qdetail::Code16 c = qdetail::code16(code);
   cudaStream_t s = stream();
   if (M <= 8) {
@@ -2183,7 +2228,7 @@ void qlinear4_group(const T* x, int64_t M, int64_t K, int64_t block, bool dq, co
     const qdetail::Code16 c = qdetail::code16(code);
     for (int64_t i0 = 0; i0 < n; i0 += 4) {  // (a norm: each launch computes it, or runs its kernel first)
       qdetail::Q4Jobs<T> J = {};
-      for (int64_t i = i0; i < n && i < i0 + 4; i++) J.j[J.n++] = {qdetail::q4_of(l[i].w, l[i].N * K, block, dq), l[i].bias, l[i].res, l[i].y, l[i].N};
+      for (int64_t i = i0; i < n && i < i0 + 4; i++) J.j[J.n++] = {qdetail::q4_of(l[i].w, l[i].N * K, K, block, dq), l[i].bias, l[i].res, l[i].y, l[i].N};
       roped = qdetail::qgemv4<T>(x, J, c, M, K, block, path, stream(), nrm, rope);
     }
   }
@@ -2211,8 +2256,8 @@ void qlinear4_silu_mul(const T* x, int64_t M, int64_t K, int64_t block, bool dq,
   const qdetail::Q4Path path = qdetail::qgemv4_path(x, gate.w, M, K, block);
   if (M <= 8 && qdetail::qgemv4_path(x, up.w, M, K, block) == path) {
     qdetail::Q4Jobs<T> J = {};
-    J.j[0] = {qdetail::q4_of(gate.w, N * K, block, dq), gate.bias, gate.res, y, N};
-    J.j[1] = {qdetail::q4_of(up.w, N * K, block, dq), up.bias, up.res, nullptr, N};
+    J.j[0] = {qdetail::q4_of(gate.w, N * K, K, block, dq), gate.bias, gate.res, y, N};
+    J.j[1] = {qdetail::q4_of(up.w, N * K, K, block, dq), up.bias, up.res, nullptr, N};
     J.n = 2;
     J.pair = true;
     qdetail::qgemv4<T>(x, J, qdetail::code16(code), M, K, block, path, s, nrm);
@@ -2322,7 +2367,7 @@ void qlinear8(const T* x, const uint8_t* w, const T* bias, const T* residual, T*
 }  // namespace kiln
 
 // Quantize-on-load on the GPU (kiln_abi.h): bit for bit kiln_quant.h's host functions.
-extern "C" int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t block, int dq, const double* code16) {
+extern "C" int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t K, int64_t block, int dq, const double* code16) {
   return kiln::rt::guard([&] {
     namespace Q = kiln::quant;
     if (n < 0 || block <= 0) kiln::rt::fail(KILN_ERR_INVALID, "kiln_quantize4: n = %lld, block = %lld", (long long)n, (long long)block);
@@ -2342,12 +2387,14 @@ extern "C" int kiln_quantize4(void* dst, const float* src, int64_t n, int64_t bl
       std::vector<uint8_t> tail((size_t)Q::tail4_bytes(n, block, true));
       if (nb > 0) kiln::rt::check(cudaMemcpyAsync(host.data(), absmax, 4 * (size_t)nb, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync (absmax down)");
       kiln::rt::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (kiln_quantize4)");
-      Q::tail4(host.data(), n, block, true, tail.data());
+      Q::tail4(host.data(), n, block, true, Q::tiles4(n, block, K), tail.data());
       if (nb > 0) kiln::rt::check(cudaMemcpyAsync(absmax, host.data(), 4 * (size_t)nb, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (absmax up)");
       kiln::rt::check(cudaMemcpyAsync(out + codes, tail.data(), tail.size(), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (double quant up)");
       kiln::rt::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (kiln_quantize4)");
     } else if (nb > 0) {
-      kiln::rt::check(cudaMemcpyAsync(out + codes, absmax, 4 * (size_t)nb, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync (absmax)");
+      // the absmax in their slots (block order, or tiled: kiln_quant.h tiles4)
+      kiln::cuda::qdetail::k_absmax_place<<<D::grid_for(nb, D::kThreads), D::kThreads, 0, s>>>(absmax, nb, Q::tiles4(n, block, K), (float*)(out + codes));
+      D::launched("kiln_quantize4 (absmax)");
     }
     kiln::rt::check(cudaMemsetAsync(out, 0, (size_t)codes, s), "cudaMemsetAsync (kiln_quantize4)");
     if (n > 0) {

@@ -720,7 +720,7 @@ def({
       for (let i = 0; i < r.length; i++) y.data[i] = res ? r[i] + res.data[i] : r[i];
       return roundToDType(y);
     }
-    const q = quantize4(w.data, a.scheme as FourBit, { block: a.block as number, doubleQuant: a.double_quant as boolean });
+    const q = quantize4(w.data, a.scheme as FourBit, { block: a.block as number, doubleQuant: a.double_quant as boolean, rowLength: w.shape[w.shape.length - 1] });
     // the dequantized weight in the compute (activation) dtype, then an ordinary linear
     const wd = roundToDType({ dtype: x.dtype, shape: w.shape, data: dequantize4(q) });
     return OPS.get("linear")!.eval([x, wd, ...rest], a.residual === true ? { residual: true } : {}, out);

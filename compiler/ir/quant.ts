@@ -112,12 +112,32 @@ export interface FourBitWeights {
   codes: Uint8Array;
   /** absmax of each block (after double quantization: its dequantized value) */
   absmax: Float32Array;
-  /** double quantization: 8-bit absmax codes per 256 blocks, their scale and the removed mean */
+  /** double quantization: 8-bit absmax codes per 256 slots, their scale and the removed mean (in slot order: absmaxSlot) */
   double?: { codes: Int8Array; scales: Float32Array; mean: number; block: number };
+  /** the absmax storage layout: blocks a row, tiled by 8 rows (absmaxTiles); 0: block order */
+  tiles: number;
 }
 
-/** Blockwise absmax 4-bit quantization of a flat weight array (QLoRA). */
-export function quantize4(w: ArrayLike<number>, scheme: FourBit, opts: { block?: number; doubleQuant?: boolean } = {}): FourBitWeights {
+/**
+ * The storage layout of the absmax values (kiln_quant.h tiles4 / slot4): for a weight of rows of K
+ * weights with K a multiple of the block and a multiple of 8 rows, block j of row r is stored in
+ * slot ((r / 8)·A + j)·8 + r mod 8 (A = K / block): the 8 rows' absmax of a block column side by
+ * side, as the decode GEMV reads them 8 rows at a time, and double quantization's groups of 256 are
+ * 256 neighbouring slots. Otherwise (A = 0) block order. A layout, not a change of the math: only
+ * which absmax values share a double-quantization group depends on it.
+ */
+export function absmaxTiles(n: number, block: number, rowLength: number): number {
+  if (!(rowLength > 0) || n <= 0 || n % rowLength !== 0 || rowLength % block !== 0 || (n / rowLength) % 8 !== 0) return 0;
+  return rowLength / block;
+}
+export function absmaxSlot(b: number, tiles: number): number {
+  if (tiles === 0) return b;
+  const r = Math.floor(b / tiles), j = b - r * tiles;
+  return (Math.floor(r / 8) * tiles + j) * 8 + (r % 8);
+}
+
+/** Blockwise absmax 4-bit quantization of a weight array (QLoRA), in rows of `rowLength` when given (the absmax layout: absmaxTiles). */
+export function quantize4(w: ArrayLike<number>, scheme: FourBit, opts: { block?: number; doubleQuant?: boolean; rowLength?: number } = {}): FourBitWeights {
   const block = opts.block ?? 64;
   const code = CODES[scheme];
   const nb = Math.ceil(w.length / block);
@@ -128,16 +148,21 @@ export function quantize4(w: ArrayLike<number>, scheme: FourBit, opts: { block?:
     absmax[b] = m;
   }
   let double: FourBitWeights["double"];
+  const tiles = absmaxTiles(w.length, block, opts.rowLength ?? 0);
   if (opts.doubleQuant) {
-    double = quantizeAbsmax(absmax, 256);
-    absmax = dequantizeAbsmax(double, nb);
+    // the groups of 256 (and the mean's sum) in slot order
+    const slots = new Float32Array(nb);
+    for (let b = 0; b < nb; b++) slots[absmaxSlot(b, tiles)] = absmax[b];
+    double = quantizeAbsmax(slots, 256);
+    const decoded = dequantizeAbsmax(double, nb);
+    absmax = Float32Array.from({ length: nb }, (_, b) => decoded[absmaxSlot(b, tiles)]);
   }
   const codes = new Uint8Array(w.length);
   for (let i = 0; i < w.length; i++) {
     const m = absmax[Math.floor(i / block)];
     codes[i] = nearestCode(code, m > 0 ? w[i] / m : 0);
   }
-  return { scheme, block, codes, absmax, double };
+  return { scheme, block, codes, absmax, double, tiles };
 }
 
 export function dequantize4(q: FourBitWeights): Float32Array {

@@ -48,7 +48,7 @@ struct Abi {
   int (*download_start)(const void*, int64_t, void**);
   int (*download_wait)(void*, void*);
   // optional: quantize-on-load on the target (null in artifacts built before it)
-  int (*quantize4)(void*, const float*, int64_t, int64_t, int, const double*);
+  int (*quantize4)(void*, const float*, int64_t, int64_t, int64_t, int, const double*);
   int (*quantize8)(void*, const float*, int64_t, int64_t);
 };
 
@@ -347,7 +347,7 @@ class LoadWorker : public Worker {
           continue;
         }
         staging.assign((size_t)bytes, 0);
-        if (j.quant == 1) kiln::quant::quantize4(f, j.count, j.block, j.dq, j.code, staging.data());
+        if (j.quant == 1) kiln::quant::quantize4(f, j.count, j.block, j.dq, j.code, staging.data(), j.cols);
         else kiln::quant::quantize8(f, j.rows, j.cols, staging.data());
         host = staging.data();
       } else if (j.src != j.dst) {
@@ -415,7 +415,7 @@ class LoadWorker : public Worker {
     if ((rc = lib->abi.malloc_(&tmp->ptr, fbytes))) return lib->Error("kiln_malloc (f32 staging)", rc);
     tmp->bytes = fbytes;
     if ((rc = lib->abi.upload(tmp->ptr, f, fbytes))) return lib->Error("kiln_upload", rc);
-    rc = j.quant == 1 ? lib->abi.quantize4(buf->ptr, (const float*)tmp->ptr, j.count, j.block, j.dq ? 1 : 0, j.code)
+    rc = j.quant == 1 ? lib->abi.quantize4(buf->ptr, (const float*)tmp->ptr, j.count, j.cols, j.block, j.dq ? 1 : 0, j.code)
                       : lib->abi.quantize8(buf->ptr, (const float*)tmp->ptr, j.rows, j.cols);
     if (rc) return lib->Error(j.quant == 1 ? "kiln_quantize4" : "kiln_quantize8", rc);
     tmp.reset();  // back to the target's allocator now
