@@ -554,12 +554,65 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
   });
 }
 
-template <typename T, bool SPLIT>
+static const int kClusterMax = 8;  // the portable cluster size
+// The merge of a split row's partial states [m, l, acc[Dv]] (each in its block's shared memory
+// `st`) by block 0 of the cluster (the row's blocks: gridDim.y of them), reading the others' through
+// distributed shared memory (Hopper thread block clusters): the combine kernel's math — rescale
+// each state to the common max and add, splits that saw no key skipped — in split order.
+template <typename T>
+__device__ __forceinline__ void cluster_merge(float* st, T* __restrict__ yrow, int Dv) {
+#if __CUDA_ARCH__ >= 900
+  // every block's state is written (and visible to the cluster) before block 0 reads
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  const unsigned n = gridDim.y;  // ≤ kClusterMax
+  if (blockIdx.y == 0) {
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(st);
+    // value i of block r's state (the loads are ordered after the barrier by its memory clobber)
+    auto remote = [&](unsigned r, int i) {
+      uint32_t addr;
+      asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(addr) : "r"(base + 4u * (uint32_t)i), "r"(r));
+      float v;
+      asm("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr));
+      return v;
+    };
+    float m[kClusterMax], w[kClusterMax];
+    float M = -INFINITY;
+#pragma unroll
+    for (unsigned r = 0; r < kClusterMax; r++) {
+      m[r] = r < n ? remote(r, 0) : -INFINITY;
+      M = fmaxf(M, m[r]);
+    }
+    float L = 0.f;
+#pragma unroll
+    for (unsigned r = 0; r < kClusterMax; r++) {
+      w[r] = m[r] == -INFINITY ? 0.f : __expf(m[r] - M);
+      if (m[r] != -INFINITY) L += remote(r, 1) * w[r];
+    }
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+      float a = 0.f;
+#pragma unroll
+      for (unsigned r = 0; r < kClusterMax; r++)
+        if (m[r] != -INFINITY) a += remote(r, 2 + d) * w[r];  // (a split that saw no key wrote no values)
+      yrow[d] = Num<T>::store(M == -INFINITY ? NAN : a / L);
+    }
+  }
+  // no block leaves (its shared memory with it) before block 0 has read it
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+// CL (split, launched as clusters of the row's gridDim.y blocks: attention_cluster): the blocks'
+// partial states stay in their shared memory and block 0 of the cluster merges them through
+// distributed shared memory — no partials in global memory and no combine kernel.
+template <typename T, bool SPLIT, bool CL = false>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
                                                    float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
                                                    bool causal, const int64_t* __restrict__ offset, const float* __restrict__ alibi,
                                                    const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu,
                                                    int64_t window, const AttnLayout L) {
+  static_assert(SPLIT || !CL, "the cluster merge is of a split row");
+  __shared__ float cst[CL ? 2 + 256 : 1];  // CL: this block's partial state [m, l, acc[Dv]]
+  if (CL) allow_dependents();  // the o projection after a decode step's attention (as the combine kernel does)
   const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
   const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
   const int64_t g = Hq / Hkv;
@@ -581,7 +634,7 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
     const int64_t pos = cu_seqlens ? i : i + (offset ? *offset : Tk - S);
     if (pos - window + 1 > first) first = pos - window + 1;
   }
-  float* out = SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
+  float* out = CL ? cst : SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
   // split: block y of P = gridDim.y takes chunks y, y + P, y + 2P, … of kChunk keys (from the first
   // that reaches `first`), so the keys a query sees spread over the row's blocks at any position
   int64_t cb0 = first, cstride = 0;
@@ -592,17 +645,20 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   }
   int64_t j1 = last + 1 < Tk ? last + 1 : Tk;
   const int64_t j0 = first;
+  T* yrow = y + b * L.y.b + h * L.y.h + i * L.y.s;
   if (SPLIT && (cb0 >= j1 || cb0 + kChunk <= j0)) {
     if (threadIdx.x == 0) {
       out[0] = -INFINITY;
       out[1] = 0.f;
     }
-    return;
+    if (!CL) return;
+  } else {
+    const T* kb = k + b * L.k.b + (h / g) * L.k.h;
+    const T* vb = v + b * L.v.b + (h / g) * L.v.h;
+    attend_row<T, SPLIT>(q + b * L.q.b + h * L.q.h + i * L.q.s, kb, vb, yrow, out, j0, j1, L.k.s, L.v.s, D, Dv, scale, alibi ? alibi[h] : 0.f,
+                         key_mask ? key_mask + b * Tk : nullptr, Tk, cb0, cstride);
   }
-  const T* kb = k + b * L.k.b + (h / g) * L.k.h;
-  const T* vb = v + b * L.v.b + (h / g) * L.v.h;
-  attend_row<T, SPLIT>(q + b * L.q.b + h * L.q.h + i * L.q.s, kb, vb, y + b * L.y.b + h * L.y.h + i * L.y.s, out, j0, j1, L.k.s, L.v.s, D, Dv, scale,
-                       alibi ? alibi[h] : 0.f, key_mask ? key_mask + b * Tk : nullptr, Tk, cb0, cstride);
+  if constexpr (CL) cluster_merge<T>(cst, yrow, Dv);
 }
 
 // Merges the splits of a row ((b · Hq + h) · S + i, written at y + b·ys.b + h·ys.h + i·ys.s):
@@ -741,6 +797,12 @@ __global__ void __launch_bounds__(128) k_varlen_cache_attention(const T* __restr
 // The operands' rows lie where `L` says (kiln_types.h's AttnLayout: the [B, S, H, D] tensors around
 // a layer's head transposes are read and written in place); the overload without it takes them
 // row-major.
+// whether the decode attention merges its splits in a cluster (compute capability ≥ 9.0;
+// KILN_ATTN_MERGE=kernel: the combine kernel, an A/B switch for bench/attn_decode.cu)
+static inline bool attention_cluster_on() {
+  static const bool on = !(getenv("KILN_ATTN_MERGE") && strcmp(getenv("KILN_ATTN_MERGE"), "kernel") == 0);
+  return on && rt::state().cc_major >= 9;
+}
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
                      double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
@@ -766,6 +828,27 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   static const int64_t per_sm = getenv("KILN_ATTN_BLOCKS") ? atoll(getenv("KILN_ATTN_BLOCKS")) : 2;  // (KILN_ATTN_BLOCKS: an A/B knob, bench/attn_decode.cu)
   const int64_t splits = std::min<int64_t>(chunks, std::max<int64_t>(2, (per_sm * (int64_t)sms + rows - 1) / rows));
   if (chunks > 1 && rows < 2 * (int64_t)sms && !key_mask && !cu_seqlens) {
+    // Hopper: the row's blocks as one cluster (≤ 8), merged in distributed shared memory (no
+    // combine kernel, no partials in global memory)
+    if (attention_cluster_on() && rows <= 0xffffLL) {
+      const unsigned P = (unsigned)std::min<int64_t>(splits, detail::kClusterMax);
+      cudaLaunchConfig_t cfg = {};
+      cudaLaunchAttribute at[1];
+      at[0].id = cudaLaunchAttributeClusterDimension;
+      at[0].val.clusterDim.x = 1;
+      at[0].val.clusterDim.y = P;
+      at[0].val.clusterDim.z = 1;
+      cfg.gridDim = dim3((unsigned)rows, P);
+      cfg.blockDim = dim3(128);
+      cfg.stream = stream();
+      cfg.attrs = at;
+      cfg.numAttrs = 1;
+      const cudaError_t e = cudaLaunchKernelEx(&cfg, detail::k_attention<T, true, true>, q, k, v, y, (float*)nullptr, Hq, Hkv, S, Tk, (int)D, (int)Dv, (float)scale, causal, offset,
+                                               alibi, key_mask, cu_seqlens, n_cu, window, L);
+      if (e != cudaSuccess) rt::fail(KILN_ERR_DEVICE, "CUDA error %s (%s) launching the flash_attention (split KV, cluster merge) kernel", cudaGetErrorName(e), cudaGetErrorString(e));
+      detail::launched("flash_attention (split KV, cluster merge)");
+      return;
+    }
     float* part = (float*)rt::alloc((int64_t)sizeof(float) * rows * splits * (Dv + 2), "flash_attention split-KV partials");
     // (not launched as a dependent of the q/k/v GEMV: that made the 7B nf4 step slower, 2397–2405
     // vs 2343–2345 µs, H100 — bench/NOTES.md)
