@@ -488,7 +488,8 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
   // bench/qchain.cu (H100), a 7B step's 4-bit GEMVs nf4+dq 2024–2037 → 1849–1856 µs, nf4 1799–1808
   // → 1787–1792.
   using AM = typename std::conditional<DQ, int, float>::type;
-  constexpr int NA = DQ ? 2 : R, NS = DQ ? 2 : 1;
+  // (without P or ROPE a chunk's 8 rows are one tile's: their 8 codes one 8-byte load, one scale)
+  constexpr int NA = DQ ? 2 : R, NS = DQ && (P || ROPE) ? 2 : 1;
   auto load = [&](int64_t c, int p, uint4 (&pc)[R], AM (&a)[NA], float (&sc)[NS]) {
     // the chunk's job: only the fields the loads need, selected at compile-time indices
     const uint8_t* ca = J.j[0].q.codes;
@@ -525,11 +526,15 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
       }
       // the two halves' first slots (rows r0 and r0 + 4 / of up / r0 + D/2; r0 is a multiple of 4)
       const int64_t s0 = slot(r0), s1 = P ? s0 : ROPE ? slot(r0 + hi) : s0 + 4;
-      if constexpr (DQ) {
+      if constexpr (DQ && !P && !ROPE) {
+        const int2 u = __ldg(reinterpret_cast<const int2*>(ia + s0));
+        a[0] = u.x, a[1] = u.y;
+        sc[0] = __ldg(aa + (s0 >> 8));
+      } else if constexpr (DQ) {
         a[0] = __ldg(reinterpret_cast<const int*>(ia + s0));
         a[1] = __ldg(reinterpret_cast<const int*>(ib + s1));
         sc[0] = __ldg(aa + (s0 >> 8));
-        sc[1] = __ldg(ab + (s1 >> 8));
+        sc[NS - 1] = __ldg(ab + (s1 >> 8));
       } else {
         const float4 u = __ldg(reinterpret_cast<const float4*>(aa + s0)), v = __ldg(reinterpret_cast<const float4*>(ab + s1));
         a[0] = u.x, a[1] = u.y, a[2] = u.z, a[3] = u.w, a[4] = v.x, a[5] = v.y, a[6] = v.z, a[7] = v.w;
@@ -545,7 +550,7 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
       const int64_t b = slot(row);
       if constexpr (DQ) {
         const int v = (uint8_t)__ldg((r >= H ? ib : ia) + b);
-        if ((r & 3) == 0) a[r >> 2] = v, sc[r >> 2] = __ldg((r >= H ? ab : aa) + (b >> 8));
+        if ((r & 3) == 0) a[r >> 2] = v, sc[(r >> 2) % NS] = __ldg((r >= H ? ab : aa) + (b >> 8));
         else a[r >> 2] |= v << (8 * (r & 3));
       } else {
         a[r] = __ldg((r >= H ? ab : aa) + b);
@@ -660,7 +665,7 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
 #pragma unroll
       for (int r = 0; r < R; r++) {
         cur[r] = pc[r];
-        if constexpr (DQ) ca[r] = absmax_dq(r >= H ? meanb : mean, (int)(int8_t)(a[r >> 2] >> (8 * (r & 3))), sc[r >> 2]);
+        if constexpr (DQ) ca[r] = absmax_dq(r >= H ? meanb : mean, (int)(int8_t)(a[r >> 2] >> (8 * (r & 3))), sc[(r >> 2) % NS]);
         else ca[r] = a[r];
       }
       const bool same = p + 128 < KV;
