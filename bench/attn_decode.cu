@@ -9,6 +9,8 @@
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/attn_decode bench/attn_decode.cu
 //   (add -DKILN_ATTN_NO_VEC for the simple loop alone, to time the two; -DKILN_ATTN_CHUNK=n for n keys a split)
 //   bench/tmp/attn_decode      (a line per case, the timing, then PASS or FAIL; exit status 1 on FAIL)
+//   KILN_ATTN_MERGE=kernel: the combine kernel instead of the cluster merge (Hopper's default);
+//   AD_POS=p: only the timing at position p (for ncu)
 #include "common/kiln_types.h"
 #include "cuda/kernels.cuh"
 #include "cuda/runtime.cuh"
@@ -130,9 +132,13 @@ int main() {
       {"hd96 (the simple loop) 32:32, cache 2304, pos 1800, window 333", 32, 32, 2304, 96, 1800, false, 333},
       {"hd96 (the simple loop) 32:32, cache 2304, pos 1800", 32, 32, 2304, 96, 1800, false},
   };
-  for (const Case& c : cases) run_case(c, false);
+  // AD_POS=p: only the timing at position p (for a profiler)
+  const int64_t only = getenv("AD_POS") ? atoll(getenv("AD_POS")) : -1;
+  if (only < 0)
+    for (const Case& c : cases) run_case(c, false);
   printf("\nLlama-2-7B decode (32 heads of 128, static cache 2304):\n");
   for (int64_t pos : {64, 128, 224, 512, 1024, 2000, 2303}) {
+    if (only >= 0 && pos != only) continue;
     char what[64];
     snprintf(what, sizeof what, "  position %lld", (long long)pos);
     run_case({what, 32, 32, 2304, 128, pos, false}, true);
