@@ -554,50 +554,47 @@ __device__ __forceinline__ void attend_row(const T* __restrict__ qrow, const T* 
   });
 }
 
+// A split row's blocks as one cluster (Hopper thread block clusters): each block writes its partial
+// state [m, l, acc[Dv]] straight into block 0's shared memory (a generic pointer into the cluster's
+// distributed shared memory, `cluster_slot`), one cluster barrier makes them visible, and block 0
+// merges them from its own shared memory — the combine kernel's math: rescale each state to the
+// common max and add, splits that saw no key skipped, in split order. The other blocks leave at the
+// barrier (nothing reads their shared memory). Pulling the states from the others' shared memory
+// instead took two more round trips and a second barrier (≈ 1 µs a call, bench/attn_decode.cu).
 static const int kClusterMax = 8;  // the portable cluster size
-// The merge of a split row's partial states [m, l, acc[Dv]] (each in its block's shared memory
-// `st`) by block 0 of the cluster (the row's blocks: gridDim.y of them), reading the others' through
-// distributed shared memory (Hopper thread block clusters): the combine kernel's math — rescale
-// each state to the common max and add, splits that saw no key skipped — in split order.
-template <typename T>
-__device__ __forceinline__ void cluster_merge(float* st, T* __restrict__ yrow, int Dv) {
+__device__ __forceinline__ float* cluster_slot(float* local, unsigned rank) {
+  float* r = local;
 #if __CUDA_ARCH__ >= 900
-  // every block's state is written (and visible to the cluster) before block 0 reads
+  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(r) : "l"(local), "r"(rank));
+#endif
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ void cluster_merge(const float (*st)[2 + 256], T* __restrict__ yrow, int Dv) {
+#if __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  if (blockIdx.y != 0) return;
   const unsigned n = gridDim.y;  // ≤ kClusterMax
-  if (blockIdx.y == 0) {
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(st);
-    // value i of block r's state (the loads are ordered after the barrier by its memory clobber)
-    auto remote = [&](unsigned r, int i) {
-      uint32_t addr;
-      asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(addr) : "r"(base + 4u * (uint32_t)i), "r"(r));
-      float v;
-      asm("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr));
-      return v;
-    };
-    float m[kClusterMax], w[kClusterMax];
-    float M = -INFINITY;
+  float m[kClusterMax], w[kClusterMax];
+  float M = -INFINITY;
 #pragma unroll
-    for (unsigned r = 0; r < kClusterMax; r++) {
-      m[r] = r < n ? remote(r, 0) : -INFINITY;
-      M = fmaxf(M, m[r]);
-    }
-    float L = 0.f;
-#pragma unroll
-    for (unsigned r = 0; r < kClusterMax; r++) {
-      w[r] = m[r] == -INFINITY ? 0.f : __expf(m[r] - M);
-      if (m[r] != -INFINITY) L += remote(r, 1) * w[r];
-    }
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-      float a = 0.f;
-#pragma unroll
-      for (unsigned r = 0; r < kClusterMax; r++)
-        if (m[r] != -INFINITY) a += remote(r, 2 + d) * w[r];  // (a split that saw no key wrote no values)
-      yrow[d] = Num<T>::store(M == -INFINITY ? NAN : a / L);
-    }
+  for (unsigned r = 0; r < kClusterMax; r++) {
+    m[r] = r < n ? st[r][0] : -INFINITY;
+    M = fmaxf(M, m[r]);
   }
-  // no block leaves (its shared memory with it) before block 0 has read it
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  float L = 0.f;
+#pragma unroll
+  for (unsigned r = 0; r < kClusterMax; r++) {
+    w[r] = m[r] == -INFINITY ? 0.f : __expf(m[r] - M);
+    if (m[r] != -INFINITY) L += st[r][1] * w[r];
+  }
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+    float a = 0.f;
+#pragma unroll
+    for (unsigned r = 0; r < kClusterMax; r++)
+      if (m[r] != -INFINITY) a += st[r][2 + d] * w[r];  // (a split that saw no key wrote no values)
+    yrow[d] = Num<T>::store(M == -INFINITY ? NAN : a / L);
+  }
 #endif
 }
 
@@ -611,8 +608,15 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
                                                    const int64_t* __restrict__ key_mask, const int32_t* __restrict__ cu_seqlens, int64_t n_cu,
                                                    int64_t window, const AttnLayout L) {
   static_assert(SPLIT || !CL, "the cluster merge is of a split row");
-  __shared__ float cst[CL ? 2 + 256 : 1];  // CL: this block's partial state [m, l, acc[Dv]]
-  if (CL) allow_dependents();  // the o projection after a decode step's attention (as the combine kernel does)
+  __shared__ float cst[CL ? kClusterMax : 1][CL ? 2 + 256 : 1];  // CL: block 0's, the row's partial states [m, l, acc[Dv]]
+  if (CL) {
+    allow_dependents();  // the o projection after a decode step's attention (as the combine kernel does)
+    // (a block may write block 0's shared memory only once block 0 runs: this barrier phase, waited
+    // on before the first such write, says every block of the cluster has started)
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
+  }
   const int64_t row = blockIdx.x;  // (b * Hq + h) * S + i
   const int64_t i = row % S, bh = row / S, h = bh % Hq, b = bh / Hq;
   const int64_t g = Hq / Hkv;
@@ -634,7 +638,8 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
     const int64_t pos = cu_seqlens ? i : i + (offset ? *offset : Tk - S);
     if (pos - window + 1 > first) first = pos - window + 1;
   }
-  float* out = CL ? cst : SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;  // [m, l, acc[Dv]]
+  // [m, l, acc[Dv]]: CL, this block's slot in block 0's shared memory
+  float* out = CL ? cluster_slot(cst[blockIdx.y], 0) : SPLIT ? part + (row * gridDim.y + blockIdx.y) * (int64_t)(Dv + 2) : nullptr;
   // split: block y of P = gridDim.y takes chunks y, y + P, y + 2P, … of kChunk keys (from the first
   // that reaches `first`), so the keys a query sees spread over the row's blocks at any position
   int64_t cb0 = first, cstride = 0;
@@ -646,6 +651,9 @@ __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, cons
   int64_t j1 = last + 1 < Tk ? last + 1 : Tk;
   const int64_t j0 = first;
   T* yrow = y + b * L.y.b + h * L.y.h + i * L.y.s;
+#if __CUDA_ARCH__ >= 900
+  if (CL) asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+#endif
   if (SPLIT && (cb0 >= j1 || cb0 + kChunk <= j0)) {
     if (threadIdx.x == 0) {
       out[0] = -INFINITY;
