@@ -9,6 +9,8 @@
 // (rel L2 ≤ 1e-2) first (the loads-only floors compute nothing and are not checked).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I codegen-templates -ldl -o bench/tmp/qgemv1 bench/qgemv1.cu
 //   bench/tmp/qgemv1 [shape index]   (one shape only: for ncu)
+// Its kernels read the absmax in block order, so the weights here are quantized with no row length
+// (kiln_quant.h tiles4 = 0); qlinear4 then takes its block-order paths (not k_qgemv4p).
 #include "common/kiln_types.h"
 #include "cuda/quant.cuh"
 #include "graph_timer.cuh"
@@ -528,7 +530,7 @@ __global__ void __launch_bounds__(KS * 32) k_t(const bf16* __restrict__ x, Q::Q4
   const float mean = DQ ? __ldg(q.mean) : 0.f;
   auto am = [&](int64_t b) -> float {
     if (!DQ) return __ldg(q.absmax + b);
-    return absmax_dq(mean, __ldg(q.acode + b), __ldg(q.ascale + (b >> 8)));
+    return Q::absmax_dq(mean, __ldg(q.acode + b), __ldg(q.ascale + (b >> 8)));
   };
   uint2 ca[U], cb[U];
   float sa[U], sb[U];
@@ -593,7 +595,7 @@ __global__ void __launch_bounds__(KS * 32) k_t(const bf16* __restrict__ x, Q::Q4
 }
 template <int KS, int U>
 static void run_t(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  k_t<KS, U, false><<<(unsigned)((N + 15) / 16), KS * 32, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, K, 64, false), g_code, y, N, K, 6);
+  k_t<KS, U, false><<<(unsigned)((N + 15) / 16), KS * 32, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 0, 64, false), g_code, y, N, K, 6);
 }
 
 // Piece p of the R rows row0… (rows past N read row N − 1): their 16-byte code pieces, absmax
@@ -705,11 +707,11 @@ __global__ void __launch_bounds__(TPB) k_v2h(const bf16* __restrict__ x, Q::Q4 q
 }
 template <int R, int TPB>
 static void run_v2h(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  k_v2h<R, TPB><<<(unsigned)((N + R - 1) / R), TPB, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, K, 64, false), g_code, y, N, K, 6);
+  k_v2h<R, TPB><<<(unsigned)((N + R - 1) / R), TPB, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 0, 64, false), g_code, y, N, K, 6);
 }
 template <int R, int MINB, int TPB, bool FAKE = false>
 static void run_v2(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  k_v2<R, MINB, TPB, FAKE><<<(unsigned)((N + R - 1) / R), TPB, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, K, 64, false), g_code, y, N, K, 6);
+  k_v2<R, MINB, TPB, FAKE><<<(unsigned)((N + R - 1) / R), TPB, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 0, 64, false), g_code, y, N, K, 6);
 }
 
 // Word-per-lane (2026-11-26): lane L of the block's 128 threads takes code words L, L + 128, … (8
@@ -779,7 +781,7 @@ __global__ void __launch_bounds__(128, MINB) k_w(const bf16* __restrict__ x, Q::
 }
 template <int R, int U, int MINB>
 static void run_w(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
-  k_w<R, U, MINB><<<(unsigned)((N + R - 1) / R), 128, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, K, 64, false), g_code, y, N, K, 6);
+  k_w<R, U, MINB><<<(unsigned)((N + R - 1) / R), 128, 0, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 0, 64, false), g_code, y, N, K, 6);
 }
 
 // k_qgemv4d, fourth form (S = 1): a warp owns a row pair for the whole K, a ring of U windows in
@@ -884,7 +886,7 @@ static void run_d4(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t 
     attr = true;
   }
   const int64_t units = (N + 1) / 2, need = (units + WARPS - 1) / WARPS;
-  k_d4<U, WARPS><<<(unsigned)(need < 132 ? need : 132), WARPS * 32, bytes, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, K, 64, false), g_code, y, N, K, 6);
+  k_d4<U, WARPS><<<(unsigned)(need < 132 ? need : 132), WARPS * 32, bytes, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 0, 64, false), g_code, y, N, K, 6);
 }
 
 struct Variant {
@@ -899,7 +901,7 @@ static void run_old(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t
 template <int FS>
 static void run_d(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   Q::Q4Jobs<bf16> J = {};
-  J.j[0] = {Q::q4_of(w, N * K, K, 64, false), nullptr, nullptr, y, N};
+  J.j[0] = {Q::q4_of(w, N * K, 0, 64, false), nullptr, nullptr, y, N};
   J.n = 1;
   Q::qgemv4d<bf16>(x, J, g_code, K, 6, kiln::cuda::stream(), FS);
 }
@@ -911,8 +913,8 @@ static void run_pair(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_
   while (c < 7 && g_q4[c] != w) c++;
   const uint8_t* g_up = g_q4[(c + 1) % 8];
   Q::Q4Jobs<bf16> J = {};
-  J.j[0] = {Q::q4_of(w, N * K, K, 64, false), nullptr, nullptr, y, N};
-  J.j[1] = {Q::q4_of(g_up, N * K, K, 64, false), nullptr, nullptr, nullptr, N};
+  J.j[0] = {Q::q4_of(w, N * K, 0, 64, false), nullptr, nullptr, y, N};
+  J.j[1] = {Q::q4_of(g_up, N * K, 0, 64, false), nullptr, nullptr, nullptr, N};
   J.n = 2;
   J.pair = true;
   Q::qgemv4<bf16>(x, J, g_code, 1, K, 64, Q::Q4_VEC, kiln::cuda::stream());
@@ -920,7 +922,7 @@ static void run_pair(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_
 template <int PATH>
 static void run_path(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   Q::Q4Jobs<bf16> J = {};
-  J.j[0] = {Q::q4_of(w, N * K, K, 64, false), nullptr, nullptr, y, N};
+  J.j[0] = {Q::q4_of(w, N * K, 0, 64, false), nullptr, nullptr, y, N};
   J.n = 1;
   Q::qgemv4<bf16>(x, J, g_code, 1, K, 64, (Q::Q4Path)PATH, kiln::cuda::stream());
 }
@@ -1022,7 +1024,7 @@ static void run_v3(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t 
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&most, k_v3<R, D, TPB, MINB>, TPB, bytes);
     most *= 132;
   }
-  k_v3<R, D, TPB, MINB><<<(unsigned)(groups < most ? groups : most), TPB, bytes, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, K, 64, false), g_code, y, N, K, 6);
+  k_v3<R, D, TPB, MINB><<<(unsigned)(groups < most ? groups : most), TPB, bytes, kiln::cuda::stream()>>>(x, Q::q4_of(w, N * K, 0, 64, false), g_code, y, N, K, 6);
 }
 
 // k_qgemv4r with BK 128-byte boxes a stage (K % (256·BK) == 0, else BK = 1) and FAKE (the loads alone)
@@ -1030,7 +1032,7 @@ template <int BK, int FAKE, bool FLAT = false>
 static void run_r(const bf16* x, const uint8_t* w, bf16* y, int64_t N, int64_t K) {
   if (K % (256 * BK)) return run_r<1, FAKE, FLAT>(x, w, y, N, K);
   Q::Q4Jobs<bf16> J = {};
-  J.j[0] = {Q::q4_of(w, N * K, K, 64, false), nullptr, nullptr, y, N};
+  J.j[0] = {Q::q4_of(w, N * K, 0, 64, false), nullptr, nullptr, y, N};
   J.n = 1;
   const unsigned tiles = Q::q4_grid(J, 16);
   Q::Q4Maps<bf16> maps;
@@ -1077,8 +1079,8 @@ static void pdl_pair(const bf16* x, bf16* xn, const uint8_t* w, bf16* y, int64_t
   ck(cudaLaunchKernelEx(&c1, k_pnorm<MODE>, x, xn, (int)K) == cudaSuccess ? 0 : 1, "pnorm");
   cudaLaunchConfig_t c2 = {};
   c2.gridDim = dim3((unsigned)((N + 3) / 4)), c2.blockDim = dim3(128), c2.stream = s, c2.attrs = at, c2.numAttrs = MODE >= 1 ? 1 : 0;
-  if (MODE >= 1) ck(cudaLaunchKernelEx(&c2, k_v2<4, 8, 128, false, true>, (const bf16*)xn, Q::q4_of(w, N * K, K, 64, false), g_code, y, N, K, 6) == cudaSuccess ? 0 : 1, "v2p");
-  else ck(cudaLaunchKernelEx(&c2, k_v2<4, 8, 128, false, false>, (const bf16*)xn, Q::q4_of(w, N * K, K, 64, false), g_code, y, N, K, 6) == cudaSuccess ? 0 : 1, "v2p");
+  if (MODE >= 1) ck(cudaLaunchKernelEx(&c2, k_v2<4, 8, 128, false, true>, (const bf16*)xn, Q::q4_of(w, N * K, 0, 64, false), g_code, y, N, K, 6) == cudaSuccess ? 0 : 1, "v2p");
+  else ck(cudaLaunchKernelEx(&c2, k_v2<4, 8, 128, false, false>, (const bf16*)xn, Q::q4_of(w, N * K, 0, 64, false), g_code, y, N, K, 6) == cudaSuccess ? 0 : 1, "v2p");
 }
 
 int main(int argc, char** argv) {
@@ -1127,7 +1129,7 @@ int main(int argc, char** argv) {
     for (int c = 0; c < COPIES; c++) {
       k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(wf, n, 100 + c, 0.05f);
       cudaMalloc(&q4[c], b4);
-      ck(kiln_quantize4(q4[c], wf, n, K, 64, 0, NF4), "quantize4");
+      ck(kiln_quantize4(q4[c], wf, n, 0, 64, 0, NF4), "quantize4");
       g_q4[c] = q4[c];
     }
     run_path<Q::Q4_VEC>(x, q4[0], y0, N, K);  // the reference: k_qgemv4v (f32 code values, f32 FMAs)
@@ -1184,7 +1186,7 @@ int main(int argc, char** argv) {
     for (int c = 0; c < COPIES; c++) {
       k_rand<<<1024, 256, 0, kiln::cuda::stream()>>>(wf, n, 300 + c, 0.05f);
       cudaMalloc(&q4[c], b4);
-      ck(kiln_quantize4(q4[c], wf, n, K, 64, 0, NF4), "quantize4");
+      ck(kiln_quantize4(q4[c], wf, n, 0, 64, 0, NF4), "quantize4");
     }
     double tm[3];
     std::vector<bf16> last[3];
