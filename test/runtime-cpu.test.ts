@@ -7,7 +7,11 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { compile } from "../compiler/codegen/compile.js";
 import type { CompiledArtifact } from "../compiler/codegen/compile.js";
-import { initialCache, run, tensor } from "../compiler/ir/index.js";
+import { absmaxTiles, initialCache, run, tensor } from "../compiler/ir/index.js";
+import { DEMO_CONFIG } from "../compiler/cli/demo.js";
+import { traceModel } from "../compiler/dsl/index.js";
+import { normals } from "../compiler/testing/random.js";
+import { modelFor } from "../models/index.js";
 import { loadModel } from "../runtime/api.js";
 import { expectKilnError, exportedSymbols } from "./helpers.js";
 import { openCheckpoint, SafetensorsFile, writeSafetensors } from "../runtime/safetensors.js";
@@ -157,6 +161,45 @@ describe("quantized linears on the cpu target (quantized on load)", () => {
     const bf16 = quantized.reduce((a, w) => a + 2 * (w.shape as number[]).reduce((x, y) => x * y, 1), 0);
     expect(packed / bf16).toBeLessThanOrEqual(ratio);
   });
+
+  test("nf4 with double quantization on weights of many absmax groups (the tiled layout): the interpreter's numbers", async () => {
+    // rows of 1152 (18 blocks) and 1152 rows of 128: 2304 blocks, 9 double-quantization groups of
+    // 256 slots, which block order would group otherwise — so the runtime passing the row length,
+    // kiln_quant.h and quant.ts must agree on the tiles (the fixtures' weights hold one group each)
+    const config = { ...DEMO_CONFIG, hidden_size: 128, intermediate_size: 1152, num_hidden_layers: 1, head_dim: 32 };
+    expect(absmaxTiles(128 * 1152, 64, 1152)).toBe(18);
+    expect(absmaxTiles(1152 * 128, 64, 128)).toBe(2);
+    const dir = join(tmp, "tiled");
+    mkdirSync(dir, { recursive: true });
+    const def = modelFor(config);
+    const randn = normals(11);
+    const tensors: Record<string, { dtype: "f32"; shape: number[]; data: Float32Array }> = {};
+    for (const p of traceModel(def, def.fromHF(config)).params) {
+      const shape = p.shape as number[];
+      const n = shape.reduce((a, b) => a * b, 1);
+      // norm weights ≈ 1, embeddings N(0, 1), linears N(0, 1/fan_in) with a spread of row scales (absmax over decades)
+      tensors[p.name] = {
+        dtype: "f32", shape,
+        data: Float32Array.from({ length: n }, (_, i) =>
+          p.name.includes("norm") ? 1 + 0.2 * randn() : p.name.includes("embed") ? randn() : (randn() / Math.sqrt(shape[1])) * Math.exp(2 * Math.sin(i / 640))),
+      };
+    }
+    writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+    writeSafetensors(join(dir, "model.safetensors"), tensors, { format: "pt" });
+    const art = await compile(dir, { target: "cpu", quant: "nf4", doubleQuant: true, cacheDir, maxSeq: 16 });
+    await using model = await loadModel(art.dir, { checkpoint: dir });
+    const ids = [[1, 5, 9, 200, 33, 7, 18]];
+    const out = await model.forward(ids);
+    const weights = Object.fromEntries(art.graph.params.map((p) => [p.name, { dtype: p.dtype, shape: tensors[p.name].shape, data: tensors[p.name].data }]));
+    const interp = run(art.graph, { input_ids: tensor("i64", [1, 7], ids.flat()), ...initialCache(art.graph, 1, 7) }, weights).logits;
+    let maxErr = 0, maxAbs = 0;
+    for (let i = 0; i < interp.data.length; i++) {
+      maxErr = Math.max(maxErr, Math.abs(interp.data[i] - out.logits[i]));
+      maxAbs = Math.max(maxAbs, Math.abs(interp.data[i]));
+    }
+    expect(maxAbs).toBeGreaterThan(0.1);
+    expect(maxErr).toBeLessThanOrEqual(1e-5 * Math.max(1, maxAbs));
+  }, 120_000);
 
   test("the cuda target compiles quantized linears with nvcc (4-bit with double quant, LLM.int8; run on the GPU by quant.gpu.test.ts)", async () => {
     const dir = join(FIXTURES, "llama-gqa");
