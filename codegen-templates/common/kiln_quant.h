@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <vector>
+#include "kiln_types.h"
 
 namespace kiln {
 namespace quant {
@@ -39,11 +40,13 @@ inline int64_t tiles4(int64_t n, int64_t block, int64_t K) {
   if (K <= 0 || block <= 0 || n <= 0 || n % K != 0 || K % block != 0 || (n / K) % 8 != 0) return 0;
   return K / block;
 }
-// the storage slot of block b's absmax (A from tiles4)
-inline int64_t slot4(int64_t b, int64_t A) {
+// the storage slot of block j of row r in the tiled layout (A = tiles4 > 0); host and device
+KILN_HD int64_t slot4_rj(int64_t r, int64_t j, int64_t A) { return (((r >> 3) * A + j) << 3) + (r & 7); }
+// the storage slot of block b's absmax (A from tiles4; 0: block order)
+KILN_HD int64_t slot4(int64_t b, int64_t A) {
   if (A == 0) return b;
-  const int64_t r = b / A, j = b - r * A;
-  return ((r >> 3) * A + j) * 8 + (r & 7);
+  const int64_t r = b / A;
+  return slot4_rj(r, b - r * A, A);
 }
 
 // A double-quantized block's absmax: max(0, f32(f32(code·scale) + mean)). Each operation is done in

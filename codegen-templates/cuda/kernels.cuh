@@ -598,9 +598,9 @@ __device__ __forceinline__ void cluster_merge(const float (*st)[2 + 256], T* __r
 #endif
 }
 
-// CL (split, launched as clusters of the row's gridDim.y blocks: attention_cluster): the blocks'
-// partial states stay in their shared memory and block 0 of the cluster merges them through
-// distributed shared memory — no partials in global memory and no combine kernel.
+// CL (split, launched as clusters of the row's gridDim.y blocks: attention_cluster_on): the blocks'
+// partial states go to block 0's shared memory and it merges them (cluster_merge) — no partials in
+// global memory and no combine kernel.
 template <typename T, bool SPLIT, bool CL = false>
 __global__ void __launch_bounds__(128) k_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ y,
                                                    float* __restrict__ part, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int D, int Dv, float scale,
@@ -802,15 +802,15 @@ __global__ void __launch_bounds__(128) k_varlen_cache_attention(const T* __restr
 
 }  // namespace detail
 
-// The operands' rows lie where `L` says (kiln_types.h's AttnLayout: the [B, S, H, D] tensors around
-// a layer's head transposes are read and written in place); the overload without it takes them
-// row-major.
 // whether the decode attention merges its splits in a cluster (compute capability ≥ 9.0;
 // KILN_ATTN_MERGE=kernel: the combine kernel, an A/B switch for bench/attn_decode.cu)
 static inline bool attention_cluster_on() {
   static const bool on = !(getenv("KILN_ATTN_MERGE") && strcmp(getenv("KILN_ATTN_MERGE"), "kernel") == 0);
   return on && rt::state().cc_major >= 9;
 }
+// The operands' rows lie where `L` says (kiln_types.h's AttnLayout: the [B, S, H, D] tensors around
+// a layer's head transposes are read and written in place); the overload without it takes them
+// row-major.
 template <typename T>
 void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t Tk, int64_t D, int64_t Dv,
                      double scale, bool causal, const int64_t* offset, const float* alibi, const int64_t* key_mask, const int32_t* cu_seqlens,
@@ -838,7 +838,7 @@ void flash_attention(const T* q, const T* k, const T* v, T* y, int64_t B, int64_
   if (chunks > 1 && rows < 2 * (int64_t)sms && !key_mask && !cu_seqlens) {
     // Hopper: the row's blocks as one cluster (≤ 8), merged in distributed shared memory (no
     // combine kernel, no partials in global memory)
-    if (attention_cluster_on() && rows <= 0xffffLL) {
+    if (attention_cluster_on()) {
       const unsigned P = (unsigned)std::min<int64_t>(splits, detail::kClusterMax);
       cudaLaunchConfig_t cfg = {};
       cudaLaunchAttribute at[1];

@@ -107,10 +107,10 @@ __device__ __forceinline__ int64_t slot_of(const Q4& q, int64_t b) {
   } else {
     r = b / q.A, j = b - r * q.A;
   }
-  return ((r >> 3) * q.A + j) * 8 + (r & 7);
+  return quant::slot4_rj(r, j, q.A);
 }
 // the slot of block j of row r where a row holds apr whole blocks
-__device__ __forceinline__ int64_t slot_rj(const Q4& q, int64_t r, int64_t j, int64_t apr) { return q.A ? (((r >> 3) * q.A + j) << 3) + (r & 7) : r * apr + j; }
+__device__ __forceinline__ int64_t slot_rj(const Q4& q, int64_t r, int64_t j, int64_t apr) { return q.A ? quant::slot4_rj(r, j, q.A) : r * apr + j; }
 // absmax of block b; with double quantization max(0, f32(f32(code·scale) + mean)) — f32 roundings,
 // never contracted, as kiln_quant.h absmax4 and quant.ts dequantizeAbsmax compute it
 __device__ __forceinline__ float absmax_dq(float mean, int code, float scale) {
@@ -508,7 +508,7 @@ __global__ void __launch_bounds__(q4p::THREADS, 1) k_qgemv4p(const T* __restrict
     const float* ab = P ? (DQ ? J.j[1].q.ascale : J.j[1].q.absmax) : aa;
     const int8_t* ib = P ? J.j[1].q.acode : ia;
     // the tiled slot of block column p >> csh of row r
-    auto slot = [&](int64_t r) { return (((r >> 3) * apr + (p >> csh)) << 3) + (r & 7); };
+    auto slot = [&](int64_t r) { return quant::slot4_rj(r, p >> csh, apr); };
     // slot r's row is r0 + off(r) (off: r mod H, + D/2 from slot 4 on with ROPE); where the chunk's
     // last row is inside the job (all but a job's last chunk) the addresses are the first row's plus
     // off(r) rows, with no clamp: a few instructions a row instead of row_of, the clamp and a 64-bit
@@ -1168,14 +1168,7 @@ __global__ void k_absmax_blocks(const float* __restrict__ w, int64_t n, int64_t 
 
 // absmax[b] into its storage slot (kiln_quant.h slot4; A = 0: block order)
 __global__ void k_absmax_place(const float* __restrict__ absmax, int64_t nb, int64_t A, float* __restrict__ out) {
-  for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += (int64_t)gridDim.x * blockDim.x) {
-    int64_t s = b;
-    if (A) {
-      const int64_t r = b / A, j = b - r * A;
-      s = ((r >> 3) * A + j) * 8 + (r & 7);
-    }
-    out[s] = absmax[b];
-  }
+  for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += (int64_t)gridDim.x * blockDim.x) out[quant::slot4(b, A)] = absmax[b];
 }
 
 // one byte of codes a thread: the nearest code of w/absmax in f64, ties to the smaller index
